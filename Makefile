@@ -1,0 +1,53 @@
+# make demo / make test do all the set-up: a .venv, the dependencies, the native build.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+DEPS   := $(VENV)/.deps-installed
+NATIVE := pymq/.native-built
+SAN    := build/sanitize
+
+.PHONY: all build demo test test-unit test-sanitize bench bench-micro clean
+
+all: build
+
+$(DEPS): pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+$(NATIVE): $(DEPS) build.py $(wildcard native/*.c native/*.h)
+	$(PY) build.py
+	touch $@
+
+build: $(NATIVE)
+
+demo: build
+	$(PY) -m pymq.demo
+
+test: test-unit test-sanitize
+
+test-unit: build
+	$(PY) -m pytest -q tests
+
+# The native core under AddressSanitizer + UndefinedBehaviorSanitizer: a
+# sanitized build of pymq in $(SAN), and the tests that drive the C code.
+test-sanitize: $(DEPS)
+	rm -rf $(SAN) && mkdir -p $(SAN)
+	cp -r pymq $(SAN)/pymq && rm -f $(SAN)/pymq/_native*.so
+	PYMQ_SANITIZE=1 PYMQ_BUILD_DIR=$(SAN)/cffi $(PY) build.py --into $(SAN)/pymq
+	cd $(SAN) && PYTHONPATH=$(CURDIR)/$(SAN) \
+	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  PYMQ_EXPECT_SANITIZED=1 $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider \
+	  -m native $(CURDIR)/tests
+
+bench-micro: build
+	$(PY) -m pytest -q benchmarks --benchmark-only
+
+bench: build
+	$(PY) benchmarks/throughput.py
+
+clean:
+	rm -rf build dist *.egg-info pymq/_native*.so $(NATIVE) .hypothesis

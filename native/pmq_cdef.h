@@ -1,0 +1,98 @@
+/* Declarations for cffi's cdef (build.py): what Python may call and read.
+ * Plain C only: no #include, no _Static_assert, no pthread types. "..." lets
+ * cffi take the real sizes and offsets from pmq_ring.h / pmq_ns.h at build
+ * time, so Python never hard-codes an offset. */
+
+#define PMQ_LAYOUT_VERSION ...
+#define PMQ_NAME_MAX ...
+#define PMQ_MAX_GROUPS ...
+#define PMQ_MAX_MEMBERS ...
+#define PMQ_NS_CONFIG_MAX ...
+#define PMQ_REC_HDR ...
+
+#define PMQ_OK ...
+#define PMQ_EMPTY ...
+#define PMQ_FULL ...
+#define PMQ_CLOSED ...
+#define PMQ_GONE ...
+#define PMQ_ETOOBIG ...
+#define PMQ_ECORRUPT ...
+#define PMQ_EVERSION ...
+#define PMQ_NOTREADY ...
+#define PMQ_ENOSLOT ...
+#define PMQ_EINTR ...
+#define PMQ_EINVAL ...
+#define PMQ_EBUFSMALL ...
+
+#define PMQ_START_LATEST ...
+#define PMQ_START_EARLIEST ...
+#define PMQ_START_SEQ ...
+#define PMQ_GROUP_ANON ...
+#define PMQ_GROUP_ACK ...
+
+typedef struct { uint64_t capacity; uint32_t max_msg; ...; } pmq_ring_t;
+
+typedef struct {
+    uint64_t capacity;
+    uint32_t max_msg, max_groups, max_members, pending_cap;
+    int32_t creator_pid;
+    uint64_t creator_start;
+    ...;
+} pmq_ring_params_t;
+
+typedef struct {
+    uint64_t capacity, head, tail, gate_min, next_seq;
+    uint64_t published, published_bytes, publish_waits, publish_full;
+    uint64_t expired, recoveries, wakeups, corrupt;
+    uint32_t groups, members, closed, max_msg;
+    ...;
+} pmq_ring_stats_t;
+
+typedef struct {
+    char name[...];
+    uint32_t flags, members, gen, active;
+    uint64_t cursor, delivered, delivered_bytes, lag, cursor_seq;
+    ...;
+} pmq_group_stats_t;
+
+typedef struct {
+    int32_t owner_pid;
+    uint32_t closed;
+    uint64_t owner_start;
+    uint64_t owner_token;
+    int32_t supervisor_pid;
+    uint32_t supervisor_restarts;
+    uint64_t supervisor_start;
+    int64_t supervisor_beat_ns;
+    int64_t created_ns;
+    uint64_t reaped_processes;
+    uint64_t reaped_members;
+    uint32_t config_len;
+    char config[...];
+    ...;
+} pmq_ns_t;
+
+uint32_t pmq_layout_version(void);
+uint64_t pmq_ring_size(const pmq_ring_params_t *p);
+int pmq_ring_init(void *base, uint64_t len, const pmq_ring_params_t *p);
+int pmq_ring_attach(pmq_ring_t *r, void *base, uint64_t len);
+int64_t pmq_ring_publish(pmq_ring_t *r, const char *data, const uint32_t *lens,
+                         uint32_t count, int64_t timeout_ns);
+int64_t pmq_ring_publish1(pmq_ring_t *r, const char *data, uint32_t len, int64_t timeout_ns);
+int pmq_group_join(pmq_ring_t *r, const char *name, uint32_t flags, int start,
+                   uint64_t start_seq, uint64_t owner, int32_t pid, uint32_t *member_gen);
+int pmq_member_leave(pmq_ring_t *r, uint32_t member, uint32_t gen);
+int pmq_ring_reap(pmq_ring_t *r, uint64_t owner);
+int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, char *buf,
+                  uint64_t buflen, uint32_t max_count, uint64_t *offs,
+                  uint32_t *lens, uint64_t *seqs, int64_t *ts, int64_t timeout_ns);
+void pmq_ring_wake_all(pmq_ring_t *r);
+void pmq_ring_close(pmq_ring_t *r);
+int pmq_ring_stats(pmq_ring_t *r, pmq_ring_stats_t *out);
+int pmq_group_stats(pmq_ring_t *r, uint32_t i, pmq_group_stats_t *out);
+int pmq_member_info(pmq_ring_t *r, uint32_t i, uint64_t *owner, uint32_t *group, int32_t *pid);
+
+uint64_t pmq_ns_size(void);
+int pmq_ns_init(void *base, uint64_t len, int32_t owner_pid, uint64_t owner_start,
+                uint64_t owner_token, const char *config, uint32_t config_len);
+int pmq_ns_attach(void *base, uint64_t len);

@@ -1,0 +1,315 @@
+/*
+ * pmq_ring.h - the layout of one topic segment, and the ring API.
+ *
+ * A topic segment is one POSIX shared-memory object, /pymq.<name>.<topic>,
+ * mapped by every process that publishes to or reads from the topic. The ring
+ * code works on (void *base, size_t len) and never maps memory itself, so it
+ * runs the same on a plain malloc'd buffer (tests) as on a mapping.
+ *
+ *   0                    PMQ_HDR_SIZE (4096)
+ *   +--------------------+---------------------+------------------+---------------------+
+ *   | pmq_ring_hdr_t     | groups[max_groups]  | members[max_mem] | data[capacity]      |
+ *   | (cache-line padded | pmq_group_t, 256 B  | pmq_member_t,    | records, 8-aligned, |
+ *   |  sections below)   | each                | 64 B each        | capacity = 2^k      |
+ *   +--------------------+---------------------+------------------+---------------------+
+ *   ^ groups_off, members_off, pending_off and data_off in the header say where each
+ *     region starts; attach checks that they are in bounds and do not overlap.
+ *
+ * Positions are free-running 64-bit byte counts; a position p lives at data
+ * offset (p & (capacity - 1)). Everything in [head, tail) is a sequence of
+ * records; a group's cursor lies in [head, tail]. Publishers (under the mutex)
+ * move tail forward and reclaim space by moving head forward, never past the
+ * lowest cursor of any live group (the "gate").
+ *
+ * A record is a pmq_rec_t header followed by the payload, padded to 8 bytes:
+ *
+ *   0        4        8                16               24
+ *   +--------+--------+----------------+----------------+---------------+
+ *   | len    | type   | seq            | ts_ns          | payload ...   |
+ *   +--------+--------+----------------+----------------+---------------+
+ *
+ * A record never straddles the end of the data area: when fewer than
+ * sizeof(pmq_rec_t) bytes remain before the end, they are an implicit gap;
+ * when more remain but the record does not fit, a PMQ_REC_PAD record fills them.
+ *
+ * Commit: a publisher holding the mutex writes whole records beyond tail, then
+ * publishes them with one release-store of tail. Readers load tail with acquire
+ * and only read below it, so a record is visible only when complete; a
+ * publisher killed before that store leaves nothing visible. See
+ * docs/design.md for the lock, commit and wait protocol.
+ */
+#ifndef PMQ_RING_H
+#define PMQ_RING_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PMQ_RING_MAGIC     0x31474e52514d5950ULL /* "PYMQRNG1" little-endian */
+#define PMQ_LAYOUT_VERSION 1u
+#define PMQ_READY          0x52454459u           /* stored last by init */
+#define PMQ_CACHE_LINE     64
+#define PMQ_HDR_SIZE       4096
+#define PMQ_NAME_MAX       64   /* group name bytes, NUL included */
+#define PMQ_MAX_GROUPS     64
+#define PMQ_MAX_MEMBERS    256
+#define PMQ_MIN_CAPACITY   4096ULL
+#define PMQ_MAX_CAPACITY   (1ULL << 40)
+
+/* Return codes: 0 or a count on success; named negatives for expected outcomes;
+ * -errno for system failures (always below PMQ_ERRNO_BASE in magnitude). */
+#define PMQ_OK          0
+#define PMQ_EMPTY     (-1001) /* nothing to read before the timeout */
+#define PMQ_FULL      (-1002) /* no ring space before the timeout */
+#define PMQ_CLOSED    (-1003) /* the broker closed the segment */
+#define PMQ_GONE      (-1004) /* this member was removed (unsubscribed or reaped) */
+#define PMQ_ETOOBIG   (-1005) /* a payload above max_msg, or a batch above capacity */
+#define PMQ_ECORRUPT  (-1006) /* a length, offset or count out of bounds */
+#define PMQ_EVERSION  (-1007) /* another magic or layout version */
+#define PMQ_NOTREADY  (-1008) /* segment still being initialised */
+#define PMQ_ENOSLOT   (-1009) /* no free group or member slot */
+#define PMQ_EINTR     (-1010) /* a signal interrupted a wait; retry */
+#define PMQ_EINVAL    (-1011) /* bad argument */
+#define PMQ_EBUFSMALL (-1012) /* the next record does not fit the caller's buffer */
+
+#define PMQ_REC_DATA 1u
+#define PMQ_REC_PAD  2u
+
+#define PMQ_START_LATEST   0
+#define PMQ_START_EARLIEST 1
+#define PMQ_START_SEQ      2
+
+#define PMQ_SLOT_FREE   0u
+#define PMQ_SLOT_ACTIVE 1u
+
+#define PMQ_GROUP_ANON 1u  /* one member, removed with it */
+#define PMQ_GROUP_ACK  2u  /* at-least-once (pending table; later) */
+
+typedef struct pmq_rec {
+    uint32_t len;   /* payload bytes; <= max_msg */
+    uint32_t type;  /* PMQ_REC_DATA or PMQ_REC_PAD */
+    uint64_t seq;   /* topic sequence number, from 1; 0 for padding */
+    int64_t ts_ns;  /* publish time, CLOCK_REALTIME nanoseconds */
+} pmq_rec_t;
+
+#define PMQ_REC_HDR ((uint64_t)sizeof(pmq_rec_t))
+
+/* One consumer group. Its cursor sits alone on its cache line: it is the only
+ * word readers write on the hot path (CAS), and publishers read it to gate. */
+typedef struct pmq_group {
+    /* line 0: identity, written under the mutex */
+    uint32_t state;                 /* PMQ_SLOT_FREE / PMQ_SLOT_ACTIVE, stored last */
+    uint32_t flags;                 /* PMQ_GROUP_* */
+    uint32_t gen;                   /* bumped on every allocation of the slot */
+    uint32_t members;               /* live members; recounted by recovery */
+    char name[PMQ_NAME_MAX - 16];   /* NUL-terminated; empty for anonymous */
+    /* line 1: the cursor: next position this group reads */
+    uint64_t cursor;
+    uint8_t pad1[PMQ_CACHE_LINE - 8];
+    /* line 2: counters, atomically added by readers */
+    uint64_t delivered;
+    uint64_t delivered_bytes;
+    uint64_t created_ns;
+    uint64_t start_seq;             /* seq at the cursor when the group was made */
+    uint8_t pad2[PMQ_CACHE_LINE - 32];
+    /* line 3: reserved for the ack group's pending-table bookkeeping */
+    uint8_t reserved[PMQ_CACHE_LINE];
+} pmq_group_t;
+
+/* One subscription. owner names the process (its liveness token). */
+typedef struct pmq_member {
+    uint32_t state;     /* stored last */
+    uint32_t group;     /* index into groups[] */
+    uint32_t gen;       /* bumped on every allocation */
+    uint32_t group_gen; /* gen of the group when joined */
+    uint64_t owner;     /* process token (see pymq/segments.py) */
+    int32_t pid;        /* informational */
+    uint32_t pad0;
+    uint64_t delivered;
+    uint8_t pad1[PMQ_CACHE_LINE - 40];
+} pmq_member_t;
+
+/* Recorded by a publisher before it moves tail, so that recovery after its
+ * death knows whether the commit happened and can set next_seq to match. */
+typedef struct pmq_intent {
+    uint32_t active;
+    uint32_t pad;
+    uint64_t old_tail, new_tail;
+    uint64_t old_seq, new_seq;
+} pmq_intent_t;
+
+typedef struct pmq_ring_hdr {
+    /* line 0-1: immutable after init */
+    uint64_t magic;
+    uint32_t version;
+    uint32_t ready;           /* PMQ_READY, release-stored last by init */
+    uint64_t seg_len;         /* total segment bytes */
+    uint64_t capacity;        /* data bytes, a power of two */
+    uint64_t groups_off, members_off, pending_off, data_off;
+    uint32_t max_groups, max_members;
+    uint32_t pending_cap;     /* pending entries per group (0: none yet) */
+    uint32_t max_msg;         /* largest payload accepted */
+    int32_t creator_pid;
+    uint32_t pad0;
+    uint64_t creator_start;   /* creator's start time (clock ticks since boot) */
+    int64_t created_ns;
+    uint8_t pad1[2 * PMQ_CACHE_LINE - 104];
+
+    /* lines 2-3: the mutex (40 bytes on glibc x86_64) and the commit intent */
+    pthread_mutex_t lock;
+    uint8_t pad2[PMQ_CACHE_LINE - sizeof(pthread_mutex_t) % PMQ_CACHE_LINE];
+    pmq_intent_t intent;
+    uint8_t pad3[PMQ_CACHE_LINE - sizeof(pmq_intent_t)];
+
+    /* line 4: tail, written by publishers under the mutex, read by everyone */
+    uint64_t tail;
+    uint8_t pad4[PMQ_CACHE_LINE - 8];
+
+    /* line 5: publisher-private state (under the mutex) */
+    uint64_t head;            /* oldest retained record */
+    uint64_t gate;            /* lower bound of every live group's cursor */
+    uint64_t next_seq;        /* seq of the next record */
+    uint32_t closed;          /* set by the broker before it unlinks */
+    uint32_t pad5a;
+    uint8_t pad5[PMQ_CACHE_LINE - 32];
+
+    /* line 6: readers' wake word: bumped by a publisher that saw data_waiters */
+    uint32_t data_seq;
+    uint32_t data_waiters;
+    uint8_t pad6[PMQ_CACHE_LINE - 8];
+
+    /* line 7: publishers' wake word: bumped by a reader that saw space_waiters */
+    uint32_t space_seq;
+    uint32_t space_waiters;
+    uint8_t pad7[PMQ_CACHE_LINE - 8];
+
+    /* line 8: counters */
+    uint64_t published_bytes; /* payload bytes committed */
+    uint64_t publish_waits;   /* publishes that had to wait for space */
+    uint64_t publish_full;    /* publishes refused with PMQ_FULL */
+    uint64_t expired;         /* records reclaimed from history (no group needed them) */
+    uint64_t recoveries;      /* EOWNERDEAD recoveries */
+    uint64_t wakeups;         /* futex wakes issued by publishers */
+    uint64_t corrupt;         /* corruption detected */
+    uint8_t pad8[2 * PMQ_CACHE_LINE - 56];
+} pmq_ring_hdr_t;
+
+_Static_assert(sizeof(pmq_rec_t) == 24, "record header is 24 bytes");
+_Static_assert(sizeof(pmq_group_t) == 4 * PMQ_CACHE_LINE, "group is 4 cache lines");
+_Static_assert(sizeof(pmq_member_t) == PMQ_CACHE_LINE, "member is one cache line");
+_Static_assert(offsetof(pmq_group_t, cursor) == PMQ_CACHE_LINE, "cursor on its own line");
+_Static_assert(offsetof(pmq_ring_hdr_t, lock) == 2 * PMQ_CACHE_LINE, "lock at line 2");
+_Static_assert(offsetof(pmq_ring_hdr_t, tail) % PMQ_CACHE_LINE == 0, "tail on its own line");
+_Static_assert(offsetof(pmq_ring_hdr_t, data_seq) % PMQ_CACHE_LINE == 0, "data_seq on its own line");
+_Static_assert(offsetof(pmq_ring_hdr_t, space_seq) % PMQ_CACHE_LINE == 0, "space_seq on its own line");
+_Static_assert(sizeof(pmq_ring_hdr_t) <= PMQ_HDR_SIZE, "header fits its page");
+
+/* Parameters for pmq_ring_init. */
+typedef struct pmq_ring_params {
+    uint64_t capacity;     /* power of two in [PMQ_MIN_CAPACITY, PMQ_MAX_CAPACITY] */
+    uint32_t max_msg;      /* max payload; max_msg + header <= capacity / 2 */
+    uint32_t max_groups;   /* <= PMQ_MAX_GROUPS */
+    uint32_t max_members;  /* <= PMQ_MAX_MEMBERS */
+    uint32_t pending_cap;
+    int32_t creator_pid;
+    uint64_t creator_start;
+} pmq_ring_params_t;
+
+/* A process-local handle: the bounds checked at attach, copied out of shared
+ * memory so that a later scribble over the header cannot move them. */
+typedef struct pmq_ring {
+    uint8_t *base;
+    uint64_t len;
+    pmq_ring_hdr_t *hdr;
+    pmq_group_t *groups;
+    pmq_member_t *members;
+    uint8_t *data;
+    uint64_t capacity;
+    uint64_t mask;
+    uint32_t max_groups, max_members, max_msg, pending_cap;
+} pmq_ring_t;
+
+/* Totals and one group's figures, filled by pmq_ring_stats / pmq_group_stats. */
+typedef struct pmq_ring_stats {
+    uint64_t capacity, head, tail, gate_min, next_seq;
+    uint64_t published, published_bytes, publish_waits, publish_full;
+    uint64_t expired, recoveries, wakeups, corrupt;
+    uint32_t groups, members, closed, max_msg;
+} pmq_ring_stats_t;
+
+typedef struct pmq_group_stats {
+    char name[PMQ_NAME_MAX];
+    uint32_t flags, members, gen, active;
+    uint64_t cursor, delivered, delivered_bytes, lag, cursor_seq;
+} pmq_group_stats_t;
+
+/* Size of a segment for these parameters; 0 if they are invalid. */
+uint64_t pmq_ring_size(const pmq_ring_params_t *p);
+
+/* Format a fresh segment of len bytes at base (zeroed by the caller or not).
+ * Returns 0, or PMQ_EINVAL for bad parameters, or -errno from pthread init.
+ * Assumes nobody else uses the memory until it returns. */
+int pmq_ring_init(void *base, uint64_t len, const pmq_ring_params_t *p);
+
+/* Validate a mapped segment and fill the handle. Returns 0, PMQ_NOTREADY
+ * (initialisation not finished), PMQ_EVERSION (other magic/version) or
+ * PMQ_ECORRUPT (a field out of bounds). Never writes to the segment. */
+int pmq_ring_attach(pmq_ring_t *r, void *base, uint64_t len);
+
+/* Publish count payloads, laid end to end in data with lengths lens[], as one
+ * atomic batch: all are committed or none. Waits up to timeout_ns for space
+ * (<0: for ever; 0: not at all). Returns the seq of the first (>= 1), or
+ * PMQ_FULL on timeout, PMQ_ETOOBIG if a payload exceeds
+ * max_msg or the batch exceeds capacity, PMQ_CLOSED, PMQ_EINTR, PMQ_ECORRUPT.
+ * Safe to call from any number of processes at once. */
+int64_t pmq_ring_publish(pmq_ring_t *r, const char *data, const uint32_t *lens,
+                         uint32_t count, int64_t timeout_ns);
+
+/* One payload: the hot path of publish(). */
+int64_t pmq_ring_publish1(pmq_ring_t *r, const char *data, uint32_t len, int64_t timeout_ns);
+
+/* Join (or create) a group and add a member owned by `owner`.
+ * name == "" makes an anonymous group. start is PMQ_START_* (start_seq with
+ * PMQ_START_SEQ); it applies only when the group is created.
+ * On success returns the member index and sets *member_gen.
+ * PMQ_ENOSLOT when the group or member table is full; PMQ_EINVAL for a named
+ * group that exists with other flags. */
+int pmq_group_join(pmq_ring_t *r, const char *name, uint32_t flags, int start,
+                   uint64_t start_seq, uint64_t owner, int32_t pid,
+                   uint32_t *member_gen);
+
+/* Remove a member (idempotent: PMQ_GONE if already gone). An anonymous group
+ * goes with its last member; a named group stays (durable). */
+int pmq_member_leave(pmq_ring_t *r, uint32_t member, uint32_t gen);
+
+/* Remove every member owned by `owner` (a dead process). Returns how many. */
+int pmq_ring_reap(pmq_ring_t *r, uint64_t owner);
+
+/* Read up to max_count records for a member into buf (payloads end to end,
+ * each starting 8-aligned), filling offs/lens/seqs/ts. Waits up to timeout_ns
+ * (<0: for ever) when there is nothing to read. Returns the count (>= 1),
+ * PMQ_EMPTY, PMQ_CLOSED, PMQ_GONE, PMQ_EINTR, PMQ_EBUFSMALL or PMQ_ECORRUPT.
+ * Lock-free: members of one group claim records with a CAS on the cursor. */
+int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, char *buf,
+                  uint64_t buflen, uint32_t max_count, uint64_t *offs,
+                  uint32_t *lens, uint64_t *seqs, int64_t *ts, int64_t timeout_ns);
+
+/* Wake every waiter (readers and publishers) of this segment. */
+void pmq_ring_wake_all(pmq_ring_t *r);
+
+/* Mark closed (readers and publishers then return PMQ_CLOSED) and wake all. */
+void pmq_ring_close(pmq_ring_t *r);
+
+int pmq_ring_stats(pmq_ring_t *r, pmq_ring_stats_t *out);
+
+/* Figures of group slot i; returns 1 if active, 0 if free, or an error. */
+int pmq_group_stats(pmq_ring_t *r, uint32_t i, pmq_group_stats_t *out);
+
+/* Members of the table: state and owner of slot i (for the supervisor). */
+int pmq_member_info(pmq_ring_t *r, uint32_t i, uint64_t *owner, uint32_t *group,
+                    int32_t *pid);
+
+/* Layout version compiled in; pymq checks it at import. */
+uint32_t pmq_layout_version(void);
+
+#endif

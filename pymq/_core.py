@@ -1,0 +1,253 @@
+"""The one module that touches the compiled extension pymq._native.
+
+It turns the C return codes into exceptions in one place (check) and wraps a
+mapped segment in a Ring or Namespace handle. Everything else in pymq goes
+through here; a test asserts that no other module imports _native.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import weakref
+
+from . import _native
+from .errors import (BrokerClosed, Full, MessageTooLarge, MQError, SegmentMismatch,
+                     SubscriptionClosed, Timeout)
+
+ffi, lib = _native.ffi, _native.lib
+
+LAYOUT_VERSION = 1
+if lib.pmq_layout_version() != LAYOUT_VERSION:  # a stale build beside new Python code
+    raise ImportError(f"pymq._native has layout {lib.pmq_layout_version()}, "
+                      f"this pymq expects {LAYOUT_VERSION}: rebuild it (make build)")
+
+EINTR = lib.PMQ_EINTR
+EMPTY = lib.PMQ_EMPTY
+NOTREADY = lib.PMQ_NOTREADY
+START = {"latest": lib.PMQ_START_LATEST, "earliest": lib.PMQ_START_EARLIEST}
+START_SEQ = lib.PMQ_START_SEQ
+REC_HDR = lib.PMQ_REC_HDR
+
+class SegmentNotReady(SegmentMismatch):
+    """The segment exists but its creator has not finished initialising it."""
+
+
+_ERRORS = {
+    lib.PMQ_EMPTY: (Timeout, "nothing arrived within the timeout"),
+    lib.PMQ_FULL: (Full, "no ring space within the timeout"),
+    lib.PMQ_CLOSED: (BrokerClosed, "the broker is closed"),
+    lib.PMQ_GONE: (SubscriptionClosed, "the subscription is closed"),
+    lib.PMQ_ETOOBIG: (MessageTooLarge, "payload or batch too large"),
+    lib.PMQ_ECORRUPT: (SegmentMismatch, "corrupt segment: a length, offset or count out of bounds"),
+    lib.PMQ_EVERSION: (SegmentMismatch, "segment of another magic or layout version"),
+    lib.PMQ_NOTREADY: (SegmentNotReady, "segment not initialised yet"),
+    lib.PMQ_ENOSLOT: (MQError, "no free group or member slot in the topic"),
+    lib.PMQ_EINVAL: (ValueError, "invalid argument"),
+    lib.PMQ_EBUFSMALL: (MQError, "record larger than the read buffer"),
+}
+
+
+def check(rc: int, context: str = "") -> int:
+    """Return rc if it is not an error code, else raise the matching exception."""
+    if rc >= 0:
+        return rc
+    exc, text = _ERRORS.get(rc, (None, None))
+    if exc is None:
+        code = -rc
+        raise OSError(code, f"{os.strerror(code)}{': ' + context if context else ''}")
+    raise exc(f"{context}: {text}" if context else text)
+
+
+def ns_size() -> int:
+    return lib.pmq_ns_size()
+
+
+def ring_params(capacity: int, max_msg: int, pid: int = 0, start: int = 0):
+    p = ffi.new("pmq_ring_params_t *")
+    p.capacity = capacity
+    p.max_msg = max_msg
+    p.max_groups = lib.PMQ_MAX_GROUPS
+    p.max_members = lib.PMQ_MAX_MEMBERS
+    p.pending_cap = 0
+    p.creator_pid = pid
+    p.creator_start = start
+    return p
+
+
+def ring_size(params) -> int:
+    size = lib.pmq_ring_size(params)
+    if size == 0:
+        raise ValueError("invalid ring parameters")
+    return size
+
+
+def _unmap(ptr, seg) -> None:
+    ffi.release(ptr)
+    seg.close()
+
+
+class _Mapped:
+    """A cffi pointer over a mapped Segment. Both are released together when
+    the handle is garbage (no C call can still be using it then) or by
+    release(), which the caller may only use when no other thread can be
+    inside a call on it."""
+
+    def __init__(self, seg):
+        self.seg = seg
+        self._ptr = ffi.from_buffer(seg.mm)
+        self._len = len(seg.mm)
+        self._fin = weakref.finalize(self, _unmap, self._ptr, seg)
+        self._fin.atexit = False  # at exit, users may still run; the OS unmaps
+
+    def release(self) -> None:
+        self._fin()
+
+
+class Namespace(_Mapped):
+    """The namespace header of a broker (pmq_ns.h)."""
+
+    @classmethod
+    def init(cls, seg, owner_pid: int, owner_start: int, owner_token: int, config: bytes):
+        with ffi.from_buffer(seg.mm) as ptr:
+            check(lib.pmq_ns_init(ptr, len(seg.mm), owner_pid, owner_start, owner_token,
+                                  config, len(config)), "namespace")
+        return cls(seg)
+
+    def __init__(self, seg):
+        super().__init__(seg)
+        rc = lib.pmq_ns_attach(self._ptr, self._len)
+        if rc < 0:
+            self.release()
+            check(rc, "namespace")
+        self.hdr = ffi.cast("pmq_ns_t *", self._ptr)
+
+    def config_text(self) -> str:
+        n = min(self.hdr.config_len, lib.PMQ_NS_CONFIG_MAX)
+        return ffi.unpack(self.hdr.config, n).decode("utf-8")
+
+
+class Ring(_Mapped):
+    """A topic's ring (pmq_ring.h), attached over a mapped Segment."""
+
+    @staticmethod
+    def init(seg, params) -> None:
+        with ffi.from_buffer(seg.mm) as ptr:
+            check(lib.pmq_ring_init(ptr, len(seg.mm), params), "ring init")
+
+    def __init__(self, seg, topic: str = ""):
+        super().__init__(seg)
+        self.topic = topic
+        self.h = ffi.new("pmq_ring_t *")
+        rc = lib.pmq_ring_attach(self.h, self._ptr, self._len)
+        if rc < 0:
+            self.release()
+            check(rc, f"topic {topic!r}")
+        self.max_msg = self.h.max_msg
+
+    # -- publishing ---------------------------------------------------------
+
+    def publish1(self, data, timeout_ns: int) -> int:
+        """Publish one payload (bytes, or a cffi buffer); returns its seq."""
+        h, n = self.h, len(data)
+        while True:
+            rc = lib.pmq_ring_publish1(h, data, n, timeout_ns)
+            if rc != EINTR:
+                return rc if rc > 0 else check(rc, f"topic {self.topic!r}")
+
+    def publish_many(self, joined: bytes, lens, timeout_ns: int) -> int:
+        """Publish payloads laid end to end in joined with lengths lens (an
+        array('I')); all or none. Returns the seq of the first."""
+        lens_ptr = ffi.from_buffer("uint32_t[]", lens)
+        while True:
+            rc = lib.pmq_ring_publish(self.h, joined, lens_ptr, len(lens), timeout_ns)
+            if rc != EINTR:
+                return rc if rc > 0 else check(rc, f"topic {self.topic!r}")
+
+    # -- groups ---------------------------------------------------------------
+
+    def join(self, group: str, flags: int, start: int, start_seq: int, owner: int) -> tuple[int, int]:
+        gen = ffi.new("uint32_t *")
+        member = check(lib.pmq_group_join(self.h, group.encode(), flags, start, start_seq,
+                                          owner, os.getpid(), gen), f"topic {self.topic!r}")
+        return member, gen[0]
+
+    def leave(self, member: int, gen: int) -> bool:
+        rc = lib.pmq_member_leave(self.h, member, gen)
+        return rc == 0 or (rc != lib.PMQ_GONE and check(rc, f"topic {self.topic!r}") == 0)
+
+    def reap(self, owner: int) -> int:
+        return check(lib.pmq_ring_reap(self.h, owner), f"topic {self.topic!r}")
+
+    def member_owners(self) -> list[tuple[int, int, int, int]]:
+        """(member, owner token, group index, pid) of every live member."""
+        owner, group, pid = ffi.new("uint64_t *"), ffi.new("uint32_t *"), ffi.new("int32_t *")
+        out = []
+        for i in range(lib.PMQ_MAX_MEMBERS):
+            if lib.pmq_member_info(self.h, i, owner, group, pid) == 1:
+                out.append((i, owner[0], group[0], pid[0]))
+        return out
+
+    # -- figures and lifetime ------------------------------------------------
+
+    def stats(self) -> dict:
+        s = ffi.new("pmq_ring_stats_t *")
+        check(lib.pmq_ring_stats(self.h, s), f"topic {self.topic!r}")
+        out = {name: getattr(s, name) for name in (
+            "capacity", "head", "tail", "gate_min", "next_seq", "published", "published_bytes",
+            "publish_waits", "publish_full", "expired", "recoveries", "wakeups", "corrupt",
+            "groups", "members", "closed", "max_msg")}
+        out["groups_detail"] = []
+        g = ffi.new("pmq_group_stats_t *")
+        for i in range(lib.PMQ_MAX_GROUPS):
+            if check(lib.pmq_group_stats(self.h, i, g), f"topic {self.topic!r}") == 1:
+                out["groups_detail"].append({
+                    "index": i, "name": ffi.string(g.name).decode("utf-8", "replace"),
+                    "anonymous": bool(g.flags & lib.PMQ_GROUP_ANON), "members": g.members,
+                    "cursor": g.cursor, "delivered": g.delivered,
+                    "delivered_bytes": g.delivered_bytes, "lag": g.lag,
+                    "position": g.cursor_seq})
+        return out
+
+    def close_ring(self) -> None:
+        """Mark the segment closed and wake everyone (the Broker, before unlinking)."""
+        lib.pmq_ring_close(self.h)
+
+    def wake_all(self) -> None:
+        lib.pmq_ring_wake_all(self.h)
+
+
+class Reader:
+    """Read buffers for one subscription: Python allocates, C fills."""
+
+    def __init__(self, ring: Ring, member: int, gen: int, max_batch: int, buflen: int):
+        self.ring, self.member, self.gen = ring, member, gen
+        self.max_batch = max_batch
+        self.buf = ffi.new("char[]", buflen)
+        self.buflen = buflen
+        self.offs = ffi.new("uint64_t[]", max_batch)
+        self.lens = ffi.new("uint32_t[]", max_batch)
+        self.seqs = ffi.new("uint64_t[]", max_batch)
+        self.ts = ffi.new("int64_t[]", max_batch)
+        self.view = ffi.buffer(self.buf)
+
+    def read(self, max_count: int, timeout_ns: int) -> int:
+        """Fill the buffers with up to max_count records; returns the count."""
+        ring = self.ring
+        h = ring.h
+        n = min(max_count, self.max_batch)
+        rc = lib.pmq_ring_read(h, self.member, self.gen, self.buf, self.buflen, n,
+                               self.offs, self.lens, self.seqs, self.ts, timeout_ns)
+        if rc > 0:
+            return rc
+        deadline = time.monotonic_ns() + timeout_ns
+        while rc == EINTR:  # a signal: its Python handler has run; wait on
+            left = -1 if timeout_ns < 0 else max(0, deadline - time.monotonic_ns())
+            rc = lib.pmq_ring_read(h, self.member, self.gen, self.buf, self.buflen, n,
+                                   self.offs, self.lens, self.seqs, self.ts, left)
+        return rc if rc > 0 else check(rc, f"topic {ring.topic!r}")
+
+    def payload(self, i: int) -> bytes:
+        off = self.offs[i]
+        return self.view[off:off + self.lens[i]]
+

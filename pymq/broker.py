@@ -1,0 +1,168 @@
+"""Broker: creates a namespace, runs its supervisor, and removes it all on close.
+
+A Broker is also a Client (it publishes and subscribes the same way). It owns
+the namespace: only it unlinks segments, on close() or when it finds the
+segments of a dead predecessor of the same name.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import weakref
+
+import posix_ipc
+
+from . import _core, segments
+from .client import Client
+from .config import BrokerConfig
+from .errors import MQError
+
+SUPERVISOR_START_TIMEOUT = 15.0
+
+
+def remove_stale(name: str) -> list[str]:
+    """Remove what a dead broker of this name left; MQError if one is alive."""
+    try:
+        ns = _core.Namespace(segments.Segment.attach(segments.ns_shm_name(name)))
+    except posix_ipc.ExistentialError:
+        ns = None  # no namespace: whatever is left has no owner
+    except MQError:
+        ns = None  # half-made or corrupt: no live owner can be using it
+    if ns is not None:
+        owner, pid = ns.hdr.owner_token, ns.hdr.owner_pid
+        ns.release()
+        if segments.token_alive(owner, name):
+            raise MQError(f"a broker named {name!r} is already running (pid {pid})")
+    return segments.remove_namespace(name)
+
+
+class _Supervision:
+    """The Broker's side of its supervisor: start it, restart it, stop it.
+    Holds no reference to the Broker, so that a finalizer can use it."""
+
+    def __init__(self, name: str, res):
+        self.name = name
+        self.res = res
+        self.owner_pid = os.getpid()
+        self.proc: subprocess.Popen | None = None
+        self.stopping = threading.Event()
+        self.watcher: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._spawn()
+        self.watcher = threading.Thread(target=self._watch, daemon=True,
+                                        name=f"pymq-{self.name}-supervision")
+        self.watcher.start()
+
+    def _spawn(self) -> None:
+        hdr = self.res.ns.hdr
+        beat = hdr.supervisor_beat_ns
+        proc = subprocess.Popen([sys.executable, "-m", "pymq.supervisor", self.name],
+                                stdin=subprocess.DEVNULL, close_fds=True)
+        self.proc = proc
+        hdr.supervisor_pid = proc.pid
+        deadline = time.monotonic() + SUPERVISOR_START_TIMEOUT
+        while hdr.supervisor_beat_ns == beat:  # its first sweep says it is serving
+            if proc.poll() is not None:
+                raise MQError(f"supervisor of {self.name!r} exited at start ({proc.returncode})")
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise MQError(f"supervisor of {self.name!r} did not start")
+            time.sleep(0.005)
+
+    def _watch(self) -> None:
+        backoff = 0.05
+        while not self.stopping.is_set():
+            proc = self.proc
+            proc.wait()
+            ns = self.res.ns
+            if self.stopping.is_set() or ns is None:
+                return
+            ns.hdr.supervisor_restarts += 1
+            print(f"pymq: supervisor of {self.name!r} (pid {proc.pid}) exited with "
+                  f"{proc.returncode}; restarting it", file=sys.stderr)
+            try:
+                self._spawn()
+                backoff = 0.05
+            except MQError as e:
+                print(f"pymq: {e}; retrying in {backoff:.2f}s", file=sys.stderr)
+                if self.stopping.wait(backoff):
+                    return
+                backoff = min(backoff * 2, 2.0)
+
+    def shutdown(self) -> None:
+        """Close every topic, stop the supervisor, remove the namespace. Only in
+        the process that created the broker (not in a forked child)."""
+        if os.getpid() != self.owner_pid or self.stopping.is_set():
+            return
+        self.stopping.set()
+        ns = self.res.ns
+        if ns is not None:
+            ns.hdr.closed = 1
+            for topic in segments.topic_names(self.name):
+                ring = self.res.topics.get(topic) or _attach_ring(self.name, topic)
+                if ring is not None:
+                    ring.close_ring()  # readers and publishers get BrokerClosed
+        proc = self.proc
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.watcher is not None and self.watcher is not threading.current_thread():
+            self.watcher.join(5)
+        self.res.close()
+        segments.remove_namespace(self.name)
+
+
+def _attach_ring(name: str, topic: str):
+    try:
+        return _core.Ring(segments.Segment.attach(segments.topic_shm_name(name, topic)), topic)
+    except (posix_ipc.ExistentialError, MQError):
+        return None  # gone, or never made ready: removed with the namespace
+
+
+class Broker(Client):
+    """Creates the namespace `config.name` and starts its supervisor process."""
+
+    def __init__(self, config: BrokerConfig | None = None):
+        cfg = config if config is not None else BrokerConfig()
+        if not isinstance(cfg, BrokerConfig):
+            raise TypeError(f"config must be a BrokerConfig, not {type(cfg).__name__}")
+        self.stale_removed = remove_stale(cfg.name)
+        token = segments.Token(cfg.name)
+        try:
+            seg = segments.Segment.create(segments.ns_shm_name(cfg.name), _core.ns_size())
+            ns = _core.Namespace.init(seg, os.getpid(), 0, token.value, cfg.to_json().encode())
+            ns.release()
+        except BaseException:
+            token.close()
+            segments.remove_namespace(cfg.name)
+            raise
+        super().__init__(cfg.name, _token=token)
+        self._supervision = _Supervision(cfg.name, self._res)
+        # Runs at close(), when the Broker is collected, or at interpreter exit.
+        self._shutdown = weakref.finalize(self, self._supervision.shutdown)
+        try:
+            self._supervision.start()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def supervisor_pid(self) -> int | None:
+        """The pid of the supervisor process (the Broker restarts it if it dies)."""
+        proc = self._supervision.proc
+        return proc.pid if proc is not None else None
+
+    def close(self) -> None:
+        """Close every topic (blocked readers and publishers get BrokerClosed),
+        stop the supervisor, and remove every segment of the namespace. Idempotent."""
+        self._closed = True
+        self._shutdown()

@@ -1,0 +1,389 @@
+"""The client API: connect(), Client, Subscription, Message.
+
+A Client attaches to a running broker's namespace and to one segment per topic
+it uses (creating a topic's segment on first use). Publishing and receiving
+are native calls on shared memory; the supervisor is never on the hot path.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from array import array
+
+import posix_ipc
+
+from . import _core, segments
+from .config import BrokerConfig, check_group, check_topic
+from .errors import BrokerClosed, BrokerNotFound, MQError, SegmentMismatch, SubscriptionClosed
+
+READ_BATCH = 1024          # most records one native read returns
+READ_BUFFER = 256 * 1024   # bytes of a subscription's read buffer (at least max_message_bytes)
+READY_TIMEOUT = 5.0        # seconds to wait for another process to finish creating a segment
+
+
+def _timeout_ns(timeout) -> int:
+    if timeout is None:
+        return -1
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0 or None, not {timeout!r}")
+    return int(timeout * 1e9)
+
+
+def _as_bytes(payload):
+    """The payload as something cffi passes as `const char *` without a copy."""
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, Message):
+        return _as_bytes(payload.payload)
+    if isinstance(payload, (bytearray, memoryview)) or hasattr(payload, "__buffer__"):
+        return bytes(payload)
+    try:
+        return bytes(memoryview(payload))
+    except TypeError:
+        raise TypeError(f"payload must be bytes-like or pymq.Message, "
+                        f"not {type(payload).__name__}") from None
+
+
+class Message:
+    """A message: payload plus, when received, where it came from.
+
+    Message(payload, ack=None) mirrors the seed's Message{Payload, Ack}. ack()
+    is a no-op on a message that needs no acknowledgement.
+    """
+
+    __slots__ = ("payload", "_ack", "topic", "seq", "delivery_attempt", "publish_time")
+
+    def __init__(self, payload, ack=None, *, topic=None, seq=None, delivery_attempt=1,
+                 publish_time=None):
+        self.payload = payload
+        self._ack = ack
+        self.topic = topic
+        self.seq = seq
+        self.delivery_attempt = delivery_attempt
+        self.publish_time = publish_time
+
+    def ack(self) -> None:
+        if self._ack is not None:
+            self._ack()
+
+    def __repr__(self) -> str:
+        return (f"Message(topic={self.topic!r}, seq={self.seq}, "
+                f"payload={self.payload[:32]!r}{'...' if len(self.payload) > 32 else ''})")
+
+
+class _Resources:
+    """What a Client owns, kept apart from it so that a finalizer can free it.
+    Mappings are unmapped when their last user (a Subscription, say) lets go."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.ns = None
+        self.topics: dict[str, _core.Ring] = {}
+        self.subs: set = set()
+        self.token = None
+
+    def close(self) -> None:
+        if os.getpid() != self.pid:  # a forked copy: the subscriptions are the parent's
+            self.subs.clear()
+        for sub in list(self.subs):
+            sub._leave()
+        self.subs.clear()
+        self.topics.clear()
+        if self.token is not None:
+            self.token.close()
+            self.token = None
+        self.ns = None
+
+
+class Client:
+    """A connection to a running broker. Broker shares this interface."""
+
+    def __init__(self, name: str = "pymq", *, _token=None):
+        self._res = _Resources()
+        self._finalizer = weakref.finalize(self, self._res.close)
+        self._lock = threading.Lock()
+        self._closed = False
+        self.name = name
+        try:
+            self._res.ns = _core.Namespace(segments.Segment.attach(segments.ns_shm_name(name)))
+        except (posix_ipc.ExistentialError, _core.SegmentNotReady):
+            self._finalizer()
+            raise BrokerNotFound(f"no broker named {name!r} is running") from None
+        except BaseException:
+            self._finalizer()
+            raise
+        self._res.token = _token
+        try:
+            self._config = BrokerConfig.from_json(self._res.ns.config_text())
+        except ValueError as e:
+            self._finalizer()
+            raise SegmentMismatch(f"broker {name!r}: bad config in shared memory: {e}") from None
+        self._topics = self._res.topics  # the hot path's dict
+
+    # -- lifetime -------------------------------------------------------------
+
+    @property
+    def config(self) -> BrokerConfig:
+        return self._config
+
+    def close(self) -> None:
+        """Leave every subscription and unmap everything. Idempotent."""
+        self._closed = True
+        self._finalizer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BrokerClosed("this client is closed")
+        ns = self._res.ns
+        if ns is None or ns.hdr.closed:
+            raise BrokerClosed(f"broker {self.name!r} is closed")
+
+    # -- topics -----------------------------------------------------------------
+
+    def _ring(self, topic: str) -> _core.Ring:
+        return self._topics.get(topic) or self._open_topic(topic, create=True)
+
+    def _open_topic(self, topic: str, create: bool) -> _core.Ring | None:
+        check_topic(topic)
+        with self._lock:
+            self._check_open()
+            ts = self._topics.get(topic)
+            if ts is None:
+                ts = self._attach_or_create(topic, create)
+                if ts is not None:
+                    self._topics[topic] = ts
+            return ts
+
+    def _attach_or_create(self, topic: str, create: bool) -> _core.Ring | None:
+        shm_name = segments.topic_shm_name(self.name, topic)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            try:
+                seg = segments.Segment.attach(shm_name)
+            except posix_ipc.ExistentialError:
+                if not create:
+                    return None
+                seg = self._create_topic(shm_name)
+                if seg is None:
+                    continue  # another process created it first: attach to theirs
+            try:
+                return _core.Ring(seg, topic)
+            except _core.SegmentNotReady:
+                if time.monotonic() > deadline:
+                    raise SegmentMismatch(f"topic {topic!r}: segment never became ready") from None
+                time.sleep(0.001)
+
+    def _create_topic(self, shm_name: str) -> segments.Segment | None:
+        cfg = self._config
+        params = _core.ring_params(cfg.ring_capacity, cfg.max_message_bytes)
+        try:
+            seg = segments.Segment.create(shm_name, _core.ring_size(params))
+        except posix_ipc.ExistentialError:
+            return None
+        try:
+            _core.Ring.init(seg, params)
+        except BaseException:
+            seg.close()
+            segments.unlink(shm_name)  # ours, never made ready: nobody attached
+            raise
+        if self._res.ns.hdr.closed:  # the broker closed while we created it
+            seg.close()
+            segments.unlink(shm_name)
+            raise BrokerClosed(f"broker {self.name!r} is closed")
+        return seg
+
+    def _owner_token(self) -> int:
+        with self._lock:
+            if self._res.token is None:
+                self._res.token = segments.Token(self.name)
+            return self._res.token.value
+
+    # -- publishing -------------------------------------------------------------
+
+    def publish(self, topic: str, payload, timeout: float | None = None) -> int:
+        """Publish one message (bytes-like or Message); returns its seq.
+
+        Waits up to timeout (default: config.publish_timeout) for ring space,
+        then raises pymq.Full."""
+        ring = self._topics.get(topic) or self._ring(topic)
+        if type(payload) is not bytes:
+            payload = _as_bytes(payload)
+        if timeout is None:
+            timeout = self._config.publish_timeout
+        return ring.publish1(payload, _timeout_ns(timeout))
+
+    def publish_many(self, topic: str, payloads, timeout: float | None = None) -> int:
+        """Publish a batch in one native call, all or none; returns the last seq."""
+        ring = self._ring(topic)
+        items = [p if type(p) is bytes else _as_bytes(p) for p in payloads]
+        if not items:
+            raise ValueError("publish_many needs at least one payload")
+        lens = array("I", map(len, items))
+        if timeout is None:
+            timeout = self._config.publish_timeout
+        return ring.publish_many(b"".join(items), lens, _timeout_ns(timeout)) + len(items) - 1
+
+    # -- subscribing ------------------------------------------------------------
+
+    def subscribe(self, topic: str, group: str | None = None, start="latest") -> "Subscription":
+        """Subscribe to topic. Without group: a group of its own (fan-out).
+        With group: compete with the group's other members (each message to one).
+        start ("latest", "earliest" or a seq) applies when the group is created."""
+        if group is not None:
+            check_group(group)
+        if isinstance(start, str):
+            if start not in _core.START:
+                raise ValueError(f"start must be 'latest', 'earliest' or a seq, not {start!r}")
+            mode, seq = _core.START[start], 0
+        elif isinstance(start, int) and not isinstance(start, bool) and start >= 1:
+            mode, seq = _core.START_SEQ, start
+        else:
+            raise ValueError(f"start must be 'latest', 'earliest' or a seq >= 1, not {start!r}")
+        ring = self._ring(topic)
+        owner = self._owner_token()
+        member, gen = ring.join(group or "", 0, mode, seq, owner)
+        buflen = max(READ_BUFFER, ring.max_msg + _core.REC_HDR)
+        sub = Subscription(self, topic, group, _core.Reader(ring, member, gen, READ_BATCH, buflen))
+        with self._lock:
+            self._res.subs.add(sub)
+        return sub
+
+    # -- figures ---------------------------------------------------------------
+
+    def topics(self) -> list[str]:
+        return segments.topic_names(self.name)
+
+    def stats(self) -> dict:
+        """Broker-wide figures and one entry per topic (the same dict as GET /stats)."""
+        ns = self._res.ns
+        if ns is None:
+            raise BrokerClosed("this client is closed")
+        hdr = ns.hdr
+        topics = {}
+        for topic in self.topics():
+            try:
+                ring = self._topics.get(topic) or self._open_topic(topic, create=False)
+            except (MQError, ValueError):
+                continue  # being created or removed right now
+            if ring is not None:
+                topics[topic] = topic_stats(ring.stats())
+        return {
+            "broker": self.name,
+            "owner_pid": hdr.owner_pid,
+            "supervisor": {"pid": hdr.supervisor_pid, "restarts": hdr.supervisor_restarts,
+                           "last_sweep": hdr.supervisor_beat_ns / 1e9},
+            "reaped_processes": hdr.reaped_processes,
+            "reaped_subscriptions": hdr.reaped_members,
+            "published": sum(t["published"] for t in topics.values()),
+            "delivered": sum(t["delivered"] for t in topics.values()),
+            "topics": topics,
+        }
+
+
+def topic_stats(s: dict) -> dict:
+    """The public figures of one topic from a Ring.stats() dict."""
+    groups = {}
+    for g in s["groups_detail"]:
+        key = g["name"] if not g["anonymous"] else f"anon-{g['index']}"
+        groups[key] = {"members": g["members"], "anonymous": g["anonymous"],
+                       "position": g["position"], "lag": g["lag"], "pending": 0,
+                       "delivered": g["delivered"], "delivered_bytes": g["delivered_bytes"]}
+    return {
+        "published": s["published"],
+        "published_bytes": s["published_bytes"],
+        "delivered": sum(g["delivered"] for g in groups.values()),
+        "depth": max((g["lag"] for g in groups.values()), default=0),
+        "ring_bytes_used": s["tail"] - s["gate_min"],
+        "ring_bytes_retained": s["tail"] - s["head"],
+        "ring_bytes_capacity": s["capacity"],
+        "publish_waits": s["publish_waits"],
+        "publish_refusals": s["publish_full"],
+        "expired": s["expired"],
+        "lock_recoveries": s["recoveries"],
+        "corrupt": s["corrupt"],
+        "groups": groups,
+    }
+
+
+class Subscription:
+    """Receives a topic's messages for one member of a group.
+
+    Iterate it, or call get()/get_many(). It ends (iteration stops) when
+    unsubscribed or when the broker closes. Not for concurrent use by several
+    threads: give each thread its own subscription.
+    """
+
+    def __init__(self, client: Client, topic: str, group: str | None, reader: _core.Reader):
+        self.topic = topic
+        self.group = group
+        self._client = client
+        self._reader = reader
+
+    def get(self, timeout: float | None = None) -> bytes:
+        """The next payload; waits up to timeout (None: for ever), then raises pymq.Timeout."""
+        r = self._reader
+        if r is None:
+            raise SubscriptionClosed(f"subscription to {self.topic!r} is closed")
+        r.read(1, _timeout_ns(timeout))
+        off = r.offs[0]
+        return r.view[off:off + r.lens[0]]
+
+    def get_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
+        """1..max_count payloads in one native call; waits like get()."""
+        r = self._reader
+        if r is None:
+            raise SubscriptionClosed(f"subscription to {self.topic!r} is closed")
+        if not isinstance(max_count, int) or max_count < 1:
+            raise ValueError(f"max_count must be an int >= 1, not {max_count!r}")
+        n = r.read(max_count, _timeout_ns(timeout))
+        view, offs, lens = r.view, r.offs, r.lens
+        return [view[offs[i]:offs[i] + lens[i]] for i in range(n)]
+
+    def __iter__(self):
+        # An anonymous subscription takes big batches; a group member small
+        # ones, so that its peers share the work.
+        batch_size = READ_BATCH if self.group is None else 16
+        while True:
+            try:
+                batch = self.get_many(batch_size)
+            except (SubscriptionClosed, BrokerClosed):
+                return
+            yield from batch
+
+    def _leave(self) -> None:
+        r, self._reader = self._reader, None
+        if r is not None:
+            try:
+                r.ring.leave(r.member, r.gen)
+            except MQError:
+                pass  # a corrupt or closed segment: nothing left to leave
+
+    def unsubscribe(self) -> None:
+        """Leave the group (an anonymous group goes with it). Idempotent."""
+        client = self._client
+        with client._lock:
+            client._res.subs.discard(self)
+        self._leave()
+
+    close = unsubscribe
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.unsubscribe()
+
+
+def connect(name: str = "pymq") -> Client:
+    """Attach to the running broker `name`; raises pymq.BrokerNotFound if none."""
+    from .config import check_broker_name
+    return Client(check_broker_name(name))

@@ -1,0 +1,135 @@
+"""BrokerConfig: the settings of one broker, from code or the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+
+from .errors import InvalidTopic
+
+TOPIC_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,199}")
+BROKER_RE = re.compile(r"[A-Za-z0-9_\-]{1,32}")
+GROUP_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,46}")
+
+MiB = 1024 * 1024
+
+
+def check_topic(topic: str) -> str:
+    """Return topic if it is a valid name: 1-200 of A-Z a-z 0-9 . _ -, not starting with '.'."""
+    if not isinstance(topic, str) or not TOPIC_RE.fullmatch(topic):
+        raise InvalidTopic(f"invalid topic name {topic!r}: 1 to 200 characters of "
+                           "A-Z a-z 0-9 . _ -, not starting with '.'")
+    return topic
+
+
+def check_broker_name(name: str) -> str:
+    if not isinstance(name, str) or not BROKER_RE.fullmatch(name):
+        raise InvalidTopic(f"invalid broker name {name!r}: 1 to 32 characters of A-Z a-z 0-9 _ -")
+    return name
+
+
+def check_group(group: str) -> str:
+    if not isinstance(group, str) or not GROUP_RE.fullmatch(group):
+        raise InvalidTopic(f"invalid group name {group!r}: 1 to 47 characters of "
+                           "A-Z a-z 0-9 . _ -, not starting with '.'")
+    return group
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _optional_port(text: str) -> int | None:
+    text = text.strip()
+    return None if text in ("", "none") else int(text)
+
+
+@dataclasses.dataclass
+class BrokerConfig:
+    """Settings of one broker. Each field is also read by from_env() from PYMQ_<FIELD>."""
+
+    name: str = "pymq"
+    persistence_enabled: bool = False
+    persistence_dir: str = "/data/mq"
+    ack_timeout: float = 30.0
+    max_retries: int = 3
+    ring_bytes: int = 8 * MiB
+    max_message_bytes: int = 1 * MiB
+    publish_timeout: float = 5.0
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = None
+
+    def __post_init__(self) -> None:
+        check_broker_name(self.name)
+        if not isinstance(self.ring_bytes, int) or not 4096 <= self.ring_bytes <= 1 << 40:
+            raise ValueError(f"ring_bytes must be an int from 4096 to 2**40, not {self.ring_bytes!r}")
+        if not isinstance(self.max_message_bytes, int) or self.max_message_bytes < 1:
+            raise ValueError(f"max_message_bytes must be a positive int, not {self.max_message_bytes!r}")
+        if self.max_message_bytes + 32 > self.ring_capacity // 2:
+            raise ValueError(f"max_message_bytes ({self.max_message_bytes}) must be at most half "
+                             f"the ring ({self.ring_capacity} bytes) less 32")
+        for field in ("ack_timeout", "publish_timeout"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{field} must be a number >= 0, not {value!r}")
+        if not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ValueError(f"max_retries must be an int >= 0, not {self.max_retries!r}")
+        if self.admin_port is not None and not 0 <= int(self.admin_port) <= 65535:
+            raise ValueError(f"admin_port must be in 0..65535, not {self.admin_port!r}")
+
+    @property
+    def ring_capacity(self) -> int:
+        """ring_bytes rounded up to a power of two: the data bytes of each topic's ring."""
+        return 1 << (self.ring_bytes - 1).bit_length()
+
+    _PARSERS = {bool: _bool, int: int, float: float, str: str}
+
+    @classmethod
+    def from_env(cls, environ=None, **overrides) -> "BrokerConfig":
+        """Defaults, then PYMQ_<FIELD> variables, then keyword overrides."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get("PYMQ_" + f.name.upper())
+            if raw is None:
+                continue
+            parse = _optional_port if f.name == "admin_port" else cls._PARSERS[type(f.default)]
+            try:
+                values[f.name] = parse(raw)
+            except ValueError as e:
+                raise ValueError(f"PYMQ_{f.name.upper()}={raw!r}: {e}") from None
+        values.update(overrides)
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "BrokerConfig":
+        """Parse and validate a config stored in shared memory (never trusted)."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("config is not a JSON object")
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in data.items():
+            f = names.get(key)
+            if f is None:
+                raise ValueError(f"unknown config field {key!r}")
+            want = type(f.default) if f.default is not None else (int, type(None))
+            if want is float:
+                want = (int, float)
+            if not isinstance(value, want) or (isinstance(value, bool) and want is not bool):
+                raise ValueError(f"config field {key!r} has the wrong type")
+        return cls(**data)
+
+
+def default_broker_config() -> BrokerConfig:
+    """The defaults, as the seed's DefaultBrokerConfig()."""
+    return BrokerConfig()

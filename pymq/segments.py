@@ -1,0 +1,266 @@
+"""Shared-memory segments and process liveness tokens.
+
+A Segment is one POSIX shared-memory object mapped into this process: created
+(owner-only, space reserved) or attached, then closed. close() is not
+unlink(): only the Broker that owns a namespace unlinks its segments
+(remove_namespace), and a failed attach never unlinks anything.
+
+A liveness token says a process is alive in a way that survives pid reuse and
+pid namespaces: the process holds an exclusive flock on its own file
+/dev/shm/pymq.<name>..proc.<token>; the kernel drops the lock when the process
+dies, so anyone who can take the lock knows the holder is gone. The file also
+records pid, start time and pid namespace, checked with psutil where the
+namespace is ours (a forked child that inherited the descriptor keeps the lock,
+but not the pid).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import mmap
+import os
+import secrets
+import time
+
+import posix_ipc
+import psutil
+
+from .errors import MQError
+
+SHM_DIR = "/dev/shm"
+NS_SUFFIX = "..ns"
+PROC_INFIX = "..proc."
+
+
+def ns_shm_name(name: str) -> str:
+    return f"/pymq.{name}{NS_SUFFIX}"
+
+
+def topic_shm_name(name: str, topic: str) -> str:
+    return f"/pymq.{name}.{topic}"
+
+
+def namespace_prefix(name: str) -> str:
+    return f"pymq.{name}."
+
+
+class Segment:
+    """A mapped shared-memory object. Use create() or attach(); then close()."""
+
+    def __init__(self, shm_name: str, mm: mmap.mmap, created: bool):
+        self.shm_name = shm_name
+        self.mm = mm
+        self.created = created
+
+    @classmethod
+    def create(cls, shm_name: str, size: int, mode: int = 0o600) -> "Segment":
+        """Create a new object (FileExistsError if it exists), reserve its space."""
+        shm = posix_ipc.SharedMemory(shm_name, posix_ipc.O_CREX, mode=mode, size=0)
+        try:
+            os.fchmod(shm.fd, mode)  # whatever the umask
+            try:
+                os.posix_fallocate(shm.fd, 0, size)  # tmpfs reserves now: no SIGBUS later
+            except OSError as e:
+                raise MQError(f"cannot reserve {size} bytes in {SHM_DIR} for {shm_name}: "
+                              f"{e.strerror} (is /dev/shm full or too small?)") from e
+            mm = mmap.mmap(shm.fd, size)
+        except BaseException:
+            shm.unlink()  # ours: nobody else can have attached a segment not yet ready
+            shm.close_fd()
+            raise
+        shm.close_fd()
+        return cls(shm_name, mm, True)
+
+    @classmethod
+    def attach(cls, shm_name: str) -> "Segment":
+        """Map an existing object (posix_ipc.ExistentialError if there is none)."""
+        shm = posix_ipc.SharedMemory(shm_name)
+        try:
+            size = os.fstat(shm.fd).st_size
+            if size == 0:
+                raise posix_ipc.ExistentialError(f"{shm_name} is empty (being created)")
+            mm = mmap.mmap(shm.fd, size)
+        finally:
+            shm.close_fd()
+        return cls(shm_name, mm, False)
+
+    def close(self) -> None:
+        """Unmap. Whoever wrapped self.mm in cffi pointers must release them first."""
+        if self.mm is not None:
+            self.mm.close()
+            self.mm = None
+
+
+def unlink(shm_name: str) -> bool:
+    try:
+        posix_ipc.unlink_shared_memory(shm_name)
+        return True
+    except posix_ipc.ExistentialError:
+        return False
+
+
+def namespace_entries(name: str) -> list[str]:
+    """File names in /dev/shm that belong to broker `name`."""
+    prefix = namespace_prefix(name)
+    try:
+        return sorted(e for e in os.listdir(SHM_DIR) if e.startswith(prefix))
+    except FileNotFoundError:
+        return []
+
+
+def topic_names(name: str) -> list[str]:
+    """Topics of broker `name` that have a segment (entries not starting with '.')."""
+    prefix = namespace_prefix(name)
+    return [e[len(prefix):] for e in namespace_entries(name) if not e[len(prefix):].startswith(".")]
+
+
+def remove_namespace(name: str) -> list[str]:
+    """Remove every segment and token file of broker `name`; return what was removed."""
+    removed = []
+    for entry in namespace_entries(name):
+        try:
+            os.unlink(os.path.join(SHM_DIR, entry))
+            removed.append(entry)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+# -- liveness ----------------------------------------------------------------
+
+def _pidns() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def process_start(pid: int | None = None) -> float:
+    """Start time of a process (epoch seconds), as psutil gives it."""
+    return psutil.Process(pid).create_time() if pid else psutil.Process().create_time()
+
+
+class Token:
+    """This process's liveness token in namespace `name`: a locked file."""
+
+    def __init__(self, name: str):
+        self.value = secrets.randbits(63) | 1
+        self.path = os.path.join(SHM_DIR, f"pymq.{name}{PROC_INFIX}{self.value:016x}")
+        tmp = self.path + ".new"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            info = {"pid": os.getpid(), "start": process_start(), "pidns": _pidns()}
+            os.write(fd, json.dumps(info).encode())
+            os.rename(tmp, self.path)  # only a locked file ever has the final name
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        self.fd = fd
+        self.pid = os.getpid()
+
+    def close(self) -> None:
+        """Give the token up (the process is done with the namespace)."""
+        if self.fd is not None and self.pid == os.getpid():
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            os.close(self.fd)
+        self.fd = None
+
+
+def token_of(path: str) -> int | None:
+    """The token value a token file name carries, or None if it is not one."""
+    base = os.path.basename(path)
+    i = base.find(PROC_INFIX)
+    if i < 0 or base.endswith(".new"):
+        return None
+    try:
+        return int(base[i + len(PROC_INFIX):], 16)
+    except ValueError:
+        return None
+
+
+def token_files(name: str) -> list[str]:
+    return [os.path.join(SHM_DIR, e) for e in namespace_entries(name) if token_of(e) is not None]
+
+
+def _pid_says_dead(info: dict) -> bool:
+    """True if the recorded pid is, in our own pid namespace, not that process any more."""
+    if info.get("pidns") != _pidns() or not isinstance(info.get("pid"), int):
+        return False  # another namespace: the pid means nothing here; trust the lock
+    try:
+        return abs(process_start(info["pid"]) - float(info.get("start", 0))) > 0.05
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return True
+    except (psutil.Error, TypeError, ValueError):
+        return False
+
+
+def read_token_info(fd: int) -> dict:
+    raw = os.pread(fd, 4096, 0)
+    try:
+        info = json.loads(raw.decode())
+        return info if isinstance(info, dict) else {}
+    except (UnicodeDecodeError, ValueError):
+        return {}
+
+
+class DeadToken:
+    """A token whose process is gone, locked by us until release()."""
+
+    def __init__(self, path: str, value: int, fd: int | None, info: dict):
+        self.path, self.value, self.fd, self.info = path, value, fd, info
+
+    def release(self) -> None:
+        """Remove the token file: call after everything it owned was reaped."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def probe_token(path: str) -> DeadToken | None:
+    """A DeadToken if the process behind the token file is gone, else None."""
+    value = token_of(path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        info = read_token_info(fd)
+        if _pid_says_dead(info):
+            return DeadToken(path, value, fd, info)
+        os.close(fd)
+        return None
+    return DeadToken(path, value, fd, read_token_info(fd))
+
+
+def token_alive(value: int, name: str) -> bool:
+    path = os.path.join(SHM_DIR, f"pymq.{name}{PROC_INFIX}{value:016x}")
+    if not os.path.exists(path):
+        return False
+    dead = probe_token(path)
+    if dead is None:
+        return True
+    os.close(dead.fd)
+    dead.fd = None
+    return False
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.005) -> bool:
+    """Poll predicate until true or timeout (for segment readiness only)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
