@@ -73,6 +73,8 @@ typedef struct {
 } pmq_ns_t;
 
 uint32_t pmq_layout_version(void);
+int64_t pmq_ring_test_stop_in_publish(pmq_ring_t *r, const char *data, uint32_t len, int phase);
+
 uint64_t pmq_ring_size(const pmq_ring_params_t *p);
 int pmq_ring_init(void *base, uint64_t len, const pmq_ring_params_t *p);
 int pmq_ring_attach(pmq_ring_t *r, void *base, uint64_t len);

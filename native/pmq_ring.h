@@ -309,6 +309,9 @@ int pmq_group_stats(pmq_ring_t *r, uint32_t i, pmq_group_stats_t *out);
 int pmq_member_info(pmq_ring_t *r, uint32_t i, uint64_t *owner, uint32_t *group,
                     int32_t *pid);
 
+/* Tests of recovery only: stop a publish part-way with the mutex held. */
+int64_t pmq_ring_test_stop_in_publish(pmq_ring_t *r, const char *data, uint32_t len, int phase);
+
 /* Layout version compiled in; pymq checks it at import. */
 uint32_t pmq_layout_version(void);
 

@@ -429,6 +429,31 @@ int64_t pmq_ring_publish1(pmq_ring_t *r, const char *data, uint32_t len, int64_t
     return pmq_ring_publish(r, data, &len, 1, timeout_ns);
 }
 
+/* For tests of recovery only: run a publish of one payload up to `phase` and
+ * return with the mutex still held, so that the caller can die there:
+ * 0 just locked; 1 record and next_seq written, tail not moved; 2 tail moved,
+ * intent not yet cleared. Returns the seq the record got, or an error. */
+int64_t pmq_ring_test_stop_in_publish(pmq_ring_t *r, const char *data, uint32_t len, int phase)
+{
+    if (!r || !data || len > r->max_msg || phase < 0 || phase > 2)
+        return PMQ_EINVAL;
+    int rc = ring_lock(r, -1);
+    if (rc < 0 || phase == 0)
+        return rc;
+    pmq_ring_hdr_t *h = r->hdr;
+    uint64_t tail = h->tail, seq = h->next_seq, end = plan_end(r, tail, &len, 1);
+    if (end - tail > r->capacity || (h->head < end - r->capacity && end > r->capacity &&
+                                     reclaim(r, end - r->capacity) < 0))
+        return PMQ_FULL;
+    h->intent = (pmq_intent_t){.active = 1, .old_tail = tail, .old_seq = seq,
+                               .new_tail = end, .new_seq = seq + 1};
+    write_records(r, tail, data, &len, 1, seq);
+    h->next_seq = seq + 1;
+    if (phase == 2)
+        STORE_REL(&h->tail, end);
+    return (int64_t)seq;
+}
+
 /* ---- groups and members --------------------------------------------------- */
 
 /* Position of the first record with seq >= want, or tail. Mutex held. */

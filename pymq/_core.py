@@ -164,6 +164,10 @@ class Ring(_Mapped):
             if rc != EINTR:
                 return rc if rc > 0 else check(rc, f"topic {self.topic!r}")
 
+    def test_stop_in_publish(self, data: bytes, phase: int) -> int:
+        """Tests only: stop a publish part-way, keeping the mutex (then die)."""
+        return check(lib.pmq_ring_test_stop_in_publish(self.h, data, len(data), phase))
+
     # -- groups ---------------------------------------------------------------
 
     def join(self, group: str, flags: int, start: int, start_seq: int, owner: int) -> tuple[int, int]:

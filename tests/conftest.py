@@ -1,0 +1,74 @@
+import multiprocessing
+import os
+import sys
+import time
+import uuid
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests/workers.py for spawned processes
+
+import pymq  # noqa: E402
+from pymq import segments  # noqa: E402
+
+MiB = 1024 * 1024
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "native: drives the C core (also run under ASan/UBSan)")
+
+
+@pytest.fixture
+def name():
+    """A broker name of this test's own; nothing of it may be left in /dev/shm."""
+    n = "t" + uuid.uuid4().hex[:12]
+    yield n
+    left = segments.namespace_entries(n)
+    segments.remove_namespace(n)
+    assert left == [], f"left in /dev/shm: {left}"
+
+
+@pytest.fixture
+def make_broker(name):
+    brokers = []
+
+    def make(**kw):
+        kw.setdefault("ring_bytes", 1 * MiB)
+        kw.setdefault("max_message_bytes", 64 * 1024)
+        kw.setdefault("publish_timeout", 5.0)
+        b = pymq.Broker(pymq.BrokerConfig(name=name, **kw))
+        brokers.append(b)
+        return b
+
+    yield make
+    for b in brokers:
+        b.close()
+
+
+@pytest.fixture
+def broker(make_broker):
+    return make_broker()
+
+
+@pytest.fixture
+def ctx():
+    return multiprocessing.get_context("spawn")
+
+
+def wait_for(predicate, timeout=30.0, interval=0.01):
+    """Poll a condition (for conditions that have nothing to block on)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(interval)
+
+
+def join_all(procs, timeout=60):
+    for p in procs:
+        p.join(timeout)
+        assert not p.is_alive(), f"{p.name} did not finish"
+        assert p.exitcode == 0, f"{p.name} exited with {p.exitcode}"

@@ -1,0 +1,244 @@
+"""The client API (pymq/client.py) as DESIGN.md fixes it."""
+
+import threading
+import time
+
+import pytest
+
+import pymq
+from conftest import wait_for
+
+
+def test_publish_returns_seq_and_subscriber_gets_payload(broker):
+    sub = broker.subscribe("gpu-telemetry")
+    assert broker.publish("gpu-telemetry", b"GPU utilization: 85%") == 1
+    assert broker.publish("gpu-telemetry", bytearray(b"b")) == 2
+    assert broker.publish("gpu-telemetry", memoryview(b"xcx")[1:2]) == 3
+    assert broker.publish("gpu-telemetry", pymq.Message(b"m")) == 4
+    assert [sub.get(timeout=5) for _ in range(4)] == [b"GPU utilization: 85%", b"b", b"c", b"m"]
+
+
+def test_publish_many_is_one_batch_and_returns_the_last_seq(broker):
+    sub = broker.subscribe("t")
+    assert broker.publish_many("t", [b"a", b"b", b"c"]) == 3
+    assert broker.publish_many("t", (bytes([i]) for i in range(100))) == 103
+    got = []
+    while len(got) < 103:
+        got += sub.get_many(1000, timeout=5)
+    assert got == [b"a", b"b", b"c"] + [bytes([i]) for i in range(100)]
+
+
+def test_get_times_out_with_timeout(broker):
+    sub = broker.subscribe("t")
+    with pytest.raises(pymq.Timeout):
+        sub.get(timeout=0.05)
+    with pytest.raises(pymq.Timeout):
+        sub.get_many(10, timeout=0)
+
+
+def test_subscribe_sees_only_later_messages_unless_earliest(broker):
+    broker.publish("t", b"old")
+    late = broker.subscribe("t")
+    early = broker.subscribe("t", start="earliest")
+    from_seq = broker.subscribe("t", start=2)
+    broker.publish("t", b"new")
+    assert late.get_many(10, timeout=1) == [b"new"]
+    assert early.get_many(10, timeout=1) == [b"old", b"new"]
+    assert from_seq.get_many(10, timeout=1) == [b"new"]
+
+
+def test_bad_inputs_raise_documented_errors_and_broker_keeps_working(broker):
+    for topic in ["", ".hidden", "a/b", "x" * 201, "sp ace", None, 5]:
+        with pytest.raises(pymq.InvalidTopic):
+            broker.publish(topic, b"x")
+    with pytest.raises(ValueError):  # InvalidTopic is a ValueError too
+        broker.subscribe("bad/topic")
+    for payload in ["text", 12, None, object()]:
+        with pytest.raises(TypeError):
+            broker.publish("t", payload)
+    with pytest.raises(pymq.MessageTooLarge):
+        broker.publish("t", b"x" * (broker.config.max_message_bytes + 1))
+    with pytest.raises(ValueError):
+        broker.publish_many("t", [])
+    with pytest.raises(ValueError):
+        broker.subscribe("t", start="middle")
+    with pytest.raises(ValueError):
+        broker.subscribe("t", start=0)
+    with pytest.raises(pymq.InvalidTopic):
+        broker.subscribe("t", group="no/slash")
+    sub = broker.subscribe("t")
+    with pytest.raises(ValueError):
+        sub.get(timeout=-1)
+    with pytest.raises(ValueError):
+        sub.get_many(0)
+    assert issubclass(pymq.MessageTooLarge, ValueError) and issubclass(pymq.InvalidTopic, ValueError)
+    broker.publish("t", b"still works")
+    assert sub.get(timeout=1) == b"still works"
+
+
+def test_topic_name_rules(broker):
+    for ok in ["a", "A-Z_0.9", "x" * 200, "gpu-telemetry.dlq", "_x"]:
+        broker.publish(ok, b"x")
+    assert set(broker.topics()) >= {"a", "gpu-telemetry.dlq"}
+
+
+def test_connect_to_missing_broker_raises_broker_not_found():
+    with pytest.raises(pymq.BrokerNotFound):
+        pymq.connect("no-such-broker-here")
+    with pytest.raises(pymq.InvalidTopic):
+        pymq.connect("bad name")
+
+
+def test_second_broker_of_a_live_name_is_refused(broker, name):
+    with pytest.raises(pymq.MQError, match="already running"):
+        pymq.Broker(pymq.BrokerConfig(name=name))
+    broker.publish("t", b"still serving")
+
+
+def test_client_reads_config_from_shared_memory(broker, name):
+    c = pymq.connect(name)
+    assert c.config == broker.config
+    c.close()
+
+
+def test_close_ends_iteration_and_publish_raises_broker_closed(make_broker, name):
+    broker = make_broker()
+    c = pymq.connect(name)
+    sub = c.subscribe("t")
+    got = []
+    t = threading.Thread(target=lambda: got.extend(sub))
+    t.start()
+    broker.publish("t", b"one")
+    wait_for(lambda: got)
+    broker.close()
+    t.join(10)
+    assert not t.is_alive() and got == [b"one"]
+    with pytest.raises(pymq.BrokerClosed):
+        c.publish("t", b"x")
+    with pytest.raises(pymq.BrokerClosed):
+        broker.publish("new-topic", b"x")
+    broker.close()  # idempotent
+    c.close()
+    c.close()
+
+
+def test_unsubscribe_ends_iteration_and_get_raises(broker):
+    sub = broker.subscribe("t")
+    got = []
+    t = threading.Thread(target=lambda: got.extend(sub))
+    t.start()
+    broker.publish("t", b"a")
+    wait_for(lambda: got)
+    sub.unsubscribe()
+    t.join(10)
+    assert not t.is_alive() and got == [b"a"]
+    with pytest.raises(pymq.SubscriptionClosed):
+        sub.get(timeout=0)
+    sub.unsubscribe()  # idempotent
+
+
+def test_subscription_and_client_are_context_managers(broker, name):
+    with pymq.connect(name) as c:
+        with c.subscribe("t") as sub:
+            broker.publish("t", b"x")
+            assert sub.get(timeout=1) == b"x"
+        assert broker.stats()["topics"]["t"]["groups"] == {}
+
+
+def test_stats_count_published_and_delivered_per_group(broker):
+    a = broker.subscribe("t", group="ga")
+    broker.subscribe("t", group="gb")
+    broker.publish_many("t", [b"x" * 10] * 7)
+    assert len(a.get_many(100, timeout=1)) == 7
+    s = broker.stats()
+    t = s["topics"]["t"]
+    assert (s["published"], t["published"], t["published_bytes"]) == (7, 7, 70)
+    assert t["groups"]["ga"]["delivered"] == 7 and t["groups"]["ga"]["lag"] == 0
+    assert t["groups"]["gb"]["delivered"] == 0 and t["groups"]["gb"]["lag"] == 7
+    assert t["depth"] == 7 and t["ring_bytes_used"] > 0
+    assert t["ring_bytes_capacity"] == broker.config.ring_capacity
+    assert s["supervisor"]["pid"] == broker.supervisor_pid
+
+
+def test_full_ring_refuses_after_timeout_and_counts(make_broker):
+    broker = make_broker(ring_bytes=65536, max_message_bytes=1024)
+    sub = broker.subscribe("t")
+    sent = 0
+    with pytest.raises(pymq.Full):
+        while True:
+            broker.publish("t", b"%08d" % sent + b"x" * 500, timeout=0.01)
+            sent += 1
+    t = broker.stats()["topics"]["t"]
+    assert t["publish_refusals"] == 1 and t["publish_waits"] == 1
+    got = []
+    while len(got) < sent:
+        got += sub.get_many(1000, timeout=1)
+    assert [int(p[:8]) for p in got] == list(range(sent))  # nothing lost
+
+
+def test_publisher_blocked_on_full_ring_proceeds_when_space_frees(make_broker):
+    broker = make_broker(ring_bytes=65536, max_message_bytes=1024)
+    sub = broker.subscribe("t")
+    while True:
+        try:
+            broker.publish("t", b"x" * 500, timeout=0)
+        except pymq.Full:
+            break
+    done = threading.Event()
+
+    def blocked():
+        broker.publish("t", b"last".ljust(500), timeout=30)
+        done.set()
+    t = threading.Thread(target=blocked)
+    t.start()
+    assert not done.wait(0.1)
+    got = []
+    while not got or got[-1] != b"last".ljust(500):
+        got += sub.get_many(1000, timeout=5)
+    t.join(5)
+    assert done.is_set()
+
+
+def test_message_ack_is_a_no_op_without_ack_and_calls_it_otherwise():
+    pymq.Message(b"x").ack()
+    called = []
+    pymq.Message(b"x", lambda: called.append(1)).ack()
+    assert called == [1]
+
+
+def test_default_config_mirrors_the_seed():
+    cfg = pymq.default_broker_config()
+    assert cfg == pymq.BrokerConfig()
+    assert (cfg.ack_timeout, cfg.max_retries, cfg.persistence_dir) == (30.0, 3, "/data/mq")
+    assert (cfg.admin_host, cfg.admin_port, cfg.persistence_enabled) == ("127.0.0.1", None, False)
+
+
+def test_config_from_env():
+    env = {"PYMQ_NAME": "k8s", "PYMQ_PERSISTENCE_ENABLED": "true", "PYMQ_ACK_TIMEOUT": "2.5",
+           "PYMQ_MAX_RETRIES": "5", "PYMQ_RING_BYTES": "65536", "PYMQ_MAX_MESSAGE_BYTES": "1000",
+           "PYMQ_ADMIN_PORT": "8080", "PYMQ_PUBLISH_TIMEOUT": "0.5"}
+    cfg = pymq.BrokerConfig.from_env(env)
+    assert (cfg.name, cfg.persistence_enabled, cfg.ack_timeout, cfg.max_retries) == ("k8s", True, 2.5, 5)
+    assert (cfg.ring_bytes, cfg.max_message_bytes, cfg.admin_port, cfg.publish_timeout) == (65536, 1000, 8080, 0.5)
+    with pytest.raises(ValueError, match="PYMQ_MAX_RETRIES"):
+        pymq.BrokerConfig.from_env({"PYMQ_MAX_RETRIES": "many"})
+    with pytest.raises(ValueError):
+        pymq.BrokerConfig(ring_bytes=4096, max_message_bytes=4096)
+    with pytest.raises(pymq.InvalidTopic):
+        pymq.BrokerConfig(name="x" * 33)
+    assert pymq.BrokerConfig(ring_bytes=5000, max_message_bytes=100).ring_capacity == 8192
+
+
+def test_segments_are_owner_only(broker, name):
+    import os
+    broker.publish("t", b"x")
+    from pymq import segments
+    for e in segments.namespace_entries(name):
+        assert os.stat("/dev/shm/" + e).st_mode & 0o777 == 0o600, e
+
+
+def test_only_core_imports_the_native_module():
+    import pathlib
+    root = pathlib.Path(pymq.__file__).parent
+    users = [p.name for p in root.glob("*.py") if "_native" in p.read_text() and p.name != "_core.py"]
+    assert users == []

@@ -1,0 +1,102 @@
+"""Functions run in spawned processes by the tests (importable by the child)."""
+
+import os
+import signal
+import struct
+import time
+import zlib
+
+import pymq
+
+HDR = struct.Struct("<IIQ")  # publisher id, index, crc of the body
+
+
+def make_payload(pub: int, i: int, size: int) -> bytes:
+    body = (f"{pub}:{i}:".encode() * (size // 4 + 1))[:max(0, size - HDR.size)]
+    return HDR.pack(pub, i, zlib.crc32(body)) + body
+
+
+def parse_payload(p: bytes) -> tuple[int, int]:
+    pub, i, crc = HDR.unpack_from(p)
+    assert zlib.crc32(p[HDR.size:]) == crc, "torn or corrupt payload"
+    return pub, i
+
+
+def publisher(name, topic, pub, count, size, batch, start_evt=None):
+    c = pymq.connect(name)
+    if start_evt is not None:
+        start_evt.wait(30)
+    i = 0
+    while i < count:
+        if batch > 1:
+            n = min(batch, count - i)
+            c.publish_many(topic, [make_payload(pub, i + k, size) for k in range(n)], timeout=30)
+            i += n
+        else:
+            c.publish(topic, make_payload(pub, i, size), timeout=30)
+            i += 1
+    c.close()
+
+
+def collector(name, topic, group, expected_total, out_q, ready_evt, batch=64, start="latest",
+              idle_timeout=20.0):
+    """Receive until expected_total messages arrived in the group (or idle);
+    report (pid, [(pub, i), ...]) in arrival order."""
+    c = pymq.connect(name)
+    sub = c.subscribe(topic, group=group, start=start)
+    ready_evt.set()
+    got = []
+    while len(got) < expected_total:
+        try:
+            items = sub.get_many(batch, timeout=idle_timeout) if batch > 1 else [sub.get(timeout=idle_timeout)]
+        except pymq.Timeout:
+            break  # a group member: the others took the rest
+        got.extend(parse_payload(p) for p in items)
+    out_q.put((os.getpid(), got))
+    sub.close()
+    c.close()
+
+
+def group_member(name, topic, group, out_q, ready_evt, stop_evt, batch=16):
+    """A member of a group that reads until stop_evt is set and the topic is idle."""
+    c = pymq.connect(name)
+    sub = c.subscribe(topic, group=group)
+    ready_evt.set()
+    got = []
+    while True:
+        try:
+            items = sub.get_many(batch, timeout=0.2)
+        except pymq.Timeout:
+            if stop_evt.is_set():
+                break
+            continue
+        got.extend(parse_payload(p) for p in items)
+    out_q.put((os.getpid(), got))
+    c.close()
+
+
+def subscriber_then_hang(name, topic, ready_evt, group=None):
+    """Subscribe, read nothing, wait to be killed."""
+    c = pymq.connect(name)
+    c.subscribe(topic, group=group)
+    ready_evt.set()
+    while True:
+        time.sleep(1)
+
+
+def hammer_publisher(name, topic, size, ready_evt):
+    """Publish valid payloads as fast as possible until killed."""
+    c = pymq.connect(name)
+    ready_evt.set()
+    i = 0
+    while True:
+        c.publish_many(topic, [make_payload(9, i + k, size + (i + k) % 97) for k in range(8)], timeout=30)
+        i += 8
+
+
+def kill_self_in_lock(seg_name):
+    """Take a ring's mutex and die holding it (SIGKILL)."""
+    from pymq import _core, segments
+    ring = _core.Ring(segments.Segment.attach(seg_name))
+    _core.lib.pthread_mutex_lock_for_tests(ring.h) if hasattr(_core.lib, "pthread_mutex_lock_for_tests") else None
+    os.kill(os.getpid(), signal.SIGKILL)
