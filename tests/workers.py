@@ -94,9 +94,11 @@ def hammer_publisher(name, topic, size, ready_evt):
         i += 8
 
 
-def kill_self_in_lock(seg_name):
-    """Take a ring's mutex and die holding it (SIGKILL)."""
-    from pymq import _core, segments
-    ring = _core.Ring(segments.Segment.attach(seg_name))
-    _core.lib.pthread_mutex_lock_for_tests(ring.h) if hasattr(_core.lib, "pthread_mutex_lock_for_tests") else None
-    os.kill(os.getpid(), signal.SIGKILL)
+def own_broker_then_hang(name, topic, ready_evt):
+    """Create a Broker and a topic, then wait to be SIGKILLed (a dead owner)."""
+    b = pymq.Broker(pymq.BrokerConfig(name=name, ring_bytes=65536, max_message_bytes=1024))
+    b.publish(topic, b"x")
+    b.subscribe(topic)
+    ready_evt.set()
+    while True:
+        time.sleep(1)

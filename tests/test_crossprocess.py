@@ -1,0 +1,207 @@
+"""Cross-process claims, each with separate OS processes (spawn)."""
+
+import collections
+import os
+import random
+import signal
+import time
+
+import psutil
+import pytest
+
+import pymq
+import workers
+from conftest import join_all, wait_for
+
+KiB = 1024
+
+
+def run_collectors(ctx, name, topic, groups, total, **kw):
+    """Start one collector process per entry of groups; wait until all subscribed."""
+    q = ctx.Queue()
+    procs, evts = [], []
+    for g in groups:
+        evt = ctx.Event()
+        p = ctx.Process(target=workers.collector, args=(name, topic, g, total, q, evt), kwargs=kw)
+        p.start()
+        procs.append(p)
+        evts.append(evt)
+    for e in evts:
+        assert e.wait(30)
+    return procs, q
+
+
+def check_per_publisher_order(got):
+    last = {}
+    for pub, i in got:
+        assert i > last.get(pub, -1), f"publisher {pub}: {i} after {last.get(pub)}"
+        last[pub] = i
+
+
+def test_four_publishers_keep_order_and_integrity(make_broker, name, ctx):
+    broker = make_broker(ring_bytes=64 * KiB, max_message_bytes=4 * KiB)  # small: waits happen
+    pubs, per_pub = 4, 3000
+    collectors, q = run_collectors(ctx, name, "t", [None], pubs * per_pub, batch=64)
+    start = ctx.Event()
+    producers = [ctx.Process(target=workers.publisher,
+                             args=(name, "t", p, per_pub, 1 + p * 700, 1 + 7 * (p % 2), start))
+                 for p in range(pubs)]
+    for p in producers:
+        p.start()
+    start.set()
+    join_all(producers)
+    _, got = q.get(timeout=60)
+    join_all(collectors)
+    assert len(got) == pubs * per_pub
+    assert collections.Counter(p for p, _ in got) == {p: per_pub for p in range(pubs)}
+    check_per_publisher_order(got)  # and every payload's crc held (parse_payload)
+    t = broker.stats()["topics"]["t"]
+    assert t["published"] == pubs * per_pub
+
+
+def test_fan_out_gives_every_subscriber_every_message(make_broker, name, ctx):
+    make_broker()
+    total = 2000
+    collectors, q = run_collectors(ctx, name, "t", [None, None, None], total)
+    join_all([_start(ctx.Process(target=workers.publisher, args=(name, "t", 0, total, 64, 16)))])
+    results = [q.get(timeout=60) for _ in collectors]
+    join_all(collectors)
+    for _, got in results:
+        assert got == [(0, i) for i in range(total)]
+
+
+def _start(p):
+    p.start()
+    return p
+
+
+def test_groups_split_exactly_once_and_fan_out_between_groups(make_broker, name, ctx):
+    broker = make_broker()
+    total = 6000
+    q = ctx.Queue()
+    stop = ctx.Event()
+    members = []
+    for group in ["dashboard", "dashboard", "dashboard", "archiver", "archiver"]:
+        ready = ctx.Event()
+        p = _start(ctx.Process(target=workers.group_member, args=(name, "t", group, q, ready, stop)))
+        assert ready.wait(30)
+        members.append((group, p))
+    join_all([_start(ctx.Process(target=workers.publisher, args=(name, "t", k, total // 2, 48, 8)))
+              for k in range(2)])
+    wait_for(lambda: all(g["lag"] == 0 for g in broker.stats()["topics"]["t"]["groups"].values()))
+    stop.set()
+    by_pid = dict(q.get(timeout=60) for _ in members)
+    join_all([p for _, p in members])
+    for group in ["dashboard", "archiver"]:
+        parts = [by_pid[p.pid] for g, p in members if g == group]
+        union = [m for part in parts for m in part]
+        assert len(union) == total and set(union) == {(k, i) for k in range(2) for i in range(total // 2)}
+        for part in parts:
+            check_per_publisher_order(part)  # each member sees its share in publish order
+        assert sum(1 for part in parts if part) >= 2  # the work was actually shared
+
+
+def test_publisher_killed_mid_publish_never_wedges_or_tears(make_broker, name, ctx):
+    broker = make_broker(ring_bytes=64 * KiB, max_message_bytes=4 * KiB)
+    sub = broker.subscribe("t")
+    rng = random.Random(1)
+    for round_ in range(25):
+        ready = ctx.Event()
+        p = _start(ctx.Process(target=workers.hammer_publisher, args=(name, "t", 200, ready)))
+        assert ready.wait(30)
+        deadline = time.monotonic() + rng.uniform(0.0, 0.05)
+        while time.monotonic() < deadline:  # keep reading so the publisher keeps writing
+            try:
+                for payload in sub.get_many(256, timeout=0.01):
+                    workers.parse_payload(payload)  # asserts the crc: no torn record
+            except pymq.Timeout:
+                pass
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(10)
+    seq = broker.publish("t", workers.make_payload(1, 1, 100), timeout=5)  # not wedged
+    got = []
+    while True:
+        try:
+            got += sub.get_many(1000, timeout=0.2)
+        except pymq.Timeout:
+            break
+    for payload in got:
+        workers.parse_payload(payload)
+    assert workers.parse_payload(got[-1]) == (1, 1)
+    t = broker.stats()["topics"]["t"]
+    assert t["published"] == seq and t["corrupt"] == 0
+
+
+def _wait_blocked(broker, topic):
+    wait_for(lambda: broker.stats()["topics"][topic]["publish_waits"] > 0)
+
+
+def test_killed_subscriber_is_reaped_and_stops_holding_publishers_back(make_broker, name, ctx):
+    broker = make_broker(ring_bytes=64 * KiB, max_message_bytes=4 * KiB)
+    ready = ctx.Event()
+    p = _start(ctx.Process(target=workers.subscriber_then_hang, args=(name, "t", ready)))
+    assert ready.wait(30)
+    with pytest.raises(pymq.Full):  # the idle subscriber gates the ring
+        for _ in range(1000):
+            broker.publish("t", b"x" * 1000, timeout=0)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(10)
+    broker.publish("t", b"x" * 1000, timeout=30)  # proceeds once the supervisor reaped it
+    s = broker.stats()
+    assert s["reaped_processes"] >= 1 and s["reaped_subscriptions"] == 1
+    assert s["topics"]["t"]["groups"] == {}
+
+
+def test_dead_member_leaves_its_named_group(make_broker, name, ctx):
+    broker = make_broker()
+    procs = []
+    for _ in range(2):
+        ready = ctx.Event()
+        procs.append(_start(ctx.Process(target=workers.subscriber_then_hang,
+                                        args=(name, "t", ready, "workers"))))
+        assert ready.wait(30)
+    members = lambda: broker.stats()["topics"]["t"]["groups"]["workers"]["members"]  # noqa: E731
+    assert members() == 2
+    os.kill(procs[0].pid, signal.SIGKILL)
+    wait_for(lambda: members() == 1)
+    os.kill(procs[1].pid, signal.SIGKILL)
+    wait_for(lambda: members() == 0)
+    broker.publish("t", b"waits for the durable group")
+    assert broker.stats()["topics"]["t"]["groups"]["workers"]["lag"] == 1
+    for p in procs:
+        p.join(10)
+
+
+def test_supervisor_killed_is_restarted_and_keeps_reaping(make_broker, name, ctx):
+    broker = make_broker()
+    sub = broker.subscribe("t")
+    first = broker.supervisor_pid
+    os.kill(first, signal.SIGKILL)
+    broker.publish("t", b"publish goes on")  # the hot path never needs the supervisor
+    assert sub.get(timeout=5) == b"publish goes on"
+    wait_for(lambda: broker.supervisor_pid != first and broker.stats()["supervisor"]["restarts"] == 1)
+    assert psutil.pid_exists(broker.supervisor_pid)
+    ready = ctx.Event()
+    p = _start(ctx.Process(target=workers.subscriber_then_hang, args=(name, "t", ready)))
+    assert ready.wait(30)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(10)
+    wait_for(lambda: broker.stats()["reaped_subscriptions"] == 1)
+
+
+def test_new_broker_removes_segments_of_a_dead_owner(name, ctx):
+    ready = ctx.Event()
+    p = _start(ctx.Process(target=workers.own_broker_then_hang, args=(name, "t", ready)))
+    assert ready.wait(30)
+    with pytest.raises(pymq.MQError, match="already running"):
+        pymq.Broker(pymq.BrokerConfig(name=name))
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(10)
+    b = pymq.Broker(pymq.BrokerConfig(name=name, ring_bytes=65536, max_message_bytes=1024))
+    try:
+        assert any(e.endswith(".t") for e in b.stale_removed)
+        sub = b.subscribe("t", start="earliest")
+        b.publish("t", b"fresh")
+        assert sub.get_many(10, timeout=5) == [b"fresh"]  # the old ring is gone
+    finally:
+        b.close()
