@@ -14,10 +14,6 @@ from pymq import segments  # noqa: E402
 MiB = 1024 * 1024
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "native: drives the C core (also run under ASan/UBSan)")
-
-
 @pytest.fixture
 def name():
     """A broker name of this test's own; nothing of it may be left in /dev/shm."""
@@ -72,3 +68,7 @@ def join_all(procs, timeout=60):
         p.join(timeout)
         assert not p.is_alive(), f"{p.name} did not finish"
         assert p.exitcode == 0, f"{p.name} exited with {p.exitcode}"
+
+
+if os.environ.get("PYMQ_EXPECT_SANITIZED"):  # make test-sanitize: be sure what runs
+    assert "build/sanitize" in pymq.__file__, pymq.__file__

@@ -11,8 +11,6 @@ from hypothesis import strategies as st
 import pymq
 from pymq import _core, segments
 
-pytestmark = pytest.mark.native
-
 LATEST, EARLIEST = _core.START["latest"], _core.START["earliest"]
 
 
