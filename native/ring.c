@@ -127,6 +127,16 @@ static int ring_lock(pmq_ring_t *r, int64_t deadline_real_ns)
     return rc;
 }
 
+/* For everything but publish (which has its own timeout): the mutex is only
+ * ever held for microseconds, so a wait this long means a garbage lock word,
+ * and the caller gets -ETIMEDOUT instead of hanging. */
+#define PMQ_ADMIN_LOCK_NS (10LL * 1000000000LL)
+
+static int ring_lock_admin(pmq_ring_t *r)
+{
+    return ring_lock(r, pmq_now_real() + PMQ_ADMIN_LOCK_NS);
+}
+
 static void ring_unlock(pmq_ring_t *r) { pthread_mutex_unlock(&r->hdr->lock); }
 
 /* ---- init and attach -------------------------------------------------- */
@@ -437,7 +447,7 @@ int64_t pmq_ring_test_stop_in_publish(pmq_ring_t *r, const char *data, uint32_t 
 {
     if (!r || !data || len > r->max_msg || phase < 0 || phase > 2)
         return PMQ_EINVAL;
-    int rc = ring_lock(r, -1);
+    int rc = ring_lock_admin(r);
     if (rc < 0 || phase == 0)
         return rc;
     pmq_ring_hdr_t *h = r->hdr;
@@ -532,7 +542,7 @@ int pmq_group_join(pmq_ring_t *r, const char *name, uint32_t flags, int start,
     int anon = name[0] == '\0';
     if (anon)
         flags |= PMQ_GROUP_ANON;
-    int rc = ring_lock(r, -1);
+    int rc = ring_lock_admin(r);
     if (rc < 0)
         return rc;
     int mi = free_slot(&r->members[0].state, r->max_members, sizeof(pmq_member_t));
@@ -579,7 +589,7 @@ int pmq_member_leave(pmq_ring_t *r, uint32_t member, uint32_t gen)
 {
     if (!r || member >= r->max_members)
         return PMQ_EINVAL;
-    int rc = ring_lock(r, -1);
+    int rc = ring_lock_admin(r);
     if (rc < 0)
         return rc;
     pmq_member_t *m = &r->members[member];
@@ -596,7 +606,7 @@ int pmq_ring_reap(pmq_ring_t *r, uint64_t owner)
 {
     if (!r)
         return PMQ_EINVAL;
-    int rc = ring_lock(r, -1), n = 0;
+    int rc = ring_lock_admin(r), n = 0;
     if (rc < 0)
         return rc;
     for (uint32_t i = 0; i < r->max_members; i++) {
@@ -751,7 +761,7 @@ int pmq_ring_stats(pmq_ring_t *r, pmq_ring_stats_t *o)
 {
     if (!r || !o)
         return PMQ_EINVAL;
-    int rc = ring_lock(r, -1);
+    int rc = ring_lock_admin(r);
     if (rc < 0)
         return rc;
     pmq_ring_hdr_t *h = r->hdr;
@@ -783,7 +793,7 @@ int pmq_group_stats(pmq_ring_t *r, uint32_t i, pmq_group_stats_t *o)
 {
     if (!r || !o || i >= r->max_groups)
         return PMQ_EINVAL;
-    int rc = ring_lock(r, -1);
+    int rc = ring_lock_admin(r);
     if (rc < 0)
         return rc;
     pmq_ring_hdr_t *h = r->hdr;
