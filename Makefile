@@ -7,7 +7,7 @@ DEPS   := $(VENV)/.deps-installed
 NATIVE := pymq/.native-built
 SAN    := build/sanitize
 
-.PHONY: all build demo test test-unit test-sanitize bench bench-micro clean
+.PHONY: all build demo test test-unit test-sanitize test-wheel bench bench-micro clean
 
 all: build
 
@@ -26,7 +26,7 @@ build: $(NATIVE)
 demo: build
 	$(PY) -m pymq.demo
 
-test: test-unit test-sanitize
+test: test-unit test-sanitize test-wheel
 
 test-unit: build
 	$(PY) -m pytest -q tests
@@ -42,6 +42,16 @@ test-sanitize: $(DEPS)
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  PYMQ_EXPECT_SANITIZED=1 $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider \
 	  $(CURDIR)/tests
+
+# pip install . on a clean venv builds the native core (PEP 517) and works.
+test-wheel: $(DEPS)
+	rm -rf build/wheel && $(BIN)/pip wheel -q --no-deps -w build/wheel .
+	$(PYTHON) -m venv build/wheel/venv
+	build/wheel/venv/bin/pip install -q build/wheel/*.whl
+	cd build/wheel && venv/bin/python -c "import pymq, os; \
+	  b = pymq.Broker(pymq.BrokerConfig(name='wheel%d' % os.getpid())); s = b.subscribe('t'); \
+	  b.publish('t', b'ok'); assert s.get(timeout=5) == b'ok'; b.close(); \
+	  print('pip install . works:', pymq.__file__)"
 
 bench-micro: build
 	$(PY) -m pytest -q benchmarks --benchmark-only

@@ -31,7 +31,7 @@ typedef struct pmq_ns {
     uint64_t seg_len;
     int32_t owner_pid;          /* the Broker process */
     uint32_t closed;            /* set by Broker.close before unlinking */
-    uint64_t owner_start;       /* its start time, clock ticks since boot */
+    uint64_t owner_start;       /* its start time, ms since the epoch */
     uint64_t owner_token;       /* its liveness token (pymq/segments.py) */
     int32_t supervisor_pid;     /* 0 while none runs */
     uint32_t supervisor_restarts;

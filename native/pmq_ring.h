@@ -151,7 +151,7 @@ typedef struct pmq_ring_hdr {
     uint32_t max_msg;         /* largest payload accepted */
     int32_t creator_pid;
     uint32_t pad0;
-    uint64_t creator_start;   /* creator's start time (clock ticks since boot) */
+    uint64_t creator_start;   /* creator's start time, ms since the epoch */
     int64_t created_ns;
     uint8_t pad1[2 * PMQ_CACHE_LINE - 104];
 

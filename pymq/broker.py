@@ -139,7 +139,8 @@ class Broker(Client):
         token = segments.Token(cfg.name)
         try:
             seg = segments.Segment.create(segments.ns_shm_name(cfg.name), _core.ns_size())
-            ns = _core.Namespace.init(seg, os.getpid(), 0, token.value, cfg.to_json().encode())
+            ns = _core.Namespace.init(seg, os.getpid(), segments.start_stamp(), token.value,
+                                      cfg.to_json().encode())
             ns.release()
         except BaseException:
             token.close()

@@ -141,6 +141,12 @@ def process_start(pid: int | None = None) -> float:
     return psutil.Process(pid).create_time() if pid else psutil.Process().create_time()
 
 
+def start_stamp() -> int:
+    """This process's start time in milliseconds since the epoch: with the pid,
+    it names a process (a recycled pid has another start time)."""
+    return int(process_start() * 1000)
+
+
 class Token:
     """This process's liveness token in namespace `name`: a locked file."""
 
