@@ -6,87 +6,18 @@
  * take the mutex: a member claims records by a CAS on its group's cursor, after
  * copying them out; a failed CAS discards the copy. Publishers never overwrite
  * at or above the lowest cursor (the gate), so a copy taken while the cursor
- * still holds its old value is intact. Layout: pmq_ring.h.
+ * still holds its old value is intact. Layout: pmq_ring.h. Groups, members
+ * and figures: group.c.
  */
 #define _GNU_SOURCE
-#include "pmq_ring.h"
 #include "pmq_sync.h"
+#include "ring_internal.h"
 
 #include <errno.h>
-#include <string.h>
-
-#define ALIGN8(x) (((x) + 7ULL) & ~7ULL)
-
-/* Acquire/release pair the data with the positions that publish it;
- * seq_cst is used only where a store must be ordered before a later load
- * (the waiter flags: a Dekker handshake between sleeper and waker). */
-#define LOAD_ACQ(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
-#define LOAD_SC(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
-#define STORE_REL(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
-#define STORE_SC(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
-#define ADD_RLX(p, v) __atomic_fetch_add((p), (v), __ATOMIC_RELAXED)
 
 uint32_t pmq_layout_version(void) { return PMQ_LAYOUT_VERSION; }
 
-static uint64_t rec_size(uint64_t len) { return ALIGN8(PMQ_REC_HDR + len); }
-
-/* Positions are kept normalised: never inside the implicit gap of fewer than
- * a header's bytes at the end of the data area. */
-static uint64_t skip_gap(const pmq_ring_t *r, uint64_t pos)
-{
-    uint64_t room = r->capacity - (pos & r->mask);
-    return room < PMQ_REC_HDR ? pos + room : pos;
-}
-
-/* Copy out and check the record at pos, which must lie below limit. Returns
- * its size in the ring (a padding record's too), or 0 if anything is out of
- * bounds. Copying first means a racing overwrite cannot change what is checked. */
-static uint64_t rec_check(const pmq_ring_t *r, uint64_t pos, uint64_t limit, pmq_rec_t *rec)
-{
-    uint64_t off = pos & r->mask, room = r->capacity - off, size;
-    if (pos >= limit || limit - pos < PMQ_REC_HDR || room < PMQ_REC_HDR)
-        return 0;
-    memcpy(rec, r->data + off, sizeof *rec);
-    if (rec->type == PMQ_REC_DATA) {
-        if (rec->len > r->max_msg)
-            return 0;
-        size = rec_size(rec->len);
-        if (size > room)
-            return 0;
-    } else if (rec->type == PMQ_REC_PAD) {
-        size = PMQ_REC_HDR + (uint64_t)rec->len;
-        if (size != room)
-            return 0;
-    } else {
-        return 0;
-    }
-    return size <= limit - pos ? size : 0;
-}
-
 /* ---- lock and recovery ------------------------------------------------ */
-
-static void recount_members(pmq_ring_t *r)
-{
-    for (uint32_t g = 0; g < r->max_groups; g++)
-        r->groups[g].members = 0;
-    for (uint32_t i = 0; i < r->max_members; i++) {
-        pmq_member_t *m = &r->members[i];
-        if (m->state != PMQ_SLOT_ACTIVE)
-            continue;
-        pmq_group_t *g = m->group < r->max_groups ? &r->groups[m->group] : NULL;
-        if (!g || g->state != PMQ_SLOT_ACTIVE || g->gen != m->group_gen)
-            STORE_REL(&m->state, PMQ_SLOT_FREE); /* a member of no group */
-        else
-            g->members++;
-    }
-    for (uint32_t g = 0; g < r->max_groups; g++) {
-        pmq_group_t *gr = &r->groups[g];
-        if (gr->state == PMQ_SLOT_ACTIVE && (gr->flags & PMQ_GROUP_ANON) && gr->members == 0)
-            STORE_REL(&gr->state, PMQ_SLOT_FREE);
-    }
-}
-
-static int compute_gate(pmq_ring_t *r, uint64_t *gate);
 
 /* Repair the segment after a lock holder died (EOWNERDEAD), with the mutex
  * held. The only multi-word update a publisher makes is the commit, guarded by
@@ -105,11 +36,11 @@ static int ring_recover(pmq_ring_t *r)
     ADD_RLX(&h->recoveries, 1);
     if (h->head > h->tail || h->tail - h->head > r->capacity || h->next_seq == 0)
         return PMQ_ECORRUPT;
-    recount_members(r);
-    return compute_gate(r, &h->gate);
+    pmq_group_recount(r);
+    return pmq_ring_gate(r, &h->gate);
 }
 
-static int ring_lock(pmq_ring_t *r, int64_t deadline_real_ns)
+int pmq_ring_lock(pmq_ring_t *r, int64_t deadline_real_ns)
 {
     int rc = pmq_mutex_lock(&r->hdr->lock, deadline_real_ns);
     if (rc == EOWNERDEAD) {
@@ -132,12 +63,12 @@ static int ring_lock(pmq_ring_t *r, int64_t deadline_real_ns)
  * and the caller gets -ETIMEDOUT instead of hanging. */
 #define PMQ_ADMIN_LOCK_NS (10LL * 1000000000LL)
 
-static int ring_lock_admin(pmq_ring_t *r)
+int pmq_ring_lock_admin(pmq_ring_t *r)
 {
-    return ring_lock(r, pmq_now_real() + PMQ_ADMIN_LOCK_NS);
+    return pmq_ring_lock(r, pmq_now_real() + PMQ_ADMIN_LOCK_NS);
 }
 
-static void ring_unlock(pmq_ring_t *r) { pthread_mutex_unlock(&r->hdr->lock); }
+void pmq_ring_unlock(pmq_ring_t *r) { pthread_mutex_unlock(&r->hdr->lock); }
 
 /* ---- init and attach -------------------------------------------------- */
 
@@ -265,7 +196,7 @@ void pmq_ring_close(pmq_ring_t *r)
 /* ---- publishing --------------------------------------------------------- */
 
 /* The lowest cursor of any live group, or tail when there is none. */
-static int compute_gate(pmq_ring_t *r, uint64_t *gate)
+int pmq_ring_gate(pmq_ring_t *r, uint64_t *gate)
 {
     uint64_t tail = r->hdr->tail, head = r->hdr->head, g = tail;
     for (uint32_t i = 0; i < r->max_groups; i++) {
@@ -288,7 +219,7 @@ static int reclaim(pmq_ring_t *r, uint64_t target)
 {
     pmq_ring_hdr_t *h = r->hdr;
     if (h->gate < target) {
-        int rc = compute_gate(r, &h->gate);
+        int rc = pmq_ring_gate(r, &h->gate);
         if (rc < 0)
             return rc;
     }
@@ -349,20 +280,20 @@ static int wait_for_space(pmq_ring_t *r, uint64_t target, int64_t deadline, int6
     pmq_ring_hdr_t *h = r->hdr;
     uint32_t seen = LOAD_ACQ(&h->space_seq);
     STORE_SC(&h->space_waiters, 1);
-    int rc = compute_gate(r, &h->gate); /* re-check after announcing */
+    int rc = pmq_ring_gate(r, &h->gate); /* re-check after announcing */
     if (rc < 0) {
-        ring_unlock(r);
+        pmq_ring_unlock(r);
         return rc;
     }
     if (h->gate >= target || h->closed)
         return 0;
     int64_t left = deadline < 0 ? -1 : deadline - pmq_now_mono();
-    ring_unlock(r);
+    pmq_ring_unlock(r);
     if (deadline >= 0 && left <= 0)
         return PMQ_FULL;
     if (pmq_futex_wait(&h->space_seq, seen, left) == -EINTR)
         return PMQ_EINTR;
-    rc = ring_lock(r, deadline_real);
+    rc = pmq_ring_lock(r, deadline_real);
     return rc == -ETIMEDOUT ? PMQ_FULL : rc;
 }
 
@@ -380,7 +311,7 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *data, const uint32_t *lens,
     pmq_ring_hdr_t *h = r->hdr;
     int64_t now = pmq_now_mono(), deadline = timeout_ns < 0 ? -1 : now + timeout_ns;
     int64_t deadline_real = timeout_ns < 0 ? -1 : pmq_now_real() + timeout_ns;
-    int rc = ring_lock(r, deadline_real), waited = 0;
+    int rc = pmq_ring_lock(r, deadline_real), waited = 0;
     if (rc < 0) {
         if (rc != -ETIMEDOUT)
             return rc;
@@ -389,12 +320,12 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *data, const uint32_t *lens,
     }
     for (;;) {
         if (h->closed) {
-            ring_unlock(r);
+            pmq_ring_unlock(r);
             return PMQ_CLOSED;
         }
         uint64_t tail = h->tail, end = plan_end(r, tail, lens, count);
         if (end - tail > r->capacity) {
-            ring_unlock(r);
+            pmq_ring_unlock(r);
             return PMQ_ETOOBIG;
         }
         uint64_t target = end > r->capacity ? end - r->capacity : 0;
@@ -416,7 +347,7 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *data, const uint32_t *lens,
             ADD_RLX(&h->publish_full, 1);
         else
             ADD_RLX(&h->corrupt, 1);
-        ring_unlock(r);
+        pmq_ring_unlock(r);
         return rc;
     }
     uint64_t tail = h->tail, seq = h->next_seq, end;
@@ -428,7 +359,7 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *data, const uint32_t *lens,
     STORE_REL(&h->tail, end); /* the commit: readers acquire tail */
     h->intent.active = 0;
     h->published_bytes += bytes;
-    ring_unlock(r);
+    pmq_ring_unlock(r);
     if (wake_if_waiting(&h->data_seq, &h->data_waiters))
         ADD_RLX(&h->wakeups, 1);
     return (int64_t)seq;
@@ -447,7 +378,7 @@ int64_t pmq_ring_test_stop_in_publish(pmq_ring_t *r, const char *data, uint32_t 
 {
     if (!r || !data || len > r->max_msg || phase < 0 || phase > 2)
         return PMQ_EINVAL;
-    int rc = ring_lock_admin(r);
+    int rc = pmq_ring_lock_admin(r);
     if (rc < 0 || phase == 0)
         return rc;
     pmq_ring_hdr_t *h = r->hdr;
@@ -462,164 +393,6 @@ int64_t pmq_ring_test_stop_in_publish(pmq_ring_t *r, const char *data, uint32_t 
     if (phase == 2)
         STORE_REL(&h->tail, end);
     return (int64_t)seq;
-}
-
-/* ---- groups and members --------------------------------------------------- */
-
-/* Position of the first record with seq >= want, or tail. Mutex held. */
-static int seek_seq(pmq_ring_t *r, uint64_t want, uint64_t *out)
-{
-    uint64_t pos = r->hdr->head, tail = r->hdr->tail;
-    pmq_rec_t rec;
-    while (pos < tail) {
-        uint64_t size = rec_check(r, pos, tail, &rec);
-        if (size == 0)
-            return PMQ_ECORRUPT;
-        if (rec.type == PMQ_REC_DATA && rec.seq >= want)
-            break;
-        pos = skip_gap(r, pos + size);
-    }
-    *out = pos;
-    return 0;
-}
-
-static int find_group(pmq_ring_t *r, const char *name)
-{
-    for (uint32_t i = 0; i < r->max_groups; i++) {
-        pmq_group_t *g = &r->groups[i];
-        if (g->state == PMQ_SLOT_ACTIVE && !(g->flags & PMQ_GROUP_ANON) &&
-            strncmp(g->name, name, sizeof g->name) == 0)
-            return (int)i;
-    }
-    return -1;
-}
-
-static int free_slot(uint32_t *state, uint32_t n, size_t stride)
-{
-    for (uint32_t i = 0; i < n; i++)
-        if (*(uint32_t *)((char *)state + i * stride) == PMQ_SLOT_FREE)
-            return (int)i;
-    return -1;
-}
-
-static int new_group(pmq_ring_t *r, const char *name, uint32_t flags, int start, uint64_t start_seq)
-{
-    pmq_ring_hdr_t *h = r->hdr;
-    int gi = free_slot(&r->groups[0].state, r->max_groups, sizeof(pmq_group_t));
-    if (gi < 0)
-        return PMQ_ENOSLOT;
-    uint64_t cursor = h->tail;
-    if (start == PMQ_START_EARLIEST)
-        cursor = h->head;
-    else if (start == PMQ_START_SEQ) {
-        int rc = seek_seq(r, start_seq, &cursor);
-        if (rc < 0)
-            return rc;
-    }
-    pmq_group_t *g = &r->groups[gi];
-    pmq_rec_t rec;
-    g->flags = flags;
-    g->gen++;
-    g->members = 0;
-    memset(g->name, 0, sizeof g->name);
-    strncpy(g->name, name, sizeof g->name - 1);
-    g->delivered = g->delivered_bytes = 0;
-    g->created_ns = (uint64_t)pmq_now_real();
-    g->start_seq = rec_check(r, cursor, h->tail, &rec) && rec.type == PMQ_REC_DATA ? rec.seq : h->next_seq;
-    STORE_SC(&g->cursor, cursor);
-    if (cursor < h->gate)
-        h->gate = cursor; /* the gate stays a lower bound of every cursor */
-    STORE_REL(&g->state, PMQ_SLOT_ACTIVE);
-    return gi;
-}
-
-int pmq_group_join(pmq_ring_t *r, const char *name, uint32_t flags, int start,
-                   uint64_t start_seq, uint64_t owner, int32_t pid, uint32_t *member_gen)
-{
-    if (!r || !name || !member_gen || strnlen(name, PMQ_NAME_MAX - 16) >= PMQ_NAME_MAX - 16 ||
-        (flags & ~(PMQ_GROUP_ACK)) != 0 || start < PMQ_START_LATEST || start > PMQ_START_SEQ)
-        return PMQ_EINVAL;
-    int anon = name[0] == '\0';
-    if (anon)
-        flags |= PMQ_GROUP_ANON;
-    int rc = ring_lock_admin(r);
-    if (rc < 0)
-        return rc;
-    int mi = free_slot(&r->members[0].state, r->max_members, sizeof(pmq_member_t));
-    int gi = anon ? -1 : find_group(r, name);
-    if (mi < 0)
-        rc = PMQ_ENOSLOT;
-    else if (gi >= 0 && r->groups[gi].flags != flags)
-        rc = PMQ_EINVAL;
-    else if (gi < 0)
-        rc = gi = new_group(r, name, flags, start, start_seq);
-    if (rc >= 0) {
-        pmq_group_t *g = &r->groups[gi];
-        pmq_member_t *m = &r->members[mi];
-        m->group = (uint32_t)gi;
-        m->group_gen = g->gen;
-        m->owner = owner;
-        m->pid = pid;
-        m->delivered = 0;
-        *member_gen = ++m->gen;
-        g->members++;
-        STORE_REL(&m->state, PMQ_SLOT_ACTIVE);
-        rc = mi;
-    }
-    ring_unlock(r);
-    return rc;
-}
-
-/* Mutex held. An anonymous group goes with its last member. */
-static void remove_member(pmq_ring_t *r, pmq_member_t *m)
-{
-    STORE_REL(&m->state, PMQ_SLOT_FREE);
-    if (m->group >= r->max_groups)
-        return;
-    pmq_group_t *g = &r->groups[m->group];
-    if (g->state != PMQ_SLOT_ACTIVE || g->gen != m->group_gen)
-        return;
-    if (g->members > 0)
-        g->members--;
-    if ((g->flags & PMQ_GROUP_ANON) && g->members == 0)
-        STORE_REL(&g->state, PMQ_SLOT_FREE);
-}
-
-int pmq_member_leave(pmq_ring_t *r, uint32_t member, uint32_t gen)
-{
-    if (!r || member >= r->max_members)
-        return PMQ_EINVAL;
-    int rc = ring_lock_admin(r);
-    if (rc < 0)
-        return rc;
-    pmq_member_t *m = &r->members[member];
-    if (m->state == PMQ_SLOT_ACTIVE && m->gen == gen)
-        remove_member(r, m);
-    else
-        rc = PMQ_GONE;
-    ring_unlock(r);
-    pmq_ring_wake_all(r); /* a reader blocked on this member returns PMQ_GONE */
-    return rc;
-}
-
-int pmq_ring_reap(pmq_ring_t *r, uint64_t owner)
-{
-    if (!r)
-        return PMQ_EINVAL;
-    int rc = ring_lock_admin(r), n = 0;
-    if (rc < 0)
-        return rc;
-    for (uint32_t i = 0; i < r->max_members; i++) {
-        pmq_member_t *m = &r->members[i];
-        if (m->state == PMQ_SLOT_ACTIVE && m->owner == owner) {
-            remove_member(r, m);
-            n++;
-        }
-    }
-    ring_unlock(r);
-    if (n)
-        pmq_ring_wake_all(r);
-    return n;
 }
 
 /* ---- reading -------------------------------------------------------------- */
@@ -755,86 +528,3 @@ int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, char *buf,
     }
 }
 
-/* ---- figures -------------------------------------------------------------- */
-
-int pmq_ring_stats(pmq_ring_t *r, pmq_ring_stats_t *o)
-{
-    if (!r || !o)
-        return PMQ_EINVAL;
-    int rc = ring_lock_admin(r);
-    if (rc < 0)
-        return rc;
-    pmq_ring_hdr_t *h = r->hdr;
-    memset(o, 0, sizeof *o);
-    o->capacity = r->capacity;
-    o->head = h->head;
-    o->tail = h->tail;
-    o->next_seq = h->next_seq;
-    rc = compute_gate(r, &o->gate_min);
-    o->published = h->next_seq - 1;
-    o->published_bytes = h->published_bytes;
-    o->publish_waits = h->publish_waits;
-    o->publish_full = h->publish_full;
-    o->expired = h->expired;
-    o->recoveries = h->recoveries;
-    o->wakeups = h->wakeups;
-    o->corrupt = h->corrupt;
-    o->closed = h->closed;
-    o->max_msg = r->max_msg;
-    for (uint32_t i = 0; i < r->max_groups; i++)
-        o->groups += r->groups[i].state == PMQ_SLOT_ACTIVE;
-    for (uint32_t i = 0; i < r->max_members; i++)
-        o->members += r->members[i].state == PMQ_SLOT_ACTIVE;
-    ring_unlock(r);
-    return rc;
-}
-
-int pmq_group_stats(pmq_ring_t *r, uint32_t i, pmq_group_stats_t *o)
-{
-    if (!r || !o || i >= r->max_groups)
-        return PMQ_EINVAL;
-    int rc = ring_lock_admin(r);
-    if (rc < 0)
-        return rc;
-    pmq_ring_hdr_t *h = r->hdr;
-    pmq_group_t *g = &r->groups[i];
-    memset(o, 0, sizeof *o);
-    o->active = g->state == PMQ_SLOT_ACTIVE;
-    if (o->active) {
-        pmq_rec_t rec;
-        uint64_t pos = LOAD_ACQ(&g->cursor);
-        memcpy(o->name, g->name, sizeof g->name);
-        o->name[sizeof g->name - 1] = '\0';
-        o->flags = g->flags;
-        o->members = g->members;
-        o->gen = g->gen;
-        o->cursor = pos;
-        o->delivered = g->delivered;
-        o->delivered_bytes = g->delivered_bytes;
-        o->cursor_seq = h->next_seq;
-        /* the first data record at or after the cursor, skipping padding */
-        for (uint64_t size; pos < h->tail && (size = rec_check(r, pos, h->tail, &rec));
-             pos = skip_gap(r, pos + size)) {
-            if (rec.type == PMQ_REC_DATA) {
-                o->cursor_seq = rec.seq;
-                break;
-            }
-        }
-        o->lag = h->next_seq - o->cursor_seq;
-    }
-    ring_unlock(r);
-    return o->active;
-}
-
-int pmq_member_info(pmq_ring_t *r, uint32_t i, uint64_t *owner, uint32_t *group, int32_t *pid)
-{
-    if (!r || i >= r->max_members || !owner || !group || !pid)
-        return PMQ_EINVAL;
-    pmq_member_t *m = &r->members[i];
-    if (LOAD_ACQ(&m->state) != PMQ_SLOT_ACTIVE)
-        return 0;
-    *owner = m->owner;
-    *group = m->group;
-    *pid = m->pid;
-    return 1;
-}

@@ -1,0 +1,271 @@
+/*
+ * group.c - consumer groups and their members, reaping, and figures.
+ *
+ * Every change here happens under the segment's mutex and commits by storing
+ * a slot's state last, so recovery (pmq_group_recount) can rebuild the counts
+ * from the member table after a holder died part-way.
+ */
+#define _GNU_SOURCE
+#include "pmq_sync.h"
+#include "ring_internal.h"
+
+void pmq_group_recount(pmq_ring_t *r)
+{
+    for (uint32_t g = 0; g < r->max_groups; g++)
+        r->groups[g].members = 0;
+    for (uint32_t i = 0; i < r->max_members; i++) {
+        pmq_member_t *m = &r->members[i];
+        if (m->state != PMQ_SLOT_ACTIVE)
+            continue;
+        pmq_group_t *g = m->group < r->max_groups ? &r->groups[m->group] : NULL;
+        if (!g || g->state != PMQ_SLOT_ACTIVE || g->gen != m->group_gen)
+            STORE_REL(&m->state, PMQ_SLOT_FREE); /* a member of no group */
+        else
+            g->members++;
+    }
+    for (uint32_t g = 0; g < r->max_groups; g++) {
+        pmq_group_t *gr = &r->groups[g];
+        if (gr->state == PMQ_SLOT_ACTIVE && (gr->flags & PMQ_GROUP_ANON) && gr->members == 0)
+            STORE_REL(&gr->state, PMQ_SLOT_FREE);
+    }
+}
+
+/* Position of the first record with seq >= want, or tail. Mutex held. */
+static int seek_seq(pmq_ring_t *r, uint64_t want, uint64_t *out)
+{
+    uint64_t pos = r->hdr->head, tail = r->hdr->tail;
+    pmq_rec_t rec;
+    while (pos < tail) {
+        uint64_t size = rec_check(r, pos, tail, &rec);
+        if (size == 0)
+            return PMQ_ECORRUPT;
+        if (rec.type == PMQ_REC_DATA && rec.seq >= want)
+            break;
+        pos = skip_gap(r, pos + size);
+    }
+    *out = pos;
+    return 0;
+}
+
+static int find_group(pmq_ring_t *r, const char *name)
+{
+    for (uint32_t i = 0; i < r->max_groups; i++) {
+        pmq_group_t *g = &r->groups[i];
+        if (g->state == PMQ_SLOT_ACTIVE && !(g->flags & PMQ_GROUP_ANON) &&
+            strncmp(g->name, name, sizeof g->name) == 0)
+            return (int)i;
+    }
+    return -1;
+}
+
+static int free_slot(uint32_t *state, uint32_t n, size_t stride)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (*(uint32_t *)((char *)state + i * stride) == PMQ_SLOT_FREE)
+            return (int)i;
+    return -1;
+}
+
+static int new_group(pmq_ring_t *r, const char *name, uint32_t flags, int start, uint64_t start_seq)
+{
+    pmq_ring_hdr_t *h = r->hdr;
+    int gi = free_slot(&r->groups[0].state, r->max_groups, sizeof(pmq_group_t));
+    if (gi < 0)
+        return PMQ_ENOSLOT;
+    uint64_t cursor = h->tail;
+    if (start == PMQ_START_EARLIEST)
+        cursor = h->head;
+    else if (start == PMQ_START_SEQ) {
+        int rc = seek_seq(r, start_seq, &cursor);
+        if (rc < 0)
+            return rc;
+    }
+    pmq_group_t *g = &r->groups[gi];
+    pmq_rec_t rec;
+    g->flags = flags;
+    g->gen++;
+    g->members = 0;
+    memset(g->name, 0, sizeof g->name);
+    strncpy(g->name, name, sizeof g->name - 1);
+    g->delivered = g->delivered_bytes = 0;
+    g->created_ns = (uint64_t)pmq_now_real();
+    g->start_seq = rec_check(r, cursor, h->tail, &rec) && rec.type == PMQ_REC_DATA ? rec.seq : h->next_seq;
+    STORE_SC(&g->cursor, cursor);
+    if (cursor < h->gate)
+        h->gate = cursor; /* the gate stays a lower bound of every cursor */
+    STORE_REL(&g->state, PMQ_SLOT_ACTIVE);
+    return gi;
+}
+
+int pmq_group_join(pmq_ring_t *r, const char *name, uint32_t flags, int start,
+                   uint64_t start_seq, uint64_t owner, int32_t pid, uint32_t *member_gen)
+{
+    if (!r || !name || !member_gen || strnlen(name, PMQ_NAME_MAX - 16) >= PMQ_NAME_MAX - 16 ||
+        (flags & ~(PMQ_GROUP_ACK)) != 0 || start < PMQ_START_LATEST || start > PMQ_START_SEQ)
+        return PMQ_EINVAL;
+    int anon = name[0] == '\0';
+    if (anon)
+        flags |= PMQ_GROUP_ANON;
+    int rc = pmq_ring_lock_admin(r);
+    if (rc < 0)
+        return rc;
+    int mi = free_slot(&r->members[0].state, r->max_members, sizeof(pmq_member_t));
+    int gi = anon ? -1 : find_group(r, name);
+    if (mi < 0)
+        rc = PMQ_ENOSLOT;
+    else if (gi >= 0 && r->groups[gi].flags != flags)
+        rc = PMQ_EINVAL;
+    else if (gi < 0)
+        rc = gi = new_group(r, name, flags, start, start_seq);
+    if (rc >= 0) {
+        pmq_group_t *g = &r->groups[gi];
+        pmq_member_t *m = &r->members[mi];
+        m->group = (uint32_t)gi;
+        m->group_gen = g->gen;
+        m->owner = owner;
+        m->pid = pid;
+        m->delivered = 0;
+        *member_gen = ++m->gen;
+        g->members++;
+        STORE_REL(&m->state, PMQ_SLOT_ACTIVE);
+        rc = mi;
+    }
+    pmq_ring_unlock(r);
+    return rc;
+}
+
+/* Mutex held. An anonymous group goes with its last member. */
+static void remove_member(pmq_ring_t *r, pmq_member_t *m)
+{
+    STORE_REL(&m->state, PMQ_SLOT_FREE);
+    if (m->group >= r->max_groups)
+        return;
+    pmq_group_t *g = &r->groups[m->group];
+    if (g->state != PMQ_SLOT_ACTIVE || g->gen != m->group_gen)
+        return;
+    if (g->members > 0)
+        g->members--;
+    if ((g->flags & PMQ_GROUP_ANON) && g->members == 0)
+        STORE_REL(&g->state, PMQ_SLOT_FREE);
+}
+
+int pmq_member_leave(pmq_ring_t *r, uint32_t member, uint32_t gen)
+{
+    if (!r || member >= r->max_members)
+        return PMQ_EINVAL;
+    int rc = pmq_ring_lock_admin(r);
+    if (rc < 0)
+        return rc;
+    pmq_member_t *m = &r->members[member];
+    if (m->state == PMQ_SLOT_ACTIVE && m->gen == gen)
+        remove_member(r, m);
+    else
+        rc = PMQ_GONE;
+    pmq_ring_unlock(r);
+    pmq_ring_wake_all(r); /* a reader blocked on this member returns PMQ_GONE */
+    return rc;
+}
+
+int pmq_ring_reap(pmq_ring_t *r, uint64_t owner)
+{
+    if (!r)
+        return PMQ_EINVAL;
+    int rc = pmq_ring_lock_admin(r), n = 0;
+    if (rc < 0)
+        return rc;
+    for (uint32_t i = 0; i < r->max_members; i++) {
+        pmq_member_t *m = &r->members[i];
+        if (m->state == PMQ_SLOT_ACTIVE && m->owner == owner) {
+            remove_member(r, m);
+            n++;
+        }
+    }
+    pmq_ring_unlock(r);
+    if (n)
+        pmq_ring_wake_all(r);
+    return n;
+}
+
+/* ---- figures -------------------------------------------------------------- */
+
+int pmq_ring_stats(pmq_ring_t *r, pmq_ring_stats_t *o)
+{
+    if (!r || !o)
+        return PMQ_EINVAL;
+    int rc = pmq_ring_lock_admin(r);
+    if (rc < 0)
+        return rc;
+    pmq_ring_hdr_t *h = r->hdr;
+    memset(o, 0, sizeof *o);
+    o->capacity = r->capacity;
+    o->head = h->head;
+    o->tail = h->tail;
+    o->next_seq = h->next_seq;
+    rc = pmq_ring_gate(r, &o->gate_min);
+    o->published = h->next_seq - 1;
+    o->published_bytes = h->published_bytes;
+    o->publish_waits = h->publish_waits;
+    o->publish_full = h->publish_full;
+    o->expired = h->expired;
+    o->recoveries = h->recoveries;
+    o->wakeups = h->wakeups;
+    o->corrupt = h->corrupt;
+    o->closed = h->closed;
+    o->max_msg = r->max_msg;
+    for (uint32_t i = 0; i < r->max_groups; i++)
+        o->groups += r->groups[i].state == PMQ_SLOT_ACTIVE;
+    for (uint32_t i = 0; i < r->max_members; i++)
+        o->members += r->members[i].state == PMQ_SLOT_ACTIVE;
+    pmq_ring_unlock(r);
+    return rc;
+}
+
+int pmq_group_stats(pmq_ring_t *r, uint32_t i, pmq_group_stats_t *o)
+{
+    if (!r || !o || i >= r->max_groups)
+        return PMQ_EINVAL;
+    int rc = pmq_ring_lock_admin(r);
+    if (rc < 0)
+        return rc;
+    pmq_ring_hdr_t *h = r->hdr;
+    pmq_group_t *g = &r->groups[i];
+    memset(o, 0, sizeof *o);
+    o->active = g->state == PMQ_SLOT_ACTIVE;
+    if (o->active) {
+        pmq_rec_t rec;
+        uint64_t pos = LOAD_ACQ(&g->cursor);
+        memcpy(o->name, g->name, sizeof g->name);
+        o->name[sizeof g->name - 1] = '\0';
+        o->flags = g->flags;
+        o->members = g->members;
+        o->gen = g->gen;
+        o->cursor = pos;
+        o->delivered = g->delivered;
+        o->delivered_bytes = g->delivered_bytes;
+        o->cursor_seq = h->next_seq;
+        /* the first data record at or after the cursor, skipping padding */
+        for (uint64_t size; pos < h->tail && (size = rec_check(r, pos, h->tail, &rec));
+             pos = skip_gap(r, pos + size)) {
+            if (rec.type == PMQ_REC_DATA) {
+                o->cursor_seq = rec.seq;
+                break;
+            }
+        }
+        o->lag = h->next_seq - o->cursor_seq;
+    }
+    pmq_ring_unlock(r);
+    return o->active;
+}
+
+int pmq_member_info(pmq_ring_t *r, uint32_t i, uint64_t *owner, uint32_t *group, int32_t *pid)
+{
+    if (!r || i >= r->max_members || !owner || !group || !pid)
+        return PMQ_EINVAL;
+    pmq_member_t *m = &r->members[i];
+    if (LOAD_ACQ(&m->state) != PMQ_SLOT_ACTIVE)
+        return 0;
+    *owner = m->owner;
+    *group = m->group;
+    *pid = m->pid;
+    return 1;
+}
