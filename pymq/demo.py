@@ -1,0 +1,639 @@
+"""The GPU-telemetry pipeline demo (`make demo`, `pymq demo`, `python -m pymq.demo`).
+
+A Broker (and its supervisor process), N streamer processes publishing GPU
+telemetry as JSON to one topic, and two collector groups ("dashboard" and
+"archiver") of M member processes each. Every process is a real OS process
+(multiprocessing, spawn). While it runs, it prints live figures from
+broker.stats() about once a second; at the end the streamers stop, the groups
+drain, and a closing summary accounts for every message:
+
+    published (sum of the streamers' counts) == the topic's published figure
+    for each group: received (sum over its members) == published,
+                    per-streamer counts and crc32 sums == the streamers' own,
+                    every payload valid JSON telemetry, in order per member.
+
+Exit status 0 only when all of that balances (and nothing is left in
+/dev/shm), 1 otherwise. Ctrl-C (or SIGTERM) stops early: the groups still
+drain, the summary is printed and everything is removed; a second Ctrl-C
+skips the drain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import queue
+import random
+import signal
+import sys
+import threading
+import time
+import zlib
+
+TOPIC = "gpu-telemetry"
+GROUPS = ("dashboard", "archiver")
+GPUS_PER_HOST = 8
+MEM_TOTAL_MIB = 81920  # an 80 GB card
+READ_BATCH = 64        # most payloads a collector takes per read
+STOP_POLL = 0.1        # seconds a collector waits for data before looking at its stop event
+START_TIMEOUT = 30.0   # seconds for every child to connect and subscribe
+RESULT_TIMEOUT = 15.0  # seconds for a child to report after it was told to stop
+MAX_PROCS = 64         # most streamers, and most members per group
+REQUIRED = {"host": str, "gpu": int, "util_pct": (int, float), "mem_used_mib": int,
+            "mem_total_mib": int, "temp_c": (int, float), "power_w": (int, float),
+            "streamer": int, "seq": int, "ts": (int, float)}
+
+
+# -- child processes ------------------------------------------------------------
+
+def _child_setup() -> None:
+    """Children leave Ctrl-C to the parent, which stops them in order."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _Gpu:
+    """A random walk that looks like one GPU under a training job."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.util = rng.uniform(40, 95)
+        self.mem = rng.randint(20_000, 70_000)
+        self.temp = rng.uniform(45, 70)
+
+    def sample(self) -> tuple[float, int, float, float]:
+        rng = self.rng
+        self.util = min(100.0, max(0.0, self.util + rng.uniform(-3, 3)))
+        self.mem = min(MEM_TOTAL_MIB, max(1024, self.mem + rng.randint(-256, 256)))
+        self.temp = min(95.0, max(30.0, self.temp + (self.util - 60) * 0.01 + rng.uniform(-0.5, 0.5)))
+        power = 60 + self.util * 3.4 + rng.uniform(-5, 5)
+        return round(self.util, 1), self.mem, round(self.temp, 1), round(power, 1)
+
+
+def streamer(index: int, name: str, rate: float, batch: int, ready, go, stop, results) -> None:
+    """Publish telemetry of one host until told to stop; report count and checksum."""
+    _child_setup()
+    import pymq
+
+    out = {"role": "streamer", "index": index, "pid": os.getpid(), "count": 0, "crc": 0,
+           "bytes": 0, "last_seq": 0, "full_retries": 0, "error": None}
+    parent = os.getppid()
+    seq = crc = nbytes = 0
+    try:
+        with pymq.connect(name) as client:
+            rng = random.Random(index)
+            gpus = [_Gpu(rng) for _ in range(GPUS_PER_HOST)]
+            host = f"gpu-node-{index:02d}"
+            ready.set()
+            go.wait()
+            t0 = time.monotonic()
+            while True:
+                if stop.is_set() or os.getppid() != parent:
+                    break
+                if rate > 0:  # pace: never ahead of t0 + sent / rate
+                    ahead = t0 + (seq + batch) / rate - time.monotonic()
+                    if ahead > 0:
+                        time.sleep(min(ahead, 0.05))
+                        continue
+                payloads = []
+                for k in range(batch):
+                    s = seq + k + 1
+                    gpu = s % GPUS_PER_HOST
+                    util, mem, temp, power = gpus[gpu].sample()
+                    payloads.append(json.dumps(
+                        {"host": host, "gpu": gpu, "util_pct": util, "mem_used_mib": mem,
+                         "mem_total_mib": MEM_TOTAL_MIB, "temp_c": temp, "power_w": power,
+                         "streamer": index, "seq": s, "ts": time.time()},
+                        separators=(",", ":")).encode())
+                while True:  # a refused publish is retried, never dropped
+                    try:
+                        if batch == 1:
+                            client.publish(TOPIC, payloads[0])
+                        else:
+                            client.publish_many(TOPIC, payloads)
+                        break
+                    except pymq.Full:
+                        out["full_retries"] += 1
+                        if stop.is_set():
+                            payloads = None
+                            break
+                if payloads is None:
+                    break
+                # counted only once publish returned: the figures stay exact
+                seq += len(payloads)
+                for p in payloads:
+                    crc += zlib.crc32(p)
+                    nbytes += len(p)
+    except pymq.BrokerClosed:
+        if not stop.is_set():
+            out["error"] = "the broker closed while publishing"
+    except Exception as e:  # reported in the summary, never lost
+        out["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        out.update(count=seq, crc=crc, bytes=nbytes, last_seq=seq)
+        ready.set()  # never leave the parent waiting for a streamer that failed
+        results.put(out)
+
+
+def _valid(msg) -> bool:
+    if not isinstance(msg, dict):
+        return False
+    for key, kind in REQUIRED.items():
+        value = msg.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return False
+    return (0 <= msg["gpu"] < GPUS_PER_HOST and 0 <= msg["util_pct"] <= 100
+            and 0 <= msg["mem_used_mib"] <= msg["mem_total_mib"] and 0 < msg["temp_c"] < 130
+            and msg["power_w"] >= 0 and msg["seq"] >= 1 and msg["streamer"] >= 0)
+
+
+def collector(group: str, member: int, name: str, ready, stop, abort, results) -> None:
+    """One member of a group: receive, validate and account until told to stop
+    (then it reads on until nothing is left) or to abort (it stops at once)."""
+    _child_setup()
+    import pymq
+
+    per_streamer: dict[int, list[int]] = {}  # streamer -> [count, crc sum, last seq]
+    out = {"role": "collector", "group": group, "member": member, "pid": os.getpid(),
+           "count": 0, "crc": 0, "bytes": 0, "invalid": 0, "out_of_order": 0,
+           "per_streamer": per_streamer, "error": None, "latency_max": 0.0, "latency_sum": 0.0}
+    parent = os.getppid()
+    count = crc = nbytes = invalid = disorder = 0
+    lat_max = lat_sum = 0.0
+    try:
+        with pymq.connect(name) as client, client.subscribe(TOPIC, group=group) as sub:
+            ready.set()
+            while True:
+                try:
+                    batch = sub.get_many(READ_BATCH, timeout=STOP_POLL)
+                except pymq.Timeout:
+                    if stop.is_set() or os.getppid() != parent:
+                        break
+                    continue
+                now = time.time()
+                for payload in batch:
+                    count += 1
+                    c = zlib.crc32(payload)
+                    crc += c
+                    nbytes += len(payload)
+                    try:
+                        msg = json.loads(payload)
+                    except ValueError:
+                        invalid += 1
+                        continue
+                    if not _valid(msg):
+                        invalid += 1
+                        continue
+                    acc = per_streamer.get(msg["streamer"])
+                    if acc is None:
+                        acc = per_streamer[msg["streamer"]] = [0, 0, 0]
+                    acc[0] += 1
+                    acc[1] += c
+                    if msg["seq"] <= acc[2]:  # a group member sees each streamer in order
+                        disorder += 1
+                    else:
+                        acc[2] = msg["seq"]
+                    lat = now - msg["ts"]
+                    lat_sum += lat
+                    if lat > lat_max:
+                        lat_max = lat
+                if abort.is_set():
+                    break
+    except (pymq.BrokerClosed, pymq.SubscriptionClosed) as e:
+        if not stop.is_set():
+            out["error"] = f"{type(e).__name__}: {e}"
+    except Exception as e:
+        out["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        out.update(count=count, crc=crc, bytes=nbytes, invalid=invalid, out_of_order=disorder,
+                   latency_max=lat_max, latency_sum=lat_sum)
+        ready.set()
+        results.put(out)
+
+
+# -- the parent ---------------------------------------------------------------------
+
+class _Signals:
+    """Ctrl-C and SIGTERM set flags instead of raising at a random place: the
+    first asks for an early stop, the second skips the drain, the third raises."""
+
+    def __init__(self):
+        self.count = 0
+        self.event = threading.Event()
+        self.saved = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.saved[sig] = signal.signal(sig, self._handler)
+
+    def restore(self) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+    def _handler(self, signum, frame):
+        self.count += 1
+        self.event.set()
+        what = signal.Signals(signum).name
+        if self.count >= 3:
+            raise KeyboardInterrupt
+        text = "stopping early (again to skip the drain)" if self.count == 1 else "skipping the drain"
+        try:  # os.write: print() is not safe inside a signal handler
+            os.write(2, f"\n{what}: {text}\n".encode())
+        except OSError:
+            pass
+
+    @property
+    def stop(self) -> bool:
+        return self.count >= 1
+
+    @property
+    def abort(self) -> bool:
+        return self.count >= 2
+
+
+def _start(ctx_procs) -> None:
+    """Start processes with SIGINT ignored, so that a Ctrl-C during their
+    start-up cannot hit them before they ignore it themselves."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for p in ctx_procs:
+            p.start()
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _wait_events(events, procs, timeout: float, sig: _Signals) -> bool:
+    """Wait until every event is set, a process died, time ran out or Ctrl-C."""
+    deadline = time.monotonic() + timeout
+    for ev, p in zip(events, procs):
+        while not ev.wait(0.05):
+            if sig.stop or not p.is_alive() or time.monotonic() > deadline:
+                return False
+    return True
+
+
+def _collect(results, got: list, role: str, procs, timeout: float) -> None:
+    """Read result dicts into got until every process of `role` reported, they
+    all ended or time ran out (before join: a queue feeder must drain)."""
+    deadline = time.monotonic() + timeout
+    while sum(r["role"] == role for r in got) < len(procs):
+        try:
+            got.append(results.get(timeout=0.1))
+        except queue.Empty:
+            if time.monotonic() > deadline:
+                break
+            if not any(p.is_alive() for p in procs) and results.empty():
+                try:  # a last result may still be in the pipe
+                    got.append(results.get(timeout=0.5))
+                    continue
+                except queue.Empty:
+                    break
+
+
+def _join(procs, timeout: float) -> list[str]:
+    """Join children; terminate the ones that do not finish. Returns complaints."""
+    problems = []
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            problems.append(f"{p.name} (pid {p.pid}) did not exit; terminated")
+            p.terminate()
+            p.join(2)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        elif p.exitcode not in (0, None):
+            problems.append(f"{p.name} (pid {p.pid}) exited with {p.exitcode}")
+    return problems
+
+
+def _topic(stats: dict) -> dict:
+    return stats["topics"].get(TOPIC) or {"published": 0, "delivered": 0, "depth": 0,
+                                          "ring_bytes_used": 0, "ring_bytes_capacity": 1,
+                                          "publish_waits": 0, "publish_refusals": 0, "groups": {}}
+
+
+class _Live:
+    """One line of figures about once a second."""
+
+    def __init__(self, broker, t0: float):
+        self.broker = broker
+        self.t0 = t0
+        self.last_t = t0
+        self.last_pub = 0
+        self.peak_rate = 0.0
+        self.peak_used = 0
+
+    def line(self, phase: str) -> dict:
+        st = self.broker.stats()
+        t = _topic(st)
+        now = time.monotonic()
+        pub = t["published"]
+        rate = (pub - self.last_pub) / max(now - self.last_t, 1e-9)
+        if phase != "end":
+            self.peak_rate = max(self.peak_rate, rate)
+        self.peak_used = max(self.peak_used, t["ring_bytes_used"])
+        self.last_t, self.last_pub = now, pub
+        groups = "  ".join(
+            f"{g} {t['groups'][g]['delivered']:>10,} lag {t['groups'][g]['lag']:>6,}"
+            if g in t["groups"] else f"{g} (missing)" for g in GROUPS)
+        used = 100.0 * t["ring_bytes_used"] / max(t["ring_bytes_capacity"], 1)
+        shown = f"{rate:>9,.0f}/s" if phase != "end" else " " * 11
+        print(f"{phase:5} {now - self.t0:6.1f}s  published {pub:>10,} {shown}  {groups}  "
+              f"ring {used:5.1f}%  waits {t['publish_waits']:,} refused {t['publish_refusals']:,}",
+              flush=True)
+        return st
+
+
+def _drained(stats: dict) -> bool:
+    t = _topic(stats)
+    return all(g in t["groups"] and t["groups"][g]["delivered"] >= t["published"] for g in GROUPS)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The demo's options (shared with `pymq demo`)."""
+    p.add_argument("--duration", type=_positive_float, default=15.0, metavar="SECONDS",
+                   help="how long the streamers publish (default 15)")
+    p.add_argument("--streamers", type=_count, default=4, metavar="N",
+                   help=f"streamer processes, 1 to {MAX_PROCS} (default 4)")
+    p.add_argument("--members", type=_count, default=2, metavar="N",
+                   help=f"member processes per collector group, 1 to {MAX_PROCS} (default 2)")
+    p.add_argument("--rate", type=_nonneg_float, default=2000.0, metavar="MSG_PER_S",
+                   help="messages per second per streamer; 0: as fast as possible (default 2000)")
+    p.add_argument("--batch", type=_positive_int, default=1, metavar="N",
+                   help="payloads per publish call (>1 uses publish_many; default 1)")
+    p.add_argument("--name", type=_broker_name, default=None, metavar="NAME",
+                   help="broker name (default: demo-<pid>)")
+    p.add_argument("--drain-timeout", type=_positive_float, default=30.0, metavar="SECONDS",
+                   help="longest wait for the groups to catch up at the end (default 30)")
+    return p
+
+
+def _number(text: str, kind, ok, want: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not ok(value) or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be {want}, not {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    return _number(text, int, lambda v: 1 <= v <= MAX_PROCS, f"an integer from 1 to {MAX_PROCS}")
+
+
+def _broker_name(text: str) -> str:
+    from pymq.config import check_broker_name
+    try:
+        return check_broker_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 1, "an integer >= 1")
+
+
+def _positive_float(text: str) -> float:
+    return _number(text, float, lambda v: v > 0, "a number > 0")
+
+
+def _nonneg_float(text: str) -> float:
+    return _number(text, float, lambda v: v >= 0, "a number >= 0")
+
+
+def _hex(n: int) -> str:
+    return f"{n & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the pipeline with parsed options; returns the exit status."""
+    import pymq
+    from pymq import segments
+    from pymq.config import check_broker_name
+
+    name = args.name or f"demo-{os.getpid()}"
+    check_broker_name(name)
+    cfg = pymq.BrokerConfig.from_env(name=name)
+    sig = _Signals()
+    sig.install()
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    streamer_stop, collector_stop, go, abort = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Event()
+    collectors, streamers, problems = [], [], []
+    broker = None
+    try:
+        broker = pymq.Broker(cfg)
+        print(f"pymq demo: broker {name!r} (pid {os.getpid()}, supervisor pid "
+              f"{broker.supervisor_pid}), topic {TOPIC!r}, ring {cfg.ring_capacity // 1024:,} KiB",
+              flush=True)
+        rate = "as fast as possible" if args.rate == 0 else f"{args.rate:,.0f} msg/s each"
+        print(f"  {args.streamers} streamers ({rate}, batch {args.batch}), groups "
+              f"{' and '.join(GROUPS)} x {args.members} members, {args.duration:g} s", flush=True)
+
+        # 1. collectors subscribe before anything is published
+        c_ready = []
+        for group in GROUPS:
+            for m in range(args.members):
+                ev = ctx.Event()
+                c_ready.append(ev)
+                collectors.append(ctx.Process(
+                    target=collector, name=f"collector-{group}-{m}", daemon=True,
+                    args=(group, m, name, ev, collector_stop, abort, results)))
+        _start(collectors)
+        if not _wait_events(c_ready, collectors, START_TIMEOUT, sig):
+            if not sig.stop:
+                problems.append("the collectors did not all subscribe in time")
+        # 2. streamers connect, then start together
+        s_ready = []
+        if not problems and not sig.stop:
+            for i in range(args.streamers):
+                ev = ctx.Event()
+                s_ready.append(ev)
+                streamers.append(ctx.Process(
+                    target=streamer, name=f"streamer-{i}", daemon=True,
+                    args=(i, name, args.rate, args.batch, ev, go, streamer_stop, results)))
+            _start(streamers)
+            if not _wait_events(s_ready, streamers, START_TIMEOUT, sig) and not sig.stop:
+                problems.append("the streamers did not all connect in time")
+        if sig.stop and not streamers:
+            problems.append("interrupted before the streamers started")
+        t0 = time.monotonic()
+        live = _Live(broker, t0)
+        go.set()
+        # 3. run, with live figures
+        end = t0 + args.duration
+        if streamers and not problems:
+            while not sig.stop:
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                sig.event.wait(min(1.0, left))
+                if not sig.stop:
+                    live.line("run")
+        ran = time.monotonic() - t0
+        # 4. streamers stop and report
+        streamer_stop.set()
+        got: list[dict] = []  # a child that failed early may have reported already
+        _collect(results, got, "streamer", streamers, RESULT_TIMEOUT)
+        problems += _join(streamers, RESULT_TIMEOUT)
+        # 5. the groups drain: wait until each has everything published
+        t_drain = time.monotonic()
+        drain_end = t_drain + args.drain_timeout
+        stats = broker.stats()
+        next_line = time.monotonic() + 1.0
+        while not _drained(stats) and not sig.abort and time.monotonic() < drain_end:
+            if not any(p.is_alive() for p in collectors):
+                break
+            time.sleep(0.02)
+            stats = broker.stats()
+            if time.monotonic() >= next_line:
+                live.line("drain")
+                next_line += 1.0
+        drain_time = time.monotonic() - t_drain
+        if not _drained(stats):
+            abort.set()  # skipped or timed out: the collectors report what they have now
+        # 6. collectors stop (each finishes its batch, then sees no more data)
+        collector_stop.set()
+        _collect(results, got, "collector", collectors, RESULT_TIMEOUT)
+        problems += _join(collectors, RESULT_TIMEOUT)
+        stats = live.line("end")
+        drained = _drained(stats)
+        s_results = [r for r in got if r["role"] == "streamer"]
+        c_results = [r for r in got if r["role"] == "collector"]
+        ok = _summary(args, name, stats, s_results, c_results, problems, ran, drain_time,
+                      drained, sig, live, len(streamers))
+    finally:
+        streamer_stop.set()
+        collector_stop.set()
+        abort.set()
+        go.set()
+        _join(streamers + collectors, 5.0)
+        if broker is not None:
+            broker.close()
+        sig.restore()
+    left = segments.namespace_entries(name)
+    if left:
+        print(f"NOT CLEAN: left in {segments.SHM_DIR}: {', '.join(left)}")
+        ok = False
+    else:
+        print(f"clean: nothing of broker {name!r} left in {segments.SHM_DIR}")
+    print("RESULT: " + ("balanced - every published message reached each group exactly once"
+                        if ok else "NOT balanced (see above)"))
+    return 0 if ok else 1
+
+
+def _summary(args, name, stats, s_results, c_results, problems, ran, drain_time, drained,
+             sig, live, started) -> bool:
+    """Print the closing accounting; True when everything balances."""
+    t = _topic(stats)
+    bad = list(problems)
+    s_results.sort(key=lambda r: r["index"])
+    published = sum(r["count"] for r in s_results)
+    crc = sum(r["crc"] for r in s_results)
+    nbytes = sum(r["bytes"] for r in s_results)
+    print()
+    print("=" * 78)
+    how = "interrupted after" if sig.stop else "ran"
+    print(f"summary: {how} {ran:.1f} s, drained in {drain_time:.2f} s; broker {name!r}")
+    print(f"published  {published:>12,} messages ({nbytes / 1e6:,.1f} MB), "
+          f"{published / max(ran, 1e-9):,.0f} msg/s; crc32 sum {_hex(crc)}")
+    print(f"  broker stats: published {t['published']:,}, publish waits "
+          f"{t['publish_waits']:,}, refusals {t['publish_refusals']:,}, "
+          f"peak {live.peak_rate:,.0f} msg/s, ring peak {live.peak_used / 1024:,.0f} KiB used")
+    if len(s_results) != started:
+        bad.append(f"{started - len(s_results)} streamer(s) never reported")
+    for r in s_results:
+        err = f"  ERROR {r['error']}" if r["error"] else ""
+        print(f"  streamer {r['index']} pid {r['pid']:>7}  {r['count']:>12,}  crc32 sum "
+              f"{_hex(r['crc'])}  Full retries {r['full_retries']}{err}")
+        if r["error"]:
+            bad.append(f"streamer {r['index']}: {r['error']}")
+    refused = sum(r["full_retries"] for r in s_results)
+    if refused != t["publish_refusals"]:
+        bad.append(f"streamers were refused (pymq.Full) {refused:,} times, the broker counted "
+                   f"{t['publish_refusals']:,} refusals")
+    if published != t["published"]:
+        bad.append(f"streamers counted {published:,} published, the broker {t['published']:,}")
+    by_streamer = {r["index"]: r for r in s_results}
+    for group in GROUPS:
+        members = sorted((r for r in c_results if r["group"] == group), key=lambda r: r["member"])
+        received = sum(r["count"] for r in members)
+        gcrc = sum(r["crc"] for r in members)
+        g = t["groups"].get(group, {})
+        balanced = received == published and gcrc == crc
+        verdict = "OK" if balanced else "MISMATCH"
+        print(f"group {group:10} received {received:>12,} of {published:,}  crc32 sum {_hex(gcrc)} "
+              f"{'==' if gcrc == crc else '!='} {_hex(crc)}  {verdict}")
+        print(f"  broker stats: delivered {g.get('delivered', 0):,}, lag {g.get('lag', 0):,}, "
+              f"members now {g.get('members', 0)}")
+        for r in members:
+            share = 100.0 * r["count"] / received if received else 0.0
+            valid = r["count"] - r["invalid"]
+            lat = (f"latency avg {1e3 * r['latency_sum'] / valid:.2f} ms max "
+                   f"{1e3 * r['latency_max']:.1f} ms") if valid > 0 else ""
+            err = f"  ERROR {r['error']}" if r["error"] else ""
+            print(f"  member {r['member']} pid {r['pid']:>7}  {r['count']:>12,} ({share:5.1f}%)  "
+                  f"invalid {r['invalid']}  out of order {r['out_of_order']}  {lat}{err}")
+            if r["error"]:
+                bad.append(f"{group} member {r['member']}: {r['error']}")
+            if r["invalid"] or r["out_of_order"]:
+                bad.append(f"{group} member {r['member']}: {r['invalid']} invalid, "
+                           f"{r['out_of_order']} out of order")
+        if len(members) != args.members:
+            bad.append(f"{group}: {args.members - len(members)} member(s) never reported")
+        if received != published:
+            where = ""
+            if received + g.get("lag", 0) == published and g.get("lag", 0):
+                where = ": the rest is still unread in the ring"
+            elif g.get("delivered", 0) > received:
+                where = (f": {g['delivered'] - received:,} taken from the ring by members "
+                         "that did not report them")
+            bad.append(f"{group}: received {received:,}, published {published:,} "
+                       f"({received - published:+,}){where}")
+        if gcrc != crc:
+            bad.append(f"{group}: crc32 sum {_hex(gcrc)} != published {_hex(crc)}")
+        for idx, s in by_streamer.items():  # say which streamer does not balance
+            per = [r["per_streamer"].get(idx, [0, 0, 0]) for r in members]
+            n, c = sum(p[0] for p in per), sum(p[1] for p in per)
+            if (n, c) != (s["count"], s["crc"]):
+                bad.append(f"{group}: from streamer {idx} got {n:,} (crc32 sum {_hex(c)}), "
+                           f"it published {s['count']:,} ({_hex(s['crc'])})")
+    if not drained:
+        bad.append("the groups did not catch up with the published messages "
+                   + ("(drain skipped)" if sig.abort else f"within {args.drain_timeout:g} s"))
+    for line in bad:
+        print(f"  does not balance: {line}")
+    print("=" * 78)
+    return not bad
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pymq.cli import ArgumentParser  # usage errors on one line
+    p = ArgumentParser(
+        prog="python -m pymq.demo",
+        description="The GPU-telemetry pipeline: streamers, two collector groups, live figures "
+                    "and a closing account of every message.")
+    return add_arguments(p)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("pymq demo: interrupted", file=sys.stderr)
+        return 1
+    except Exception as e:  # one readable line, never a traceback
+        if os.environ.get("PYMQ_DEBUG"):
+            raise
+        print(f"pymq demo: error: {e or type(e).__name__}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
