@@ -188,9 +188,40 @@ int pmq_ring_reap(pmq_ring_t *r, uint64_t owner)
 
 /* ---- figures -------------------------------------------------------------- */
 
-int pmq_ring_stats(pmq_ring_t *r, pmq_ring_stats_t *o)
+/* One group's figures. Mutex held, so head and tail stand still; the cursor
+ * may move on (readers are lock-free), which only makes lag smaller. */
+static void group_figures(pmq_ring_t *r, uint32_t i, pmq_group_stats_t *o)
 {
-    if (!r || !o)
+    pmq_ring_hdr_t *h = r->hdr;
+    pmq_group_t *g = &r->groups[i];
+    pmq_rec_t rec;
+    uint64_t pos = LOAD_ACQ(&g->cursor);
+    memset(o, 0, sizeof *o);
+    memcpy(o->name, g->name, sizeof g->name);
+    o->name[sizeof g->name - 1] = '\0';
+    o->index = i;
+    o->flags = g->flags;
+    o->members = g->members;
+    o->gen = g->gen;
+    o->cursor = pos;
+    o->delivered = g->delivered;
+    o->delivered_bytes = g->delivered_bytes;
+    o->cursor_seq = h->next_seq;
+    /* the first data record at or after the cursor, skipping padding */
+    for (uint64_t size; pos < h->tail && (size = rec_check(r, pos, h->tail, &rec));
+         pos = skip_gap(r, pos + size)) {
+        if (rec.type == PMQ_REC_DATA) {
+            o->cursor_seq = rec.seq;
+            break;
+        }
+    }
+    o->lag = h->next_seq - o->cursor_seq;
+}
+
+int pmq_ring_stats(pmq_ring_t *r, pmq_ring_stats_t *o, pmq_group_stats_t *groups,
+                   uint32_t max_groups)
+{
+    if (!r || !o || (!groups && max_groups))
         return PMQ_EINVAL;
     int rc = pmq_ring_lock_admin(r);
     if (rc < 0)
@@ -212,49 +243,17 @@ int pmq_ring_stats(pmq_ring_t *r, pmq_ring_stats_t *o)
     o->corrupt = h->corrupt;
     o->closed = h->closed;
     o->max_msg = r->max_msg;
-    for (uint32_t i = 0; i < r->max_groups; i++)
-        o->groups += r->groups[i].state == PMQ_SLOT_ACTIVE;
+    for (uint32_t i = 0; i < r->max_groups; i++) {
+        if (r->groups[i].state != PMQ_SLOT_ACTIVE)
+            continue;
+        if (o->groups < max_groups)
+            group_figures(r, i, &groups[o->groups]);
+        o->groups++;
+    }
     for (uint32_t i = 0; i < r->max_members; i++)
         o->members += r->members[i].state == PMQ_SLOT_ACTIVE;
     pmq_ring_unlock(r);
-    return rc;
-}
-
-int pmq_group_stats(pmq_ring_t *r, uint32_t i, pmq_group_stats_t *o)
-{
-    if (!r || !o || i >= r->max_groups)
-        return PMQ_EINVAL;
-    int rc = pmq_ring_lock_admin(r);
-    if (rc < 0)
-        return rc;
-    pmq_ring_hdr_t *h = r->hdr;
-    pmq_group_t *g = &r->groups[i];
-    memset(o, 0, sizeof *o);
-    o->active = g->state == PMQ_SLOT_ACTIVE;
-    if (o->active) {
-        pmq_rec_t rec;
-        uint64_t pos = LOAD_ACQ(&g->cursor);
-        memcpy(o->name, g->name, sizeof g->name);
-        o->name[sizeof g->name - 1] = '\0';
-        o->flags = g->flags;
-        o->members = g->members;
-        o->gen = g->gen;
-        o->cursor = pos;
-        o->delivered = g->delivered;
-        o->delivered_bytes = g->delivered_bytes;
-        o->cursor_seq = h->next_seq;
-        /* the first data record at or after the cursor, skipping padding */
-        for (uint64_t size; pos < h->tail && (size = rec_check(r, pos, h->tail, &rec));
-             pos = skip_gap(r, pos + size)) {
-            if (rec.type == PMQ_REC_DATA) {
-                o->cursor_seq = rec.seq;
-                break;
-            }
-        }
-        o->lag = h->next_seq - o->cursor_seq;
-    }
-    pmq_ring_unlock(r);
-    return o->active;
+    return rc < 0 ? rc : (int)(o->groups < max_groups ? o->groups : max_groups);
 }
 
 int pmq_member_info(pmq_ring_t *r, uint32_t i, uint64_t *owner, uint32_t *group, int32_t *pid)

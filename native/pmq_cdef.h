@@ -50,7 +50,7 @@ typedef struct {
 
 typedef struct {
     char name[...];
-    uint32_t flags, members, gen, active;
+    uint32_t index, flags, members, gen;
     uint64_t cursor, delivered, delivered_bytes, lag, cursor_seq;
     ...;
 } pmq_group_stats_t;
@@ -90,8 +90,8 @@ int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, char *buf,
                   uint32_t *lens, uint64_t *seqs, int64_t *ts, int64_t timeout_ns);
 void pmq_ring_wake_all(pmq_ring_t *r);
 void pmq_ring_close(pmq_ring_t *r);
-int pmq_ring_stats(pmq_ring_t *r, pmq_ring_stats_t *out);
-int pmq_group_stats(pmq_ring_t *r, uint32_t i, pmq_group_stats_t *out);
+int pmq_ring_stats(pmq_ring_t *r, pmq_ring_stats_t *out, pmq_group_stats_t *groups,
+                   uint32_t max_groups);
 int pmq_member_info(pmq_ring_t *r, uint32_t i, uint64_t *owner, uint32_t *group, int32_t *pid);
 
 uint64_t pmq_ns_size(void);

@@ -229,7 +229,7 @@ typedef struct pmq_ring {
     uint32_t max_groups, max_members, max_msg, pending_cap;
 } pmq_ring_t;
 
-/* Totals and one group's figures, filled by pmq_ring_stats / pmq_group_stats. */
+/* Totals and one group's figures, filled by pmq_ring_stats. */
 typedef struct pmq_ring_stats {
     uint64_t capacity, head, tail, gate_min, next_seq;
     uint64_t published, published_bytes, publish_waits, publish_full;
@@ -239,7 +239,7 @@ typedef struct pmq_ring_stats {
 
 typedef struct pmq_group_stats {
     char name[PMQ_NAME_MAX];
-    uint32_t flags, members, gen, active;
+    uint32_t index, flags, members, gen;
     uint64_t cursor, delivered, delivered_bytes, lag, cursor_seq;
 } pmq_group_stats_t;
 
@@ -300,10 +300,12 @@ void pmq_ring_wake_all(pmq_ring_t *r);
 /* Mark closed (readers and publishers then return PMQ_CLOSED) and wake all. */
 void pmq_ring_close(pmq_ring_t *r);
 
-int pmq_ring_stats(pmq_ring_t *r, pmq_ring_stats_t *out);
+/* The ring's figures and those of up to max_groups live groups, in one locked
+ * snapshot (published never trails delivered). Returns how many groups it
+ * filled; out->groups says how many are live. */
+int pmq_ring_stats(pmq_ring_t *r, pmq_ring_stats_t *out, pmq_group_stats_t *groups,
+                   uint32_t max_groups);
 
-/* Figures of group slot i; returns 1 if active, 0 if free, or an error. */
-int pmq_group_stats(pmq_ring_t *r, uint32_t i, pmq_group_stats_t *out);
 
 /* Members of the table: state and owner of slot i (for the supervisor). */
 int pmq_member_info(pmq_ring_t *r, uint32_t i, uint64_t *owner, uint32_t *group,

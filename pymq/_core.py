@@ -195,22 +195,19 @@ class Ring(_Mapped):
     # -- figures and lifetime ------------------------------------------------
 
     def stats(self) -> dict:
+        """The ring's figures and its live groups', in one locked snapshot."""
         s = ffi.new("pmq_ring_stats_t *")
-        check(lib.pmq_ring_stats(self.h, s), f"topic {self.topic!r}")
+        groups = ffi.new("pmq_group_stats_t[]", lib.PMQ_MAX_GROUPS)
+        n = check(lib.pmq_ring_stats(self.h, s, groups, lib.PMQ_MAX_GROUPS), f"topic {self.topic!r}")
         out = {name: getattr(s, name) for name in (
             "capacity", "head", "tail", "gate_min", "next_seq", "published", "published_bytes",
             "publish_waits", "publish_full", "expired", "recoveries", "wakeups", "corrupt",
             "groups", "members", "closed", "max_msg")}
-        out["groups_detail"] = []
-        g = ffi.new("pmq_group_stats_t *")
-        for i in range(lib.PMQ_MAX_GROUPS):
-            if check(lib.pmq_group_stats(self.h, i, g), f"topic {self.topic!r}") == 1:
-                out["groups_detail"].append({
-                    "index": i, "name": ffi.string(g.name).decode("utf-8", "replace"),
-                    "anonymous": bool(g.flags & lib.PMQ_GROUP_ANON), "members": g.members,
-                    "cursor": g.cursor, "delivered": g.delivered,
-                    "delivered_bytes": g.delivered_bytes, "lag": g.lag,
-                    "position": g.cursor_seq})
+        out["groups_detail"] = [{
+            "index": g.index, "name": ffi.string(g.name).decode("utf-8", "replace"),
+            "anonymous": bool(g.flags & lib.PMQ_GROUP_ANON), "members": g.members,
+            "cursor": g.cursor, "delivered": g.delivered, "delivered_bytes": g.delivered_bytes,
+            "lag": g.lag, "position": g.cursor_seq} for g in (groups[i] for i in range(n))]
         return out
 
     def close_ring(self) -> None:

@@ -24,18 +24,31 @@ from .errors import MQError
 SUPERVISOR_START_TIMEOUT = 15.0
 
 
+STARTING_GRACE = 5.0  # seconds a namespace may take to become ready
+
+
 def remove_stale(name: str) -> list[str]:
-    """Remove what a dead broker of this name left; MQError if one is alive."""
+    """Remove what a dead broker of this name left, and return it.
+
+    MQError if a broker of that name is alive or still starting, or if the
+    namespace is unreadable while live processes hold tokens in it."""
+    shm_name = segments.ns_shm_name(name)
     try:
-        ns = _core.Namespace(segments.Segment.attach(segments.ns_shm_name(name)))
-    except posix_ipc.ExistentialError:
-        ns = None  # no namespace: whatever is left has no owner
-    except MQError:
-        ns = None  # half-made or corrupt: no live owner can be using it
+        ns = _core.Namespace(segments.Segment.attach(shm_name))
+    except (posix_ipc.ExistentialError, _core.SegmentNotReady):
+        ns = None  # missing, or being created right now
+        if segments.age(shm_name) < STARTING_GRACE:
+            raise MQError(f"a broker named {name!r} is starting") from None
+    except MQError:  # corrupt: its owner cannot be told, so any live token holds it
+        ns = None
+        live = [t for t in segments.token_files(name) if segments.token_alive(t)]
+        if live:
+            raise MQError(f"the namespace of {name!r} is unreadable and {len(live)} live "
+                          f"process(es) hold tokens in it; stop them first") from None
     if ns is not None:
         owner, pid = ns.hdr.owner_token, ns.hdr.owner_pid
         ns.release()
-        if segments.token_alive(owner, name):
+        if segments.token_alive(segments.token_path(name, owner)):
             raise MQError(f"a broker named {name!r} is already running (pid {pid})")
     return segments.remove_namespace(name)
 

@@ -46,7 +46,7 @@ def _bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
-def _optional_port(text: str) -> int | None:
+def _optional_int(text: str) -> int | None:
     text = text.strip()
     return None if text in ("", "none") else int(text)
 
@@ -61,7 +61,7 @@ class BrokerConfig:
     ack_timeout: float = 30.0
     max_retries: int = 3
     ring_bytes: int = 8 * MiB
-    max_message_bytes: int = 1 * MiB
+    max_message_bytes: int | None = None  # None: 1 MiB, or less to fit a small ring
     publish_timeout: float = 5.0
     admin_host: str = "127.0.0.1"
     admin_port: int | None = None
@@ -70,6 +70,8 @@ class BrokerConfig:
         check_broker_name(self.name)
         if not isinstance(self.ring_bytes, int) or not 4096 <= self.ring_bytes <= 1 << 40:
             raise ValueError(f"ring_bytes must be an int from 4096 to 2**40, not {self.ring_bytes!r}")
+        if self.max_message_bytes is None:
+            self.max_message_bytes = min(1 * MiB, self.ring_capacity // 2 - 32)
         if not isinstance(self.max_message_bytes, int) or self.max_message_bytes < 1:
             raise ValueError(f"max_message_bytes must be a positive int, not {self.max_message_bytes!r}")
         if self.max_message_bytes + 32 > self.ring_capacity // 2:
@@ -100,7 +102,7 @@ class BrokerConfig:
             raw = environ.get("PYMQ_" + f.name.upper())
             if raw is None:
                 continue
-            parse = _optional_port if f.name == "admin_port" else cls._PARSERS[type(f.default)]
+            parse = _optional_int if f.default is None else cls._PARSERS[type(f.default)]
             try:
                 values[f.name] = parse(raw)
             except ValueError as e:

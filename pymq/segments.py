@@ -100,6 +100,14 @@ def unlink(shm_name: str) -> bool:
         return False
 
 
+def age(shm_name: str) -> float:
+    """Seconds since the object was last modified; infinity if it does not exist."""
+    try:
+        return time.time() - os.stat(os.path.join(SHM_DIR, shm_name.lstrip("/"))).st_mtime
+    except FileNotFoundError:
+        return float("inf")
+
+
 def namespace_entries(name: str) -> list[str]:
     """File names in /dev/shm that belong to broker `name`."""
     prefix = namespace_prefix(name)
@@ -152,7 +160,7 @@ class Token:
 
     def __init__(self, name: str):
         self.value = secrets.randbits(63) | 1
-        self.path = os.path.join(SHM_DIR, f"pymq.{name}{PROC_INFIX}{self.value:016x}")
+        self.path = token_path(name, self.value)
         tmp = self.path + ".new"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
@@ -250,23 +258,16 @@ def probe_token(path: str) -> DeadToken | None:
     return DeadToken(path, value, fd, read_token_info(fd))
 
 
-def token_alive(value: int, name: str) -> bool:
-    path = os.path.join(SHM_DIR, f"pymq.{name}{PROC_INFIX}{value:016x}")
-    if not os.path.exists(path):
-        return False
-    dead = probe_token(path)
+def token_path(name: str, value: int) -> str:
+    return os.path.join(SHM_DIR, f"pymq.{name}{PROC_INFIX}{value:016x}")
+
+
+def token_alive(path: str) -> bool:
+    """True while the process behind the token file lives."""
+    dead = probe_token(path) if os.path.exists(path) else True
     if dead is None:
         return True
-    os.close(dead.fd)
-    dead.fd = None
+    if isinstance(dead, DeadToken) and dead.fd is not None:
+        os.close(dead.fd)  # leave the file: its reaper removes it
+        dead.fd = None
     return False
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.005) -> bool:
-    """Poll predicate until true or timeout (for segment readiness only)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True

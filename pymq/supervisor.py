@@ -36,7 +36,7 @@ class Supervisor:
         self.stop = False
 
     def owner_alive(self) -> bool:
-        return segments.token_alive(self.ns.hdr.owner_token, self.name)
+        return segments.token_alive(segments.token_path(self.name, self.ns.hdr.owner_token))
 
     def ring(self, topic: str) -> _core.Ring | None:
         ring = self.rings.get(topic)
@@ -57,12 +57,7 @@ class Supervisor:
         return ring
 
     def _remove_if_abandoned(self, shm_name: str) -> None:
-        path = os.path.join(segments.SHM_DIR, shm_name.lstrip("/"))
-        try:
-            age = time.time() - os.stat(path).st_mtime
-        except FileNotFoundError:
-            return
-        if age > UNREADY_GRACE:
+        if UNREADY_GRACE < segments.age(shm_name) < float("inf"):
             log(f"removing {shm_name}: never initialised (its creator died)")
             segments.unlink(shm_name)
 

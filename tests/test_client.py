@@ -227,6 +227,8 @@ def test_config_from_env():
     with pytest.raises(pymq.InvalidTopic):
         pymq.BrokerConfig(name="x" * 33)
     assert pymq.BrokerConfig(ring_bytes=5000, max_message_bytes=100).ring_capacity == 8192
+    assert pymq.BrokerConfig().max_message_bytes == 1024 * 1024
+    assert pymq.BrokerConfig(ring_bytes=65536).max_message_bytes == 32768 - 32  # fits the ring
 
 
 def test_segments_are_owner_only(broker, name):
@@ -242,3 +244,16 @@ def test_only_core_imports_the_native_module():
     root = pathlib.Path(pymq.__file__).parent
     users = [p.name for p in root.glob("*.py") if "_native" in p.read_text() and p.name != "_core.py"]
     assert users == []
+
+
+def test_stale_removal_spares_a_broker_that_is_starting_and_removes_an_abandoned_one(name):
+    import os
+    import posix_ipc
+    from pymq import broker as broker_mod, segments
+    shm = posix_ipc.SharedMemory(segments.ns_shm_name(name), posix_ipc.O_CREX, mode=0o600, size=0)
+    shm.close_fd()
+    with pytest.raises(pymq.MQError, match="starting"):
+        broker_mod.remove_stale(name)
+    old = os.path.getmtime("/dev/shm" + segments.ns_shm_name(name)) - 60
+    os.utime("/dev/shm" + segments.ns_shm_name(name), (old, old))
+    assert broker_mod.remove_stale(name) == [segments.ns_shm_name(name).lstrip("/")]
