@@ -26,7 +26,7 @@ build: $(NATIVE)
 demo: build
 	$(PY) -m pymq.demo
 
-test: test-unit test-sanitize test-wheel
+test: test-wheel test-sanitize test-unit
 
 test-unit: build
 	$(PY) -m pytest -q tests
