@@ -29,7 +29,7 @@ demo: build
 test: test-wheel test-sanitize test-unit
 
 test-unit: build
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests benchmarks --benchmark-disable
 
 # The whole suite again against a build of the native core with
 # AddressSanitizer + UndefinedBehaviorSanitizer (a copy of pymq in $(SAN)).

@@ -178,10 +178,14 @@ typedef struct pmq_ring_hdr {
     uint32_t data_waiters;
     uint8_t pad6[PMQ_CACHE_LINE - 8];
 
-    /* line 7: publishers' wake word: bumped by a reader that saw space_waiters */
+    /* line 7: publishers' wake word: bumped by a reader whose cursor reached
+     * space_target while space_waiters was set. A waiting publisher asks for a
+     * quarter of the ring more than it needs, so a full ring does not make
+     * reader and publisher wake each other for every record. */
     uint32_t space_seq;
     uint32_t space_waiters;
-    uint8_t pad7[PMQ_CACHE_LINE - 8];
+    uint64_t space_target;
+    uint8_t pad7[PMQ_CACHE_LINE - 16];
 
     /* line 8: counters */
     uint64_t published_bytes; /* payload bytes committed */

@@ -279,6 +279,11 @@ static int wait_for_space(pmq_ring_t *r, uint64_t target, int64_t deadline, int6
 {
     pmq_ring_hdr_t *h = r->hdr;
     uint32_t seen = LOAD_ACQ(&h->space_seq);
+    uint64_t want = target + r->capacity / 4;
+    /* Hysteresis: be woken when a quarter ring more is free, or all is read.
+     * Stored before the flag; a reader loads it after its CAS, so either the
+     * reader sees it or our re-check below sees the reader's cursor. */
+    STORE_SC(&h->space_target, want < h->tail ? want : h->tail);
     STORE_SC(&h->space_waiters, 1);
     int rc = pmq_ring_gate(r, &h->gate); /* re-check after announcing */
     if (rc < 0) {
@@ -510,7 +515,8 @@ int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, char *buf,
             if (!__atomic_compare_exchange_n(&g->cursor, &cur, next, 0,
                                              __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
                 continue; /* lost the race: the copy is discarded */
-            wake_if_waiting(&h->space_seq, &h->space_waiters);
+            if (next >= LOAD_SC(&h->space_target))
+                wake_if_waiting(&h->space_seq, &h->space_waiters);
             if (rc == 0)
                 continue; /* only padding */
             ADD_RLX(&g->delivered, (uint64_t)rc);

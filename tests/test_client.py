@@ -6,7 +6,7 @@ import time
 import pytest
 
 import pymq
-from conftest import wait_for
+from helpers import wait_for
 
 
 def test_publish_returns_seq_and_subscriber_gets_payload(broker):

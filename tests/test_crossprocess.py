@@ -11,7 +11,7 @@ import pytest
 
 import pymq
 import workers
-from conftest import join_all, wait_for
+from helpers import join_all, wait_for
 
 KiB = 1024
 

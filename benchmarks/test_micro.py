@@ -1,0 +1,162 @@
+"""Micro-benchmarks of pymq's hot path: one operation per test, in one process.
+
+    .venv/bin/python -m pytest benchmarks --benchmark-only     # measure
+    .venv/bin/python -m pytest benchmarks --benchmark-disable  # smoke run: each op once
+
+Each test uses benchmark.pedantic with a fixed number of rounds x iterations,
+so the number of calls is known beforehand: reads are pre-filled with exactly
+enough messages (plus a margin) that they never wait, and everything published
+fits the 64 MiB ring, so publishers never wait for space either. After the
+measurement every test checks what the operation did (seqs, counts, payloads
+and their order). Payloads are 64 bytes; a pre-filled payload carries its index
+in its first 8 bytes.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import pymq
+
+TOPIC = "bench"
+SIZE = 64            # payload bytes
+BATCH = 64           # messages per publish_many / get_many
+PREFILL_BATCH = 1024
+TIMEOUT = 10.0       # a read that found nothing fails after this instead of hanging
+FILL = bytes((7 * k + 3) & 0xFF for k in range(SIZE))
+
+# (rounds, iterations, warmup_rounds) per benchmark. At most ~450k messages of
+# 88 ring bytes each (24-byte record header + 64) go through a test: ~40 MB,
+# well within the 64 MiB ring, so nothing ever waits or wraps onto unread data.
+SINGLE = (400, 1000, 40)
+BATCHED = (200, 25, 20)
+
+
+def payload(i: int) -> bytes:
+    """The 64-byte payload number i: i in 8 little-endian bytes, then filler."""
+    return i.to_bytes(8, "little") + FILL[8:]
+
+
+def plan(benchmark, rounds: int, iterations: int, warmup: int) -> tuple[dict, int]:
+    """pedantic() arguments, and how many calls of the target they make."""
+    if benchmark.disabled:  # --benchmark-disable: pedantic calls the target once
+        return {"rounds": 1, "iterations": 1, "warmup_rounds": 0}, 1
+    calls = (warmup + rounds) * iterations + (1 if iterations > 1 else 0)  # +1: the result call
+    return {"rounds": rounds, "iterations": iterations, "warmup_rounds": warmup}, calls
+
+
+def prefill(client, count: int) -> None:
+    """Publish payload(0) .. payload(count - 1) in batches."""
+    for start in range(0, count, PREFILL_BATCH):
+        client.publish_many(TOPIC, [payload(i) for i in range(start, min(count, start + PREFILL_BATCH))])
+
+
+def drain(sub) -> list[bytes]:
+    """Everything the subscription has not read yet."""
+    out = []
+    while True:
+        try:
+            out.extend(sub.get_many(PREFILL_BATCH, timeout=0))
+        except pymq.Timeout:
+            return out
+
+
+def topic_stats(client) -> dict:
+    return client.stats()["topics"][TOPIC]
+
+
+@pytest.mark.benchmark(group="publish")
+def test_publish_64B(benchmark, broker):
+    """publish(): one 64-byte message per call, to a topic with one idle subscriber.
+
+    Checked: the seq returned by the last call is the topic's publish count (one
+    seq per call, in order), the publisher never waited for space, and the
+    subscriber then reads every message, byte for byte."""
+    sub = broker.subscribe(TOPIC)
+    msg = payload(0)
+    first = broker.publish(TOPIC, msg)  # creates the topic's segment, outside the measurement
+    kwargs, calls = plan(benchmark, *SINGLE)
+    benchmark.extra_info.update(messages_per_call=1, payload_bytes=SIZE)
+
+    last = benchmark.pedantic(broker.publish, args=(TOPIC, msg), **kwargs)
+
+    st = topic_stats(broker)
+    assert first == 1
+    assert last == st["published"] >= 1 + calls
+    assert st["publish_waits"] == 0 and st["publish_refusals"] == 0
+    got = drain(sub)
+    assert len(got) == st["published"]
+    assert all(p == msg for p in got)
+
+
+@pytest.mark.benchmark(group="publish")
+def test_publish_many_64x64B(benchmark, broker):
+    """publish_many(): a batch of 64 messages of 64 bytes per call (one native
+    call), to a topic with one idle subscriber.
+
+    Checked: the seq returned (that of the batch's last message) is the topic's
+    publish count, a multiple of 64; the publisher never waited for space; the
+    subscriber then reads every message, byte for byte and in batch order."""
+    sub = broker.subscribe(TOPIC)
+    batch = [payload(i) for i in range(BATCH)]
+    first = broker.publish_many(TOPIC, batch)  # creates the segment, outside the measurement
+    kwargs, calls = plan(benchmark, *BATCHED)
+    benchmark.extra_info.update(messages_per_call=BATCH, payload_bytes=SIZE)
+
+    last = benchmark.pedantic(broker.publish_many, args=(TOPIC, batch), **kwargs)
+
+    st = topic_stats(broker)
+    assert first == BATCH
+    assert last == st["published"] >= BATCH * (1 + calls)
+    assert last % BATCH == 0
+    assert st["publish_waits"] == 0 and st["publish_refusals"] == 0
+    got = drain(sub)
+    assert len(got) == st["published"]
+    assert all(p == batch[k % BATCH] for k, p in enumerate(got))
+
+
+@pytest.mark.benchmark(group="get")
+def test_get_64B(benchmark, broker):
+    """Subscription.get(): one 64-byte message per call, from a pre-filled ring
+    (the read never waits).
+
+    Checked: the payload returned by the last call is the next one in publish
+    order (its index is the number read so far, less one) and the rest of the
+    pre-filled messages follow it, in order and intact."""
+    sub = broker.subscribe(TOPIC)
+    kwargs, calls = plan(benchmark, *SINGLE)
+    total = calls + BATCH  # a margin: the ring must never run dry
+    prefill(broker, total)
+    benchmark.extra_info.update(messages_per_call=1, payload_bytes=SIZE)
+
+    last = benchmark.pedantic(sub.get, kwargs={"timeout": TIMEOUT}, **kwargs)
+
+    rest = drain(sub)
+    read = total - len(rest)
+    assert rest, "the ring ran dry during the measurement"
+    assert read >= calls
+    assert last == payload(read - 1)
+    assert rest == [payload(i) for i in range(read, total)]
+
+
+@pytest.mark.benchmark(group="get")
+def test_get_many_64x64B(benchmark, broker):
+    """Subscription.get_many(64): a batch of 64 messages of 64 bytes per call
+    (one native call), from a pre-filled ring (the read never waits).
+
+    Checked: every call returned a full batch (the last one is the 64 messages
+    before the unread rest, in order and intact), and the rest follow."""
+    sub = broker.subscribe(TOPIC)
+    kwargs, calls = plan(benchmark, *BATCHED)
+    total = (calls + 1) * BATCH  # a margin: the ring must never run dry
+    prefill(broker, total)
+    benchmark.extra_info.update(messages_per_call=BATCH, payload_bytes=SIZE)
+
+    last = benchmark.pedantic(sub.get_many, args=(BATCH,), kwargs={"timeout": TIMEOUT}, **kwargs)
+
+    rest = drain(sub)
+    read = total - len(rest)
+    assert rest, "the ring ran dry during the measurement"
+    assert read >= calls * BATCH and read % BATCH == 0
+    assert last == [payload(i) for i in range(read - BATCH, read)]
+    assert rest == [payload(i) for i in range(read, total)]
