@@ -9,6 +9,18 @@
 #include "pmq_sync.h"
 #include "ring_internal.h"
 
+/* Free a group slot. Mutex held. The state goes first, then the cursor is
+ * poisoned: a member of this group that copied records and is about to CAS
+ * the cursor fails (and then finds itself gone), instead of claiming on a slot
+ * that may be reused. Slots are reused round-robin (group_hint), so a reader
+ * would have to stall across a whole cycle of allocations to meet its slot
+ * again with the very same cursor value. */
+static void free_group(pmq_group_t *g)
+{
+    STORE_REL(&g->state, PMQ_SLOT_FREE);
+    STORE_SC(&g->cursor, UINT64_MAX);
+}
+
 void pmq_group_recount(pmq_ring_t *r)
 {
     for (uint32_t g = 0; g < r->max_groups; g++)
@@ -26,21 +38,26 @@ void pmq_group_recount(pmq_ring_t *r)
     for (uint32_t g = 0; g < r->max_groups; g++) {
         pmq_group_t *gr = &r->groups[g];
         if (gr->state == PMQ_SLOT_ACTIVE && (gr->flags & PMQ_GROUP_ANON) && gr->members == 0)
-            STORE_REL(&gr->state, PMQ_SLOT_FREE);
+            free_group(gr);
     }
 }
 
-/* Position of the first record with seq >= want, or tail. Mutex held. */
-static int seek_seq(pmq_ring_t *r, uint64_t want, uint64_t *out)
+/* From pos (in [head, tail]), the first data record with seq >= want: its
+ * position in *out and its seq in *seq; tail and next_seq if there is none.
+ * Mutex held, positions checked (pmq_ring_lock), so the walk is bounded. */
+static int seek_seq(pmq_ring_t *r, uint64_t pos, uint64_t want, uint64_t *out, uint64_t *seq)
 {
-    uint64_t pos = r->hdr->head, tail = r->hdr->tail;
+    uint64_t tail = r->hdr->tail;
     pmq_rec_t rec;
+    *seq = r->hdr->next_seq;
     while (pos < tail) {
         uint64_t size = rec_check(r, pos, tail, &rec);
         if (size == 0)
             return PMQ_ECORRUPT;
-        if (rec.type == PMQ_REC_DATA && rec.seq >= want)
+        if (rec.type == PMQ_REC_DATA && rec.seq >= want) {
+            *seq = rec.seq;
             break;
+        }
         pos = skip_gap(r, pos + size);
     }
     *out = pos;
@@ -58,30 +75,39 @@ static int find_group(pmq_ring_t *r, const char *name)
     return -1;
 }
 
-static int free_slot(uint32_t *state, uint32_t n, size_t stride)
+static int free_member_slot(pmq_ring_t *r)
 {
-    for (uint32_t i = 0; i < n; i++)
-        if (*(uint32_t *)((char *)state + i * stride) == PMQ_SLOT_FREE)
+    for (uint32_t i = 0; i < r->max_members; i++)
+        if (r->members[i].state == PMQ_SLOT_FREE)
             return (int)i;
+    return -1;
+}
+
+/* A free group slot, searched round-robin from the hint (see free_group). */
+static int free_group_slot(pmq_ring_t *r)
+{
+    uint32_t n = r->max_groups, start = r->hdr->group_hint % n;
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t i = (start + k) % n;
+        if (r->groups[i].state == PMQ_SLOT_FREE) {
+            r->hdr->group_hint = i + 1;
+            return (int)i;
+        }
+    }
     return -1;
 }
 
 static int new_group(pmq_ring_t *r, const char *name, uint32_t flags, int start, uint64_t start_seq)
 {
     pmq_ring_hdr_t *h = r->hdr;
-    int gi = free_slot(&r->groups[0].state, r->max_groups, sizeof(pmq_group_t));
+    int gi = free_group_slot(r);
     if (gi < 0)
         return PMQ_ENOSLOT;
-    uint64_t cursor = h->tail;
-    if (start == PMQ_START_EARLIEST)
-        cursor = h->head;
-    else if (start == PMQ_START_SEQ) {
-        int rc = seek_seq(r, start_seq, &cursor);
-        if (rc < 0)
-            return rc;
-    }
+    uint64_t from = start == PMQ_START_LATEST ? h->tail : h->head, cursor, first_seq;
+    int rc = seek_seq(r, from, start == PMQ_START_SEQ ? start_seq : 0, &cursor, &first_seq);
+    if (rc < 0)
+        return rc;
     pmq_group_t *g = &r->groups[gi];
-    pmq_rec_t rec;
     g->flags = flags;
     g->gen++;
     g->members = 0;
@@ -89,7 +115,7 @@ static int new_group(pmq_ring_t *r, const char *name, uint32_t flags, int start,
     strncpy(g->name, name, sizeof g->name - 1);
     g->delivered = g->delivered_bytes = 0;
     g->created_ns = (uint64_t)pmq_now_real();
-    g->start_seq = rec_check(r, cursor, h->tail, &rec) && rec.type == PMQ_REC_DATA ? rec.seq : h->next_seq;
+    g->start_seq = first_seq;
     STORE_SC(&g->cursor, cursor);
     if (cursor < h->gate)
         h->gate = cursor; /* the gate stays a lower bound of every cursor */
@@ -109,7 +135,7 @@ int pmq_group_join(pmq_ring_t *r, const char *name, uint32_t flags, int start,
     int rc = pmq_ring_lock_admin(r);
     if (rc < 0)
         return rc;
-    int mi = free_slot(&r->members[0].state, r->max_members, sizeof(pmq_member_t));
+    int mi = free_member_slot(r);
     int gi = anon ? -1 : find_group(r, name);
     if (mi < 0)
         rc = PMQ_ENOSLOT;
@@ -146,7 +172,7 @@ static void remove_member(pmq_ring_t *r, pmq_member_t *m)
     if (g->members > 0)
         g->members--;
     if ((g->flags & PMQ_GROUP_ANON) && g->members == 0)
-        STORE_REL(&g->state, PMQ_SLOT_FREE);
+        free_group(g);
 }
 
 int pmq_member_leave(pmq_ring_t *r, uint32_t member, uint32_t gen)
@@ -194,8 +220,7 @@ static void group_figures(pmq_ring_t *r, uint32_t i, pmq_group_stats_t *o)
 {
     pmq_ring_hdr_t *h = r->hdr;
     pmq_group_t *g = &r->groups[i];
-    pmq_rec_t rec;
-    uint64_t pos = LOAD_ACQ(&g->cursor);
+    uint64_t pos = LOAD_ACQ(&g->cursor), at;
     memset(o, 0, sizeof *o);
     memcpy(o->name, g->name, sizeof g->name);
     o->name[sizeof g->name - 1] = '\0';
@@ -207,14 +232,8 @@ static void group_figures(pmq_ring_t *r, uint32_t i, pmq_group_stats_t *o)
     o->delivered = g->delivered;
     o->delivered_bytes = g->delivered_bytes;
     o->cursor_seq = h->next_seq;
-    /* the first data record at or after the cursor, skipping padding */
-    for (uint64_t size; pos < h->tail && (size = rec_check(r, pos, h->tail, &rec));
-         pos = skip_gap(r, pos + size)) {
-        if (rec.type == PMQ_REC_DATA) {
-            o->cursor_seq = rec.seq;
-            break;
-        }
-    }
+    if (pos >= h->head && pos <= h->tail) /* else corrupt: pmq_ring_gate reports it */
+        seek_seq(r, pos, 0, &at, &o->cursor_seq);
     o->lag = h->next_seq - o->cursor_seq;
 }
 

@@ -30,7 +30,22 @@
 #define PMQ_GROUP_ANON ...
 #define PMQ_GROUP_ACK ...
 
-typedef struct { uint64_t capacity; uint32_t max_msg; ...; } pmq_ring_t;
+/* Header fields Python reads or (tests only) scribbles on. */
+typedef struct {
+    uint64_t magic;
+    uint64_t seg_len, capacity, data_off;
+    uint32_t max_groups;
+    uint64_t head, tail, gate, next_seq;
+    uint32_t closed;
+    ...;
+} pmq_ring_hdr_t;
+
+typedef struct {
+    pmq_ring_hdr_t *hdr;
+    uint64_t capacity;
+    uint32_t max_msg;
+    ...;
+} pmq_ring_t;
 
 typedef struct {
     uint64_t capacity;

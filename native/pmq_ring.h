@@ -170,7 +170,7 @@ typedef struct pmq_ring_hdr {
     uint64_t gate;            /* lower bound of every live group's cursor */
     uint64_t next_seq;        /* seq of the next record */
     uint32_t closed;          /* set by the broker before it unlinks */
-    uint32_t pad5a;
+    uint32_t group_hint;      /* where the search for a free group slot starts */
     uint8_t pad5[PMQ_CACHE_LINE - 32];
 
     /* line 6: readers' wake word: bumped by a publisher that saw data_waiters */

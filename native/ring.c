@@ -17,6 +17,15 @@
 
 uint32_t pmq_layout_version(void) { return PMQ_LAYOUT_VERSION; }
 
+/* now + timeout, saturated (a huge timeout means "for ever", not overflow);
+ * -1 (no deadline) for a negative timeout. */
+static int64_t deadline_after(int64_t now, int64_t timeout_ns)
+{
+    if (timeout_ns < 0)
+        return -1;
+    return timeout_ns > INT64_MAX - now ? INT64_MAX : now + timeout_ns;
+}
+
 /* ---- lock and recovery ------------------------------------------------ */
 
 /* Repair the segment after a lock holder died (EOWNERDEAD), with the mutex
@@ -40,21 +49,36 @@ static int ring_recover(pmq_ring_t *r)
     return pmq_ring_gate(r, &h->gate);
 }
 
+/* Cheap invariants that every locker checks before it trusts the positions:
+ * a scribbled header gives PMQ_ECORRUPT, never a write out of bounds or a
+ * walk without end (every walk below is from head or a cursor to tail, at
+ * least 24 bytes a step, so at most capacity / 24 steps). */
+static int positions_ok(const pmq_ring_t *r)
+{
+    const pmq_ring_hdr_t *h = r->hdr;
+    uint64_t head = h->head, tail = h->tail, gate = h->gate;
+    return head <= tail && tail - head <= r->capacity && ((head | tail) & 7) == 0 &&
+           skip_gap(r, head) == head && skip_gap(r, tail) == tail && head <= gate &&
+           gate <= tail && h->next_seq >= 1 && h->next_seq < (1ULL << 62);
+}
+
 int pmq_ring_lock(pmq_ring_t *r, int64_t deadline_real_ns)
 {
     int rc = pmq_mutex_lock(&r->hdr->lock, deadline_real_ns);
     if (rc == EOWNERDEAD) {
-        int rec = ring_recover(r);
+        rc = ring_recover(r);
         pthread_mutex_consistent(&r->hdr->lock);
-        if (rec < 0) {
-            ADD_RLX(&r->hdr->corrupt, 1);
-            pthread_mutex_unlock(&r->hdr->lock);
-            return rec;
-        }
-        return 0;
-    }
-    if (rc == -ENOTRECOVERABLE)
+    } else if (rc == -ENOTRECOVERABLE) {
         return PMQ_ECORRUPT;
+    } else if (rc < 0) {
+        return rc;
+    }
+    if (rc == 0 && !positions_ok(r))
+        rc = PMQ_ECORRUPT;
+    if (rc < 0) {
+        ADD_RLX(&r->hdr->corrupt, 1);
+        pthread_mutex_unlock(&r->hdr->lock);
+    }
     return rc;
 }
 
@@ -65,7 +89,7 @@ int pmq_ring_lock(pmq_ring_t *r, int64_t deadline_real_ns)
 
 int pmq_ring_lock_admin(pmq_ring_t *r)
 {
-    return pmq_ring_lock(r, pmq_now_real() + PMQ_ADMIN_LOCK_NS);
+    return pmq_ring_lock(r, deadline_after(pmq_now_real(), PMQ_ADMIN_LOCK_NS));
 }
 
 void pmq_ring_unlock(pmq_ring_t *r) { pthread_mutex_unlock(&r->hdr->lock); }
@@ -251,6 +275,27 @@ static uint64_t plan_end(const pmq_ring_t *r, uint64_t pos, const uint32_t *lens
     return pos;
 }
 
+/* The intent brackets a commit. Its fields are complete before it is marked
+ * active, and it is marked inactive only after the tail store: the fences keep
+ * the compiler (and weaker CPUs) from moving stores across either mark, so a
+ * process killed anywhere in between leaves what ring_recover expects. */
+static void intent_begin(pmq_ring_hdr_t *h, uint64_t old_tail, uint64_t new_tail,
+                         uint64_t old_seq, uint64_t new_seq)
+{
+    h->intent.old_tail = old_tail;
+    h->intent.new_tail = new_tail;
+    h->intent.old_seq = old_seq;
+    h->intent.new_seq = new_seq;
+    STORE_REL(&h->intent.active, 1);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+}
+
+static void intent_end(pmq_ring_hdr_t *h)
+{
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    STORE_REL(&h->intent.active, 0);
+}
+
 /* Write the batch from tail; the caller made room. Returns the new tail. */
 static uint64_t write_records(pmq_ring_t *r, uint64_t pos, const char *data,
                               const uint32_t *lens, uint32_t count, uint64_t seq)
@@ -273,15 +318,23 @@ static uint64_t write_records(pmq_ring_t *r, uint64_t pos, const char *data,
     return pos;
 }
 
+/* Longest single sleep of a publisher waiting for space. The wake it asks for
+ * comes with a quarter ring of slack (see pmq_ring_hdr_t.space_target), so it
+ * also looks for itself this often: a slow reader that frees just enough
+ * does not leave it asleep until its deadline. */
+#define PMQ_SPACE_SLICE_NS (10LL * 1000000LL)
+/* Re-taking the mutex after a wait is not waiting for space: allow this much
+ * beyond the publish deadline, so that contention alone never means Full. */
+#define PMQ_RELOCK_GRACE_NS (1000LL * 1000000LL)
+
 /* Wait for space with the mutex released. Returns 0 with the mutex held again
  * (retry), or an error with it released. */
-static int wait_for_space(pmq_ring_t *r, uint64_t target, int64_t deadline, int64_t deadline_real)
+static int wait_for_space(pmq_ring_t *r, uint64_t target, int64_t deadline)
 {
     pmq_ring_hdr_t *h = r->hdr;
     uint32_t seen = LOAD_ACQ(&h->space_seq);
     uint64_t want = target + r->capacity / 4;
-    /* Hysteresis: be woken when a quarter ring more is free, or all is read.
-     * Stored before the flag; a reader loads it after its CAS, so either the
+    /* Stored before the flag; a reader loads it after its CAS, so either the
      * reader sees it or our re-check below sees the reader's cursor. */
     STORE_SC(&h->space_target, want < h->tail ? want : h->tail);
     STORE_SC(&h->space_waiters, 1);
@@ -290,15 +343,18 @@ static int wait_for_space(pmq_ring_t *r, uint64_t target, int64_t deadline, int6
         pmq_ring_unlock(r);
         return rc;
     }
-    if (h->gate >= target || h->closed)
+    if (h->gate >= target || LOAD_ACQ(&h->closed))
         return 0;
-    int64_t left = deadline < 0 ? -1 : deadline - pmq_now_mono();
+    int64_t now = pmq_now_mono(), left = deadline < 0 ? -1 : deadline - now;
     pmq_ring_unlock(r);
     if (deadline >= 0 && left <= 0)
         return PMQ_FULL;
+    if (left < 0 || left > PMQ_SPACE_SLICE_NS)
+        left = PMQ_SPACE_SLICE_NS;
     if (pmq_futex_wait(&h->space_seq, seen, left) == -EINTR)
         return PMQ_EINTR;
-    rc = pmq_ring_lock(r, deadline_real);
+    int64_t relock = deadline < 0 ? -1 : deadline_after(pmq_now_real(), PMQ_RELOCK_GRACE_NS);
+    rc = pmq_ring_lock(r, relock);
     return rc == -ETIMEDOUT ? PMQ_FULL : rc;
 }
 
@@ -314,9 +370,9 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *data, const uint32_t *lens,
         bytes += lens[i];
     }
     pmq_ring_hdr_t *h = r->hdr;
-    int64_t now = pmq_now_mono(), deadline = timeout_ns < 0 ? -1 : now + timeout_ns;
-    int64_t deadline_real = timeout_ns < 0 ? -1 : pmq_now_real() + timeout_ns;
-    int rc = pmq_ring_lock(r, deadline_real), waited = 0;
+    int64_t deadline = deadline_after(pmq_now_mono(), timeout_ns);
+    int64_t lock_deadline = timeout_ns < 0 ? -1 : deadline_after(pmq_now_real(), timeout_ns + PMQ_RELOCK_GRACE_NS);
+    int rc = pmq_ring_lock(r, lock_deadline), waited = 0;
     if (rc < 0) {
         if (rc != -ETIMEDOUT)
             return rc;
@@ -324,7 +380,7 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *data, const uint32_t *lens,
         return PMQ_FULL;
     }
     for (;;) {
-        if (h->closed) {
+        if (LOAD_ACQ(&h->closed)) {
             pmq_ring_unlock(r);
             return PMQ_CLOSED;
         }
@@ -340,7 +396,7 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *data, const uint32_t *lens,
         if (rc == PMQ_FULL && timeout_ns != 0) {
             if (!waited++)
                 ADD_RLX(&h->publish_waits, 1);
-            rc = wait_for_space(r, target, deadline, deadline_real);
+            rc = wait_for_space(r, target, deadline);
             if (rc == 0)
                 continue; /* the mutex is held again */
             if (rc != PMQ_FULL)
@@ -356,14 +412,12 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *data, const uint32_t *lens,
         return rc;
     }
     uint64_t tail = h->tail, seq = h->next_seq, end;
-    h->intent = (pmq_intent_t){.active = 1, .old_tail = tail, .old_seq = seq,
-                               .new_tail = plan_end(r, tail, lens, count),
-                               .new_seq = seq + count};
+    intent_begin(h, tail, plan_end(r, tail, lens, count), seq, seq + count);
     end = write_records(r, tail, data, lens, count, seq);
     h->next_seq = seq + count;
-    STORE_REL(&h->tail, end); /* the commit: readers acquire tail */
-    h->intent.active = 0;
     h->published_bytes += bytes;
+    STORE_REL(&h->tail, end); /* the commit: readers acquire tail */
+    intent_end(h);
     pmq_ring_unlock(r);
     if (wake_if_waiting(&h->data_seq, &h->data_waiters))
         ADD_RLX(&h->wakeups, 1);
@@ -391,8 +445,7 @@ int64_t pmq_ring_test_stop_in_publish(pmq_ring_t *r, const char *data, uint32_t 
     if (end - tail > r->capacity || (h->head < end - r->capacity && end > r->capacity &&
                                      reclaim(r, end - r->capacity) < 0))
         return PMQ_FULL;
-    h->intent = (pmq_intent_t){.active = 1, .old_tail = tail, .old_seq = seq,
-                               .new_tail = end, .new_seq = seq + 1};
+    intent_begin(h, tail, end, seq, seq + 1);
     write_records(r, tail, data, &len, 1, seq);
     h->next_seq = seq + 1;
     if (phase == 2)
@@ -428,7 +481,8 @@ static int collect(const pmq_ring_t *r, uint64_t pos, uint64_t tail, batch_t *b,
                     return PMQ_EBUFSMALL;
                 break;
             }
-            memcpy(b->buf + b->used, r->data + (pos & r->mask) + PMQ_REC_HDR, rec.len);
+            if (rec.len)
+                memcpy(b->buf + b->used, r->data + (pos & r->mask) + PMQ_REC_HDR, rec.len);
             b->offs[b->n] = b->used;
             b->lens[b->n] = rec.len;
             b->seqs[b->n] = rec.seq;
@@ -448,36 +502,48 @@ static int collect(const pmq_ring_t *r, uint64_t pos, uint64_t tail, batch_t *b,
 /* The member's group, or NULL (*rc set) when the member or group is gone. */
 static pmq_group_t *member_group(pmq_ring_t *r, pmq_member_t *m, uint32_t gen, int *rc)
 {
-    if (LOAD_ACQ(&m->state) != PMQ_SLOT_ACTIVE || m->gen != gen) {
+    if (LOAD_ACQ(&m->state) != PMQ_SLOT_ACTIVE || __atomic_load_n(&m->gen, __ATOMIC_RELAXED) != gen) {
         *rc = PMQ_GONE;
         return NULL;
     }
-    uint32_t gi = m->group;
+    uint32_t gi = __atomic_load_n(&m->group, __ATOMIC_RELAXED);
     if (gi >= r->max_groups) {
         *rc = PMQ_ECORRUPT;
         return NULL;
     }
     pmq_group_t *g = &r->groups[gi];
-    if (LOAD_ACQ(&g->state) != PMQ_SLOT_ACTIVE || g->gen != m->group_gen) {
+    if (LOAD_ACQ(&g->state) != PMQ_SLOT_ACTIVE ||
+        __atomic_load_n(&g->gen, __ATOMIC_RELAXED) != __atomic_load_n(&m->group_gen, __ATOMIC_RELAXED)) {
         *rc = PMQ_GONE;
         return NULL;
     }
     return g;
 }
 
-/* Sleep until tail moves, the deadline passes or someone wakes us. */
-static int wait_for_data(pmq_ring_t *r, pmq_group_t *g, uint64_t cur, uint64_t tail, int64_t deadline)
+/* Longest single sleep of a reader: a publisher killed between its commit and
+ * its wake-up costs a sleeping reader at most this much. */
+#define PMQ_READ_SLICE_NS (1000LL * 1000000LL)
+
+/* Sleep until tail moves, the member goes, the deadline passes or someone
+ * wakes us. Everything the waker might have changed is re-checked after the
+ * flag is stored: tail, the cursor, closed, and membership (a leave bumps the
+ * word after freeing the slot). */
+static int wait_for_data(pmq_ring_t *r, pmq_member_t *m, uint32_t gen, pmq_group_t *g,
+                         uint64_t cur, uint64_t tail, int64_t deadline)
 {
     pmq_ring_hdr_t *h = r->hdr;
     uint32_t seen = LOAD_ACQ(&h->data_seq);
     STORE_SC(&h->data_waiters, 1);
-    if (LOAD_SC(&h->tail) != tail || LOAD_SC(&g->cursor) != cur || LOAD_SC(&h->closed))
+    int rc = 0;
+    if (LOAD_SC(&h->tail) != tail || LOAD_SC(&g->cursor) != cur || LOAD_SC(&h->closed) ||
+        member_group(r, m, gen, &rc) != g)
         return 0;
     int64_t left = deadline < 0 ? -1 : deadline - pmq_now_mono();
     if (deadline >= 0 && left <= 0)
         return PMQ_EMPTY;
-    int rc = pmq_futex_wait(&h->data_seq, seen, left);
-    if (rc == -EINTR)
+    if (left < 0 || left > PMQ_READ_SLICE_NS)
+        left = PMQ_READ_SLICE_NS;
+    if (pmq_futex_wait(&h->data_seq, seen, left) == -EINTR)
         return PMQ_EINTR;
     return 0; /* woken, spurious or timed out: the caller re-checks */
 }
@@ -488,33 +554,44 @@ int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, char *buf,
 {
     if (!r || member >= r->max_members || !buf || max_count == 0 || !offs || !lens || !seqs || !ts)
         return PMQ_EINVAL;
+    if (max_count > INT32_MAX)
+        max_count = INT32_MAX; /* the count is returned as an int */
     pmq_ring_hdr_t *h = r->hdr;
     pmq_member_t *m = &r->members[member];
     batch_t b = {.buf = buf, .buflen = buflen, .max = max_count,
                  .offs = offs, .lens = lens, .seqs = seqs, .ts = ts};
-    int64_t deadline = timeout_ns < 0 ? -1 : pmq_now_mono() + timeout_ns;
+    int64_t deadline = deadline_after(pmq_now_mono(), timeout_ns);
     for (;;) {
         int rc = 0;
         pmq_group_t *g = member_group(r, m, gen, &rc);
         if (!g)
             return rc;
         uint64_t cur = LOAD_ACQ(&g->cursor), tail = LOAD_ACQ(&h->tail), next = cur;
-        if (cur < tail) {
-            if (tail - cur <= r->capacity)
+        if (cur != tail) {
+            if (cur < tail && tail - cur <= r->capacity)
                 rc = collect(r, cur, tail, &b, &next);
             else
                 rc = PMQ_ECORRUPT;
             if (rc < 0) {
                 /* Another member may have claimed and the publisher reused
-                 * the space: only an unmoved cursor means real corruption. */
+                 * the space, or our group was freed (its cursor poisoned):
+                 * only an unmoved cursor of a live group means corruption. */
                 if (LOAD_SC(&g->cursor) != cur)
                     continue;
-                ADD_RLX(&h->corrupt, 1);
+                if (member_group(r, m, gen, &rc) != g)
+                    return rc;
+                if (rc == PMQ_ECORRUPT)
+                    ADD_RLX(&h->corrupt, 1);
                 return rc;
             }
             if (!__atomic_compare_exchange_n(&g->cursor, &cur, next, 0,
                                              __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
                 continue; /* lost the race: the copy is discarded */
+            /* A member removed while it copied (its group freed, the space
+             * reused) must not return the copy: the CAS then hit a freed slot,
+             * whose cursor leave() poisoned, or a reused one (see group.c). */
+            if (member_group(r, m, gen, &rc) != g)
+                return rc;
             if (next >= LOAD_SC(&h->space_target))
                 wake_if_waiting(&h->space_seq, &h->space_waiters);
             if (rc == 0)
@@ -528,7 +605,7 @@ int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, char *buf,
             return PMQ_CLOSED;
         if (timeout_ns == 0)
             return PMQ_EMPTY;
-        rc = wait_for_data(r, g, cur, tail, deadline);
+        rc = wait_for_data(r, m, gen, g, cur, tail, deadline);
         if (rc < 0)
             return rc;
     }

@@ -148,21 +148,30 @@ class Ring(_Mapped):
     # -- publishing ---------------------------------------------------------
 
     def publish1(self, data, timeout_ns: int) -> int:
-        """Publish one payload (bytes, or a cffi buffer); returns its seq."""
-        h, n = self.h, len(data)
-        while True:
-            rc = lib.pmq_ring_publish1(h, data, n, timeout_ns)
-            if rc != EINTR:
-                return rc if rc > 0 else check(rc, f"topic {self.topic!r}")
+        """Publish one payload (bytes); returns its seq."""
+        rc = lib.pmq_ring_publish1(self.h, data, len(data), timeout_ns)
+        if rc > 0:
+            return rc
+        return self._retry(rc, timeout_ns, lambda left: lib.pmq_ring_publish1(
+            self.h, data, len(data), left))
 
     def publish_many(self, joined: bytes, lens, timeout_ns: int) -> int:
         """Publish payloads laid end to end in joined with lengths lens (an
         array('I')); all or none. Returns the seq of the first."""
         lens_ptr = ffi.from_buffer("uint32_t[]", lens)
-        while True:
-            rc = lib.pmq_ring_publish(self.h, joined, lens_ptr, len(lens), timeout_ns)
-            if rc != EINTR:
-                return rc if rc > 0 else check(rc, f"topic {self.topic!r}")
+        rc = lib.pmq_ring_publish(self.h, joined, lens_ptr, len(lens), timeout_ns)
+        if rc > 0:
+            return rc
+        return self._retry(rc, timeout_ns, lambda left: lib.pmq_ring_publish(
+            self.h, joined, lens_ptr, len(lens), left))
+
+    def _retry(self, rc: int, timeout_ns: int, call) -> int:
+        """After a signal (EINTR; its Python handler has run by now), wait on
+        for the time left of timeout_ns; raise for any other error."""
+        deadline = time.monotonic_ns() + timeout_ns
+        while rc == EINTR:
+            rc = call(-1 if timeout_ns < 0 else max(0, deadline - time.monotonic_ns()))
+        return rc if rc > 0 else check(rc, f"topic {self.topic!r}")
 
     def test_stop_in_publish(self, data: bytes, phase: int) -> int:
         """Tests only: stop a publish part-way, keeping the mutex (then die)."""

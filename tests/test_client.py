@@ -257,3 +257,21 @@ def test_stale_removal_spares_a_broker_that_is_starting_and_removes_an_abandoned
     old = os.path.getmtime("/dev/shm" + segments.ns_shm_name(name)) - 60
     os.utime("/dev/shm" + segments.ns_shm_name(name), (old, old))
     assert broker_mod.remove_stale(name) == [segments.ns_shm_name(name).lstrip("/")]
+
+
+def test_unsubscribe_from_another_thread_always_ends_a_blocked_get(broker):
+    """The leave and the reader's sleep race; every round must end the get."""
+    for _ in range(200):
+        sub = broker.subscribe("t")
+        outcome = []
+
+        def read():
+            try:
+                sub.get(timeout=None)
+            except pymq.SubscriptionClosed:
+                outcome.append("closed")
+        t = threading.Thread(target=read)
+        t.start()
+        sub.unsubscribe()
+        t.join(30)
+        assert not t.is_alive() and outcome == ["closed"]

@@ -180,10 +180,22 @@ def test_corrupt_header_is_a_segment_mismatch():
 def test_header_fields_out_of_bounds_are_a_segment_mismatch(field):
     ring, mem = plain_ring()
     ring.release()
-    offsets = {"seg_len": 16, "capacity": 24, "data_off": 56, "max_groups": 64}
-    struct.pack_into("<I", mem.mm, offsets[field], 0xFFFFFFF)
+    struct.pack_into("<I", mem.mm, _core.ffi.offsetof("pmq_ring_hdr_t", field), 0xFFFFFFF)
     with pytest.raises(pymq.SegmentMismatch):
         _core.Ring(mem, "t")
+
+
+@pytest.mark.parametrize("head,tail", [(4088, 4088), (0, 1 << 50), (64, 8), (0, 12)])
+def test_scribbled_positions_are_a_segment_mismatch_not_a_wild_write_or_a_hang(head, tail):
+    ring, _ = plain_ring(capacity=4096, max_msg=1000)
+    m, g = ring.join("", 0, _core.START_SEQ, 1, owner=1)
+    ring.h.hdr.head, ring.h.hdr.tail, ring.h.hdr.gate = head, tail, head
+    for call in (lambda: ring.publish1(b"x" * 10, 0), ring.stats,
+                 lambda: ring.join("", 0, _core.START_SEQ, 5, owner=1)):
+        with pytest.raises(pymq.SegmentMismatch):
+            call()
+    with pytest.raises(pymq.SegmentMismatch):
+        _core.Reader(ring, m, g, 16, 4096).read(16, 0)
 
 
 def test_corrupt_record_length_is_a_segment_mismatch_not_a_crash():
