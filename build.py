@@ -13,7 +13,7 @@ from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
 NATIVE = HERE / "native"
-SOURCES = ["ring.c", "group.c", "sync.c", "ns.c"]
+SOURCES = ["ring.c", "group.c", "ack.c", "sync.c", "ns.c"]
 
 CFLAGS = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"]
 LDFLAGS = []

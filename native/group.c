@@ -15,10 +15,12 @@
  * that may be reused. Slots are reused round-robin (group_hint), so a reader
  * would have to stall across a whole cycle of allocations to meet its slot
  * again with the very same cursor value. */
-static void free_group(pmq_group_t *g)
+static void free_group(pmq_ring_t *r, pmq_group_t *g)
 {
     STORE_REL(&g->state, PMQ_SLOT_FREE);
     STORE_SC(&g->cursor, UINT64_MAX);
+    if (g->flags & PMQ_GROUP_ACK)
+        pmq_ack_group_free(r, g);
 }
 
 void pmq_group_recount(pmq_ring_t *r)
@@ -38,8 +40,15 @@ void pmq_group_recount(pmq_ring_t *r)
     for (uint32_t g = 0; g < r->max_groups; g++) {
         pmq_group_t *gr = &r->groups[g];
         if (gr->state == PMQ_SLOT_ACTIVE && (gr->flags & PMQ_GROUP_ANON) && gr->members == 0)
-            free_group(gr);
+            free_group(r, gr);
     }
+    uint32_t used = 0; /* pending tables in use, from the groups that own them */
+    for (uint32_t g = 0; g < r->max_groups; g++) {
+        pmq_group_t *gr = &r->groups[g];
+        if (gr->state == PMQ_SLOT_ACTIVE && (gr->flags & PMQ_GROUP_ACK) && gr->ptable < r->max_ack_groups)
+            used |= 1u << gr->ptable;
+    }
+    r->hdr->ptables_used = used;
 }
 
 /* From pos (in [head, tail]), the first data record with seq >= want: its
@@ -97,7 +106,8 @@ static int free_group_slot(pmq_ring_t *r)
     return -1;
 }
 
-static int new_group(pmq_ring_t *r, const char *name, uint32_t flags, int start, uint64_t start_seq)
+static int new_group(pmq_ring_t *r, const char *name, uint32_t flags, int start, uint64_t start_seq,
+                     int64_t ack_timeout_ns, uint32_t max_retries)
 {
     pmq_ring_hdr_t *h = r->hdr;
     int gi = free_group_slot(r);
@@ -117,6 +127,8 @@ static int new_group(pmq_ring_t *r, const char *name, uint32_t flags, int start,
     g->created_ns = (uint64_t)pmq_now_real();
     g->start_seq = first_seq;
     STORE_SC(&g->cursor, cursor);
+    if ((flags & PMQ_GROUP_ACK) && (rc = pmq_ack_group_init(r, g, ack_timeout_ns, max_retries)) < 0)
+        return rc; /* the slot stays free */
     if (cursor < h->gate)
         h->gate = cursor; /* the gate stays a lower bound of every cursor */
     STORE_REL(&g->state, PMQ_SLOT_ACTIVE);
@@ -124,10 +136,12 @@ static int new_group(pmq_ring_t *r, const char *name, uint32_t flags, int start,
 }
 
 int pmq_group_join(pmq_ring_t *r, const char *name, uint32_t flags, int start,
-                   uint64_t start_seq, uint64_t owner, int32_t pid, uint32_t *member_gen)
+                   uint64_t start_seq, uint64_t owner, int32_t pid, int64_t ack_timeout_ns,
+                   uint32_t max_retries, pmq_join_t *out)
 {
-    if (!r || !name || !member_gen || strnlen(name, PMQ_NAME_MAX - 16) >= PMQ_NAME_MAX - 16 ||
-        (flags & ~(PMQ_GROUP_ACK)) != 0 || start < PMQ_START_LATEST || start > PMQ_START_SEQ)
+    if (!r || !name || !out || strnlen(name, PMQ_NAME_MAX - 16) >= PMQ_NAME_MAX - 16 ||
+        (flags & ~(PMQ_GROUP_ACK)) != 0 || start < PMQ_START_LATEST || start > PMQ_START_SEQ ||
+        ack_timeout_ns < 0 || max_retries > 1000)
         return PMQ_EINVAL;
     int anon = name[0] == '\0';
     if (anon)
@@ -142,7 +156,7 @@ int pmq_group_join(pmq_ring_t *r, const char *name, uint32_t flags, int start,
     else if (gi >= 0 && r->groups[gi].flags != flags)
         rc = PMQ_EINVAL;
     else if (gi < 0)
-        rc = gi = new_group(r, name, flags, start, start_seq);
+        rc = gi = new_group(r, name, flags, start, start_seq, ack_timeout_ns, max_retries);
     if (rc >= 0) {
         pmq_group_t *g = &r->groups[gi];
         pmq_member_t *m = &r->members[mi];
@@ -151,10 +165,12 @@ int pmq_group_join(pmq_ring_t *r, const char *name, uint32_t flags, int start,
         m->owner = owner;
         m->pid = pid;
         m->delivered = 0;
-        *member_gen = ++m->gen;
+        __atomic_store_n(&m->gen, m->gen + 1, __ATOMIC_RELAXED);
         g->members++;
         STORE_REL(&m->state, PMQ_SLOT_ACTIVE);
-        rc = mi;
+        *out = (pmq_join_t){.member = (uint32_t)mi, .member_gen = m->gen,
+                            .group = (uint32_t)gi, .group_gen = g->gen};
+        rc = 0;
     }
     pmq_ring_unlock(r);
     return rc;
@@ -172,7 +188,9 @@ static void remove_member(pmq_ring_t *r, pmq_member_t *m)
     if (g->members > 0)
         g->members--;
     if ((g->flags & PMQ_GROUP_ANON) && g->members == 0)
-        free_group(g);
+        free_group(r, g);
+    else
+        pmq_ack_member_gone(r, g, (uint32_t)(m - r->members));
 }
 
 int pmq_member_leave(pmq_ring_t *r, uint32_t member, uint32_t gen)
@@ -235,6 +253,7 @@ static void group_figures(pmq_ring_t *r, uint32_t i, pmq_group_stats_t *o)
     if (pos >= h->head && pos <= h->tail) /* else corrupt: pmq_ring_gate reports it */
         seek_seq(r, pos, 0, &at, &o->cursor_seq);
     o->lag = h->next_seq - o->cursor_seq;
+    pmq_ack_figures(r, g, o);
 }
 
 int pmq_ring_stats(pmq_ring_t *r, pmq_ring_stats_t *o, pmq_group_stats_t *groups,

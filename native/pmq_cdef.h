@@ -7,6 +7,7 @@
 #define PMQ_NAME_MAX ...
 #define PMQ_MAX_GROUPS ...
 #define PMQ_MAX_MEMBERS ...
+#define PMQ_MAX_ACK_GROUPS ...
 #define PMQ_NS_CONFIG_MAX ...
 #define PMQ_REC_HDR ...
 
@@ -42,14 +43,33 @@ typedef struct {
 
 typedef struct {
     pmq_ring_hdr_t *hdr;
+    uint64_t data_off;
     uint64_t capacity;
-    uint32_t max_msg;
+    uint64_t mask;
+    uint32_t max_msg, pending_cap;
     ...;
 } pmq_ring_t;
 
 typedef struct {
+    char *buf;
+    uint64_t buflen;
+    uint32_t max;
+    uint32_t n;
+    uint64_t used, bytes;
+    uint64_t *offs, *seqs, *pos;
+    uint32_t *lens, *slots, *attempts;
+    int64_t *ts;
+    ...;
+} pmq_batch_t;
+
+typedef struct {
+    uint32_t member, member_gen, group, group_gen;
+    ...;
+} pmq_join_t;
+
+typedef struct {
     uint64_t capacity;
-    uint32_t max_msg, max_groups, max_members, pending_cap;
+    uint32_t max_msg, max_groups, max_members, max_ack_groups, pending_cap;
     int32_t creator_pid;
     uint64_t creator_start;
     ...;
@@ -67,6 +87,8 @@ typedef struct {
     char name[...];
     uint32_t index, flags, members, gen;
     uint64_t cursor, delivered, delivered_bytes, lag, cursor_seq;
+    uint64_t acked, nacked, redelivered, dead_lettered, timeouts;
+    uint32_t pending, ready, dead, max_retries;
     ...;
 } pmq_group_stats_t;
 
@@ -97,12 +119,22 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *data, const uint32_t *lens,
                          uint32_t count, int64_t timeout_ns);
 int64_t pmq_ring_publish1(pmq_ring_t *r, const char *data, uint32_t len, int64_t timeout_ns);
 int pmq_group_join(pmq_ring_t *r, const char *name, uint32_t flags, int start,
-                   uint64_t start_seq, uint64_t owner, int32_t pid, uint32_t *member_gen);
+                   uint64_t start_seq, uint64_t owner, int32_t pid, int64_t ack_timeout_ns,
+                   uint32_t max_retries, pmq_join_t *out);
 int pmq_member_leave(pmq_ring_t *r, uint32_t member, uint32_t gen);
 int pmq_ring_reap(pmq_ring_t *r, uint64_t owner);
-int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, char *buf,
-                  uint64_t buflen, uint32_t max_count, uint64_t *offs,
-                  uint32_t *lens, uint64_t *seqs, int64_t *ts, int64_t timeout_ns);
+int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
+                  uint32_t max_count, int64_t timeout_ns);
+int pmq_group_ack(pmq_ring_t *r, uint32_t group, uint32_t group_gen, const uint32_t *slots,
+                  const uint64_t *seqs, uint32_t n);
+int pmq_group_ack1(pmq_ring_t *r, uint32_t group, uint32_t group_gen, uint32_t slot, uint64_t seq);
+int pmq_group_nack(pmq_ring_t *r, uint32_t group, uint32_t group_gen, const uint32_t *slots,
+                   const uint64_t *seqs, uint32_t n);
+int pmq_group_sweep(pmq_ring_t *r, uint32_t group, int64_t now_ns);
+int pmq_group_take_dead(pmq_ring_t *r, uint32_t group, pmq_batch_t *b, uint32_t max_count,
+                        uint32_t *group_gen);
+int pmq_group_dead_lettered(pmq_ring_t *r, uint32_t group, uint32_t group_gen,
+                            const uint32_t *slots, const uint64_t *seqs, uint32_t n);
 void pmq_ring_wake_all(pmq_ring_t *r);
 void pmq_ring_close(pmq_ring_t *r);
 int pmq_ring_stats(pmq_ring_t *r, pmq_ring_stats_t *out, pmq_group_stats_t *groups,

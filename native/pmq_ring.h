@@ -6,14 +6,16 @@
  * code works on (void *base, size_t len) and never maps memory itself, so it
  * runs the same on a plain malloc'd buffer (tests) as on a mapping.
  *
- *   0                    PMQ_HDR_SIZE (4096)
- *   +--------------------+---------------------+------------------+---------------------+
- *   | pmq_ring_hdr_t     | groups[max_groups]  | members[max_mem] | data[capacity]      |
- *   | (cache-line padded | pmq_group_t, 256 B  | pmq_member_t,    | records, 8-aligned, |
- *   |  sections below)   | each                | 64 B each        | capacity = 2^k      |
- *   +--------------------+---------------------+------------------+---------------------+
+ *   0                  PMQ_HDR_SIZE (4096)
+ *   +------------------+-------------------+------------------+----------------------+--------------+
+ *   | pmq_ring_hdr_t   | groups            | members          | pending tables       | data         |
+ *   | (cache-line      | [max_groups]      | [max_members]    | [max_ack_groups]     | [capacity]   |
+ *   |  padded sections | pmq_group_t,      | pmq_member_t,    | [pending_cap]        | records,     |
+ *   |  below)          | 384 B each        | 64 B each        | pmq_pending_t, 32 B  | 8-aligned    |
+ *   +------------------+-------------------+------------------+----------------------+--------------+
  *   ^ groups_off, members_off, pending_off and data_off in the header say where each
- *     region starts; attach checks that they are in bounds and do not overlap.
+ *     region starts (data_off rounded up to 4096); attach checks that they are in
+ *     bounds and do not overlap.
  *
  * Positions are free-running 64-bit byte counts; a position p lives at data
  * offset (p & (capacity - 1)). Everything in [head, tail) is a sequence of
@@ -32,6 +34,12 @@
  * sizeof(pmq_rec_t) bytes remain before the end, they are an implicit gap;
  * when more remain but the record does not fit, a PMQ_REC_PAD record fills them.
  *
+ * An ack group (subscribe_with_ack) also owns one pending table: a window of
+ * claim numbers [pend_head, pend_tail), entry n at table[n % pending_cap], in
+ * claim order (so in position order). Its gate is its floor: the position of
+ * the oldest delivery not yet acked (or the cursor when none is pending), so a
+ * record stays in the ring until every ack group acked or dead-lettered it.
+ *
  * Commit: a publisher holding the mutex writes whole records beyond tail, then
  * publishes them with one release-store of tail. Readers load tail with acquire
  * and only read below it, so a record is visible only when complete; a
@@ -46,13 +54,14 @@
 #include <stdint.h>
 
 #define PMQ_RING_MAGIC     0x31474e52514d5950ULL /* "PYMQRNG1" little-endian */
-#define PMQ_LAYOUT_VERSION 1u
+#define PMQ_LAYOUT_VERSION 2u
 #define PMQ_READY          0x52454459u           /* stored last by init */
 #define PMQ_CACHE_LINE     64
 #define PMQ_HDR_SIZE       4096
 #define PMQ_NAME_MAX       64   /* group name bytes, NUL included */
 #define PMQ_MAX_GROUPS     64
 #define PMQ_MAX_MEMBERS    256
+#define PMQ_MAX_ACK_GROUPS 32   /* pending tables per topic */
 #define PMQ_MIN_CAPACITY   4096ULL
 #define PMQ_MAX_CAPACITY   (1ULL << 40)
 
@@ -83,7 +92,12 @@
 #define PMQ_SLOT_ACTIVE 1u
 
 #define PMQ_GROUP_ANON 1u  /* one member, removed with it */
-#define PMQ_GROUP_ACK  2u  /* at-least-once (pending table; later) */
+#define PMQ_GROUP_ACK  2u  /* at-least-once: a pending table, acks, redelivery */
+
+#define PMQ_PEND_FREE     0u
+#define PMQ_PEND_INFLIGHT 1u  /* delivered to a member, waiting for its ack */
+#define PMQ_PEND_READY    2u  /* to be delivered again (timeout, nack, member died) */
+#define PMQ_PEND_DEAD     3u  /* out of retries: the supervisor dead-letters it */
 
 typedef struct pmq_rec {
     uint32_t len;   /* payload bytes; <= max_msg */
@@ -112,9 +126,33 @@ typedef struct pmq_group {
     uint64_t created_ns;
     uint64_t start_seq;             /* seq at the cursor when the group was made */
     uint8_t pad2[PMQ_CACHE_LINE - 32];
-    /* line 3: reserved for the ack group's pending-table bookkeeping */
-    uint8_t reserved[PMQ_CACHE_LINE];
+    /* line 3: an ack group's own robust mutex, taken to claim, redeliver, ack,
+     * nack and sweep (never by publishers: they only read the floor) */
+    pthread_mutex_t lock;
+    uint8_t pad3[PMQ_CACHE_LINE - sizeof(pthread_mutex_t) % PMQ_CACHE_LINE];
+    /* line 4: an ack group's window, under its lock */
+    uint64_t floor;                 /* oldest unacked position, or cursor: its gate */
+    uint64_t pend_head, pend_tail;  /* claim numbers; pend_tail - pend_head <= pending_cap */
+    int64_t ack_timeout_ns;         /* a delivery not acked in this time is redelivered */
+    uint32_t ptable;                /* which pending table is this group's */
+    uint32_t ready;                 /* entries PMQ_PEND_READY */
+    uint32_t dead;                  /* entries PMQ_PEND_DEAD */
+    uint32_t max_retries;           /* redeliveries after the first, then dead-letter */
+    uint8_t pad4[PMQ_CACHE_LINE - 48];
+    /* line 5: an ack group's counters */
+    uint64_t acked, nacked, redelivered, dead_lettered, timeouts;
+    uint8_t pad5[PMQ_CACHE_LINE - 40];
 } pmq_group_t;
+
+/* One delivery of an ack group, waiting for its ack. */
+typedef struct pmq_pending {
+    uint64_t pos;          /* the record's position (it stays in the ring until freed) */
+    uint64_t seq;          /* the record's seq: an ack must name it */
+    int64_t deadline_ns;   /* CLOCK_MONOTONIC: redeliver after this */
+    uint16_t member;       /* member slot it was last delivered to */
+    uint16_t attempts;     /* deliveries so far (1 on the first) */
+    uint32_t state;        /* PMQ_PEND_* */
+} pmq_pending_t;
 
 /* One subscription. owner names the process (its liveness token). */
 typedef struct pmq_member {
@@ -147,13 +185,15 @@ typedef struct pmq_ring_hdr {
     uint64_t capacity;        /* data bytes, a power of two */
     uint64_t groups_off, members_off, pending_off, data_off;
     uint32_t max_groups, max_members;
-    uint32_t pending_cap;     /* pending entries per group (0: none yet) */
+    uint32_t pending_cap;     /* entries of a pending table, a power of two */
     uint32_t max_msg;         /* largest payload accepted */
     int32_t creator_pid;
     uint32_t pad0;
     uint64_t creator_start;   /* creator's start time, ms since the epoch */
     int64_t created_ns;
-    uint8_t pad1[2 * PMQ_CACHE_LINE - 104];
+    uint32_t max_ack_groups;  /* pending tables */
+    uint32_t pad1a;
+    uint8_t pad1[2 * PMQ_CACHE_LINE - 112];
 
     /* lines 2-3: the mutex (40 bytes on glibc x86_64) and the commit intent */
     pthread_mutex_t lock;
@@ -171,7 +211,9 @@ typedef struct pmq_ring_hdr {
     uint64_t next_seq;        /* seq of the next record */
     uint32_t closed;          /* set by the broker before it unlinks */
     uint32_t group_hint;      /* where the search for a free group slot starts */
-    uint8_t pad5[PMQ_CACHE_LINE - 32];
+    uint32_t ptables_used;    /* bit i: pending table i belongs to a live ack group */
+    uint32_t pad5a;
+    uint8_t pad5[PMQ_CACHE_LINE - 40];
 
     /* line 6: readers' wake word: bumped by a publisher that saw data_waiters */
     uint32_t data_seq;
@@ -199,7 +241,11 @@ typedef struct pmq_ring_hdr {
 } pmq_ring_hdr_t;
 
 _Static_assert(sizeof(pmq_rec_t) == 24, "record header is 24 bytes");
-_Static_assert(sizeof(pmq_group_t) == 4 * PMQ_CACHE_LINE, "group is 4 cache lines");
+_Static_assert(sizeof(pmq_group_t) == 6 * PMQ_CACHE_LINE, "group is 6 cache lines");
+_Static_assert(offsetof(pmq_group_t, lock) == 3 * PMQ_CACHE_LINE, "group lock at line 3");
+_Static_assert(offsetof(pmq_group_t, floor) == 4 * PMQ_CACHE_LINE, "floor at line 4");
+_Static_assert(sizeof(pmq_pending_t) == 32, "pending entry is 32 bytes");
+_Static_assert(PMQ_MAX_ACK_GROUPS <= 32, "ptables_used is a 32-bit mask");
 _Static_assert(sizeof(pmq_member_t) == PMQ_CACHE_LINE, "member is one cache line");
 _Static_assert(offsetof(pmq_group_t, cursor) == PMQ_CACHE_LINE, "cursor on its own line");
 _Static_assert(offsetof(pmq_ring_hdr_t, lock) == 2 * PMQ_CACHE_LINE, "lock at line 2");
@@ -214,7 +260,8 @@ typedef struct pmq_ring_params {
     uint32_t max_msg;      /* max payload; max_msg + header <= capacity / 2 */
     uint32_t max_groups;   /* <= PMQ_MAX_GROUPS */
     uint32_t max_members;  /* <= PMQ_MAX_MEMBERS */
-    uint32_t pending_cap;
+    uint32_t max_ack_groups; /* pending tables, <= PMQ_MAX_ACK_GROUPS */
+    uint32_t pending_cap;  /* deliveries in flight per ack group, a power of two */
     int32_t creator_pid;
     uint64_t creator_start;
 } pmq_ring_params_t;
@@ -227,11 +274,28 @@ typedef struct pmq_ring {
     pmq_ring_hdr_t *hdr;
     pmq_group_t *groups;
     pmq_member_t *members;
+    pmq_pending_t *pending;
     uint8_t *data;
+    uint64_t data_off;
     uint64_t capacity;
     uint64_t mask;
-    uint32_t max_groups, max_members, max_msg, pending_cap;
+    uint32_t max_groups, max_members, max_msg, pending_cap, max_ack_groups;
 } pmq_ring_t;
+
+/* What a read fills: payloads end to end in buf (each 8-aligned) and, per
+ * record, its offset in buf, length, seq and publish time; for an ack group
+ * also its position in the ring (for zero-copy views), pending slot (to ack
+ * it) and delivery attempt. Python allocates all of it once per subscription. */
+typedef struct pmq_batch {
+    char *buf;
+    uint64_t buflen;
+    uint32_t max;          /* capacity of each array */
+    uint32_t n;            /* records filled */
+    uint64_t used, bytes;  /* bytes of buf used; payload bytes */
+    uint64_t *offs, *seqs, *pos;
+    uint32_t *lens, *slots, *attempts;
+    int64_t *ts;
+} pmq_batch_t;
 
 /* Totals and one group's figures, filled by pmq_ring_stats. */
 typedef struct pmq_ring_stats {
@@ -245,7 +309,14 @@ typedef struct pmq_group_stats {
     char name[PMQ_NAME_MAX];
     uint32_t index, flags, members, gen;
     uint64_t cursor, delivered, delivered_bytes, lag, cursor_seq;
+    uint64_t acked, nacked, redelivered, dead_lettered, timeouts;
+    uint32_t pending, ready, dead, max_retries;
 } pmq_group_stats_t;
+
+/* Where a join put the subscription. */
+typedef struct pmq_join {
+    uint32_t member, member_gen, group, group_gen;
+} pmq_join_t;
 
 /* Size of a segment for these parameters; 0 if they are invalid. */
 uint64_t pmq_ring_size(const pmq_ring_params_t *p);
@@ -273,30 +344,63 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *data, const uint32_t *lens,
 int64_t pmq_ring_publish1(pmq_ring_t *r, const char *data, uint32_t len, int64_t timeout_ns);
 
 /* Join (or create) a group and add a member owned by `owner`.
- * name == "" makes an anonymous group. start is PMQ_START_* (start_seq with
- * PMQ_START_SEQ); it applies only when the group is created.
- * On success returns the member index and sets *member_gen.
- * PMQ_ENOSLOT when the group or member table is full; PMQ_EINVAL for a named
- * group that exists with other flags. */
+ * name == "" makes an anonymous group. flags is 0 or PMQ_GROUP_ACK; an ack
+ * group redelivers after ack_timeout_ns, max_retries times, then dead-letters.
+ * start is PMQ_START_* (start_seq with PMQ_START_SEQ); it, the timeout and the
+ * retries apply only when the group is created. Fills *out and returns 0;
+ * PMQ_ENOSLOT when a table is full; PMQ_EINVAL for a named group that exists
+ * with other flags. */
 int pmq_group_join(pmq_ring_t *r, const char *name, uint32_t flags, int start,
-                   uint64_t start_seq, uint64_t owner, int32_t pid,
-                   uint32_t *member_gen);
+                   uint64_t start_seq, uint64_t owner, int32_t pid, int64_t ack_timeout_ns,
+                   uint32_t max_retries, pmq_join_t *out);
 
 /* Remove a member (idempotent: PMQ_GONE if already gone). An anonymous group
- * goes with its last member; a named group stays (durable). */
+ * goes with its last member; a named group stays (durable). What an ack
+ * member had in flight is redelivered to the group's other members at once. */
 int pmq_member_leave(pmq_ring_t *r, uint32_t member, uint32_t gen);
 
 /* Remove every member owned by `owner` (a dead process). Returns how many. */
 int pmq_ring_reap(pmq_ring_t *r, uint64_t owner);
 
-/* Read up to max_count records for a member into buf (payloads end to end,
- * each starting 8-aligned), filling offs/lens/seqs/ts. Waits up to timeout_ns
- * (<0: for ever) when there is nothing to read. Returns the count (>= 1),
- * PMQ_EMPTY, PMQ_CLOSED, PMQ_GONE, PMQ_EINTR, PMQ_EBUFSMALL or PMQ_ECORRUPT.
- * Lock-free: members of one group claim records with a CAS on the cursor. */
-int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, char *buf,
-                  uint64_t buflen, uint32_t max_count, uint64_t *offs,
-                  uint32_t *lens, uint64_t *seqs, int64_t *ts, int64_t timeout_ns);
+/* Read up to max_count (<= b->max) records for a member into the batch. Waits
+ * up to timeout_ns (<0: for ever) when there is nothing to read. Returns the
+ * count (>= 1), PMQ_EMPTY, PMQ_CLOSED, PMQ_GONE, PMQ_EINTR, PMQ_EBUFSMALL or
+ * PMQ_ECORRUPT. A plain group's members claim records lock-free (a CAS on the
+ * cursor). An ack group's member takes the group's lock, gets redeliveries
+ * first, then new records while its window has room, and records each in the
+ * pending table (b->pos, b->slots, b->attempts must be set). */
+int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
+                  uint32_t max_count, int64_t timeout_ns);
+
+/* Acknowledge n deliveries of group `group` (of generation group_gen), each
+ * named by the slot and seq its read gave. An ack of a delivery already acked
+ * (or by now another record's slot) is ignored: returns how many it acked. */
+int pmq_group_ack(pmq_ring_t *r, uint32_t group, uint32_t group_gen, const uint32_t *slots,
+                  const uint64_t *seqs, uint32_t n);
+
+/* One ack: the hot path of Message.ack(). */
+int pmq_group_ack1(pmq_ring_t *r, uint32_t group, uint32_t group_gen, uint32_t slot, uint64_t seq);
+
+/* Ask for redelivery now (or dead-lettering, when out of retries). Returns how
+ * many it requeued. */
+int pmq_group_nack(pmq_ring_t *r, uint32_t group, uint32_t group_gen, const uint32_t *slots,
+                   const uint64_t *seqs, uint32_t n);
+
+/* The supervisor's sweep of one ack group: deliveries past their deadline
+ * (CLOCK_MONOTONIC now_ns) are requeued, or marked dead when out of retries.
+ * Returns how many timed out; 0 for a group that is not an ack group. */
+int pmq_group_sweep(pmq_ring_t *r, uint32_t group, int64_t now_ns);
+
+/* Copy up to max_count dead deliveries of the group into b (payload, seq,
+ * slot, attempts), leaving them pending, and the group's generation: the
+ * supervisor publishes them to the dead-letter topic, then calls
+ * pmq_group_dead_lettered. Returns the count. */
+int pmq_group_take_dead(pmq_ring_t *r, uint32_t group, pmq_batch_t *b, uint32_t max_count,
+                        uint32_t *group_gen);
+
+/* Free dead deliveries that are now on the dead-letter topic; counts them. */
+int pmq_group_dead_lettered(pmq_ring_t *r, uint32_t group, uint32_t group_gen,
+                            const uint32_t *slots, const uint64_t *seqs, uint32_t n);
 
 /* Wake every waiter (readers and publishers) of this segment. */
 void pmq_ring_wake_all(pmq_ring_t *r);

@@ -17,15 +17,6 @@
 
 uint32_t pmq_layout_version(void) { return PMQ_LAYOUT_VERSION; }
 
-/* now + timeout, saturated (a huge timeout means "for ever", not overflow);
- * -1 (no deadline) for a negative timeout. */
-static int64_t deadline_after(int64_t now, int64_t timeout_ns)
-{
-    if (timeout_ns < 0)
-        return -1;
-    return timeout_ns > INT64_MAX - now ? INT64_MAX : now + timeout_ns;
-}
-
 /* ---- lock and recovery ------------------------------------------------ */
 
 /* Repair the segment after a lock holder died (EOWNERDEAD), with the mutex
@@ -89,7 +80,7 @@ int pmq_ring_lock(pmq_ring_t *r, int64_t deadline_real_ns)
 
 int pmq_ring_lock_admin(pmq_ring_t *r)
 {
-    return pmq_ring_lock(r, deadline_after(pmq_now_real(), PMQ_ADMIN_LOCK_NS));
+    return pmq_ring_lock(r, pmq_deadline_after(pmq_now_real(), PMQ_ADMIN_LOCK_NS));
 }
 
 void pmq_ring_unlock(pmq_ring_t *r) { pthread_mutex_unlock(&r->hdr->lock); }
@@ -102,19 +93,30 @@ static int params_ok(const pmq_ring_params_t *p)
            (p->capacity & (p->capacity - 1)) == 0 && p->max_msg > 0 &&
            rec_size(p->max_msg) <= p->capacity / 2 && p->max_groups > 0 &&
            p->max_groups <= PMQ_MAX_GROUPS && p->max_members > 0 &&
-           p->max_members <= PMQ_MAX_MEMBERS;
+           p->max_members <= PMQ_MAX_MEMBERS && p->max_members <= 0xFFFF &&
+           p->max_ack_groups <= PMQ_MAX_ACK_GROUPS && p->pending_cap > 0 &&
+           p->pending_cap <= (1u << 20) && (p->pending_cap & (p->pending_cap - 1)) == 0;
 }
 
-static uint64_t data_offset(uint32_t groups, uint32_t members)
+/* Region offsets of a segment; data starts on a page. */
+typedef struct regions {
+    uint64_t groups, members, pending, data;
+} regions_t;
+
+static regions_t regions_of(const pmq_ring_params_t *p)
 {
-    uint64_t end = PMQ_HDR_SIZE + (uint64_t)groups * sizeof(pmq_group_t) +
-                   (uint64_t)members * sizeof(pmq_member_t);
-    return (end + 4095) & ~4095ULL;
+    regions_t o;
+    o.groups = PMQ_HDR_SIZE;
+    o.members = o.groups + (uint64_t)p->max_groups * sizeof(pmq_group_t);
+    o.pending = o.members + (uint64_t)p->max_members * sizeof(pmq_member_t);
+    uint64_t end = o.pending + (uint64_t)p->max_ack_groups * p->pending_cap * sizeof(pmq_pending_t);
+    o.data = (end + 4095) & ~4095ULL;
+    return o;
 }
 
 uint64_t pmq_ring_size(const pmq_ring_params_t *p)
 {
-    return params_ok(p) ? data_offset(p->max_groups, p->max_members) + p->capacity : 0;
+    return params_ok(p) ? regions_of(p).data + p->capacity : 0;
 }
 
 int pmq_ring_init(void *base, uint64_t len, const pmq_ring_params_t *p)
@@ -122,18 +124,20 @@ int pmq_ring_init(void *base, uint64_t len, const pmq_ring_params_t *p)
     uint64_t size = pmq_ring_size(p);
     if (!base || size == 0 || len < size)
         return PMQ_EINVAL;
+    regions_t o = regions_of(p);
     pmq_ring_hdr_t *h = base;
-    memset(base, 0, data_offset(p->max_groups, p->max_members));
+    memset(base, 0, o.data);
     h->magic = PMQ_RING_MAGIC;
     h->version = PMQ_LAYOUT_VERSION;
     h->seg_len = size;
     h->capacity = p->capacity;
-    h->groups_off = PMQ_HDR_SIZE;
-    h->members_off = h->groups_off + (uint64_t)p->max_groups * sizeof(pmq_group_t);
-    h->pending_off = h->members_off + (uint64_t)p->max_members * sizeof(pmq_member_t);
-    h->data_off = data_offset(p->max_groups, p->max_members);
+    h->groups_off = o.groups;
+    h->members_off = o.members;
+    h->pending_off = o.pending;
+    h->data_off = o.data;
     h->max_groups = p->max_groups;
     h->max_members = p->max_members;
+    h->max_ack_groups = p->max_ack_groups;
     h->pending_cap = p->pending_cap;
     h->max_msg = p->max_msg;
     h->creator_pid = p->creator_pid;
@@ -141,6 +145,11 @@ int pmq_ring_init(void *base, uint64_t len, const pmq_ring_params_t *p)
     h->created_ns = pmq_now_real();
     h->next_seq = 1;
     int rc = pmq_mutex_init(&h->lock);
+    /* Every group slot's mutex is made once, here, and never again: a slot is
+     * reused, its lock is not re-initialised under a stalled waiter. */
+    pmq_group_t *groups = (pmq_group_t *)((uint8_t *)base + o.groups);
+    for (uint32_t i = 0; rc == 0 && i < p->max_groups; i++)
+        rc = pmq_mutex_init(&groups[i].lock);
     if (rc < 0)
         return rc;
     STORE_REL(&h->ready, PMQ_READY); /* attachers check ready before anything else */
@@ -157,53 +166,35 @@ int pmq_ring_attach(pmq_ring_t *r, void *base, uint64_t len)
     if (h->magic != PMQ_RING_MAGIC || h->version != PMQ_LAYOUT_VERSION)
         return PMQ_EVERSION;
     pmq_ring_params_t p = {
-        .capacity = h->capacity, .max_msg = h->max_msg,
-        .max_groups = h->max_groups, .max_members = h->max_members,
+        .capacity = h->capacity, .max_msg = h->max_msg, .max_groups = h->max_groups,
+        .max_members = h->max_members, .max_ack_groups = h->max_ack_groups,
+        .pending_cap = h->pending_cap,
     };
-    uint64_t doff = data_offset(p.max_groups, p.max_members);
-    if (!params_ok(&p) || h->seg_len != len || h->groups_off != PMQ_HDR_SIZE ||
-        h->members_off != h->groups_off + (uint64_t)p.max_groups * sizeof(pmq_group_t) ||
-        h->pending_off != h->members_off + (uint64_t)p.max_members * sizeof(pmq_member_t) ||
-        h->data_off != doff || doff + p.capacity != len)
+    if (!params_ok(&p))
+        return PMQ_ECORRUPT;
+    regions_t o = regions_of(&p);
+    if (h->seg_len != len || h->groups_off != o.groups || h->members_off != o.members ||
+        h->pending_off != o.pending || h->data_off != o.data || o.data + p.capacity != len)
         return PMQ_ECORRUPT;
     r->base = base;
     r->len = len;
     r->hdr = h;
-    r->groups = (pmq_group_t *)(r->base + h->groups_off);
-    r->members = (pmq_member_t *)(r->base + h->members_off);
-    r->data = r->base + doff;
+    r->groups = (pmq_group_t *)(r->base + o.groups);
+    r->members = (pmq_member_t *)(r->base + o.members);
+    r->pending = (pmq_pending_t *)(r->base + o.pending);
+    r->data = r->base + o.data;
+    r->data_off = o.data;
     r->capacity = p.capacity;
     r->mask = p.capacity - 1;
     r->max_groups = p.max_groups;
     r->max_members = p.max_members;
     r->max_msg = p.max_msg;
-    r->pending_cap = h->pending_cap;
+    r->pending_cap = p.pending_cap;
+    r->max_ack_groups = p.max_ack_groups;
     return 0;
 }
 
 /* ---- waking ------------------------------------------------------------ */
-
-/* Clear the flag before bumping the word: a sleeper that sets the flag after
- * the clear either read the word before the bump (its wait returns at once)
- * or leaves the flag set for the next waker. */
-static void wake(uint32_t *seq, uint32_t *waiters)
-{
-    STORE_SC(waiters, 0);
-    __atomic_fetch_add(seq, 1, __ATOMIC_SEQ_CST);
-    pmq_futex_wake_all(seq);
-}
-
-/* Called after a store that may let a sleeper proceed. The fence orders that
- * store before the load of the flag; the sleeper stores the flag before it
- * re-checks, so one of the two sees the other. No system call without a sleeper. */
-static int wake_if_waiting(uint32_t *seq, uint32_t *waiters)
-{
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (__atomic_load_n(waiters, __ATOMIC_RELAXED) == 0)
-        return 0;
-    wake(seq, waiters);
-    return 1;
-}
 
 void pmq_ring_wake_all(pmq_ring_t *r)
 {
@@ -227,7 +218,8 @@ int pmq_ring_gate(pmq_ring_t *r, uint64_t *gate)
         pmq_group_t *gr = &r->groups[i];
         if (LOAD_ACQ(&gr->state) != PMQ_SLOT_ACTIVE)
             continue;
-        uint64_t c = LOAD_SC(&gr->cursor);
+        /* an ack group holds what it has not acked: its floor gates */
+        uint64_t c = (gr->flags & PMQ_GROUP_ACK) ? LOAD_SC(&gr->floor) : LOAD_SC(&gr->cursor);
         if (c < head || c > tail)
             return PMQ_ECORRUPT;
         if (c < g)
@@ -353,7 +345,7 @@ static int wait_for_space(pmq_ring_t *r, uint64_t target, int64_t deadline)
         left = PMQ_SPACE_SLICE_NS;
     if (pmq_futex_wait(&h->space_seq, seen, left) == -EINTR)
         return PMQ_EINTR;
-    int64_t relock = deadline < 0 ? -1 : deadline_after(pmq_now_real(), PMQ_RELOCK_GRACE_NS);
+    int64_t relock = deadline < 0 ? -1 : pmq_deadline_after(pmq_now_real(), PMQ_RELOCK_GRACE_NS);
     rc = pmq_ring_lock(r, relock);
     return rc == -ETIMEDOUT ? PMQ_FULL : rc;
 }
@@ -370,8 +362,8 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *data, const uint32_t *lens,
         bytes += lens[i];
     }
     pmq_ring_hdr_t *h = r->hdr;
-    int64_t deadline = deadline_after(pmq_now_mono(), timeout_ns);
-    int64_t lock_deadline = timeout_ns < 0 ? -1 : deadline_after(pmq_now_real(), timeout_ns + PMQ_RELOCK_GRACE_NS);
+    int64_t deadline = pmq_deadline_after(pmq_now_mono(), timeout_ns);
+    int64_t lock_deadline = timeout_ns < 0 ? -1 : pmq_deadline_after(pmq_now_real(), timeout_ns + PMQ_RELOCK_GRACE_NS);
     int rc = pmq_ring_lock(r, lock_deadline), waited = 0;
     if (rc < 0) {
         if (rc != -ETIMEDOUT)
@@ -455,43 +447,42 @@ int64_t pmq_ring_test_stop_in_publish(pmq_ring_t *r, const char *data, uint32_t 
 
 /* ---- reading -------------------------------------------------------------- */
 
-typedef struct batch {
-    char *buf;
-    uint64_t buflen, used, bytes;
-    uint32_t max, n;
-    uint64_t *offs, *seqs;
-    uint32_t *lens;
-    int64_t *ts;
-} batch_t;
+int pmq_batch_add(const pmq_ring_t *r, uint64_t pos, const pmq_rec_t *rec, pmq_batch_t *b)
+{
+    if (b->n >= b->max || rec->len > b->buflen - b->used)
+        return 0;
+    uint32_t i = b->n++;
+    if (rec->len)
+        memcpy(b->buf + b->used, r->data + (pos & r->mask) + PMQ_REC_HDR, rec->len);
+    b->offs[i] = b->used;
+    b->lens[i] = rec->len;
+    b->seqs[i] = rec->seq;
+    b->ts[i] = rec->ts_ns;
+    if (b->pos)
+        b->pos[i] = pos;
+    b->bytes += rec->len;
+    b->used += ALIGN8((uint64_t)rec->len);
+    if (b->used > b->buflen)
+        b->used = b->buflen;
+    return 1;
+}
 
-/* Copy records from pos (below tail) into the batch; set *next past the last
- * one taken. Returns the count or PMQ_ECORRUPT / PMQ_EBUFSMALL. */
-static int collect(const pmq_ring_t *r, uint64_t pos, uint64_t tail, batch_t *b, uint64_t *next)
+/* Copy records from pos (below tail) into the batch, up to max; set *next past
+ * the last one taken. Returns the count or PMQ_ECORRUPT / PMQ_EBUFSMALL. */
+static int collect(const pmq_ring_t *r, uint64_t pos, uint64_t tail, pmq_batch_t *b,
+                   uint32_t max, uint64_t *next)
 {
     pmq_rec_t rec;
     b->n = 0;
     b->used = b->bytes = 0;
-    while (pos < tail && b->n < b->max) {
+    while (pos < tail && b->n < max) {
         uint64_t size = rec_check(r, pos, tail, &rec);
         if (size == 0)
             return PMQ_ECORRUPT;
-        if (rec.type == PMQ_REC_DATA) {
-            if (rec.len > b->buflen - b->used) {
-                if (b->n == 0)
-                    return PMQ_EBUFSMALL;
-                break;
-            }
-            if (rec.len)
-                memcpy(b->buf + b->used, r->data + (pos & r->mask) + PMQ_REC_HDR, rec.len);
-            b->offs[b->n] = b->used;
-            b->lens[b->n] = rec.len;
-            b->seqs[b->n] = rec.seq;
-            b->ts[b->n] = rec.ts_ns;
-            b->n++;
-            b->bytes += rec.len;
-            b->used += ALIGN8(rec.len);
-            if (b->used > b->buflen)
-                b->used = b->buflen;
+        if (rec.type == PMQ_REC_DATA && !pmq_batch_add(r, pos, &rec, b)) {
+            if (b->n == 0)
+                return PMQ_EBUFSMALL;
+            break;
         }
         pos = skip_gap(r, pos + size);
     }
@@ -500,7 +491,7 @@ static int collect(const pmq_ring_t *r, uint64_t pos, uint64_t tail, batch_t *b,
 }
 
 /* The member's group, or NULL (*rc set) when the member or group is gone. */
-static pmq_group_t *member_group(pmq_ring_t *r, pmq_member_t *m, uint32_t gen, int *rc)
+pmq_group_t *pmq_member_group(pmq_ring_t *r, pmq_member_t *m, uint32_t gen, int *rc)
 {
     if (LOAD_ACQ(&m->state) != PMQ_SLOT_ACTIVE || __atomic_load_n(&m->gen, __ATOMIC_RELAXED) != gen) {
         *rc = PMQ_GONE;
@@ -524,6 +515,19 @@ static pmq_group_t *member_group(pmq_ring_t *r, pmq_member_t *m, uint32_t gen, i
  * its wake-up costs a sleeping reader at most this much. */
 #define PMQ_READ_SLICE_NS (1000LL * 1000000LL)
 
+/* Sleep on the readers' word, at most PMQ_READ_SLICE_NS at a time. */
+static int sleep_on_data(pmq_ring_hdr_t *h, uint32_t seen, int64_t deadline)
+{
+    int64_t left = deadline < 0 ? -1 : deadline - pmq_now_mono();
+    if (deadline >= 0 && left <= 0)
+        return PMQ_EMPTY;
+    if (left < 0 || left > PMQ_READ_SLICE_NS)
+        left = PMQ_READ_SLICE_NS;
+    if (pmq_futex_wait(&h->data_seq, seen, left) == -EINTR)
+        return PMQ_EINTR;
+    return 0; /* woken, spurious or timed out: the caller re-checks */
+}
+
 /* Sleep until tail moves, the member goes, the deadline passes or someone
  * wakes us. Everything the waker might have changed is re-checked after the
  * flag is stored: tail, the cursor, closed, and membership (a leave bumps the
@@ -536,76 +540,109 @@ static int wait_for_data(pmq_ring_t *r, pmq_member_t *m, uint32_t gen, pmq_group
     STORE_SC(&h->data_waiters, 1);
     int rc = 0;
     if (LOAD_SC(&h->tail) != tail || LOAD_SC(&g->cursor) != cur || LOAD_SC(&h->closed) ||
-        member_group(r, m, gen, &rc) != g)
+        pmq_member_group(r, m, gen, &rc) != g)
         return 0;
-    int64_t left = deadline < 0 ? -1 : deadline - pmq_now_mono();
-    if (deadline >= 0 && left <= 0)
-        return PMQ_EMPTY;
-    if (left < 0 || left > PMQ_READ_SLICE_NS)
-        left = PMQ_READ_SLICE_NS;
-    if (pmq_futex_wait(&h->data_seq, seen, left) == -EINTR)
-        return PMQ_EINTR;
-    return 0; /* woken, spurious or timed out: the caller re-checks */
+    return sleep_on_data(h, seen, deadline);
 }
 
-int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, char *buf,
-                  uint64_t buflen, uint32_t max_count, uint64_t *offs,
-                  uint32_t *lens, uint64_t *seqs, int64_t *ts, int64_t timeout_ns)
+/* Sleep until an ack group has something for us: tail moved, a delivery became
+ * ready, or the window opened (see wait_for_data). */
+static int wait_for_ack(pmq_ring_t *r, pmq_member_t *m, uint32_t gen, pmq_group_t *g,
+                        const pmq_ack_snap_t *snap, int64_t deadline)
 {
-    if (!r || member >= r->max_members || !buf || max_count == 0 || !offs || !lens || !seqs || !ts)
+    pmq_ring_hdr_t *h = r->hdr;
+    uint32_t seen = LOAD_ACQ(&h->data_seq);
+    STORE_SC(&h->data_waiters, 1);
+    int rc = 0;
+    if (LOAD_SC(&h->tail) != snap->tail || LOAD_SC(&g->ready) != snap->ready ||
+        LOAD_SC(&g->pend_head) != snap->pend_head || LOAD_SC(&h->closed) ||
+        pmq_member_group(r, m, gen, &rc) != g)
+        return 0;
+    return sleep_on_data(h, seen, deadline);
+}
+
+/* A plain group's claim: copy, then CAS the cursor. Returns the count, 0 to
+ * look again, or an error. *cur_out and *tail_out say what it saw. */
+static int plain_read(pmq_ring_t *r, pmq_member_t *m, uint32_t gen, pmq_group_t *g,
+                      pmq_batch_t *b, uint32_t max, uint64_t *cur_out, uint64_t *tail_out)
+{
+    pmq_ring_hdr_t *h = r->hdr;
+    uint64_t cur = LOAD_ACQ(&g->cursor), tail = LOAD_ACQ(&h->tail), next = cur;
+    int rc;
+    *cur_out = cur;
+    *tail_out = tail;
+    if (cur == tail)
+        return 0;
+    if (cur < tail && tail - cur <= r->capacity)
+        rc = collect(r, cur, tail, b, max, &next);
+    else
+        rc = PMQ_ECORRUPT;
+    if (rc < 0) {
+        /* Another member may have claimed and the publisher reused the space,
+         * or our group was freed (its cursor poisoned): only an unmoved
+         * cursor of a live group means corruption. */
+        if (LOAD_SC(&g->cursor) != cur)
+            return PMQ_RETRY;
+        if (pmq_member_group(r, m, gen, &rc) != g)
+            return rc;
+        if (rc == PMQ_ECORRUPT)
+            ADD_RLX(&h->corrupt, 1);
+        return rc;
+    }
+    if (!__atomic_compare_exchange_n(&g->cursor, &cur, next, 0, __ATOMIC_SEQ_CST,
+                                     __ATOMIC_RELAXED))
+        return PMQ_RETRY; /* lost the race: the copy is discarded */
+    /* A member removed while it copied (its group freed, the space reused)
+     * must not return the copy: the CAS then hit a freed slot, whose cursor
+     * was poisoned, or a reused one (see group.c). */
+    if (pmq_member_group(r, m, gen, &rc) != g)
+        return rc;
+    if (next >= LOAD_SC(&h->space_target))
+        wake_if_waiting(&h->space_seq, &h->space_waiters);
+    if (rc == 0)
+        return PMQ_RETRY; /* only padding */
+    ADD_RLX(&g->delivered, (uint64_t)rc);
+    ADD_RLX(&g->delivered_bytes, b->bytes);
+    ADD_RLX(&m->delivered, (uint64_t)rc);
+    return rc;
+}
+
+int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
+                  uint32_t max_count, int64_t timeout_ns)
+{
+    if (!r || member >= r->max_members || !b || !b->buf || max_count == 0 || !b->offs ||
+        !b->lens || !b->seqs || !b->ts)
         return PMQ_EINVAL;
+    if (max_count > b->max)
+        max_count = b->max;
     if (max_count > INT32_MAX)
         max_count = INT32_MAX; /* the count is returned as an int */
     pmq_ring_hdr_t *h = r->hdr;
     pmq_member_t *m = &r->members[member];
-    batch_t b = {.buf = buf, .buflen = buflen, .max = max_count,
-                 .offs = offs, .lens = lens, .seqs = seqs, .ts = ts};
-    int64_t deadline = deadline_after(pmq_now_mono(), timeout_ns);
+    int64_t deadline = pmq_deadline_after(pmq_now_mono(), timeout_ns);
     for (;;) {
         int rc = 0;
-        pmq_group_t *g = member_group(r, m, gen, &rc);
+        pmq_group_t *g = pmq_member_group(r, m, gen, &rc);
         if (!g)
             return rc;
-        uint64_t cur = LOAD_ACQ(&g->cursor), tail = LOAD_ACQ(&h->tail), next = cur;
-        if (cur != tail) {
-            if (cur < tail && tail - cur <= r->capacity)
-                rc = collect(r, cur, tail, &b, &next);
-            else
-                rc = PMQ_ECORRUPT;
-            if (rc < 0) {
-                /* Another member may have claimed and the publisher reused
-                 * the space, or our group was freed (its cursor poisoned):
-                 * only an unmoved cursor of a live group means corruption. */
-                if (LOAD_SC(&g->cursor) != cur)
-                    continue;
-                if (member_group(r, m, gen, &rc) != g)
-                    return rc;
-                if (rc == PMQ_ECORRUPT)
-                    ADD_RLX(&h->corrupt, 1);
-                return rc;
-            }
-            if (!__atomic_compare_exchange_n(&g->cursor, &cur, next, 0,
-                                             __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
-                continue; /* lost the race: the copy is discarded */
-            /* A member removed while it copied (its group freed, the space
-             * reused) must not return the copy: the CAS then hit a freed slot,
-             * whose cursor leave() poisoned, or a reused one (see group.c). */
-            if (member_group(r, m, gen, &rc) != g)
-                return rc;
-            if (next >= LOAD_SC(&h->space_target))
-                wake_if_waiting(&h->space_seq, &h->space_waiters);
-            if (rc == 0)
-                continue; /* only padding */
-            ADD_RLX(&g->delivered, (uint64_t)rc);
-            ADD_RLX(&g->delivered_bytes, b.bytes);
-            ADD_RLX(&m->delivered, (uint64_t)rc);
+        uint64_t cur = 0, tail = 0;
+        pmq_ack_snap_t snap;
+        if (g->flags & PMQ_GROUP_ACK)
+            rc = pmq_ack_read(r, m, member, g, gen, b, max_count, &snap);
+        else
+            rc = plain_read(r, m, gen, g, b, max_count, &cur, &tail);
+        if (rc == PMQ_RETRY)
+            continue;
+        if (rc != 0)
             return rc;
-        }
         if (LOAD_ACQ(&h->closed))
             return PMQ_CLOSED;
         if (timeout_ns == 0)
             return PMQ_EMPTY;
-        rc = wait_for_data(r, m, gen, g, cur, tail, deadline);
+        if (g->flags & PMQ_GROUP_ACK)
+            rc = wait_for_ack(r, m, gen, g, &snap, deadline);
+        else
+            rc = wait_for_data(r, m, gen, g, cur, tail, deadline);
         if (rc < 0)
             return rc;
     }

@@ -5,6 +5,7 @@
 #define PMQ_RING_INTERNAL_H
 
 #include "pmq_ring.h"
+#include "pmq_sync.h"
 
 #include <string.h>
 
@@ -54,6 +55,40 @@ static inline uint64_t rec_check(const pmq_ring_t *r, uint64_t pos, uint64_t lim
     return size <= limit - pos ? size : 0;
 }
 
+/* now + timeout, saturated (a huge timeout means "for ever", not overflow);
+ * -1 (no deadline) for a negative timeout. */
+static inline int64_t pmq_deadline_after(int64_t now, int64_t timeout_ns)
+{
+    if (timeout_ns < 0)
+        return -1;
+    return timeout_ns > INT64_MAX - now ? INT64_MAX : now + timeout_ns;
+}
+
+/* Clear the flag before bumping the word: a sleeper that sets the flag after
+ * the clear either read the word before the bump (its wait returns at once)
+ * or leaves the flag set for the next waker. */
+static inline void wake(uint32_t *seq, uint32_t *waiters)
+{
+    STORE_SC(waiters, 0);
+    __atomic_fetch_add(seq, 1, __ATOMIC_SEQ_CST);
+    pmq_futex_wake_all(seq);
+}
+
+/* Called after a store that may let a sleeper proceed. The fence orders that
+ * store before the load of the flag; the sleeper stores the flag before it
+ * re-checks, so one of the two sees the other. No system call without a sleeper. */
+static inline int wake_if_waiting(uint32_t *seq, uint32_t *waiters)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(waiters, __ATOMIC_RELAXED) == 0)
+        return 0;
+    wake(seq, waiters);
+    return 1;
+}
+
+/* Internal: "look again" (a lost race, or only padding read). */
+#define PMQ_RETRY (-1999)
+
 /* Lock the segment's mutex by an absolute CLOCK_REALTIME deadline (< 0: none),
  * repairing the ring first if the last holder died. 0, -ETIMEDOUT or PMQ_ECORRUPT. */
 int pmq_ring_lock(pmq_ring_t *r, int64_t deadline_real_ns);
@@ -65,5 +100,27 @@ int pmq_ring_gate(pmq_ring_t *r, uint64_t *gate);
 /* Recount members per group from the member table; free empty anonymous groups.
  * Mutex held (recovery). */
 void pmq_group_recount(pmq_ring_t *r);
+
+/* The member's group, or NULL (*rc = PMQ_GONE or PMQ_ECORRUPT). */
+pmq_group_t *pmq_member_group(pmq_ring_t *r, pmq_member_t *m, uint32_t gen, int *rc);
+/* Copy the record at pos into the batch: 1, or 0 when the batch is full. */
+int pmq_batch_add(const pmq_ring_t *r, uint64_t pos, const pmq_rec_t *rec, pmq_batch_t *b);
+
+/* ack.c: what an ack read saw, for the sleeper's re-check. */
+typedef struct pmq_ack_snap {
+    uint64_t tail, pend_head;
+    uint32_t ready;
+} pmq_ack_snap_t;
+/* Claim for a member of an ack group (takes the group's lock, never sleeps):
+ * the count, 0 when there is nothing for it, or an error. */
+int pmq_ack_read(pmq_ring_t *r, pmq_member_t *m, uint32_t mi, pmq_group_t *g, uint32_t gen,
+                 pmq_batch_t *b, uint32_t max, pmq_ack_snap_t *snap);
+/* Ring mutex held: give a new ack group a pending table; give it back. */
+int pmq_ack_group_init(pmq_ring_t *r, pmq_group_t *g, int64_t ack_timeout_ns, uint32_t max_retries);
+void pmq_ack_group_free(pmq_ring_t *r, pmq_group_t *g);
+/* Ring mutex held: member mi left or died; redeliver what it had in flight. */
+void pmq_ack_member_gone(pmq_ring_t *r, pmq_group_t *g, uint32_t mi);
+/* Add an ack group's figures to o (read without its lock). */
+void pmq_ack_figures(pmq_ring_t *r, const pmq_group_t *g, pmq_group_stats_t *o);
 
 #endif

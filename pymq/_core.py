@@ -17,7 +17,7 @@ from .errors import (BrokerClosed, Full, MessageTooLarge, MQError, SegmentMismat
 
 ffi, lib = _native.ffi, _native.lib
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 if lib.pmq_layout_version() != LAYOUT_VERSION:  # a stale build beside new Python code
     raise ImportError(f"pymq._native has layout {lib.pmq_layout_version()}, "
                       f"this pymq expects {LAYOUT_VERSION}: rebuild it (make build)")
@@ -28,6 +28,9 @@ NOTREADY = lib.PMQ_NOTREADY
 START = {"latest": lib.PMQ_START_LATEST, "earliest": lib.PMQ_START_EARLIEST}
 START_SEQ = lib.PMQ_START_SEQ
 REC_HDR = lib.PMQ_REC_HDR
+GROUP_ACK = lib.PMQ_GROUP_ACK
+ACK_GROUPS = 16       # pending tables per topic: ack groups it can have
+PENDING_CAP = 1024    # deliveries in flight per ack group
 
 class SegmentNotReady(SegmentMismatch):
     """The segment exists but its creator has not finished initialising it."""
@@ -69,7 +72,8 @@ def ring_params(capacity: int, max_msg: int, pid: int = 0, start: int = 0):
     p.max_msg = max_msg
     p.max_groups = lib.PMQ_MAX_GROUPS
     p.max_members = lib.PMQ_MAX_MEMBERS
-    p.pending_cap = 0
+    p.max_ack_groups = ACK_GROUPS
+    p.pending_cap = PENDING_CAP
     p.creator_pid = pid
     p.creator_start = start
     return p
@@ -179,15 +183,48 @@ class Ring(_Mapped):
 
     # -- groups ---------------------------------------------------------------
 
-    def join(self, group: str, flags: int, start: int, start_seq: int, owner: int) -> tuple[int, int]:
-        gen = ffi.new("uint32_t *")
-        member = check(lib.pmq_group_join(self.h, group.encode(), flags, start, start_seq,
-                                          owner, os.getpid(), gen), f"topic {self.topic!r}")
-        return member, gen[0]
+    def join(self, group: str, flags: int, start: int, start_seq: int, owner: int,
+             ack_timeout_ns: int = 0, max_retries: int = 0):
+        """Join (or create) a group; returns the pmq_join_t (member, member_gen,
+        group, group_gen)."""
+        out = ffi.new("pmq_join_t *")
+        check(lib.pmq_group_join(self.h, group.encode(), flags, start, start_seq, owner,
+                                 os.getpid(), ack_timeout_ns, max_retries, out),
+              f"topic {self.topic!r}")
+        return out
 
     def leave(self, member: int, gen: int) -> bool:
         rc = lib.pmq_member_leave(self.h, member, gen)
         return rc == 0 or (rc != lib.PMQ_GONE and check(rc, f"topic {self.topic!r}") == 0)
+
+    # -- ack groups -----------------------------------------------------------
+
+    def ack1(self, group: int, group_gen: int, slot: int, seq: int) -> int:
+        return check(lib.pmq_group_ack1(self.h, group, group_gen, slot, seq), f"topic {self.topic!r}")
+
+    def settle(self, how: str, group: int, group_gen: int, slots, seqs) -> int:
+        """Ack, nack or confirm dead-lettering of many (slots: array('I'),
+        seqs: array('Q')) in one native call; returns how many took effect."""
+        fn = {"ack": lib.pmq_group_ack, "nack": lib.pmq_group_nack,
+              "dead_lettered": lib.pmq_group_dead_lettered}[how]
+        return check(fn(self.h, group, group_gen, ffi.from_buffer("uint32_t[]", slots),
+                        ffi.from_buffer("uint64_t[]", seqs), len(slots)), f"topic {self.topic!r}")
+
+    def sweep(self, group: int, now_ns: int) -> int:
+        return check(lib.pmq_group_sweep(self.h, group, now_ns), f"topic {self.topic!r}")
+
+    def take_dead(self, group: int, batch: "Batch") -> tuple[int, int]:
+        """Copy dead deliveries of the group into batch: (count, group gen)."""
+        gen = ffi.new("uint32_t *")
+        n = check(lib.pmq_group_take_dead(self.h, group, batch.b, batch.max_batch, gen),
+                  f"topic {self.topic!r}")
+        return n, gen[0]
+
+    def view(self, pos: int, length: int) -> memoryview:
+        """A read-only view of a record's payload in shared memory; it keeps the
+        mapping alive for as long as it exists."""
+        off = self.h.data_off + (pos & self.h.mask) + REC_HDR
+        return memoryview(self.seg.mm)[off:off + length].toreadonly()
 
     def reap(self, owner: int) -> int:
         return check(lib.pmq_ring_reap(self.h, owner), f"topic {self.topic!r}")
@@ -216,7 +253,10 @@ class Ring(_Mapped):
             "index": g.index, "name": ffi.string(g.name).decode("utf-8", "replace"),
             "anonymous": bool(g.flags & lib.PMQ_GROUP_ANON), "members": g.members,
             "cursor": g.cursor, "delivered": g.delivered, "delivered_bytes": g.delivered_bytes,
-            "lag": g.lag, "position": g.cursor_seq} for g in (groups[i] for i in range(n))]
+            "lag": g.lag, "position": g.cursor_seq, "ack": bool(g.flags & lib.PMQ_GROUP_ACK),
+            "acked": g.acked, "nacked": g.nacked, "redelivered": g.redelivered,
+            "dead_lettered": g.dead_lettered, "timeouts": g.timeouts, "pending": g.pending,
+            "ready": g.ready, "dead": g.dead} for g in (groups[i] for i in range(n))]
         return out
 
     def close_ring(self) -> None:
@@ -227,37 +267,47 @@ class Ring(_Mapped):
         lib.pmq_ring_wake_all(self.h)
 
 
-class Reader:
-    """Read buffers for one subscription: Python allocates, C fills."""
+class Batch:
+    """Buffers one native read fills (pmq_batch_t): Python allocates, C fills."""
 
-    def __init__(self, ring: Ring, member: int, gen: int, max_batch: int, buflen: int):
-        self.ring, self.member, self.gen = ring, member, gen
+    def __init__(self, max_batch: int, buflen: int):
         self.max_batch = max_batch
         self.buf = ffi.new("char[]", buflen)
-        self.buflen = buflen
         self.offs = ffi.new("uint64_t[]", max_batch)
         self.lens = ffi.new("uint32_t[]", max_batch)
         self.seqs = ffi.new("uint64_t[]", max_batch)
         self.ts = ffi.new("int64_t[]", max_batch)
+        self.pos = ffi.new("uint64_t[]", max_batch)
+        self.slots = ffi.new("uint32_t[]", max_batch)
+        self.attempts = ffi.new("uint32_t[]", max_batch)
+        b = self.b = ffi.new("pmq_batch_t *")
+        b.buf, b.buflen, b.max = self.buf, buflen, max_batch
+        b.offs, b.lens, b.seqs, b.ts = self.offs, self.lens, self.seqs, self.ts
+        b.pos, b.slots, b.attempts = self.pos, self.slots, self.attempts
         self.view = ffi.buffer(self.buf)
+
+    def payload(self, i: int) -> bytes:
+        off = self.offs[i]
+        return self.view[off:off + self.lens[i]]
+
+
+class Reader(Batch):
+    """A subscription's reads: its member of a ring, and its buffers."""
+
+    def __init__(self, ring: Ring, member: int, gen: int, max_batch: int, buflen: int):
+        super().__init__(max_batch, buflen)
+        self.ring, self.member, self.gen = ring, member, gen
 
     def read(self, max_count: int, timeout_ns: int) -> int:
         """Fill the buffers with up to max_count records; returns the count."""
         ring = self.ring
         h = ring.h
         n = min(max_count, self.max_batch)
-        rc = lib.pmq_ring_read(h, self.member, self.gen, self.buf, self.buflen, n,
-                               self.offs, self.lens, self.seqs, self.ts, timeout_ns)
+        rc = lib.pmq_ring_read(h, self.member, self.gen, self.b, n, timeout_ns)
         if rc > 0:
             return rc
         deadline = time.monotonic_ns() + timeout_ns
         while rc == EINTR:  # a signal: its Python handler has run; wait on
             left = -1 if timeout_ns < 0 else max(0, deadline - time.monotonic_ns())
-            rc = lib.pmq_ring_read(h, self.member, self.gen, self.buf, self.buflen, n,
-                                   self.offs, self.lens, self.seqs, self.ts, left)
+            rc = lib.pmq_ring_read(h, self.member, self.gen, self.b, n, left)
         return rc if rc > 0 else check(rc, f"topic {ring.topic!r}")
-
-    def payload(self, i: int) -> bytes:
-        off = self.offs[i]
-        return self.view[off:off + self.lens[i]]
-

@@ -51,10 +51,13 @@ class Message:
     """A message: payload plus, when received, where it came from.
 
     Message(payload, ack=None) mirrors the seed's Message{Payload, Ack}. ack()
-    is a no-op on a message that needs no acknowledgement.
+    is a no-op on a message that needs no acknowledgement. A message received
+    from subscribe_with_ack() is acked, nacked and viewed through its
+    subscription's segment, without a word to the supervisor.
     """
 
-    __slots__ = ("payload", "_ack", "topic", "seq", "delivery_attempt", "publish_time")
+    __slots__ = ("payload", "_ack", "topic", "seq", "delivery_attempt", "publish_time",
+                 "_sub", "_slot", "_pos", "_views", "_settled")
 
     def __init__(self, payload, ack=None, *, topic=None, seq=None, delivery_attempt=1,
                  publish_time=None):
@@ -64,13 +67,53 @@ class Message:
         self.seq = seq
         self.delivery_attempt = delivery_attempt
         self.publish_time = publish_time
+        self._sub = None
+        self._views = None
+        self._settled = False
 
     def ack(self) -> None:
-        if self._ack is not None:
+        """Acknowledge: the message will not be delivered to this group again.
+        Idempotent; a no-op on a message that needs no ack."""
+        if self._sub is not None:
+            if not self._settled:
+                self._settle()
+                self._sub._ack_one(self)
+        elif self._ack is not None:
             self._ack()
+
+    def nack(self) -> None:
+        """Ask for redelivery now (to any live member of the group) instead of
+        after the ack timeout; dead-lettered when out of retries."""
+        if self._sub is not None and not self._settled:
+            self._settle()
+            self._sub.nack_many([self])
+
+    def view(self) -> memoryview:
+        """A read-only memoryview of the payload in shared memory (zero-copy),
+        valid until the message is acked or nacked (then it is released)."""
+        if self._sub is None:
+            return memoryview(self.payload).toreadonly()
+        if self._settled:
+            raise ValueError("the message was acked: its view is no longer valid")
+        mv = self._sub._ring.view(self._pos, len(self.payload))
+        if self._views is None:
+            self._views = []
+        self._views.append(mv)
+        return mv
+
+    def _settle(self) -> None:
+        """Acked or nacked: its place in the ring may be reused, so views go."""
+        self._settled = True
+        for mv in self._views or ():
+            try:
+                mv.release()
+            except BufferError:
+                pass  # something exports it (numpy, say): it stays readable, stale
+        self._views = None
 
     def __repr__(self) -> str:
         return (f"Message(topic={self.topic!r}, seq={self.seq}, "
+                f"delivery_attempt={self.delivery_attempt}, "
                 f"payload={self.payload[:32]!r}{'...' if len(self.payload) > 32 else ''})")
 
 
@@ -236,9 +279,23 @@ class Client:
     # -- subscribing ------------------------------------------------------------
 
     def subscribe(self, topic: str, group: str | None = None, start="latest") -> "Subscription":
-        """Subscribe to topic. Without group: a group of its own (fan-out).
-        With group: compete with the group's other members (each message to one).
-        start ("latest", "earliest" or a seq) applies when the group is created."""
+        """Subscribe to topic; yields payload bytes, each once per group.
+        Without group: a group of its own (fan-out). With group: compete with
+        the group's other members (each message to one); a named group is
+        durable. start ("latest", "earliest" or a seq) applies when the group
+        is created."""
+        return self._subscribe(Subscription, topic, group, start, 0)
+
+    def subscribe_with_ack(self, topic: str, group: str | None = None,
+                           start="latest") -> "AckSubscription":
+        """Subscribe with at-least-once delivery; yields pymq.Message. A message
+        not acked within config.ack_timeout is redelivered (delivery_attempt + 1)
+        to a live member of the group; after config.max_retries redeliveries it
+        goes to the topic '{topic}.dlq'. A member that dies has its unacked
+        messages redelivered at once."""
+        return self._subscribe(AckSubscription, topic, group, start, _core.GROUP_ACK)
+
+    def _subscribe(self, cls, topic, group, start, flags):
         if group is not None:
             check_group(group)
         if isinstance(start, str):
@@ -250,10 +307,12 @@ class Client:
         else:
             raise ValueError(f"start must be 'latest', 'earliest' or a seq >= 1, not {start!r}")
         ring = self._ring(topic)
-        owner = self._owner_token()
-        member, gen = ring.join(group or "", 0, mode, seq, owner)
+        cfg = self._config
+        joined = ring.join(group or "", flags, mode, seq, self._owner_token(),
+                           int(cfg.ack_timeout * 1e9), cfg.max_retries)
         buflen = max(READ_BUFFER, ring.max_msg + _core.REC_HDR)
-        sub = Subscription(self, topic, group, _core.Reader(ring, member, gen, READ_BATCH, buflen))
+        reader = _core.Reader(ring, joined.member, joined.member_gen, READ_BATCH, buflen)
+        sub = cls(self, topic, group, reader, joined.group, joined.group_gen)
         with self._lock:
             self._res.subs.add(sub)
         return sub
@@ -284,10 +343,13 @@ class Client:
                            "last_sweep": hdr.supervisor_beat_ns / 1e9},
             "reaped_processes": hdr.reaped_processes,
             "reaped_subscriptions": hdr.reaped_members,
-            "published": sum(t["published"] for t in topics.values()),
-            "delivered": sum(t["delivered"] for t in topics.values()),
+            **{k: sum(t[k] for t in topics.values())
+               for k in ("published", "delivered") + ACK_FIGURES},
             "topics": topics,
         }
+
+
+ACK_FIGURES = ("acked", "nacked", "redelivered", "dead_lettered", "timeouts", "pending")
 
 
 def topic_stats(s: dict) -> dict:
@@ -295,14 +357,16 @@ def topic_stats(s: dict) -> dict:
     groups = {}
     for g in s["groups_detail"]:
         key = g["name"] if not g["anonymous"] else f"anon-{g['index']}"
-        groups[key] = {"members": g["members"], "anonymous": g["anonymous"],
-                       "position": g["position"], "lag": g["lag"], "pending": 0,
-                       "delivered": g["delivered"], "delivered_bytes": g["delivered_bytes"]}
+        groups[key] = {"members": g["members"], "anonymous": g["anonymous"], "ack": g["ack"],
+                       "position": g["position"], "lag": g["lag"],
+                       "delivered": g["delivered"], "delivered_bytes": g["delivered_bytes"],
+                       **{k: g[k] for k in ACK_FIGURES}}
     return {
         "published": s["published"],
         "published_bytes": s["published_bytes"],
         "delivered": sum(g["delivered"] for g in groups.values()),
-        "depth": max((g["lag"] for g in groups.values()), default=0),
+        **{k: sum(g[k] for g in groups.values()) for k in ACK_FIGURES},
+        "depth": max((g["lag"] + g["pending"] for g in groups.values()), default=0),
         "ring_bytes_used": s["tail"] - s["gate_min"],
         "ring_bytes_retained": s["tail"] - s["head"],
         "ring_bytes_capacity": s["capacity"],
@@ -323,11 +387,15 @@ class Subscription:
     threads: give each thread its own subscription.
     """
 
-    def __init__(self, client: Client, topic: str, group: str | None, reader: _core.Reader):
+    def __init__(self, client: Client, topic: str, group: str | None, reader: _core.Reader,
+                 group_index: int, group_gen: int):
         self.topic = topic
         self.group = group
         self._client = client
         self._reader = reader
+        self._ring = reader.ring
+        self._group = group_index
+        self._group_gen = group_gen
 
     def get(self, timeout: float | None = None) -> bytes:
         """The next payload; waits up to timeout (None: for ever), then raises pymq.Timeout."""
@@ -382,6 +450,75 @@ class Subscription:
 
     def __exit__(self, *exc):
         self.unsubscribe()
+
+
+class AckSubscription(Subscription):
+    """An at-least-once subscription: get()/get_many()/iteration give
+    pymq.Message objects to ack() (or nack()); ack_many() acks a batch in one
+    native call."""
+
+    def get(self, timeout: float | None = None) -> Message:
+        """The next message; waits up to timeout (None: for ever), then raises pymq.Timeout."""
+        return self.get_many(1, timeout)[0]
+
+    def get_many(self, max_count: int, timeout: float | None = None) -> list[Message]:
+        """1..max_count messages in one native call (redeliveries first)."""
+        r = self._reader
+        if r is None:
+            raise SubscriptionClosed(f"subscription to {self.topic!r} is closed")
+        if not isinstance(max_count, int) or max_count < 1:
+            raise ValueError(f"max_count must be an int >= 1, not {max_count!r}")
+        n = r.read(max_count, _timeout_ns(timeout))
+        view, offs, lens, seqs, ts = r.view, r.offs, r.lens, r.seqs, r.ts
+        slots, pos, attempts, topic = r.slots, r.pos, r.attempts, self.topic
+        out = []
+        for i in range(n):
+            m = Message.__new__(Message)
+            off = offs[i]
+            m.payload = view[off:off + lens[i]]
+            m.topic = topic
+            m.seq = seqs[i]
+            m.delivery_attempt = attempts[i]
+            m.publish_time = ts[i] / 1e9
+            m._ack = None
+            m._sub = self
+            m._slot = slots[i]
+            m._pos = pos[i]
+            m._views = None
+            m._settled = False
+            out.append(m)
+        return out
+
+    def __iter__(self):
+        batch_size = 64 if self.group is None else 16
+        while True:
+            try:
+                batch = self.get_many(batch_size)
+            except (SubscriptionClosed, BrokerClosed):
+                return
+            yield from batch
+
+    def _ack_one(self, msg: Message) -> None:
+        self._ring.ack1(self._group, self._group_gen, msg._slot, msg.seq)
+
+    def _settle_many(self, how: str, msgs) -> int:
+        msgs = [m for m in msgs if m._sub is self]
+        for m in msgs:
+            m._settle()
+        if not msgs:
+            return 0
+        return self._ring.settle(how, self._group, self._group_gen,
+                                 array("I", [m._slot for m in msgs]),
+                                 array("Q", [m.seq for m in msgs]))
+
+    def ack_many(self, msgs) -> int:
+        """Ack many messages of this subscription in one native call; returns
+        how many were still waiting for their ack."""
+        return self._settle_many("ack", [m for m in msgs if not m._settled])
+
+    def nack_many(self, msgs) -> int:
+        """Redeliver many messages now (dead-letter those out of retries)."""
+        return self._settle_many("nack", msgs)
 
 
 def connect(name: str = "pymq") -> Client:

@@ -86,9 +86,13 @@ class Segment:
         return cls(shm_name, mm, False)
 
     def close(self) -> None:
-        """Unmap. Whoever wrapped self.mm in cffi pointers must release them first."""
+        """Unmap. Whoever wrapped self.mm in cffi pointers must release them first.
+        While zero-copy views of it exist, the mapping stays until they are gone."""
         if self.mm is not None:
-            self.mm.close()
+            try:
+                self.mm.close()
+            except BufferError:
+                pass  # views still use it: the mmap object unmaps when they let go
             self.mm = None
 
 

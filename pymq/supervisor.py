@@ -1,10 +1,14 @@
 """The supervisor: the broker's slow, periodic work, in a process of its own.
 
 Started by Broker (python -m pymq.supervisor NAME) and restarted by it if it
-dies. Each sweep it reaps dead processes (their subscriptions leave their
-groups; an anonymous group goes with its member, so a killed subscriber never
-holds publishers back), removes topic segments whose creator died before
-making them ready, and stores a heartbeat. It holds no state that a restart
+dies. Each sweep it
+- reaps dead processes: their subscriptions leave their groups (an anonymous
+  group goes with its member, so a killed subscriber never holds publishers
+  back) and what an ack member had in flight is redelivered at once;
+- redelivers deliveries of ack groups whose ack timeout passed, and publishes
+  those out of retries to '{topic}.dlq' (then frees them);
+- removes topic segments whose creator died before making them ready;
+- stores a heartbeat. It holds no state that a restart
 would lose: everything it needs is in shared memory and the token files.
 """
 
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+from array import array
 import sys
 import time
 
@@ -19,6 +24,8 @@ import posix_ipc
 
 from . import _core, segments
 from .errors import MQError
+
+DEAD_BATCH = 256        # dead deliveries moved to a .dlq topic per call
 
 SWEEP_INTERVAL = 0.05   # seconds between sweeps
 UNREADY_GRACE = 5.0     # seconds a segment may stay uninitialised before removal
@@ -34,6 +41,8 @@ class Supervisor:
         self.ns = _core.Namespace(segments.Segment.attach(segments.ns_shm_name(name)))
         self.rings: dict[str, _core.Ring] = {}
         self.stop = False
+        self._client = None
+        self._dead_batch = None
 
     def owner_alive(self) -> bool:
         return segments.token_alive(segments.token_path(self.name, self.ns.hdr.owner_token))
@@ -79,8 +88,49 @@ class Supervisor:
                 log(f"reaped {removed} subscription(s) of dead process {dead.info.get('pid')}")
             dead.release()
 
+    def redeliver(self) -> None:
+        """Requeue timed-out deliveries of every ack group; dead-letter what is
+        out of retries."""
+        now = time.monotonic_ns()
+        for topic in segments.topic_names(self.name):
+            ring = self.ring(topic)
+            if ring is None:
+                continue
+            for g in range(_core.lib.PMQ_MAX_GROUPS):
+                ring.sweep(g, now)
+                while self.dead_letter(ring, g):
+                    pass
+
+    def dead_letter(self, ring: _core.Ring, group: int) -> int:
+        """Publish a batch of the group's dead deliveries to '{topic}.dlq', then
+        free them. A death in between publishes them again: at least once."""
+        batch = self.dead_batch(ring)
+        n, gen = ring.take_dead(group, batch)
+        if n == 0:
+            return 0
+        payloads = [batch.payload(i) for i in range(n)]
+        slots = array("I", (batch.slots[i] for i in range(n)))
+        seqs = array("Q", (batch.seqs[i] for i in range(n)))
+        self.client().publish_many(f"{ring.topic}.dlq", payloads, timeout=None)
+        done = ring.settle("dead_lettered", group, gen, slots, seqs)
+        log(f"dead-lettered {done} message(s) of {ring.topic!r} to {ring.topic + '.dlq'!r}")
+        return n
+
+    def dead_batch(self, ring: _core.Ring) -> _core.Batch:
+        buflen = max(1 << 20, ring.max_msg + _core.REC_HDR)
+        if self._dead_batch is None or self._dead_batch.b.buflen < buflen:
+            self._dead_batch = _core.Batch(DEAD_BATCH, buflen)
+        return self._dead_batch
+
+    def client(self):
+        if self._client is None:
+            from .client import Client
+            self._client = Client(self.name)
+        return self._client
+
     def sweep(self) -> None:
         self.reap()
+        self.redeliver()
         self.ns.hdr.supervisor_beat_ns = time.time_ns()
 
     def run(self) -> int:

@@ -32,8 +32,8 @@ def plain_ring(capacity=4096, max_msg=1024):
 
 
 def reader(ring, group="", start=LATEST, buflen=64 * 1024):
-    member, gen = ring.join(group, 0, start, 0, owner=1)
-    return _core.Reader(ring, member, gen, 256, buflen)
+    j = ring.join(group, 0, start, 0, owner=1)
+    return _core.Reader(ring, j.member, j.member_gen, 256, buflen)
 
 
 def read_all(rd, max_count=256):
@@ -98,8 +98,8 @@ def test_start_earliest_and_seq_and_latest():
     for i in range(1, 11):
         ring.publish1(b"m%d" % i, 0)
     assert [s for s, _ in read_all(reader(ring, start=EARLIEST))] == list(range(1, 11))
-    m, g = ring.join("", 0, _core.START_SEQ, 7, owner=1)
-    assert [s for s, _ in read_all(_core.Reader(ring, m, g, 16, 4096))] == [7, 8, 9, 10]
+    j = ring.join("", 0, _core.START_SEQ, 7, owner=1)
+    assert [s for s, _ in read_all(_core.Reader(ring, j.member, j.member_gen, 16, 4096))] == [7, 8, 9, 10]
     assert read_all(reader(ring)) == []
 
 
@@ -160,8 +160,8 @@ def test_named_group_is_durable_without_members():
 
 def test_reap_removes_members_of_an_owner():
     ring, _ = plain_ring()
-    m1, _ = ring.join("", 0, LATEST, 0, owner=77)
-    m2, _ = ring.join("g", 0, LATEST, 0, owner=77)
+    ring.join("", 0, LATEST, 0, owner=77)
+    ring.join("g", 0, LATEST, 0, owner=77)
     ring.join("g", 0, LATEST, 0, owner=78)
     assert ring.reap(77) == 2
     assert [o for _, o, _, _ in ring.member_owners()] == [78]
@@ -188,14 +188,14 @@ def test_header_fields_out_of_bounds_are_a_segment_mismatch(field):
 @pytest.mark.parametrize("head,tail", [(4088, 4088), (0, 1 << 50), (64, 8), (0, 12)])
 def test_scribbled_positions_are_a_segment_mismatch_not_a_wild_write_or_a_hang(head, tail):
     ring, _ = plain_ring(capacity=4096, max_msg=1000)
-    m, g = ring.join("", 0, _core.START_SEQ, 1, owner=1)
+    j = ring.join("", 0, _core.START_SEQ, 1, owner=1)
     ring.h.hdr.head, ring.h.hdr.tail, ring.h.hdr.gate = head, tail, head
     for call in (lambda: ring.publish1(b"x" * 10, 0), ring.stats,
                  lambda: ring.join("", 0, _core.START_SEQ, 5, owner=1)):
         with pytest.raises(pymq.SegmentMismatch):
             call()
     with pytest.raises(pymq.SegmentMismatch):
-        _core.Reader(ring, m, g, 16, 4096).read(16, 0)
+        _core.Reader(ring, j.member, j.member_gen, 16, 4096).read(16, 0)
 
 
 def test_corrupt_record_length_is_a_segment_mismatch_not_a_crash():
