@@ -102,3 +102,45 @@ def own_broker_then_hang(name, topic, ready_evt):
     ready_evt.set()
     while True:
         time.sleep(1)
+
+
+def ack_member(name, topic, group, out_q, ready_evt, stop_evt, batch=16, nack_every=0,
+               ack_timeout_hint=None):
+    """An ack group member: read, ack (nack every nack_every-th first delivery),
+    until stop_evt and idle. Reports (pid, [(pub, i, seq, attempt), ...])."""
+    c = pymq.connect(name)
+    sub = c.subscribe_with_ack(topic, group=group)
+    ready_evt.set()
+    got, k = [], 0
+    while True:
+        try:
+            msgs = sub.get_many(batch, timeout=0.2)
+        except pymq.Timeout:
+            if stop_evt.is_set():
+                break
+            continue
+        keep = []
+        for m in msgs:
+            k += 1
+            if nack_every and m.delivery_attempt == 1 and k % nack_every == 0:
+                m.nack()
+                continue
+            pub, i = parse_payload(m.payload)
+            got.append((pub, i, m.seq, m.delivery_attempt))
+            keep.append(m)
+        sub.ack_many(keep)
+    out_q.put((os.getpid(), got))
+    c.close()
+
+
+def take_and_hang(name, topic, group, count, out_q):
+    """Take `count` messages without acking them, report their seqs, then hang."""
+    c = pymq.connect(name)
+    sub = c.subscribe_with_ack(topic, group=group)
+    out_q.put("subscribed")
+    got = []
+    while len(got) < count:
+        got += sub.get_many(count - len(got), timeout=30)
+    out_q.put(sorted(m.seq for m in got))
+    while True:
+        time.sleep(1)

@@ -1,0 +1,245 @@
+"""At-least-once delivery (native/ack.c, AckSubscription), across processes."""
+
+import collections
+import os
+import signal
+import time
+
+import pytest
+
+import pymq
+import workers
+from helpers import join_all, wait_for
+
+
+def start(p):
+    p.start()
+    return p
+
+
+def group_stats(broker, topic, group):
+    return broker.stats()["topics"][topic]["groups"][group]
+
+
+def sweeps_after(broker, t):
+    """Wait until the supervisor has swept after wall-clock time t."""
+    wait_for(lambda: broker.stats()["supervisor"]["last_sweep"] > t)
+
+
+def test_message_fields_ack_and_view(make_broker):
+    broker = make_broker()
+    sub = broker.subscribe_with_ack("t")
+    before = time.time()
+    seq = broker.publish("t", b"payload-1")
+    m = sub.get(timeout=5)
+    assert (m.payload, m.topic, m.seq, m.delivery_attempt) == (b"payload-1", "t", seq, 1)
+    assert before - 1 <= m.publish_time <= time.time() + 1
+    v = m.view()
+    assert v.readonly and bytes(v) == b"payload-1" and isinstance(v, memoryview)
+    m.ack()
+    m.ack()  # idempotent
+    with pytest.raises(ValueError):
+        v.tobytes()  # released at ack: the ring space may be reused
+    with pytest.raises(ValueError):
+        m.view()
+    g = group_stats(broker, "t", "anon-%d" % sub._group)
+    assert (g["delivered"], g["acked"], g["pending"]) == (1, 1, 0)
+
+
+def test_view_keeps_the_segment_alive_after_close(make_broker, name):
+    broker = make_broker()
+    c = pymq.connect(name)
+    sub = c.subscribe_with_ack("t")
+    broker.publish("t", b"x" * 1000)
+    m = sub.get(timeout=5)
+    v = m.view()
+    c.close()
+    broker.close()  # segments unlinked; the mapping stays while the view lives
+    assert bytes(v) == b"x" * 1000
+
+
+def test_unacked_message_is_redelivered_after_timeout_to_a_live_member(make_broker, name, ctx):
+    broker = make_broker(ack_timeout=0.5)
+    q = ctx.Queue()
+    hung = start(ctx.Process(target=workers.take_and_hang, args=(name, "t", "g", 3, q)))
+    assert q.get(timeout=30) == "subscribed"
+    live = broker.subscribe_with_ack("t", group="g")
+    seqs = [broker.publish("t", b"m%d" % i) for i in range(3)]
+    taken = q.get(timeout=30)
+    assert taken == seqs  # the other member took all three and hangs (alive, not acking)
+    got = []
+    while len(got) < 3:
+        got += live.get_many(10, timeout=30)
+    assert sorted(m.seq for m in got) == seqs and {m.delivery_attempt for m in got} == {2}
+    live.ack_many(got)
+    g = group_stats(broker, "t", "g")
+    assert (g["timeouts"], g["redelivered"], g["acked"], g["pending"]) == (3, 3, 3, 0)
+    os.kill(hung.pid, signal.SIGKILL)
+    hung.join(10)
+
+
+def test_acked_message_is_not_redelivered(make_broker):
+    broker = make_broker(ack_timeout=0.2)
+    sub = broker.subscribe_with_ack("t", group="g")
+    broker.publish("t", b"once")
+    sub.get(timeout=5).ack()
+    sweeps_after(broker, time.time() + 0.5)  # well past the timeout
+    with pytest.raises(pymq.Timeout):
+        sub.get(timeout=0)
+    g = group_stats(broker, "t", "g")
+    assert (g["timeouts"], g["redelivered"], g["acked"]) == (0, 0, 1)
+
+
+def test_out_of_retries_goes_to_the_dead_letter_topic(make_broker):
+    broker = make_broker(ack_timeout=0.1, max_retries=2)
+    dlq = broker.subscribe("t.dlq")
+    sub = broker.subscribe_with_ack("t", group="g")
+    broker.publish("t", b"poison")
+    attempts = []
+    while len(attempts) < 3:
+        attempts += [m.delivery_attempt for m in sub.get_many(10, timeout=30)]  # never acked
+    assert attempts == [1, 2, 3]  # the first delivery and max_retries redeliveries
+    assert dlq.get(timeout=30) == b"poison"
+    with pytest.raises(pymq.Timeout):
+        sub.get(timeout=0.3)
+    g = group_stats(broker, "t", "g")
+    assert (g["dead_lettered"], g["pending"], g["redelivered"]) == (1, 0, 2)
+    assert broker.stats()["dead_lettered"] == 1
+
+
+def test_nack_redelivers_at_once_and_counts(make_broker):
+    broker = make_broker(ack_timeout=3600)
+    sub = broker.subscribe_with_ack("t", group="g")
+    broker.publish_many("t", [b"a", b"b"])
+    a, b = sub.get_many(2, timeout=5)
+    a.nack()
+    again = sub.get(timeout=5)  # well before an hour
+    assert (again.seq, again.delivery_attempt, again.payload) == (a.seq, 2, b"a")
+    sub.ack_many([again, b])
+    g = group_stats(broker, "t", "g")
+    assert (g["nacked"], g["redelivered"], g["acked"], g["pending"]) == (1, 1, 2, 0)
+
+
+def test_dead_members_work_reaches_a_live_member_before_the_timeout(make_broker, name, ctx):
+    broker = make_broker(ack_timeout=3600)  # an hour: only reaping can explain redelivery
+    q = ctx.Queue()
+    doomed = start(ctx.Process(target=workers.take_and_hang, args=(name, "t", "g", 50, q)))
+    assert q.get(timeout=30) == "subscribed"
+    live = broker.subscribe_with_ack("t", group="g")
+    seqs = broker.publish_many("t", [b"%d" % i for i in range(50)])
+    taken = q.get(timeout=30)
+    assert taken == list(range(seqs - 49, seqs + 1))
+    os.kill(doomed.pid, signal.SIGKILL)
+    doomed.join(10)
+    got = []
+    while len(got) < 50:
+        got += live.get_many(64, timeout=30)
+    assert sorted(m.seq for m in got) == taken and {m.delivery_attempt for m in got} == {2}
+    assert live.ack_many(got) == 50
+    assert broker.stats()["reaped_subscriptions"] == 1
+
+
+def test_unsubscribing_member_hands_its_unacked_work_to_the_group(make_broker):
+    broker = make_broker(ack_timeout=3600)
+    leaving = broker.subscribe_with_ack("t", group="g")
+    staying = broker.subscribe_with_ack("t", group="g")
+    broker.publish_many("t", [b"1", b"2", b"3"])
+    taken = leaving.get_many(10, timeout=5)
+    leaving.unsubscribe()
+    got = staying.get_many(10, timeout=5)
+    assert [m.seq for m in got] == [m.seq for m in taken]
+
+
+def test_ring_keeps_a_message_until_every_ack_group_acked_it(make_broker):
+    broker = make_broker(ring_bytes=65536, max_message_bytes=1024)
+    a = broker.subscribe_with_ack("t", group="a")
+    b = broker.subscribe_with_ack("t", group="b")
+    sent = 0
+    with pytest.raises(pymq.Full):
+        while True:
+            broker.publish("t", b"x" * 1000, timeout=0)
+            sent += 1
+    msgs = []
+    while len(msgs) < sent:
+        msgs += a.get_many(1024, timeout=5)
+    a.ack_many(msgs)
+    with pytest.raises(pymq.Full):  # group b still holds every message
+        broker.publish("t", b"x" * 1000, timeout=0)
+    bm = b.get_many(1024, timeout=5)
+    with pytest.raises(pymq.Full):  # delivered is not acked: still held
+        broker.publish("t", b"x" * 1000, timeout=0)
+    b.ack_many(bm)
+    broker.publish("t", b"x" * 1000, timeout=0)  # now there is room
+
+
+def test_window_of_unacked_deliveries_is_bounded_and_reopens_on_ack(make_broker):
+    from pymq import _core
+    broker = make_broker(ack_timeout=3600)
+    sub = broker.subscribe_with_ack("t", group="g")
+    broker.publish_many("t", [b"x"] * (_core.PENDING_CAP + 10))
+    got = []
+    with pytest.raises(pymq.Timeout):
+        while True:
+            got += sub.get_many(1024, timeout=0.05)
+    assert len(got) == _core.PENDING_CAP  # at most this many in flight
+    sub.ack_many(got[:10])
+    assert len(sub.get_many(1024, timeout=5)) == 10
+
+
+def test_supervisor_killed_mid_stream_nothing_lost_redelivery_resumes(make_broker, name, ctx):
+    broker = make_broker(ack_timeout=0.5)
+    q = ctx.Queue()
+    hung = start(ctx.Process(target=workers.take_and_hang, args=(name, "t", "g", 5, q)))
+    assert q.get(timeout=30) == "subscribed"
+    live = broker.subscribe_with_ack("t", group="g")
+    first = broker.supervisor_pid
+    os.kill(first, signal.SIGKILL)
+    seqs = [broker.publish("t", b"%d" % i) for i in range(5)]  # publish goes on
+    assert q.get(timeout=30) == seqs
+    more = broker.publish_many("t", [b"x"] * 20)
+    direct = []
+    while len(direct) < 20:
+        direct += live.get_many(64, timeout=30)  # receive goes on
+    live.ack_many(direct)  # ack goes on
+    assert sorted(m.seq for m in direct) == list(range(more - 19, more + 1))
+    wait_for(lambda: broker.supervisor_pid != first)
+    redelivered = []
+    while len(redelivered) < 5:
+        redelivered += live.get_many(64, timeout=30)  # the new supervisor resumes
+    assert sorted(m.seq for m in redelivered) == seqs
+    live.ack_many(redelivered)
+    os.kill(hung.pid, signal.SIGKILL)
+    hung.join(10)
+    assert broker.stats()["supervisor"]["restarts"] == 1
+
+
+def test_load_six_publishers_five_members_every_message_acked(make_broker, name, ctx):
+    broker = make_broker(ring_bytes=1 << 20, max_message_bytes=4096, ack_timeout=30.0)
+    pubs, per_pub, members = 6, 6000, 5
+    q = ctx.Queue()
+    stop = ctx.Event()
+    procs = []
+    for k in range(members):
+        ready = ctx.Event()
+        procs.append(start(ctx.Process(target=workers.ack_member, args=(
+            name, "t", "collectors", q, ready, stop), kwargs={"nack_every": 97 if k == 0 else 0})))
+        assert ready.wait(30)
+    go = ctx.Event()
+    producers = [start(ctx.Process(target=workers.publisher,
+                                   args=(name, "t", p, per_pub, 64 + p * 100, 1 + 15 * (p % 2), go)))
+                 for p in range(pubs)]
+    go.set()
+    join_all(producers, timeout=120)
+    total = pubs * per_pub
+    wait_for(lambda: group_stats(broker, "t", "collectors")["acked"] == total, timeout=120)
+    stop.set()
+    results = dict(q.get(timeout=60) for _ in procs)
+    join_all(procs)
+    got = [r for part in results.values() for r in part]
+    keys = collections.Counter((pub, i) for pub, i, _, _ in got)
+    assert set(keys) == {(p, i) for p in range(pubs) for i in range(per_pub)}  # none lost
+    assert all(n == 1 for n in keys.values())  # acked once each: nacked ones came back once
+    g = group_stats(broker, "t", "collectors")
+    assert g["acked"] == total and g["pending"] == 0 and g["dead_lettered"] == 0
+    assert g["nacked"] == g["redelivered"] > 0
+    assert sum(1 for part in results.values() if part) >= 3  # the work was shared
