@@ -16,11 +16,21 @@ GROUP_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,46}")
 MiB = 1024 * 1024
 
 
+DLQ_SUFFIX = ".dlq"
+TOPIC_MAX_WITH_DLQ = 216  # what a segment name can hold: /pymq.<32>.<216> is 255
+
+
 def check_topic(topic: str) -> str:
-    """Return topic if it is a valid name: 1-200 of A-Z a-z 0-9 . _ -, not starting with '.'."""
-    if not isinstance(topic, str) or not TOPIC_RE.fullmatch(topic):
+    """Return topic if it is a valid name: 1-200 of A-Z a-z 0-9 . _ -, not
+    starting with '.'; the dead-letter topic '{topic}.dlq' (and its own, ...)
+    of any valid topic is valid too."""
+    base = topic
+    if isinstance(topic, str) and len(topic) <= TOPIC_MAX_WITH_DLQ:
+        while base.endswith(DLQ_SUFFIX) and len(base) > 200:
+            base = base[:-len(DLQ_SUFFIX)]
+    if not isinstance(topic, str) or len(topic) > TOPIC_MAX_WITH_DLQ or not TOPIC_RE.fullmatch(base):
         raise InvalidTopic(f"invalid topic name {topic!r}: 1 to 200 characters of "
-                           "A-Z a-z 0-9 . _ -, not starting with '.'")
+                           "A-Z a-z 0-9 . _ -, not starting with '.' (plus '.dlq' suffixes)")
     return topic
 
 

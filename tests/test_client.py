@@ -77,8 +77,12 @@ def test_bad_inputs_raise_documented_errors_and_broker_keeps_working(broker):
 
 
 def test_topic_name_rules(broker):
-    for ok in ["a", "A-Z_0.9", "x" * 200, "gpu-telemetry.dlq", "_x"]:
+    for ok in ["a", "A-Z_0.9", "x" * 200, "gpu-telemetry.dlq", "_x", "x" * 200 + ".dlq",
+               "x" * 200 + ".dlq.dlq"]:
         broker.publish(ok, b"x")
+    for bad in ["x" * 201 + ".dlq", "x" * 200 + ".dlx", "x" * 200 + ".dlq" * 5]:
+        with pytest.raises(pymq.InvalidTopic):
+            broker.publish(bad, b"x")
     assert set(broker.topics()) >= {"a", "gpu-telemetry.dlq"}
 
 
