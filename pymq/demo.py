@@ -2,15 +2,28 @@
 
 A Broker (and its supervisor process), N streamer processes publishing GPU
 telemetry as JSON to one topic, and two collector groups ("dashboard" and
-"archiver") of M member processes each. Every process is a real OS process
-(multiprocessing, spawn). While it runs, it prints live figures from
-broker.stats() about once a second; at the end the streamers stop, the groups
-drain, and a closing summary accounts for every message:
+"archiver") of M member processes each, with at-least-once delivery
+(subscribe_with_ack): a member processes what it reads and acks it in batches
+with ack_many (--ack-batch). Now and then (--nack-rate) a member nacks a first
+delivery instead of processing it: the broker redelivers it (delivery_attempt
+2) to some member of the group, which processes and acks it. Every process is
+a real OS process (multiprocessing, spawn). While it runs, it prints live
+figures from broker.stats() about once a second (per group: acked, lag,
+nacked, redelivered, dead-lettered); at the end the streamers stop, the groups
+drain (until each has acked everything published), and a closing summary
+accounts for every message:
 
     published (sum of the streamers' counts) == the topic's published figure
-    for each group: received (sum over its members) == published,
+    for each group: processed (sum over its members) == published, and the
+                    distinct (streamer, seq) processed == exactly what each
+                    streamer published: no duplicate, nothing missing
+                    (a nacked delivery is not processed; its redelivery is),
+                    every processed message acked once (ack_many took effect),
                     per-streamer counts and crc32 sums == the streamers' own,
-                    every payload valid JSON telemetry, in order per member.
+                    every payload valid JSON telemetry, first deliveries in
+                    order per member,
+                    broker stats: acked == published, dead_lettered == 0,
+                    pending == 0, nacked and redelivered == the members' own.
 
 Exit status 0 only when all of that balances (and nothing is left in
 /dev/shm), 1 otherwise. Ctrl-C (or SIGTERM) stops early: the groups still
@@ -41,6 +54,7 @@ STOP_POLL = 0.1        # seconds a collector waits for data before looking at it
 START_TIMEOUT = 30.0   # seconds for every child to connect and subscribe
 RESULT_TIMEOUT = 15.0  # seconds for a child to report after it was told to stop
 MAX_PROCS = 64         # most streamers, and most members per group
+MAX_SEQ = 1 << 32      # a larger telemetry seq is invalid (it would size a bitmap)
 REQUIRED = {"host": str, "gpu": int, "util_pct": (int, float), "mem_used_mib": int,
             "mem_total_mib": int, "temp_c": (int, float), "power_w": (int, float),
             "streamer": int, "seq": int, "ts": (int, float)}
@@ -148,66 +162,132 @@ def _valid(msg) -> bool:
             and msg["power_w"] >= 0 and msg["seq"] >= 1 and msg["streamer"] >= 0)
 
 
-def collector(group: str, member: int, name: str, ready, stop, abort, results) -> None:
-    """One member of a group: receive, validate and account until told to stop
-    (then it reads on until nothing is left) or to abort (it stops at once)."""
+def _mark(seen: dict, streamer: int, seq: int) -> bool:
+    """Set bit seq of the streamer's bitmap; False when it was set already (a duplicate)."""
+    bm = seen.get(streamer)
+    if bm is None:
+        bm = seen[streamer] = bytearray(4096)
+    i = seq >> 3
+    if i >= len(bm):
+        bm.extend(bytes(max(i + 1 - len(bm), len(bm))))
+    bit = 1 << (seq & 7)
+    if bm[i] & bit:
+        return False
+    bm[i] |= bit
+    return True
+
+
+def collector(group: str, member: int, name: str, nack_rate: float, ack_batch: int,
+              ready, stop, abort, results) -> None:
+    """One member of a group (subscribe_with_ack): receive, validate, account
+    and ack until told to stop (then it reads on until nothing is left) or to
+    abort (it stops at once, after acking what it processed).
+
+    A first delivery is nacked with probability nack_rate instead of being
+    processed: it comes back (delivery_attempt 2) to some member of the group,
+    which processes and acks it. Processed messages are acked with ack_many,
+    ack_batch at a time (0: after each batch read), and before any wait."""
     _child_setup()
     import pymq
 
     per_streamer: dict[int, list[int]] = {}  # streamer -> [count, crc sum, last seq]
+    seen: dict[int, bytearray] = {}           # streamer -> bitmap of the seqs processed
+    dup_examples: list[tuple[int, int, int]] = []  # (streamer, seq, delivery_attempt)
     out = {"role": "collector", "group": group, "member": member, "pid": os.getpid(),
-           "count": 0, "crc": 0, "bytes": 0, "invalid": 0, "out_of_order": 0,
-           "per_streamer": per_streamer, "error": None, "latency_max": 0.0, "latency_sum": 0.0}
+           "count": 0, "acked": 0, "redelivered": 0, "nacked": 0, "duplicates": 0,
+           "dup_examples": dup_examples, "crc": 0, "bytes": 0, "invalid": 0,
+           "out_of_order": 0, "per_streamer": per_streamer, "seen": {}, "error": None,
+           "latency_max": 0.0, "latency_sum": 0.0}
     parent = os.getppid()
-    count = crc = nbytes = invalid = disorder = 0
+    rng = random.Random(f"{group}/{member}/{os.getpid()}/{time.time_ns()}")
+    read_size = min(READ_BATCH, ack_batch) if ack_batch else READ_BATCH
+    count = acked = redelivered = nacked = dups = 0
+    crc = nbytes = invalid = disorder = 0
     lat_max = lat_sum = 0.0
+    todo: list = []  # processed, waiting for their ack
+
+    def flush(sub) -> None:
+        nonlocal acked, todo
+        if todo:
+            batch, todo = todo, []
+            acked += sub.ack_many(batch)  # counts the acks that took effect
+
     try:
-        with pymq.connect(name) as client, client.subscribe(TOPIC, group=group) as sub:
+        with pymq.connect(name) as client, \
+                client.subscribe_with_ack(TOPIC, group=group) as sub:
             ready.set()
-            while True:
-                try:
-                    batch = sub.get_many(READ_BATCH, timeout=STOP_POLL)
-                except pymq.Timeout:
-                    if stop.is_set() or os.getppid() != parent:
-                        break
-                    continue
-                now = time.time()
-                for payload in batch:
-                    count += 1
-                    c = zlib.crc32(payload)
-                    crc += c
-                    nbytes += len(payload)
+            try:
+                while True:
                     try:
-                        msg = json.loads(payload)
-                    except ValueError:
-                        invalid += 1
+                        batch = sub.get_many(read_size, timeout=STOP_POLL)
+                    except pymq.Timeout:
+                        flush(sub)  # never sit on unacked messages while idle
+                        if stop.is_set() or os.getppid() != parent:
+                            break
                         continue
-                    if not _valid(msg):
-                        invalid += 1
-                        continue
-                    acc = per_streamer.get(msg["streamer"])
-                    if acc is None:
-                        acc = per_streamer[msg["streamer"]] = [0, 0, 0]
-                    acc[0] += 1
-                    acc[1] += c
-                    if msg["seq"] <= acc[2]:  # a group member sees each streamer in order
-                        disorder += 1
-                    else:
-                        acc[2] = msg["seq"]
-                    lat = now - msg["ts"]
-                    lat_sum += lat
-                    if lat > lat_max:
-                        lat_max = lat
-                if abort.is_set():
-                    break
+                    now = time.time()
+                    nacks = []
+                    for m in batch:
+                        attempt = m.delivery_attempt
+                        if attempt == 1 and nack_rate and rng.random() < nack_rate:
+                            nacks.append(m)  # not processed: it comes back
+                            continue
+                        payload = m.payload
+                        count += 1
+                        if attempt > 1:
+                            redelivered += 1
+                        todo.append(m)
+                        c = zlib.crc32(payload)
+                        crc += c
+                        nbytes += len(payload)
+                        try:
+                            msg = json.loads(payload)
+                        except ValueError:
+                            invalid += 1
+                            continue
+                        if not _valid(msg) or msg["seq"] > MAX_SEQ:
+                            invalid += 1
+                            continue
+                        s, seq = msg["streamer"], msg["seq"]
+                        if not _mark(seen, s, seq):
+                            dups += 1
+                            if len(dup_examples) < 3:
+                                dup_examples.append((s, seq, attempt))
+                        acc = per_streamer.get(s)
+                        if acc is None:
+                            acc = per_streamer[s] = [0, 0, 0]
+                        acc[0] += 1
+                        acc[1] += c
+                        if attempt == 1:  # first deliveries reach a member in order
+                            if seq <= acc[2]:
+                                disorder += 1
+                            else:
+                                acc[2] = seq
+                        lat = now - msg["ts"]
+                        lat_sum += lat
+                        if lat > lat_max:
+                            lat_max = lat
+                    if nacks:
+                        nacked += sub.nack_many(nacks)
+                    if len(todo) >= ack_batch:  # ack_batch 0: after every read
+                        flush(sub)
+                    if abort.is_set():
+                        break
+            finally:
+                try:  # what was processed is acked, whatever happened
+                    flush(sub)
+                except Exception:
+                    pass
     except (pymq.BrokerClosed, pymq.SubscriptionClosed) as e:
         if not stop.is_set():
             out["error"] = f"{type(e).__name__}: {e}"
     except Exception as e:
         out["error"] = f"{type(e).__name__}: {e}"
     finally:
-        out.update(count=count, crc=crc, bytes=nbytes, invalid=invalid, out_of_order=disorder,
-                   latency_max=lat_max, latency_sum=lat_sum)
+        out.update(count=count, acked=acked, redelivered=redelivered, nacked=nacked,
+                   duplicates=dups, crc=crc, bytes=nbytes, invalid=invalid,
+                   out_of_order=disorder, latency_max=lat_max, latency_sum=lat_sum,
+                   seen={s: bytes(bm) for s, bm in seen.items()})
         ready.set()
         results.put(out)
 
@@ -310,10 +390,14 @@ def _join(procs, timeout: float) -> list[str]:
     return problems
 
 
+ACK_FIGURES = ("acked", "nacked", "redelivered", "dead_lettered", "timeouts", "pending")
+
+
 def _topic(stats: dict) -> dict:
     return stats["topics"].get(TOPIC) or {"published": 0, "delivered": 0, "depth": 0,
                                           "ring_bytes_used": 0, "ring_bytes_capacity": 1,
-                                          "publish_waits": 0, "publish_refusals": 0, "groups": {}}
+                                          "publish_waits": 0, "publish_refusals": 0, "groups": {},
+                                          **dict.fromkeys(ACK_FIGURES, 0)}
 
 
 class _Live:
@@ -337,9 +421,7 @@ class _Live:
             self.peak_rate = max(self.peak_rate, rate)
         self.peak_used = max(self.peak_used, t["ring_bytes_used"])
         self.last_t, self.last_pub = now, pub
-        groups = "  ".join(
-            f"{g} {t['groups'][g]['delivered']:>10,} lag {t['groups'][g]['lag']:>6,}"
-            if g in t["groups"] else f"{g} (missing)" for g in GROUPS)
+        groups = "  ".join(_live_group(g, t["groups"].get(g)) for g in GROUPS)
         used = 100.0 * t["ring_bytes_used"] / max(t["ring_bytes_capacity"], 1)
         shown = f"{rate:>9,.0f}/s" if phase != "end" else " " * 11
         print(f"{phase:5} {now - self.t0:6.1f}s  published {pub:>10,} {shown}  {groups}  "
@@ -348,9 +430,26 @@ class _Live:
         return st
 
 
+def _live_group(name: str, g: dict | None) -> str:
+    if g is None:
+        return f"{name} (missing)"
+    return (f"{name} acked {g['acked']:>9,} lag {g['lag']:>5,} nacked/redelivered/dlq "
+            f"{g['nacked']:,}/{g['redelivered']:,}/{g['dead_lettered']:,}")
+
+
 def _drained(stats: dict) -> bool:
+    """Every group acked everything published."""
     t = _topic(stats)
-    return all(g in t["groups"] and t["groups"][g]["delivered"] >= t["published"] for g in GROUPS)
+    return all(g in t["groups"] and t["groups"][g]["acked"] >= t["published"] for g in GROUPS)
+
+
+def _settled(stats: dict) -> bool:
+    """Nothing more will happen: every group acked or dead-lettered everything
+    published and has no delivery pending (dead-lettered ones never come back)."""
+    t = _topic(stats)
+    groups = [t["groups"].get(g) for g in GROUPS]
+    return all(g is not None and g["pending"] == 0 and
+               g["acked"] + g["dead_lettered"] >= t["published"] for g in groups)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -367,6 +466,12 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="payloads per publish call (>1 uses publish_many; default 1)")
     p.add_argument("--name", type=_broker_name, default=None, metavar="NAME",
                    help="broker name (default: demo-<pid>)")
+    p.add_argument("--ack-batch", type=_nonneg_int, default=0, metavar="N",
+                   help="a collector acks (ack_many) once N processed messages are waiting; "
+                        "0: after each batch it reads, up to 64 (default 0)")
+    p.add_argument("--nack-rate", type=_probability, default=0.001, metavar="P",
+                   help="probability that a collector nacks a first delivery instead of "
+                        "processing it; it is redelivered and processed then (default 0.001)")
     p.add_argument("--drain-timeout", type=_positive_float, default=30.0, metavar="SECONDS",
                    help="longest wait for the groups to catch up at the end (default 30)")
     return p
@@ -396,6 +501,14 @@ def _broker_name(text: str) -> str:
 
 def _positive_int(text: str) -> int:
     return _number(text, int, lambda v: v >= 1, "an integer >= 1")
+
+
+def _nonneg_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
+def _probability(text: str) -> float:
+    return _number(text, float, lambda v: 0 <= v <= 1, "a number from 0 to 1")
 
 
 def _positive_float(text: str) -> float:
@@ -434,6 +547,14 @@ def run(args: argparse.Namespace) -> int:
         rate = "as fast as possible" if args.rate == 0 else f"{args.rate:,.0f} msg/s each"
         print(f"  {args.streamers} streamers ({rate}, batch {args.batch}), groups "
               f"{' and '.join(GROUPS)} x {args.members} members, {args.duration:g} s", flush=True)
+        nack_rate = args.nack_rate
+        if nack_rate and cfg.max_retries < 1:
+            print("  max_retries is 0: a nacked message would be dead-lettered at once, "
+                  "so the collectors do not nack (--nack-rate ignored)", flush=True)
+            nack_rate = 0.0
+        acks = f"ack_many every {args.ack_batch}" if args.ack_batch else "ack_many per read"
+        print(f"  at-least-once: {acks}, nack rate {nack_rate:g}, ack timeout "
+              f"{cfg.ack_timeout:g} s, max retries {cfg.max_retries}", flush=True)
 
         # 1. collectors subscribe before anything is published
         c_ready = []
@@ -443,7 +564,8 @@ def run(args: argparse.Namespace) -> int:
                 c_ready.append(ev)
                 collectors.append(ctx.Process(
                     target=collector, name=f"collector-{group}-{m}", daemon=True,
-                    args=(group, m, name, ev, collector_stop, abort, results)))
+                    args=(group, m, name, nack_rate, args.ack_batch, ev, collector_stop,
+                          abort, results)))
         _start(collectors)
         if not _wait_events(c_ready, collectors, START_TIMEOUT, sig):
             if not sig.stop:
@@ -481,12 +603,12 @@ def run(args: argparse.Namespace) -> int:
         got: list[dict] = []  # a child that failed early may have reported already
         _collect(results, got, "streamer", streamers, RESULT_TIMEOUT)
         problems += _join(streamers, RESULT_TIMEOUT)
-        # 5. the groups drain: wait until each has everything published
+        # 5. the groups drain: wait until each has acked everything published
         t_drain = time.monotonic()
         drain_end = t_drain + args.drain_timeout
         stats = broker.stats()
         next_line = time.monotonic() + 1.0
-        while not _drained(stats) and not sig.abort and time.monotonic() < drain_end:
+        while not _settled(stats) and not sig.abort and time.monotonic() < drain_end:
             if not any(p.is_alive() for p in collectors):
                 break
             time.sleep(0.02)
@@ -502,11 +624,18 @@ def run(args: argparse.Namespace) -> int:
         _collect(results, got, "collector", collectors, RESULT_TIMEOUT)
         problems += _join(collectors, RESULT_TIMEOUT)
         stats = live.line("end")
-        drained = _drained(stats)
+        if _drained(stats):
+            drain_problem = None
+        elif sig.abort:
+            drain_problem = "(drain skipped)"
+        elif _settled(stats):
+            drain_problem = "(the rest was dead-lettered)"
+        else:
+            drain_problem = f"within {args.drain_timeout:g} s"
         s_results = [r for r in got if r["role"] == "streamer"]
         c_results = [r for r in got if r["role"] == "collector"]
         ok = _summary(args, name, stats, s_results, c_results, problems, ran, drain_time,
-                      drained, sig, live, len(streamers))
+                      drain_problem, sig, live, len(streamers))
     finally:
         streamer_stop.set()
         collector_stop.set()
@@ -522,13 +651,13 @@ def run(args: argparse.Namespace) -> int:
         ok = False
     else:
         print(f"clean: nothing of broker {name!r} left in {segments.SHM_DIR}")
-    print("RESULT: " + ("balanced - every published message reached each group exactly once"
-                        if ok else "NOT balanced (see above)"))
+    print("RESULT: " + ("balanced - each group processed and acked every published message "
+                        "exactly once" if ok else "NOT balanced (see above)"))
     return 0 if ok else 1
 
 
-def _summary(args, name, stats, s_results, c_results, problems, ran, drain_time, drained,
-             sig, live, started) -> bool:
+def _summary(args, name, stats, s_results, c_results, problems, ran, drain_time,
+             drain_problem, sig, live, started) -> bool:
     """Print the closing accounting; True when everything balances."""
     t = _topic(stats)
     bad = list(problems)
@@ -562,54 +691,137 @@ def _summary(args, name, stats, s_results, c_results, problems, ran, drain_time,
     by_streamer = {r["index"]: r for r in s_results}
     for group in GROUPS:
         members = sorted((r for r in c_results if r["group"] == group), key=lambda r: r["member"])
-        received = sum(r["count"] for r in members)
-        gcrc = sum(r["crc"] for r in members)
-        g = t["groups"].get(group, {})
-        balanced = received == published and gcrc == crc
-        verdict = "OK" if balanced else "MISMATCH"
-        print(f"group {group:10} received {received:>12,} of {published:,}  crc32 sum {_hex(gcrc)} "
-              f"{'==' if gcrc == crc else '!='} {_hex(crc)}  {verdict}")
-        print(f"  broker stats: delivered {g.get('delivered', 0):,}, lag {g.get('lag', 0):,}, "
-              f"members now {g.get('members', 0)}")
-        for r in members:
-            share = 100.0 * r["count"] / received if received else 0.0
-            valid = r["count"] - r["invalid"]
-            lat = (f"latency avg {1e3 * r['latency_sum'] / valid:.2f} ms max "
-                   f"{1e3 * r['latency_max']:.1f} ms") if valid > 0 else ""
-            err = f"  ERROR {r['error']}" if r["error"] else ""
-            print(f"  member {r['member']} pid {r['pid']:>7}  {r['count']:>12,} ({share:5.1f}%)  "
-                  f"invalid {r['invalid']}  out of order {r['out_of_order']}  {lat}{err}")
-            if r["error"]:
-                bad.append(f"{group} member {r['member']}: {r['error']}")
-            if r["invalid"] or r["out_of_order"]:
-                bad.append(f"{group} member {r['member']}: {r['invalid']} invalid, "
-                           f"{r['out_of_order']} out of order")
-        if len(members) != args.members:
-            bad.append(f"{group}: {args.members - len(members)} member(s) never reported")
-        if received != published:
-            where = ""
-            if received + g.get("lag", 0) == published and g.get("lag", 0):
-                where = ": the rest is still unread in the ring"
-            elif g.get("delivered", 0) > received:
-                where = (f": {g['delivered'] - received:,} taken from the ring by members "
-                         "that did not report them")
-            bad.append(f"{group}: received {received:,}, published {published:,} "
-                       f"({received - published:+,}){where}")
-        if gcrc != crc:
-            bad.append(f"{group}: crc32 sum {_hex(gcrc)} != published {_hex(crc)}")
-        for idx, s in by_streamer.items():  # say which streamer does not balance
-            per = [r["per_streamer"].get(idx, [0, 0, 0]) for r in members]
-            n, c = sum(p[0] for p in per), sum(p[1] for p in per)
-            if (n, c) != (s["count"], s["crc"]):
-                bad.append(f"{group}: from streamer {idx} got {n:,} (crc32 sum {_hex(c)}), "
-                           f"it published {s['count']:,} ({_hex(s['crc'])})")
-    if not drained:
-        bad.append("the groups did not catch up with the published messages "
-                   + ("(drain skipped)" if sig.abort else f"within {args.drain_timeout:g} s"))
+        bad += _group_summary(group, members, t["groups"].get(group), published, crc,
+                              by_streamer, args.members)
+    if drain_problem:
+        bad.append(f"the groups did not ack every published message {drain_problem}")
     for line in bad:
         print(f"  does not balance: {line}")
     print("=" * 78)
     return not bad
+
+
+def _bits(n: int) -> int:
+    return bin(n).count("1")
+
+
+def _lowest(n: int) -> int:
+    return (n & -n).bit_length() - 1
+
+
+def _distinct(members: list[dict], by_streamer: dict) -> tuple[list[str], set, int, int]:
+    """Check the group's (streamer, seq) bitmaps against what each streamer
+    published: returns (complaints, the streamers they name, distinct messages
+    processed, duplicates across members). Duplicates inside one member are
+    counted by that member."""
+    bad, named, distinct, dups = [], set(), 0, 0
+    streamers = set(by_streamer) | {s for r in members for s in r["seen"]}
+    for idx in sorted(streamers):
+        union = overlap = 0
+        for r in members:
+            bm = r["seen"].get(idx)
+            if bm:
+                b = int.from_bytes(bm, "little")
+                overlap |= union & b
+                union |= b
+        before = len(bad)
+        distinct += _bits(union)
+        if overlap:
+            dups += _bits(overlap)
+            bad.append(f"from streamer {idx}: {_bits(overlap):,} message(s) processed by more "
+                       f"than one member (duplicates), e.g. seq {_lowest(overlap)}")
+        s = by_streamer.get(idx)
+        if s is None:
+            bad.append(f"{_bits(union):,} message(s) from streamer {idx}, which never reported")
+            continue
+        expected = (1 << (s["count"] + 1)) - 2  # seqs 1..count
+        missing, extra = expected & ~union, union & ~expected
+        if missing:
+            bad.append(f"from streamer {idx}: {_bits(missing):,} published message(s) never "
+                       f"processed, e.g. seq {_lowest(missing)}")
+        if extra:
+            bad.append(f"from streamer {idx}: {_bits(extra):,} message(s) processed that it "
+                       f"never counted as published, e.g. seq {_lowest(extra)}")
+        if len(bad) > before:
+            named.add(idx)
+    return bad, named, distinct, dups
+
+
+def _group_summary(group: str, members: list[dict], g: dict | None, published: int, crc: int,
+                   by_streamer: dict, want_members: int) -> list[str]:
+    """Print one group's accounting; returns its complaints."""
+    bad: list[str] = []
+    g = g or {"delivered": 0, "lag": 0, "members": 0, **dict.fromkeys(ACK_FIGURES, 0)}
+    processed = sum(r["count"] for r in members)
+    acked = sum(r["acked"] for r in members)
+    redelivered = sum(r["redelivered"] for r in members)
+    nacked = sum(r["nacked"] for r in members)
+    local_dups = sum(r["duplicates"] for r in members)
+    gcrc = sum(r["crc"] for r in members)
+    set_bad, named, distinct, cross_dups = _distinct(members, by_streamer)
+    dups = local_dups + cross_dups
+    balanced = (processed == published == distinct == acked and gcrc == crc and not set_bad
+                and not dups)
+    print(f"group {group:10} processed {processed:>10,} of {published:,}, distinct {distinct:,}, "
+          f"acked {acked:,}, duplicates {dups:,}  crc32 sum {_hex(gcrc)} "
+          f"{'==' if gcrc == crc else '!='} {_hex(crc)}  {'OK' if balanced else 'MISMATCH'}")
+    print(f"  broker stats: acked {g['acked']:,}, delivered {g['delivered']:,}, nacked "
+          f"{g['nacked']:,}, redelivered {g['redelivered']:,}, dead_lettered "
+          f"{g['dead_lettered']:,}, timeouts {g['timeouts']:,}, pending {g['pending']:,}, "
+          f"lag {g['lag']:,}, members now {g['members']}")
+    for r in members:
+        share = 100.0 * r["count"] / processed if processed else 0.0
+        valid = r["count"] - r["invalid"]
+        lat = (f"latency avg {1e3 * r['latency_sum'] / valid:.2f} ms max "
+               f"{1e3 * r['latency_max']:.1f} ms") if valid > 0 else ""
+        err = f"  ERROR {r['error']}" if r["error"] else ""
+        print(f"  member {r['member']} pid {r['pid']:>7}  {r['count']:>10,} ({share:5.1f}%)  "
+              f"redeliveries {r['redelivered']:,}  nacked {r['nacked']:,}  invalid {r['invalid']}  "
+              f"out of order {r['out_of_order']}  {lat}{err}")
+        who = f"{group} member {r['member']}"
+        if r["error"]:
+            bad.append(f"{who}: {r['error']}")
+        if r["invalid"] or r["out_of_order"]:
+            bad.append(f"{who}: {r['invalid']} invalid, {r['out_of_order']} out of order")
+        if r["duplicates"]:
+            ex = ", ".join(f"streamer {s} seq {q} (attempt {a})" for s, q, a in r["dup_examples"])
+            bad.append(f"{who}: processed {r['duplicates']:,} message(s) a second time "
+                       f"(duplicates), e.g. {ex}")
+        if r["acked"] != r["count"]:
+            bad.append(f"{who}: processed {r['count']:,} but {r['acked']:,} acks took effect "
+                       "(a message acked twice, late or not at all)")
+    bad += [f"{group}: {line}" for line in set_bad]
+    if len(members) != want_members:
+        bad.append(f"{group}: {want_members - len(members)} member(s) never reported")
+    if processed != published:
+        where = ""
+        if processed + g["lag"] + g["pending"] == published and g["lag"] + g["pending"]:
+            where = ": the rest is still unread or unacked"
+        bad.append(f"{group}: processed {processed:,}, published {published:,} "
+                   f"({processed - published:+,}){where}")
+    if gcrc != crc:
+        bad.append(f"{group}: crc32 sum {_hex(gcrc)} != published {_hex(crc)}")
+    for idx, s in by_streamer.items():  # which streamer does not balance, if not said yet
+        if idx in named or any(r["duplicates"] for r in members):
+            continue
+        per = [r["per_streamer"].get(idx, [0, 0, 0]) for r in members]
+        n, c = sum(p[0] for p in per), sum(p[1] for p in per)
+        if (n, c) != (s["count"], s["crc"]):
+            bad.append(f"{group}: from streamer {idx} processed {n:,} (crc32 sum {_hex(c)}), "
+                       f"it published {s['count']:,} ({_hex(s['crc'])})")
+    # the broker's figures must tell the same story
+    if g["acked"] != published:
+        bad.append(f"{group}: the broker counted {g['acked']:,} acked, {published:,} published")
+    if g["dead_lettered"]:
+        bad.append(f"{group}: {g['dead_lettered']:,} message(s) dead-lettered to {TOPIC}.dlq")
+    if g["pending"]:
+        bad.append(f"{group}: {g['pending']:,} deliveries still pending (unacked) at the end")
+    if g["nacked"] != nacked:
+        bad.append(f"{group}: the members nacked {nacked:,}, the broker counted {g['nacked']:,}")
+    if g["redelivered"] != redelivered:
+        bad.append(f"{group}: the members processed {redelivered:,} redeliveries, the broker "
+                   f"redelivered {g['redelivered']:,}")
+    return bad
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,7 @@
 """The command line (pymq/cli.py) and the demo it runs."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,12 +31,29 @@ def test_demo_balances_under_backpressure_with_refusals(name):
     assert "RESULT: balanced" in r.stdout
 
 
+def test_demo_balances_when_every_first_delivery_is_nacked(name):
+    # each message comes back once (delivery_attempt 2) and is processed then
+    r = pymq_cli("demo", "--duration", "1", "--name", name, "--rate", "500",
+                 "--nack-rate", "1", "--ack-batch", "7")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "RESULT: balanced" in r.stdout
+    groups = [line for line in r.stdout.splitlines() if line.startswith("  broker stats: acked")]
+    assert len(groups) == 2
+    for line in groups:
+        figures = {k: int(v.replace(",", "")) for k, v in re.findall(r"(\w+) ([\d,]+)", line)}
+        acked = figures["acked"]
+        assert acked > 0 and figures["nacked"] == figures["redelivered"] == acked, line
+        assert figures["dead_lettered"] == figures["pending"] == 0, line
+    assert segments.namespace_entries(name) == []
+
+
 def test_help_and_usage_errors():
     r = pymq_cli("--help")
     assert r.returncode == 0 and "demo" in r.stdout and "clean" in r.stdout
     r = pymq_cli()
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-    for bad in (["demo", "--duration", "-1"], ["clean", "--name", "bad/x"]):
+    for bad in (["demo", "--duration", "-1"], ["demo", "--nack-rate", "1.5"],
+                ["demo", "--ack-batch", "-1"], ["clean", "--name", "bad/x"]):
         r = pymq_cli(*bad)
         assert r.returncode == 2 and "Traceback" not in r.stderr, bad
 
