@@ -9,7 +9,8 @@ enough messages (plus a margin) that they never wait, and everything published
 fits the 64 MiB ring, so publishers never wait for space either. After the
 measurement every test checks what the operation did (seqs, counts, payloads
 and their order). Payloads are 64 bytes; a pre-filled payload carries its index
-in its first 8 bytes.
+in its first 8 bytes. The "ack" group measures at-least-once reads: an
+AckSubscription, the only member of a named ack group, reads and acks.
 """
 
 from __future__ import annotations
@@ -160,3 +161,103 @@ def test_get_many_64x64B(benchmark, broker):
     assert read >= calls * BATCH and read % BATCH == 0
     assert last == [payload(i) for i in range(read - BATCH, read)]
     assert rest == [payload(i) for i in range(read, total)]
+
+
+# -- at-least-once: ack groups -------------------------------------------------
+
+ACK_GROUP = "bench-ack"
+
+
+def ack_drain(sub) -> list:
+    """Every message the ack subscription has not read yet, each acked (the
+    group's window holds at most 1024 unacked deliveries)."""
+    out = []
+    while True:
+        try:
+            msgs = sub.get_many(PREFILL_BATCH, timeout=0)
+        except pymq.Timeout:
+            return out
+        sub.ack_many(msgs)
+        out.extend(msgs)
+
+
+def check_acked(broker, read: int) -> None:
+    """The ack group delivered read messages, each once, and all are acked."""
+    st = topic_stats(broker)
+    g = st["groups"][ACK_GROUP]
+    assert g["ack"] and g["delivered"] == g["acked"] == read
+    assert g["pending"] == g["redelivered"] == g["nacked"] == g["timeouts"] == 0
+    assert st["publish_waits"] == 0 and st["publish_refusals"] == 0
+
+
+@pytest.mark.benchmark(group="ack")
+def test_get_ack_64B(benchmark, broker):
+    """AckSubscription.get() + Message.ack(): one 64-byte message per call, read
+    and acked by the only member of an ack group, from a pre-filled ring (the
+    read never waits; acked at once, the group's window never fills).
+
+    Checked: the message returned by the last call is the next one in publish
+    order (payload, seq, first delivery); the group's figures say that every
+    message it delivered was acked, once, and none is pending or was
+    redelivered; the rest of the pre-filled messages then follow, in order and
+    intact."""
+    sub = broker.subscribe_with_ack(TOPIC, ACK_GROUP)
+    kwargs, calls = plan(benchmark, *SINGLE)
+    total = calls + BATCH  # a margin: the ring must never run dry
+    prefill(broker, total)
+    get = sub.get
+    benchmark.extra_info.update(messages_per_call=1, payload_bytes=SIZE)
+
+    def get_ack():
+        msg = get(TIMEOUT)
+        msg.ack()
+        return msg
+
+    last = benchmark.pedantic(get_ack, **kwargs)
+
+    read = topic_stats(broker)["groups"][ACK_GROUP]["delivered"]
+    check_acked(broker, read)
+    assert read >= calls
+    assert (last.payload, last.seq, last.delivery_attempt) == (payload(read - 1), read, 1)
+    rest = ack_drain(sub)
+    assert rest, "the ring ran dry during the measurement"
+    assert [m.payload for m in rest] == [payload(i) for i in range(read, total)]
+    assert [m.seq for m in rest] == list(range(read + 1, total + 1))
+    check_acked(broker, total)
+
+
+@pytest.mark.benchmark(group="ack")
+def test_get_many_ack_many_64x64B(benchmark, broker):
+    """AckSubscription.get_many(64) + ack_many(): a batch of 64 messages of 64
+    bytes per call, read in one native call and acked in one native call by the
+    only member of an ack group, from a pre-filled ring (never waits).
+
+    Checked: every call returned a full batch and ack_many() says all 64 acks
+    took effect (the last batch is the 64 messages before the unread rest, in
+    order, intact, first deliveries); the group's figures say that every
+    message it delivered was acked, once, and none is pending or was
+    redelivered; the rest then follow, in order and intact."""
+    sub = broker.subscribe_with_ack(TOPIC, ACK_GROUP)
+    kwargs, calls = plan(benchmark, *BATCHED)
+    total = (calls + 1) * BATCH  # a margin: the ring must never run dry
+    prefill(broker, total)
+    get_many, ack_many = sub.get_many, sub.ack_many
+    benchmark.extra_info.update(messages_per_call=BATCH, payload_bytes=SIZE)
+
+    def get_many_ack_many():
+        msgs = get_many(BATCH, TIMEOUT)
+        return msgs, ack_many(msgs)
+
+    last, acked = benchmark.pedantic(get_many_ack_many, **kwargs)
+
+    read = topic_stats(broker)["groups"][ACK_GROUP]["delivered"]
+    check_acked(broker, read)
+    assert read >= calls * BATCH and read % BATCH == 0
+    assert acked == BATCH
+    assert [m.payload for m in last] == [payload(i) for i in range(read - BATCH, read)]
+    assert [m.seq for m in last] == list(range(read - BATCH + 1, read + 1))
+    assert all(m.delivery_attempt == 1 for m in last)
+    rest = ack_drain(sub)
+    assert rest, "the ring ran dry during the measurement"
+    assert [m.payload for m in rest] == [payload(i) for i in range(read, total)]
+    check_acked(broker, total)

@@ -200,15 +200,18 @@ class Ring(_Mapped):
     # -- ack groups -----------------------------------------------------------
 
     def ack1(self, group: int, group_gen: int, slot: int, seq: int) -> int:
-        return check(lib.pmq_group_ack1(self.h, group, group_gen, slot, seq), f"topic {self.topic!r}")
+        rc = lib.pmq_group_ack1(self.h, group, group_gen, slot, seq)
+        return rc if rc >= 0 else check(rc, f"topic {self.topic!r}")
+
+    _SETTLE = {"ack": lib.pmq_group_ack, "nack": lib.pmq_group_nack,
+               "dead_lettered": lib.pmq_group_dead_lettered}
 
     def settle(self, how: str, group: int, group_gen: int, slots, seqs) -> int:
         """Ack, nack or confirm dead-lettering of many (slots: array('I'),
         seqs: array('Q')) in one native call; returns how many took effect."""
-        fn = {"ack": lib.pmq_group_ack, "nack": lib.pmq_group_nack,
-              "dead_lettered": lib.pmq_group_dead_lettered}[how]
-        return check(fn(self.h, group, group_gen, ffi.from_buffer("uint32_t[]", slots),
-                        ffi.from_buffer("uint64_t[]", seqs), len(slots)), f"topic {self.topic!r}")
+        rc = self._SETTLE[how](self.h, group, group_gen, ffi.from_buffer("uint32_t[]", slots),
+                               ffi.from_buffer("uint64_t[]", seqs), len(slots))
+        return rc if rc >= 0 else check(rc, f"topic {self.topic!r}")
 
     def sweep(self, group: int, now_ns: int) -> int:
         return check(lib.pmq_group_sweep(self.h, group, now_ns), f"topic {self.topic!r}")

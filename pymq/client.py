@@ -85,7 +85,6 @@ class Message:
         """Ask for redelivery now (to any live member of the group) instead of
         after the ack timeout; dead-lettered when out of retries."""
         if self._sub is not None and not self._settled:
-            self._settle()
             self._sub.nack_many([self])
 
     def view(self) -> memoryview:
@@ -459,7 +458,13 @@ class AckSubscription(Subscription):
 
     def get(self, timeout: float | None = None) -> Message:
         """The next message; waits up to timeout (None: for ever), then raises pymq.Timeout."""
-        return self.get_many(1, timeout)[0]
+        r = self._reader
+        if r is None:
+            raise SubscriptionClosed(f"subscription to {self.topic!r} is closed")
+        r.read(1, _timeout_ns(timeout))
+        off = r.offs[0]
+        return self._message(r.view[off:off + r.lens[0]], r.seqs[0], r.attempts[0], r.ts[0],
+                             r.slots[0], r.pos[0])
 
     def get_many(self, max_count: int, timeout: float | None = None) -> list[Message]:
         """1..max_count messages in one native call (redeliveries first)."""
@@ -469,25 +474,26 @@ class AckSubscription(Subscription):
         if not isinstance(max_count, int) or max_count < 1:
             raise ValueError(f"max_count must be an int >= 1, not {max_count!r}")
         n = r.read(max_count, _timeout_ns(timeout))
-        view, offs, lens, seqs, ts = r.view, r.offs, r.lens, r.seqs, r.ts
-        slots, pos, attempts, topic = r.slots, r.pos, r.attempts, self.topic
-        out = []
-        for i in range(n):
-            m = Message.__new__(Message)
-            off = offs[i]
-            m.payload = view[off:off + lens[i]]
-            m.topic = topic
-            m.seq = seqs[i]
-            m.delivery_attempt = attempts[i]
-            m.publish_time = ts[i] / 1e9
-            m._ack = None
-            m._sub = self
-            m._slot = slots[i]
-            m._pos = pos[i]
-            m._views = None
-            m._settled = False
-            out.append(m)
-        return out
+        unpack, view, make = _core.ffi.unpack, r.view, self._message
+        offs, lens = unpack(r.offs, n), unpack(r.lens, n)
+        return [make(view[o:o + ln], seq, att, ts, slot, pos) for o, ln, seq, att, ts, slot, pos in zip(
+            offs, lens, unpack(r.seqs, n), unpack(r.attempts, n), unpack(r.ts, n),
+            unpack(r.slots, n), unpack(r.pos, n))]
+
+    def _message(self, payload, seq, attempt, ts, slot, pos) -> Message:
+        m = Message.__new__(Message)
+        m.payload = payload
+        m.topic = self.topic
+        m.seq = seq
+        m.delivery_attempt = attempt
+        m.publish_time = ts / 1e9
+        m._ack = None
+        m._sub = self
+        m._slot = slot
+        m._pos = pos
+        m._views = None
+        m._settled = False
+        return m
 
     def __iter__(self):
         batch_size = 64 if self.group is None else 16
@@ -502,19 +508,21 @@ class AckSubscription(Subscription):
         self._ring.ack1(self._group, self._group_gen, msg._slot, msg.seq)
 
     def _settle_many(self, how: str, msgs) -> int:
-        msgs = [m for m in msgs if m._sub is self]
+        """One native call per subscription the messages came from."""
+        by_sub = {}
         for m in msgs:
-            m._settle()
-        if not msgs:
-            return 0
-        return self._ring.settle(how, self._group, self._group_gen,
-                                 array("I", [m._slot for m in msgs]),
-                                 array("Q", [m.seq for m in msgs]))
+            if m._sub is not None and not m._settled:
+                m._settle()
+                by_sub.setdefault(m._sub, []).append(m)
+        return sum(sub._ring.settle(how, sub._group, sub._group_gen,
+                                    array("I", [m._slot for m in part]),
+                                    array("Q", [m.seq for m in part]))
+                   for sub, part in by_sub.items())
 
     def ack_many(self, msgs) -> int:
-        """Ack many messages of this subscription in one native call; returns
-        how many were still waiting for their ack."""
-        return self._settle_many("ack", [m for m in msgs if not m._settled])
+        """Ack many messages in one native call (per subscription they came
+        from); returns how many were still waiting for their ack."""
+        return self._settle_many("ack", msgs)
 
     def nack_many(self, msgs) -> int:
         """Redeliver many messages now (dead-letter those out of retries)."""

@@ -243,3 +243,15 @@ def test_load_six_publishers_five_members_every_message_acked(make_broker, name,
     assert g["acked"] == total and g["pending"] == 0 and g["dead_lettered"] == 0
     assert g["nacked"] == g["redelivered"] > 0
     assert sum(1 for part in results.values() if part) >= 3  # the work was shared
+
+
+def test_ack_many_takes_messages_of_several_subscriptions(make_broker):
+    broker = make_broker(ack_timeout=3600)
+    a = broker.subscribe_with_ack("t", group="g")
+    b = broker.subscribe_with_ack("u", group="g")
+    broker.publish_many("t", [b"1", b"2"])
+    broker.publish_many("u", [b"3"])
+    msgs = a.get_many(10, timeout=5) + b.get_many(10, timeout=5)
+    assert a.ack_many(msgs) == 3
+    assert a.ack_many(msgs) == 0  # already acked
+    assert group_stats(broker, "t", "g")["acked"] == 2 and group_stats(broker, "u", "g")["acked"] == 1
