@@ -104,6 +104,8 @@ typedef struct {
     int64_t created_ns;
     uint64_t reaped_processes;
     uint64_t reaped_members;
+    int32_t admin_request, admin_port, admin_errno;
+    uint32_t admin_seq, admin_done;
     uint32_t config_len;
     char config[...];
     ...;

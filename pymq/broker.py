@@ -165,6 +165,8 @@ class Broker(Client):
         self._shutdown = weakref.finalize(self, self._supervision.shutdown)
         try:
             self._supervision.start()
+            if cfg.admin_port is not None:
+                self.start_admin_server(cfg.admin_port)
         except BaseException:
             self.close()
             raise
@@ -174,6 +176,38 @@ class Broker(Client):
         """The pid of the supervisor process (the Broker restarts it if it dies)."""
         proc = self._supervision.proc
         return proc.pid if proc is not None else None
+
+    def start_admin_server(self, port: int | str = 0, timeout: float = 15.0) -> int:
+        """Have the supervisor serve the HTTP admin endpoints on admin_host:port
+        (int or str, as in the seed; 0 picks a free port). Returns the bound
+        port; OSError if it cannot listen. Calling it again moves the server;
+        a restarted supervisor serves on the same port again."""
+        try:
+            port = int(port)
+        except (TypeError, ValueError):
+            raise ValueError(f"admin port must be an int or a str of one, not {port!r}") from None
+        if not 0 <= port <= 65535:
+            raise ValueError(f"admin port must be in 0..65535, not {port}")
+        self._check_open()
+        hdr = self._res.ns.hdr
+        hdr.admin_request = port
+        seq = hdr.admin_seq + 1
+        hdr.admin_seq = seq
+        deadline = time.monotonic() + timeout
+        while hdr.admin_done != seq:  # the supervisor answers within a sweep
+            if time.monotonic() > deadline:
+                raise MQError("the supervisor did not start the admin server in time")
+            time.sleep(0.01)
+        if hdr.admin_errno:
+            raise OSError(hdr.admin_errno, f"admin server cannot listen on "
+                          f"{self.config.admin_host}:{port}: {os.strerror(hdr.admin_errno)}")
+        return hdr.admin_port
+
+    @property
+    def admin_port(self) -> int | None:
+        """The port the admin server listens on, or None."""
+        port = self._res.ns.hdr.admin_port if self._res.ns is not None else -1
+        return port if port >= 0 else None
 
     def close(self) -> None:
         """Close every topic (blocked readers and publishers get BrokerClosed),

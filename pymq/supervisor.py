@@ -43,6 +43,7 @@ class Supervisor:
         self.stop = False
         self._client = None
         self._dead_batch = None
+        self.admin = None
 
     def owner_alive(self) -> bool:
         return segments.token_alive(segments.token_path(self.name, self.ns.hdr.owner_token))
@@ -128,9 +129,71 @@ class Supervisor:
             self._client = Client(self.name)
         return self._client
 
+    # -- the admin server --------------------------------------------------------
+
+    def serve_admin(self) -> None:
+        """Start, move or stop the admin server as the Broker asked (admin_seq),
+        and bring it back on its port after a restart of the supervisor."""
+        hdr = self.ns.hdr
+        seq = hdr.admin_seq
+        if seq == hdr.admin_done and (self.admin is not None or hdr.admin_port < 0):
+            return
+        port = hdr.admin_request if seq != hdr.admin_done else hdr.admin_port
+        if self.admin is not None:
+            self.admin.close()
+            self.admin = None
+        hdr.admin_errno = 0
+        if port >= 0:
+            from .admin import AdminServer
+            cfg = self.client().config
+            try:
+                self.admin = AdminServer(self, cfg.admin_host, port,
+                                         os.environ.get("PYMQ_ADMIN_TOKEN") or None)
+                log(f"admin server on http://{cfg.admin_host}:{self.admin.port}/")
+            except OSError as e:
+                hdr.admin_errno = e.errno or 1
+                log(f"admin server cannot listen on {cfg.admin_host}:{port}: {e.strerror}")
+        hdr.admin_port = self.admin.port if self.admin is not None else -1
+        hdr.admin_done = seq
+
+    def stats(self) -> dict:
+        """The broker's figures (the same dict as Client.stats())."""
+        return self.client().stats()
+
+    def health(self) -> tuple[bool, dict]:
+        """(healthy, details): the supervisor serves, its owner lives, no segment
+        is closed or corrupt."""
+        problems = []
+        hdr = self.ns.hdr
+        if hdr.closed:
+            problems.append("the broker is closing")
+        if not self.owner_alive():
+            problems.append(f"the broker process (pid {hdr.owner_pid}) is gone")
+        if time.time_ns() - hdr.supervisor_beat_ns > 5e9:
+            problems.append("the supervisor has not swept for over 5 s")
+        topics = 0
+        for topic in segments.topic_names(self.name):
+            ring = self.ring(topic)
+            if ring is None:
+                continue
+            topics += 1
+            try:
+                figures = ring.stats()
+            except MQError as e:
+                problems.append(f"topic {topic!r}: {e}")
+                continue
+            if figures["corrupt"]:
+                problems.append(f"topic {topic!r}: {figures['corrupt']} corruption(s) detected")
+        details = {"broker": self.name, "supervisor_pid": os.getpid(), "topics": topics,
+                   "supervisor_restarts": hdr.supervisor_restarts}
+        if problems:
+            details["problems"] = problems
+        return not problems, details
+
     def sweep(self) -> None:
         self.reap()
         self.redeliver()
+        self.serve_admin()
         self.ns.hdr.supervisor_beat_ns = time.time_ns()
 
     def run(self) -> int:
@@ -148,6 +211,11 @@ class Supervisor:
             time.sleep(SWEEP_INTERVAL)
         return 0
 
+    def close(self) -> None:
+        if self.admin is not None:
+            self.admin.close()
+            self.admin = None
+
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
@@ -160,7 +228,10 @@ def main(argv: list[str]) -> int:
         sup.stop = True
 
     signal.signal(signal.SIGTERM, on_term)
-    return sup.run()
+    try:
+        return sup.run()
+    finally:
+        sup.close()
 
 
 if __name__ == "__main__":
