@@ -83,23 +83,33 @@ static int group_recover(pmq_ring_t *r, pmq_group_t *g)
     return 0;
 }
 
-static int group_lock(pmq_ring_t *r, pmq_group_t *g)
+/* Lock group g, which must still be the ack group of generation gen (and,
+ * when m is given, m must still be its member): else PMQ_GONE, unlocked. The
+ * identity is checked before the window, so a group freed meanwhile (under its
+ * lock, see pmq_ack_group_free) is "gone", not "corrupt". */
+static int group_lock(pmq_ring_t *r, pmq_group_t *g, uint32_t gen, pmq_member_t *m, uint32_t mgen)
 {
-    int rc = pmq_mutex_lock(&g->lock, pmq_now_real() + ACK_LOCK_NS);
+    int rc = pmq_mutex_lock(&g->lock, pmq_deadline_after(pmq_now_real(), ACK_LOCK_NS));
     if (rc == EOWNERDEAD) {
         rc = group_recover(r, g);
         pthread_mutex_consistent(&g->lock);
     } else if (rc == -ENOTRECOVERABLE) {
-        return PMQ_ECORRUPT;
+        rc = PMQ_ECORRUPT;
+        ADD_RLX(&r->hdr->corrupt, 1);
+        return rc;
     } else if (rc < 0) {
         return rc;
     }
-    if (rc == 0 && !window_ok(r, g))
+    if (rc == 0 && (!is_ack_group(r, g) || g->gen != gen))
+        rc = PMQ_GONE;
+    if (rc == 0 && m && pmq_member_group(r, m, mgen, &rc) != g)
+        rc = rc < 0 ? rc : PMQ_GONE;
+    if (rc == 0 && !window_ok(r, g)) {
         rc = PMQ_ECORRUPT;
-    if (rc < 0) {
         ADD_RLX(&r->hdr->corrupt, 1);
-        pthread_mutex_unlock(&g->lock);
     }
+    if (rc < 0)
+        pthread_mutex_unlock(&g->lock);
     return rc;
 }
 
@@ -115,14 +125,8 @@ static pmq_group_t *lock_named(pmq_ring_t *r, uint32_t gi, uint32_t gen, int *rc
     *rc = PMQ_GONE;
     if (!is_ack_group(r, g) || g->gen != gen)
         return NULL;
-    if ((*rc = group_lock(r, g)) < 0)
-        return NULL;
-    if (!is_ack_group(r, g) || g->gen != gen) { /* freed while we waited */
-        pthread_mutex_unlock(&g->lock);
-        *rc = PMQ_GONE;
-        return NULL;
-    }
-    return g;
+    *rc = group_lock(r, g, gen, NULL, 0);
+    return *rc < 0 ? NULL : g;
 }
 
 /* After a change under the group's lock: wake readers if deliveries became
@@ -215,13 +219,9 @@ int pmq_ack_read(pmq_ring_t *r, pmq_member_t *m, uint32_t mi, pmq_group_t *g, ui
 {
     if (!b->pos || !b->slots || !b->attempts)
         return PMQ_EINVAL;
-    int rc = group_lock(r, g);
+    int rc = group_lock(r, g, g->gen, m, gen); /* left, reaped or freed while we waited: GONE */
     if (rc < 0)
         return rc;
-    if (pmq_member_group(r, m, gen, &rc) != g) { /* left or reaped while we waited */
-        pthread_mutex_unlock(&g->lock);
-        return rc;
-    }
     uint64_t tail = LOAD_ACQ(&r->hdr->tail), old_floor = g->floor;
     int64_t deadline = pmq_deadline_after(pmq_now_mono(), g->ack_timeout_ns);
     b->n = 0;
@@ -268,11 +268,14 @@ static void free_entry(pmq_group_t *g, pmq_pending_t *e)
 
 enum settle { SETTLE_ACK, SETTLE_NACK, SETTLE_DEAD_LETTERED };
 
-/* Apply acks, nacks or dead-letter confirmations named by (slot, seq). */
+/* Apply acks, nacks or dead-letter confirmations named by (slot, seq). A nack
+ * also names the delivery attempt: a stale nack, from a member the delivery
+ * was taken from (timeout, or its own earlier nack), must not requeue it
+ * under its new holder. An ack of any attempt counts: the work was done. */
 static int settle(pmq_ring_t *r, uint32_t gi, uint32_t gen, const uint32_t *slots,
-                  const uint64_t *seqs, uint32_t n, enum settle how)
+                  const uint64_t *seqs, const uint32_t *attempts, uint32_t n, enum settle how)
 {
-    if (!r || (n && (!slots || !seqs)))
+    if (!r || (n && (!slots || !seqs || (how == SETTLE_NACK && !attempts))))
         return PMQ_EINVAL;
     int rc, k = 0;
     pmq_group_t *g = lock_named(r, gi, gen, &rc);
@@ -287,7 +290,7 @@ static int settle(pmq_ring_t *r, uint32_t gi, uint32_t gen, const uint32_t *slot
         if (e->state == PMQ_PEND_FREE || e->seq != seqs[i])
             continue; /* acked already, or the slot holds another record by now */
         if (how == SETTLE_NACK) {
-            if (e->state != PMQ_PEND_INFLIGHT)
+            if (e->state != PMQ_PEND_INFLIGHT || !attempts || e->attempts != attempts[i])
                 continue;
             requeue(g, e);
             readers = 1;
@@ -316,24 +319,24 @@ static int settle(pmq_ring_t *r, uint32_t gi, uint32_t gen, const uint32_t *slot
 int pmq_group_ack(pmq_ring_t *r, uint32_t gi, uint32_t gen, const uint32_t *slots,
                   const uint64_t *seqs, uint32_t n)
 {
-    return settle(r, gi, gen, slots, seqs, n, SETTLE_ACK);
+    return settle(r, gi, gen, slots, seqs, NULL, n, SETTLE_ACK);
 }
 
 int pmq_group_ack1(pmq_ring_t *r, uint32_t gi, uint32_t gen, uint32_t slot, uint64_t seq)
 {
-    return settle(r, gi, gen, &slot, &seq, 1, SETTLE_ACK);
+    return settle(r, gi, gen, &slot, &seq, NULL, 1, SETTLE_ACK);
 }
 
 int pmq_group_nack(pmq_ring_t *r, uint32_t gi, uint32_t gen, const uint32_t *slots,
-                   const uint64_t *seqs, uint32_t n)
+                   const uint64_t *seqs, const uint32_t *attempts, uint32_t n)
 {
-    return settle(r, gi, gen, slots, seqs, n, SETTLE_NACK);
+    return settle(r, gi, gen, slots, seqs, attempts, n, SETTLE_NACK);
 }
 
 int pmq_group_dead_lettered(pmq_ring_t *r, uint32_t gi, uint32_t gen, const uint32_t *slots,
                             const uint64_t *seqs, uint32_t n)
 {
-    return settle(r, gi, gen, slots, seqs, n, SETTLE_DEAD_LETTERED);
+    return settle(r, gi, gen, slots, seqs, NULL, n, SETTLE_DEAD_LETTERED);
 }
 
 int pmq_group_sweep(pmq_ring_t *r, uint32_t gi, int64_t now_ns)
@@ -386,7 +389,10 @@ int pmq_group_take_dead(pmq_ring_t *r, uint32_t gi, pmq_batch_t *b, uint32_t max
         }
         b->attempts[b->n - 1] = e->attempts;
     }
+    uint64_t old_floor = g->floor;
+    advance_floor(r, g); /* past entries freed as corrupt */
     pthread_mutex_unlock(&g->lock);
+    after_change(r, g, old_floor, 0);
     return (int)b->n;
 }
 
@@ -410,15 +416,25 @@ int pmq_ack_group_init(pmq_ring_t *r, pmq_group_t *g, int64_t ack_timeout_ns, ui
     return 0;
 }
 
-void pmq_ack_group_free(pmq_ring_t *r, pmq_group_t *g)
+int pmq_ack_group_free(pmq_ring_t *r, pmq_group_t *g)
 {
+    /* Under the group's lock: whoever held it to work on this group finishes
+     * first, and whoever takes it next finds the group gone (group_lock), so
+     * nobody writes to the table after it goes to another group. */
+    int rc = group_lock(r, g, g->gen, NULL, 0);
+    if (rc < 0 && rc != PMQ_ECORRUPT)
+        return rc; /* not freed: the caller keeps the table out of use */
+    STORE_REL(&g->state, PMQ_SLOT_FREE);
     if (g->ptable < r->max_ack_groups)
         r->hdr->ptables_used &= ~(1u << g->ptable);
+    if (rc == 0)
+        pthread_mutex_unlock(&g->lock);
+    return 0;
 }
 
 void pmq_ack_member_gone(pmq_ring_t *r, pmq_group_t *g, uint32_t mi)
 {
-    if (!(g->flags & PMQ_GROUP_ACK) || group_lock(r, g) < 0)
+    if (!(g->flags & PMQ_GROUP_ACK) || group_lock(r, g, g->gen, NULL, 0) < 0)
         return;
     int k = 0;
     for (uint64_t n = g->pend_head; n < g->pend_tail; n++) {

@@ -17,10 +17,11 @@
  * again with the very same cursor value. */
 static void free_group(pmq_ring_t *r, pmq_group_t *g)
 {
-    STORE_REL(&g->state, PMQ_SLOT_FREE);
+    /* An ack group is freed under its own lock; if that cannot be had, its
+     * pending table stays taken until the next recount. */
+    if (!(g->flags & PMQ_GROUP_ACK) || pmq_ack_group_free(r, g) < 0)
+        STORE_REL(&g->state, PMQ_SLOT_FREE);
     STORE_SC(&g->cursor, UINT64_MAX);
-    if (g->flags & PMQ_GROUP_ACK)
-        pmq_ack_group_free(r, g);
 }
 
 void pmq_group_recount(pmq_ring_t *r)

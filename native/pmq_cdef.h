@@ -131,7 +131,7 @@ int pmq_group_ack(pmq_ring_t *r, uint32_t group, uint32_t group_gen, const uint3
                   const uint64_t *seqs, uint32_t n);
 int pmq_group_ack1(pmq_ring_t *r, uint32_t group, uint32_t group_gen, uint32_t slot, uint64_t seq);
 int pmq_group_nack(pmq_ring_t *r, uint32_t group, uint32_t group_gen, const uint32_t *slots,
-                   const uint64_t *seqs, uint32_t n);
+                   const uint64_t *seqs, const uint32_t *attempts, uint32_t n);
 int pmq_group_sweep(pmq_ring_t *r, uint32_t group, int64_t now_ns);
 int pmq_group_take_dead(pmq_ring_t *r, uint32_t group, pmq_batch_t *b, uint32_t max_count,
                         uint32_t *group_gen);

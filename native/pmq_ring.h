@@ -381,10 +381,11 @@ int pmq_group_ack(pmq_ring_t *r, uint32_t group, uint32_t group_gen, const uint3
 /* One ack: the hot path of Message.ack(). */
 int pmq_group_ack1(pmq_ring_t *r, uint32_t group, uint32_t group_gen, uint32_t slot, uint64_t seq);
 
-/* Ask for redelivery now (or dead-lettering, when out of retries). Returns how
- * many it requeued. */
+/* Ask for redelivery now (or dead-lettering, when out of retries). Each nack
+ * names the delivery attempt it answers; a stale one (the delivery has moved
+ * on to another attempt) is ignored. Returns how many it requeued. */
 int pmq_group_nack(pmq_ring_t *r, uint32_t group, uint32_t group_gen, const uint32_t *slots,
-                   const uint64_t *seqs, uint32_t n);
+                   const uint64_t *seqs, const uint32_t *attempts, uint32_t n);
 
 /* The supervisor's sweep of one ack group: deliveries past their deadline
  * (CLOCK_MONOTONIC now_ns) are requeued, or marked dead when out of retries.

@@ -115,9 +115,10 @@ typedef struct pmq_ack_snap {
  * the count, 0 when there is nothing for it, or an error. */
 int pmq_ack_read(pmq_ring_t *r, pmq_member_t *m, uint32_t mi, pmq_group_t *g, uint32_t gen,
                  pmq_batch_t *b, uint32_t max, pmq_ack_snap_t *snap);
-/* Ring mutex held: give a new ack group a pending table; give it back. */
+/* Ring mutex held: give a new ack group a pending table; free an ack group
+ * (state and table, under its own lock; < 0 if that lock cannot be had). */
 int pmq_ack_group_init(pmq_ring_t *r, pmq_group_t *g, int64_t ack_timeout_ns, uint32_t max_retries);
-void pmq_ack_group_free(pmq_ring_t *r, pmq_group_t *g);
+int pmq_ack_group_free(pmq_ring_t *r, pmq_group_t *g);
 /* Ring mutex held: member mi left or died; redeliver what it had in flight. */
 void pmq_ack_member_gone(pmq_ring_t *r, pmq_group_t *g, uint32_t mi);
 /* Add an ack group's figures to o (read without its lock). */

@@ -45,7 +45,8 @@ _ERRORS = {
     lib.PMQ_ECORRUPT: (SegmentMismatch, "corrupt segment: a length, offset or count out of bounds"),
     lib.PMQ_EVERSION: (SegmentMismatch, "segment of another magic or layout version"),
     lib.PMQ_NOTREADY: (SegmentNotReady, "segment not initialised yet"),
-    lib.PMQ_ENOSLOT: (MQError, "no free group or member slot in the topic"),
+    lib.PMQ_ENOSLOT: (MQError, "the topic has no room for another subscription (64 groups, "
+                              "256 subscriptions, 16 ack groups)"),
     lib.PMQ_EINVAL: (ValueError, "invalid argument"),
     lib.PMQ_EBUFSMALL: (MQError, "record larger than the read buffer"),
 }
@@ -203,14 +204,18 @@ class Ring(_Mapped):
         rc = lib.pmq_group_ack1(self.h, group, group_gen, slot, seq)
         return rc if rc >= 0 else check(rc, f"topic {self.topic!r}")
 
-    _SETTLE = {"ack": lib.pmq_group_ack, "nack": lib.pmq_group_nack,
-               "dead_lettered": lib.pmq_group_dead_lettered}
-
-    def settle(self, how: str, group: int, group_gen: int, slots, seqs) -> int:
+    def settle(self, how: str, group: int, group_gen: int, slots, seqs, attempts=None) -> int:
         """Ack, nack or confirm dead-lettering of many (slots: array('I'),
-        seqs: array('Q')) in one native call; returns how many took effect."""
-        rc = self._SETTLE[how](self.h, group, group_gen, ffi.from_buffer("uint32_t[]", slots),
-                               ffi.from_buffer("uint64_t[]", seqs), len(slots))
+        seqs: array('Q'), attempts: array('I'), for nacks) in one native call;
+        returns how many took effect."""
+        h, s, q = self.h, ffi.from_buffer("uint32_t[]", slots), ffi.from_buffer("uint64_t[]", seqs)
+        if how == "ack":
+            rc = lib.pmq_group_ack(h, group, group_gen, s, q, len(slots))
+        elif how == "nack":
+            rc = lib.pmq_group_nack(h, group, group_gen, s, q,
+                                    ffi.from_buffer("uint32_t[]", attempts), len(slots))
+        else:
+            rc = lib.pmq_group_dead_lettered(h, group, group_gen, s, q, len(slots))
         return rc if rc >= 0 else check(rc, f"topic {self.topic!r}")
 
     def sweep(self, group: int, now_ns: int) -> int:

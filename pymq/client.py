@@ -88,12 +88,16 @@ class Message:
             self._sub.nack_many([self])
 
     def view(self) -> memoryview:
-        """A read-only memoryview of the payload in shared memory (zero-copy),
-        valid until the message is acked or nacked (then it is released)."""
+        """A read-only memoryview of the payload in shared memory (zero-copy).
+        It is valid while this delivery is pending: until it is acked or nacked
+        (then the view is released), and not after its ack timeout passed and
+        another member got and acked it, nor after the subscription closed."""
         if self._sub is None:
             return memoryview(self.payload).toreadonly()
         if self._settled:
             raise ValueError("the message was acked: its view is no longer valid")
+        if self._sub._reader is None:
+            raise ValueError("the subscription is closed: the message may be redelivered elsewhere")
         mv = self._sub._ring.view(self._pos, len(self.payload))
         if self._views is None:
             self._views = []
@@ -516,7 +520,8 @@ class AckSubscription(Subscription):
                 by_sub.setdefault(m._sub, []).append(m)
         return sum(sub._ring.settle(how, sub._group, sub._group_gen,
                                     array("I", [m._slot for m in part]),
-                                    array("Q", [m.seq for m in part]))
+                                    array("Q", [m.seq for m in part]),
+                                    array("I", [m.delivery_attempt for m in part]))
                    for sub, part in by_sub.items())
 
     def ack_many(self, msgs) -> int:

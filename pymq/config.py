@@ -87,10 +87,10 @@ class BrokerConfig:
         if self.max_message_bytes + 32 > self.ring_capacity // 2:
             raise ValueError(f"max_message_bytes ({self.max_message_bytes}) must be at most half "
                              f"the ring ({self.ring_capacity} bytes) less 32")
-        for field in ("ack_timeout", "publish_timeout"):
+        for field, least in (("ack_timeout", 0.001), ("publish_timeout", 0)):
             value = getattr(self, field)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{field} must be a number >= 0, not {value!r}")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{field} must be a number >= {least}, not {value!r}")
         if not isinstance(self.max_retries, int) or self.max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, not {self.max_retries!r}")
         if self.admin_port is not None and not 0 <= int(self.admin_port) <= 65535:

@@ -44,6 +44,7 @@ class Supervisor:
         self._client = None
         self._dead_batch = None
         self.admin = None
+        self._errors: dict = {}
 
     def owner_alive(self) -> bool:
         return segments.token_alive(segments.token_path(self.name, self.ns.hdr.owner_token))
@@ -91,30 +92,53 @@ class Supervisor:
 
     def redeliver(self) -> None:
         """Requeue timed-out deliveries of every ack group; dead-letter what is
-        out of retries."""
+        out of retries. A failure in one group (a full or missing .dlq topic,
+        say) is logged and retried next sweep; it never stops the others."""
         now = time.monotonic_ns()
         for topic in segments.topic_names(self.name):
             ring = self.ring(topic)
             if ring is None:
                 continue
             for g in range(_core.lib.PMQ_MAX_GROUPS):
-                ring.sweep(g, now)
-                while self.dead_letter(ring, g):
-                    pass
+                try:
+                    ring.sweep(g, now)
+                    while self.dead_letter(ring, g):
+                        pass
+                except (MQError, ValueError) as e:
+                    self.log_once((topic, g), f"topic {topic!r}, group slot {g}: {e}; "
+                                              "retrying every sweep")
+                else:
+                    self._errors.pop((topic, g), None)
+
+    def log_once(self, key, msg: str) -> None:
+        """Log a failure once, not on every sweep while it lasts."""
+        if self._errors.get(key) != msg:
+            self._errors[key] = msg
+            log(msg)
 
     def dead_letter(self, ring: _core.Ring, group: int) -> int:
         """Publish a batch of the group's dead deliveries to '{topic}.dlq', then
-        free them. A death in between publishes them again: at least once."""
+        free them. A death in between publishes them again: at least once. The
+        publish does not wait for space: a full .dlq is tried again next sweep."""
         batch = self.dead_batch(ring)
         n, gen = ring.take_dead(group, batch)
         if n == 0:
             return 0
-        payloads = [batch.payload(i) for i in range(n)]
-        slots = array("I", (batch.slots[i] for i in range(n)))
-        seqs = array("Q", (batch.seqs[i] for i in range(n)))
-        self.client().publish_many(f"{ring.topic}.dlq", payloads, timeout=None)
-        done = ring.settle("dead_lettered", group, gen, slots, seqs)
-        log(f"dead-lettered {done} message(s) of {ring.topic!r} to {ring.topic + '.dlq'!r}")
+        dlq = f"{ring.topic}.dlq"
+        limit = self.client()._ring(dlq).h.capacity // 4  # a batch must fit any .dlq ring
+        done, start = 0, 0
+        while start < n:
+            end, size = start, 0
+            while end < n and (end == start or size + batch.lens[end] + 64 <= limit):
+                size += batch.lens[end] + 64
+                end += 1
+            self.client().publish_many(dlq, [batch.payload(i) for i in range(start, end)],
+                                       timeout=0.01)
+            done += ring.settle("dead_lettered", group, gen,
+                                array("I", (batch.slots[i] for i in range(start, end))),
+                                array("Q", (batch.seqs[i] for i in range(start, end))))
+            start = end
+        log(f"dead-lettered {done} message(s) of {ring.topic!r} to {dlq!r}")
         return n
 
     def dead_batch(self, ring: _core.Ring) -> _core.Batch:

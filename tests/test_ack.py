@@ -255,3 +255,66 @@ def test_ack_many_takes_messages_of_several_subscriptions(make_broker):
     assert a.ack_many(msgs) == 3
     assert a.ack_many(msgs) == 0  # already acked
     assert group_stats(broker, "t", "g")["acked"] == 2 and group_stats(broker, "u", "g")["acked"] == 1
+
+
+def test_stale_nack_does_not_take_a_delivery_from_its_new_holder(make_broker):
+    broker = make_broker(ack_timeout=3600)
+    a1 = broker.subscribe_with_ack("t", group="g")
+    a2 = broker.subscribe_with_ack("t", group="g")
+    broker.publish("t", b"x")
+    m = a1.get(timeout=5)
+    m.nack()
+    m2 = a2.get(timeout=5)
+    assert (m2.seq, m2.delivery_attempt) == (m.seq, 2)
+    stale = pymq.Message.__new__(pymq.Message)  # a nack naming the first attempt again
+    for f in ("payload", "topic", "seq", "delivery_attempt", "publish_time", "_sub", "_slot", "_pos"):
+        setattr(stale, f, getattr(m, f))
+    stale._ack, stale._views, stale._settled = None, None, False
+    assert a1.nack_many([stale]) == 0
+    with pytest.raises(pymq.Timeout):
+        a1.get(timeout=0.1)
+    m2.ack()
+    assert group_stats(broker, "t", "g")["pending"] == 0
+
+
+def test_unsubscribing_an_anonymous_ack_group_from_another_thread_ends_cleanly(make_broker):
+    import threading
+    broker = make_broker()
+    for _ in range(100):
+        sub = broker.subscribe_with_ack("t")
+        outcome = []
+
+        def read():
+            try:
+                while True:
+                    sub.ack_many(sub.get_many(16, timeout=None))
+            except pymq.SubscriptionClosed:
+                outcome.append("closed")
+        t = threading.Thread(target=read)
+        t.start()
+        broker.publish_many("t", [b"x"] * 50)
+        sub.unsubscribe()
+        t.join(30)
+        assert not t.is_alive() and outcome == ["closed"]
+    assert broker.stats()["topics"]["t"]["corrupt"] == 0
+
+
+def test_a_full_dead_letter_topic_does_not_stop_redelivery_elsewhere(make_broker):
+    broker = make_broker(ring_bytes=65536, max_message_bytes=1024, ack_timeout=0.1, max_retries=0)
+    blocker = broker.subscribe("a.dlq", group="never-reads")  # durable: fills a.dlq
+    while True:
+        try:
+            broker.publish("a.dlq", b"x" * 1000, timeout=0)
+        except pymq.Full:
+            break
+    a = broker.subscribe_with_ack("a", group="g")
+    b = broker.subscribe_with_ack("b", group="g")
+    broker.publish("a", b"dies")
+    broker.publish("b", b"comes back")
+    a.get(timeout=5)  # never acked: dead at once (max_retries=0), but a.dlq is full
+    first = b.get(timeout=5)  # never acked either
+    with pytest.raises(pymq.Timeout):
+        b.get(timeout=0.5)  # max_retries=0: b's message dies too, and reaches b.dlq
+    dlq = broker.subscribe("b.dlq", start="earliest")
+    assert dlq.get(timeout=10) == b"comes back" and first.payload == b"comes back"
+    blocker.unsubscribe()
