@@ -7,7 +7,7 @@ DEPS   := $(VENV)/.deps-installed
 NATIVE := pymq/.native-built
 SAN    := build/sanitize
 
-.PHONY: all build demo test test-unit test-sanitize test-wheel bench bench-micro clean
+.PHONY: all build demo test test-unit test-sanitize test-wheel bench bench-micro clean chromium
 
 all: build
 
@@ -28,7 +28,7 @@ demo: build
 
 test: test-wheel test-sanitize test-unit
 
-test-unit: build
+test-unit: build chromium
 	$(PY) -m pytest -q tests benchmarks --benchmark-disable
 
 # The whole suite again against a build of the native core with
@@ -52,6 +52,15 @@ test-wheel: $(DEPS)
 	  b = pymq.Broker(pymq.BrokerConfig(name='wheel%d' % os.getpid())); s = b.subscribe('t'); \
 	  b.publish('t', b'ok'); assert s.get(timeout=5) == b'ok'; b.close(); \
 	  print('pip install . works:', pymq.__file__)"
+
+# Headless Chromium for the admin dashboard test (tests/test_admin.py); installed
+# with apt when running as root, else the test skips.
+chromium:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium); \
+	else \
+	  echo "note: not root; install Chromium yourself (apt-get install chromium) or the dashboard test skips"; \
+	fi
 
 bench-micro: build
 	$(PY) -m pytest -q benchmarks --benchmark-only

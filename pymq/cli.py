@@ -1,16 +1,31 @@
 """The command line: `pymq SUBCOMMAND ...`, also `python -m pymq SUBCOMMAND ...`.
 
-For now: `demo` (the telemetry pipeline, pymq.demo) and `clean` (remove what a
-dead broker left in /dev/shm). Exit status: 0 ok, 1 failure, 2 usage error.
-Every error is one readable line on stderr, never a traceback (set
-PYMQ_DEBUG=1 to see the traceback of an unexpected one).
+  serve    run a broker in the foreground until SIGTERM or SIGINT
+  stats    figures of a broker: a table, or the JSON of GET /stats
+  publish  publish a message, or one message per line of stdin
+  tail     print a topic's messages as they arrive (optionally acking them)
+  top      a live view of rates, depths and lags
+  demo     the telemetry pipeline (pymq.demo)
+  clean    remove what a dead broker left in /dev/shm
+
+Every command takes --name (default $PYMQ_NAME or 'pymq'). `stats` and `top`
+read the admin server at --admin or $MQ_SERVICE_ENDPOINT when one is given
+(and --name is not), else the broker's shared memory directly.
+
+Exit status: 0 ok, 1 failure, 2 usage error. Every error is one readable line
+on stderr, never a traceback (set PYMQ_DEBUG=1 to see the traceback of an
+unexpected one).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
+import signal
 import sys
+import time
 
 from . import __version__
 
@@ -22,6 +37,12 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+class Failure(Exception):
+    """A command failed: its message is the one line printed (exit status 1)."""
+
+
+# -- argument types -------------------------------------------------------------------
+
 def _broker_name(text: str) -> str:
     from .config import check_broker_name
     try:
@@ -30,11 +51,574 @@ def _broker_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _topic(text: str) -> str:
+    from .config import check_topic
+    try:
+        return check_topic(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _group(text: str) -> str:
+    from .config import check_group
+    try:
+        return check_group(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _number(kind, least, want: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value != value or value < least:  # value != value: NaN
+            raise argparse.ArgumentTypeError(f"{text!r} is not {want}")
+        return value
+    return parse
+
+
+_positive_int = _number(int, 1, "an integer >= 1")
+_nonneg_int = _number(int, 0, "an integer >= 0")
+_nonneg_float = _number(float, 0, "a number >= 0")
+_positive_float = _number(float, 1e-3, "a number >= 0.001")
+
+
+def _port(text: str) -> int:
+    value = _nonneg_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0..65535)")
+    return value
+
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _size(text: str) -> int:
+    """Bytes: 65536, 64K, 64KiB, 8M, 8MiB, 1G (binary units)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)(?:i?[bB])?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 65536, 64K, 8MiB)")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+def _start(text: str):
+    if text in ("earliest", "latest"):
+        return text
+    try:
+        seq = int(text)
+    except ValueError:
+        seq = 0
+    if seq < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'earliest', 'latest' or a seq >= 1")
+    return seq
+
+
 def _default_name() -> str:
     return os.environ.get("PYMQ_NAME") or "pymq"
 
 
-# -- subcommands --------------------------------------------------------------------
+def _add_name(p: argparse.ArgumentParser, what: str = "broker name") -> None:
+    p.add_argument("--name", type=_broker_name, default=None, metavar="NAME",
+                   help=f"{what} (default: $PYMQ_NAME or 'pymq')")
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+class _StopSignals:
+    """SIGINT and SIGTERM set a flag instead of raising at a random place
+    (in the middle of Broker() or between a read and its ack, say)."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self.saved = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.saved[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+    def _handler(self, signum, frame):
+        if self.received is None:
+            self.received = signum
+
+    def __bool__(self) -> bool:
+        return self.received is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received else ""
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, but wake within 0.1 s of a signal."""
+        deadline = time.monotonic() + seconds
+        while not self:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.1))
+
+
+def _connect(name: str):
+    import pymq
+    return pymq.connect(name)
+
+
+def _count(n: int, what: str = "message", plural: str | None = None) -> str:
+    return f"{n:,} {what if n == 1 else plural or what + 's'}"
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def _table(header: list[str], rows: list[list], left: int = 1) -> list[str]:
+    """Lines of a plain-text table; the first `left` columns are left-aligned."""
+    cells = [header] + [[c if isinstance(c, str) else f"{c:,}" for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) if i < left else c.rjust(w)
+                      for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+            for r in cells]
+
+
+# -- where figures come from: the admin server, or shared memory ------------------------
+
+def _admin_url(address: str) -> str:
+    """'127.0.0.1:8080', 'http://host:port/', ':8080' or '8080' -> 'http://host:port'."""
+    address = address.strip().rstrip("/")
+    if address.isdigit():
+        address = ":" + address
+    if address.startswith(":"):
+        address = "127.0.0.1" + address
+    if "://" not in address:
+        address = "http://" + address
+    return address
+
+
+class _Source:
+    """The figures of one broker: GET /stats from the admin server, or
+    Client.stats() from shared memory (connecting anew each time, so that a
+    restarted broker is seen as such)."""
+
+    def __init__(self, args: argparse.Namespace):
+        admin = args.admin
+        if admin is None and args.name is None:
+            admin = os.environ.get("MQ_SERVICE_ENDPOINT") or None
+        self.url = _admin_url(admin) if admin is not None else None
+        self.name = args.name or _default_name()
+
+    def describe(self) -> str:
+        return f"admin server {self.url}" if self.url else f"broker {self.name!r}"
+
+    def stats(self) -> dict:
+        if self.url is None:
+            with _connect(self.name) as client:
+                return client.stats()
+        status, data = self._get("/stats")
+        if status != 200:
+            raise self._answer_error("/stats", status, data)
+        return data
+
+    def topic(self, topic: str) -> dict:
+        """One topic's figures; Failure if the broker has no such topic."""
+        if self.url is None:
+            figures = self.stats()["topics"].get(topic)
+            if figures is None:
+                raise Failure(f"broker {self.name!r} has no topic {topic!r}")
+            return figures
+        status, data = self._get(f"/stats/{topic}")
+        if status == 404:
+            raise Failure(f"the broker at {self.url} has no topic {topic!r}")
+        if status != 200:
+            raise self._answer_error(f"/stats/{topic}", status, data)
+        return data
+
+    def _get(self, path: str) -> tuple[int, object]:
+        import urllib.error
+        import urllib.request
+        request = urllib.request.Request(self.url + path, headers={"Accept": "application/json"})
+        token = os.environ.get("PYMQ_ADMIN_TOKEN")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                status, body = response.status, response.read()
+        except urllib.error.HTTPError as e:
+            status, body = e.code, e.read()
+        except urllib.error.URLError as e:
+            reason = e.reason.strerror if isinstance(e.reason, OSError) and e.reason.strerror \
+                else e.reason
+            raise Failure(f"cannot reach the admin server at {self.url}: {reason}") from None
+        except (OSError, ValueError) as e:  # a timeout, a bad address
+            raise Failure(f"cannot reach the admin server at {self.url}: {e}") from None
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            if status == 200:
+                raise Failure(f"the admin server at {self.url} answered {path} with "
+                              "something that is not JSON") from None
+            return status, None
+
+    def _answer_error(self, path: str, status: int, data) -> Failure:
+        detail = data.get("error") if isinstance(data, dict) else None
+        hint = " (set PYMQ_ADMIN_TOKEN)" if status == 401 else ""
+        return Failure(f"the admin server at {self.url} answered GET {path} with {status}"
+                       + (f": {detail}" if detail else "") + hint)
+
+
+def _add_source(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--admin", metavar="ADDR",
+                       help="read from the admin server at ADDR (host:port or http://host:port; "
+                            "default: $MQ_SERVICE_ENDPOINT, unless --name is given)")
+    where.add_argument("--name", type=_broker_name, default=None, metavar="NAME",
+                       help="read the shared memory of broker NAME on this machine directly "
+                            "(default: $PYMQ_NAME or 'pymq', when no admin address is known)")
+
+
+# -- serve ----------------------------------------------------------------------------
+
+_SERVE_FIELDS = ("name", "ring_bytes", "max_message_bytes", "ack_timeout", "max_retries",
+                 "publish_timeout", "persistence_enabled", "persistence_dir", "admin_host",
+                 "admin_port")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    import pymq
+
+    # Before anything is created: a SIGTERM during start-up closes the broker
+    # as soon as it stands, instead of killing the process half-way.
+    with _StopSignals() as stop:
+        overrides = {f: getattr(args, f) for f in _SERVE_FIELDS if getattr(args, f) is not None}
+        cfg = pymq.BrokerConfig.from_env(**overrides)
+        if cfg.persistence_enabled and importlib.util.find_spec("pymq.persistence") is None:
+            print("pymq serve: warning: persistence is not implemented yet (a later issue); "
+                  "messages live in shared memory only", file=sys.stderr, flush=True)
+        broker = pymq.Broker(cfg)
+        try:
+            where = (f"broker {cfg.name!r} serving in /dev/shm (pid {os.getpid()}, supervisor "
+                     f"pid {broker.supervisor_pid}, ring {_bytes(cfg.ring_capacity)} per topic)")
+            if broker.admin_port is not None:
+                host = f"[{cfg.admin_host}]" if ":" in cfg.admin_host else cfg.admin_host
+                where += f"; admin http://{host}:{broker.admin_port}/"
+            print(f"pymq serve: {where}; SIGTERM or Ctrl-C to stop", flush=True)
+            while not stop:
+                stop.sleep(3600)
+            print(f"pymq serve: {stop.name}: closing broker {cfg.name!r}", flush=True)
+        finally:
+            broker.close()
+        print(f"pymq serve: broker {cfg.name!r} closed", flush=True)
+    return 0
+
+
+def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    _add_name(p, "broker name: its segments are /dev/shm/pymq.NAME.*")
+    p.add_argument("--admin-port", type=_port, default=None, metavar="PORT",
+                   help="serve the HTTP admin endpoints (/health, /stats, /metrics) on PORT; "
+                        "0 picks a free port (default: $PYMQ_ADMIN_PORT, else none)")
+    p.add_argument("--admin-host", default=None, metavar="HOST",
+                   help="address the admin server binds (default: $PYMQ_ADMIN_HOST or "
+                        "127.0.0.1; 0.0.0.0 for Kubernetes probes)")
+    p.add_argument("--ring-bytes", type=_size, default=None, metavar="SIZE",
+                   help="data bytes of each topic's ring, rounded up to a power of two "
+                        "(e.g. 64K, 8M; default: $PYMQ_RING_BYTES or 8 MiB)")
+    p.add_argument("--max-message-bytes", type=_size, default=None, metavar="SIZE",
+                   help="largest payload accepted (default: $PYMQ_MAX_MESSAGE_BYTES or 1 MiB, "
+                        "at most half the ring)")
+    p.add_argument("--ack-timeout", type=_positive_float, default=None, metavar="SECONDS",
+                   help="seconds before an unacked delivery is redelivered "
+                        "(default: $PYMQ_ACK_TIMEOUT or 30)")
+    p.add_argument("--max-retries", type=_nonneg_int, default=None, metavar="N",
+                   help="redeliveries after the first delivery, then dead-letter to TOPIC.dlq "
+                        "(default: $PYMQ_MAX_RETRIES or 3)")
+    p.add_argument("--publish-timeout", type=_nonneg_float, default=None, metavar="SECONDS",
+                   help="seconds publish waits for ring space before pymq.Full "
+                        "(default: $PYMQ_PUBLISH_TIMEOUT or 5)")
+    p.add_argument("--persistence", dest="persistence_enabled", default=None,
+                   action=argparse.BooleanOptionalAction,
+                   help="append messages to disk (default: $PYMQ_PERSISTENCE_ENABLED or off; "
+                        "not implemented yet)")
+    p.add_argument("--persistence-dir", default=None, metavar="DIR",
+                   help="where persistence writes (default: $PYMQ_PERSISTENCE_DIR or /data/mq)")
+
+
+# -- stats ----------------------------------------------------------------------------
+
+def _ring_use(t: dict) -> str:
+    cap = t.get("ring_bytes_capacity") or 0
+    used = t.get("ring_bytes_used", 0)
+    return f"{100 * used / cap:.1f}% of {_bytes(cap)}" if cap else "-"
+
+
+def _topic_rows(topics: dict) -> list[list]:
+    return [[topic, t["published"], t["delivered"], t["acked"], t["redelivered"],
+             t["dead_lettered"], t["depth"], _ring_use(t), t["publish_waits"],
+             t["publish_refusals"]]
+            for topic, t in topics.items()]
+
+
+def _group_rows(topics: dict) -> list[list]:
+    return [[topic, group, g["members"], "ack" if g["ack"] else "-", g["position"], g["lag"],
+             g["pending"], g["delivered"], g["acked"], g["redelivered"], g["dead_lettered"]]
+            for topic, t in topics.items() for group, g in t.get("groups", {}).items()]
+
+
+def stats_text(stats: dict | None, topics: dict) -> str:
+    """The readable form of GET /stats (stats), or of some of its topics."""
+    lines = []
+    if stats is not None:
+        sup = stats.get("supervisor", {})
+        sweep = sup.get("last_sweep")
+        ago = f", last sweep {max(0.0, time.time() - sweep):.1f} s ago" if sweep else ""
+        lines.append(f"broker {stats.get('broker')!r}: owner pid {stats.get('owner_pid')}, "
+                     f"supervisor pid {sup.get('pid')} (restarts {sup.get('restarts', 0)}"
+                     f"{ago}); {_count(len(topics), 'topic')}, reaped "
+                     f"{_count(stats.get('reaped_processes', 0), 'process', 'processes')}")
+    if not topics:
+        lines.append("no topics")
+        return "\n".join(lines)
+    lines += [""] + _table(["TOPIC", "PUBLISHED", "DELIVERED", "ACKED", "REDELIVERED",
+                            "DEAD-LETTERED", "DEPTH", "RING USE", "WAITS", "REFUSALS"],
+                           _topic_rows(topics))
+    groups = _group_rows(topics)
+    if groups:
+        lines += [""] + _table(["TOPIC", "GROUP", "MEMBERS", "ACK", "POSITION", "LAG", "PENDING",
+                                "DELIVERED", "ACKED", "REDELIVERED", "DEAD-LETTERED"],
+                               groups, left=2)
+    return "\n".join(lines)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    source = _Source(args)
+    if args.topic is not None:
+        data = source.topic(args.topic)
+        text = stats_text(None, {args.topic: data})
+    else:
+        data = source.stats()
+        text = stats_text(data, data.get("topics", {}))
+    print(json.dumps(data, indent=2) if args.json else text)
+    return 0
+
+
+# -- publish --------------------------------------------------------------------------
+
+READ_CHUNK = 1 << 16
+BATCH_COUNT = 1024
+
+
+def _too_large(what: str, limit: int) -> Failure:
+    return Failure(f"{what} is larger than the broker's max_message_bytes ({limit:,} bytes)")
+
+
+def _lines(fd: int, limit: int):
+    """Lists of the complete lines (without the newline) of what arrives on
+    fd, as it arrives; a last line without a newline counts too. At a line
+    longer than limit: the lines before it, then Failure (before that line is
+    all in memory)."""
+    rest, number = b"", 0
+    while True:
+        chunk = os.read(fd, READ_CHUNK)
+        if not chunk:
+            if rest:
+                yield [rest]
+            return
+        *lines, rest = (rest + chunk).split(b"\n")
+        bad = next((i for i, line in enumerate(lines + [rest]) if len(line) > limit), None)
+        good = lines if bad is None else lines[:bad]
+        if good:
+            yield good
+        if bad is not None:
+            raise _too_large(f"line {number + bad + 1:,} of stdin", limit)
+        number += len(lines)
+
+
+def _batches(lines: list[bytes], max_bytes: int):
+    """Runs of lines for one publish_many each: at most BATCH_COUNT lines and
+    about max_bytes (a batch must fit the ring)."""
+    start, size = 0, 0
+    for i, line in enumerate(lines):
+        size += len(line) + 64  # a record header and alignment, at most
+        if i > start and (i - start >= BATCH_COUNT or size > max_bytes):
+            yield lines[start:i]
+            start, size = i, len(line) + 64
+    if start < len(lines):
+        yield lines[start:]
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from .errors import MQError
+
+    from_stdin = args.message == "-" or (args.message is None and not sys.stdin.isatty())
+    if args.message is None and not from_stdin:
+        print("pymq publish: error: give a MESSAGE, or '-' to publish the lines of stdin "
+              "(see 'pymq publish --help')", file=sys.stderr)
+        return 2
+    name = args.name or _default_name()
+    count, seq = 0, None
+    with _connect(name) as client:
+        cfg = client.config
+        try:
+            if not from_stdin:
+                payload = os.fsencode(args.message)
+                if len(payload) > cfg.max_message_bytes:
+                    raise _too_large(f"the message ({len(payload):,} bytes)",
+                                     cfg.max_message_bytes)
+                seq = client.publish(args.topic, payload, timeout=args.timeout)
+                count = 1
+            else:
+                max_bytes = cfg.ring_capacity // 4
+                for lines in _lines(sys.stdin.fileno(), cfg.max_message_bytes):
+                    for batch in _batches(lines, max_bytes):
+                        seq = client.publish_many(args.topic, batch, timeout=args.timeout)
+                        count += len(batch)
+        except (MQError, Failure) as e:
+            done = f" (after {_count(count)}, last seq {seq})" if count else ""
+            raise Failure(f"{e}{done}") from None
+    last = f" (last seq {seq})" if count > 1 else f" (seq {seq})" if count else ""
+    print(f"published {_count(count)} to {args.topic!r}{last}")
+    return 0
+
+
+# -- tail -----------------------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def payload_text(payload: bytes) -> str:
+    """One line for a payload: UTF-8 text (a stray invalid byte replaced), or
+    the bytes' repr when it is binary or spans lines."""
+    text = payload.decode("utf-8", "replace")
+    replaced = text.count("\ufffd") - payload.count("\ufffd".encode())
+    if _CONTROL.search(text) or replaced * 10 > len(text):
+        return repr(payload)
+    return text
+
+
+POLL = 0.1  # seconds: how soon tail notices a signal while it waits
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from .errors import BrokerClosed, SubscriptionClosed, Timeout
+
+    name = args.name or _default_name()
+    out = sys.stdout
+    got, ended = 0, None
+    with _StopSignals() as stop, _connect(name) as client:
+        if args.group is not None:  # (the library only says "invalid argument")
+            g = client.stats()["topics"].get(args.topic, {}).get("groups", {}).get(args.group)
+            if g is not None and g["ack"] != args.ack:
+                raise Failure(f"group {args.group!r} of topic {args.topic!r} is "
+                              + ("an ack group: tail it with --ack" if g["ack"] else
+                                 "a group without acks: tail it without --ack"))
+        if args.ack:
+            sub = client.subscribe_with_ack(args.topic, group=args.group, start=args.start)
+        else:
+            sub = client.subscribe(args.topic, group=args.group, start=args.start)
+        with sub:
+            idle_since = time.monotonic()
+            while not stop and (args.count is None or got < args.count):
+                # never take more than --count: a group's other members get the rest
+                want = 256 if args.count is None else min(256, args.count - got)
+                try:
+                    batch = sub.get_many(want, timeout=POLL)
+                except Timeout:
+                    if args.timeout is not None and time.monotonic() - idle_since >= args.timeout:
+                        ended = f"no message for {args.timeout:g} s"
+                        break
+                    continue
+                except (BrokerClosed, SubscriptionClosed) as e:
+                    ended = str(e)
+                    break
+                if args.ack:
+                    out.write("".join(f"seq={m.seq} attempt={m.delivery_attempt} "
+                                      f"{payload_text(bytes(m.payload))}\n" for m in batch))
+                else:
+                    out.write("".join(payload_text(bytes(p)) + "\n" for p in batch))
+                out.flush()  # printed before acked: at least once, also on the terminal
+                if args.ack:
+                    sub.ack_many(batch)
+                got += len(batch)
+                idle_since = time.monotonic()
+    if args.count is not None and got < args.count and not stop:
+        raise Failure(f"{ended}: received {got:,} of {_count(args.count)}")
+    if ended and not stop:
+        print(f"pymq tail: {ended}; received {_count(got)}", file=sys.stderr)
+    return 0
+
+
+# -- top ------------------------------------------------------------------------------
+
+def _rate(now: dict | None, before: dict | None, key: str, dt: float) -> str:
+    if before is None or now is None or dt <= 0 or now[key] < before[key]:
+        return "-"  # no earlier figure, or a different topic or group since
+    return f"{(now[key] - before[key]) / dt:,.0f}"
+
+
+def top_text(stats: dict, prev: dict | None, dt: float) -> list[str]:
+    topics = stats.get("topics", {})
+    old = (prev or {}).get("topics", {})
+    if not topics:
+        return ["no topics"]
+    rows = [[topic, _rate(t, old.get(topic), "published", dt),
+             _rate(t, old.get(topic), "delivered", dt), t["depth"],
+             f"{100 * t['ring_bytes_used'] / max(1, t['ring_bytes_capacity']):.1f}%",
+             t["published"], t["publish_waits"], t["publish_refusals"]]
+            for topic, t in topics.items()]
+    lines = _table(["TOPIC", "PUBLISHED/S", "DELIVERED/S", "DEPTH", "RING USE", "PUBLISHED",
+                    "WAITS", "REFUSALS"], rows)
+    groups = []
+    for topic, t in topics.items():
+        for group, g in t.get("groups", {}).items():
+            before = old.get(topic, {}).get("groups", {}).get(group)
+            groups.append([topic, group, g["members"], g["lag"], g["pending"],
+                           _rate(g, before, "delivered", dt),
+                           _rate(g, before, "acked", dt) if g["ack"] else "-",
+                           g["redelivered"], g["dead_lettered"]])
+    if groups:
+        lines += [""] + _table(["TOPIC", "GROUP", "MEMBERS", "LAG", "PENDING", "DELIVERED/S",
+                                "ACKED/S", "REDELIVERED", "DEAD-LETTERED"], groups, left=2)
+    return lines
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    source = _Source(args)
+    tty = sys.stdout.isatty()
+    prev, prev_t, shown = None, 0.0, 0
+    with _StopSignals() as stop:
+        while not stop and (args.iterations is None or shown < args.iterations):
+            if shown:
+                stop.sleep(args.interval)
+                if stop:
+                    break
+            try:
+                stats, t = source.stats(), time.monotonic()
+            except Exception as e:  # noqa: BLE001 - shown, and tried again next refresh
+                if not shown:
+                    raise  # nothing to watch: fail as stats would
+                body, prev = [f"unavailable: {e}"], None
+            else:
+                body = top_text(stats, prev, t - prev_t)
+                prev, prev_t = stats, t
+            head = (f"pymq top: {source.describe()}, {time.strftime('%H:%M:%S')}, every "
+                    f"{args.interval:g} s" + (" (Ctrl-C to quit)" if tty else ""))
+            block = "\n".join([head, ""] + body)
+            sys.stdout.write(("\x1b[H\x1b[2J" if tty else ("\n" if shown else "")) + block + "\n")
+            sys.stdout.flush()
+            shown += 1
+    return 0
+
+
+# -- demo, clean ----------------------------------------------------------------------
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
@@ -57,26 +641,119 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the parser -------------------------------------------------------------------------
+
+class _Formatter(argparse.HelpFormatter):
+    """Descriptions wrapped; texts of several lines (examples) kept as written."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _sub(sub, name: str, help: str, description: str, epilog: str | None = None):
+    return sub.add_parser(name, help=help, description=description, epilog=epilog,
+                          formatter_class=_Formatter)
+
+
 def build_parser() -> ArgumentParser:
     from . import demo
 
     parser = ArgumentParser(
         prog="pymq",
-        description="pymq: a message broker for processes on one machine, over shared memory.")
+        description="pymq: a message broker for processes on one machine, over shared memory.",
+        epilog="Each command takes --name (default: $PYMQ_NAME or 'pymq'); see "
+               "'pymq COMMAND --help'.")
     parser.add_argument("--version", action="version", version=f"pymq {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="run the GPU-telemetry pipeline demo",
-                       description="The GPU-telemetry pipeline: a broker, streamer processes, "
-                                   "two collector groups, live figures and a closing account of "
-                                   "every message. Exits 0 only when the account balances.")
+    p = _sub(sub, "serve", "run a broker in the foreground until SIGTERM or Ctrl-C",
+             "Run a broker (its namespace in /dev/shm and its supervisor process) in the "
+             "foreground. Settings: the PYMQ_* environment variables (as "
+             "BrokerConfig.from_env()), overridden by the options below. On SIGTERM or SIGINT "
+             "it closes the broker (blocked subscribers and publishers get BrokerClosed, every "
+             "segment is removed) and exits 0.",
+             "examples:\n  pymq serve --name telemetry --admin-port 8080\n"
+             "  PYMQ_ACK_TIMEOUT=10 pymq serve --ring-bytes 64M --max-retries 5")
+    _add_serve_arguments(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = _sub(sub, "stats", "print a broker's figures (a table, or JSON)",
+             "Print a broker's figures: per topic published, delivered, acked, redelivered, "
+             "dead-lettered, depth, ring use, publisher waits and refusals, then per group. "
+             "Read from the admin server (--admin or $MQ_SERVICE_ENDPOINT) or, with --name or "
+             "when no admin address is known, from shared memory on this machine.",
+             "examples:\n  pymq stats --name telemetry\n  pymq stats gpu-telemetry --json\n"
+             "  MQ_SERVICE_ENDPOINT=127.0.0.1:8080 pymq stats")
+    p.add_argument("topic", nargs="?", type=_topic, metavar="TOPIC",
+                   help="only this topic (exit 1 if the broker has no such topic)")
+    p.add_argument("--json", action="store_true",
+                   help="print the JSON of GET /stats (or /stats/TOPIC) instead of a table")
+    _add_source(p)
+    p.set_defaults(func=cmd_stats)
+
+    p = _sub(sub, "publish", "publish a message, or one per line of stdin",
+             "Publish MESSAGE to TOPIC or, with '-' (or no MESSAGE and stdin not a terminal), "
+             "one message per line of stdin (without its newline), in batches. Prints the "
+             "count and the last seq.",
+             "examples:\n  pymq publish gpu-telemetry 'GPU utilization: 85%'\n"
+             "  seq 1000 | pymq publish numbers -")
+    p.add_argument("topic", type=_topic, metavar="TOPIC")
+    p.add_argument("message", nargs="?", metavar="MESSAGE|-",
+                   help="the payload (UTF-8), or '-' for the lines of stdin")
+    p.add_argument("--timeout", type=_nonneg_float, default=None, metavar="SECONDS",
+                   help="how long to wait for ring space before failing with Full "
+                        "(default: the broker's publish_timeout)")
+    _add_name(p)
+    p.set_defaults(func=cmd_publish)
+
+    p = _sub(sub, "tail", "print a topic's messages as they arrive",
+             "Subscribe to TOPIC and print each message on a line: UTF-8 text, or the repr of "
+             "binary payloads. Ends after --count messages, after --timeout seconds without a "
+             "message, on Ctrl-C or SIGTERM, or when the broker closes. Exit 1 if --count "
+             "messages did not arrive.",
+             "examples:\n  pymq tail gpu-telemetry\n"
+             "  pymq tail gpu-telemetry --group archiver --ack --count 10 --start earliest")
+    p.add_argument("topic", type=_topic, metavar="TOPIC")
+    p.add_argument("--group", type=_group, default=None, metavar="GROUP",
+                   help="join the named group (competing with its other members; durable) "
+                        "instead of a group of its own")
+    p.add_argument("--ack", action="store_true",
+                   help="at-least-once: print 'seq=N attempt=A PAYLOAD' and ack each message "
+                        "once printed")
+    p.add_argument("--count", type=_positive_int, default=None, metavar="N",
+                   help="stop after N messages (never takes more from the group)")
+    p.add_argument("--start", type=_start, default="latest", metavar="earliest|latest|SEQ",
+                   help="where a new group starts (default: latest)")
+    p.add_argument("--timeout", type=_nonneg_float, default=None, metavar="SECONDS",
+                   help="stop when no message arrived for SECONDS")
+    _add_name(p)
+    p.set_defaults(func=cmd_tail)
+
+    p = _sub(sub, "top", "a live view of rates, depths and lags",
+             "Refresh every --interval seconds: per topic published/s, delivered/s, depth and "
+             "ring use; per group members, lag, pending, delivered/s and acked/s. Clears the "
+             "screen on a terminal, prints one block per refresh otherwise. Reads like 'stats'.",
+             "examples:\n  pymq top --name telemetry\n  pymq top --admin 127.0.0.1:8080 "
+             "--interval 5")
+    p.add_argument("--interval", type=_positive_float, default=1.0, metavar="SECONDS",
+                   help="seconds between refreshes (default: 1)")
+    p.add_argument("--iterations", type=_positive_int, default=None, metavar="N",
+                   help="stop after N refreshes (default: until Ctrl-C)")
+    _add_source(p)
+    p.set_defaults(func=cmd_top)
+
+    p = _sub(sub, "demo", "run the GPU-telemetry pipeline demo",
+             "The GPU-telemetry pipeline: a broker, streamer processes, two collector groups, "
+             "live figures and a closing account of every message. Exits 0 only when the "
+             "account balances.")
     demo.add_arguments(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("clean", help="remove what a dead broker left in /dev/shm",
-                       description="Remove the shared-memory segments and token files of a "
-                                   "broker that is no longer running. Refuses (exit 1) when a "
-                                   "live broker owns the name.")
+    p = _sub(sub, "clean", "remove what a dead broker left in /dev/shm",
+             "Remove the shared-memory segments and token files of a broker that is no longer "
+             "running. Refuses (exit 1) when a live broker owns the name.")
     p.add_argument("--name", type=_broker_name, default=_default_name(), metavar="NAME",
                    help="broker name (default: $PYMQ_NAME or 'pymq')")
     p.set_defaults(func=cmd_clean)
@@ -105,7 +782,7 @@ def main(argv=None) -> int:
         if os.environ.get("PYMQ_DEBUG"):
             raise
         from .errors import MQError
-        text = str(e) if isinstance(e, (MQError, OSError, ValueError)) and str(e) else \
+        text = str(e) if isinstance(e, (Failure, MQError, OSError, ValueError)) and str(e) else \
             f"{type(e).__name__}: {e}"
         print(f"pymq {args.command}: error: {text}", file=sys.stderr)
         return 1

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 import signal
-from array import array
 import sys
+import threading
 import time
+from array import array
 
 import posix_ipc
 
@@ -40,6 +41,7 @@ class Supervisor:
         self.name = name
         self.ns = _core.Namespace(segments.Segment.attach(segments.ns_shm_name(name)))
         self.rings: dict[str, _core.Ring] = {}
+        self._rings_lock = threading.Lock()
         self.stop = False
         self._client = None
         self._dead_batch = None
@@ -50,6 +52,12 @@ class Supervisor:
         return segments.token_alive(segments.token_path(self.name, self.ns.hdr.owner_token))
 
     def ring(self, topic: str) -> _core.Ring | None:
+        """The topic's ring, attached once. The admin server's threads call it
+        too (health), hence the lock."""
+        with self._rings_lock:
+            return self._ring(topic)
+
+    def _ring(self, topic: str) -> _core.Ring | None:
         ring = self.rings.get(topic)
         if ring is None:
             shm_name = segments.topic_shm_name(self.name, topic)

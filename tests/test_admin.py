@@ -1,0 +1,670 @@
+"""The HTTP admin server (pymq/admin.py), served by the broker's supervisor
+process: endpoints, figures, Prometheus format, token, robustness, restart,
+and the dashboard in a real headless Chromium."""
+
+import errno
+import http.client
+import html.parser
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import psutil
+import pytest
+
+import pymq
+from pymq import admin
+from helpers import wait_for
+
+TOPIC = "gpu-telemetry"
+
+
+# -- HTTP helpers ----------------------------------------------------------------------
+
+def request(port, method, path, headers=None, body=None, timeout=10):
+    """(status, headers, body bytes); the path goes out exactly as given."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.headers, resp.read()
+    finally:
+        conn.close()
+
+
+def get(port, path, **kw):
+    return request(port, "GET", path, **kw)
+
+
+def get_json(port, path, **kw):
+    status, headers, body = get(port, path, **kw)
+    assert headers["Content-Type"] == "application/json", (path, headers["Content-Type"])
+    return status, json.loads(body)
+
+
+def raw(port, data: bytes, timeout=10) -> bytes:
+    """Send bytes over a raw socket; return everything the server answers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+def status_of(response: bytes) -> int:
+    m = re.match(rb"HTTP/1\.[01] (\d{3}) ", response)
+    assert m, response[:200]
+    return int(m.group(1))
+
+
+def serving(port) -> bool:
+    try:
+        return get(port, "/health", timeout=2)[0] == 200
+    except OSError:
+        return False
+
+
+# -- a Prometheus text format 0.0.4 parser (strict about what we write) -------------------
+
+SAMPLE_RE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)")
+LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$)')
+
+
+def _unescape(value: str) -> str:
+    return re.sub(r"\\([\\\"n])", lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
+
+
+def parse_metrics(text: str):
+    """({family: type}, {(name, frozenset of label items): value}); asserts that
+    HELP and TYPE come once per family before its samples, samples of a family
+    are contiguous, counters end in _total, no series repeats."""
+    assert text.endswith("\n")
+    types, helps, samples, finished = {}, set(), {}, set()
+    current = None
+    for line in text[:-1].split("\n"):
+        if line.startswith("# HELP "):
+            name, _, help_text = line[7:].partition(" ")
+            assert name not in helps and help_text, line
+            helps.add(name)
+            if current != name:
+                finished.add(current)
+                current = name
+        elif line.startswith("# TYPE "):
+            name, kind = line[7:].split(" ")
+            assert name not in types and kind in ("counter", "gauge"), line
+            assert name == current, f"TYPE {name} not right after its HELP"
+            types[name] = kind
+        else:
+            assert line and not line.startswith("#"), repr(line)
+            m = SAMPLE_RE.fullmatch(line)
+            assert m, f"not a sample line: {line!r}"
+            name, label_text, value = m.groups()
+            assert name == current and name in types and name not in finished, line
+            labels = {}
+            pos = 0
+            while label_text and pos < len(label_text):
+                lm = LABEL_RE.match(label_text, pos)
+                assert lm, f"bad labels in {line!r}"
+                assert lm.group(1) not in labels
+                labels[lm.group(1)] = _unescape(lm.group(2))
+                pos = lm.end()
+            key = (name, frozenset(labels.items()))
+            assert key not in samples, f"repeated series {line!r}"
+            samples[key] = float(value)
+    for name, kind in types.items():
+        assert name.startswith("pymq_") and name in helps
+        assert name.endswith("_total") == (kind == "counter"), name
+    return types, samples
+
+
+def metric(samples, name, **labels):
+    return samples.get((name, frozenset(labels.items())))
+
+
+def scrape(port, **kw):
+    status, headers, body = get(port, "/metrics", **kw)
+    assert status == 200
+    assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    return parse_metrics(body.decode("utf-8"))
+
+
+# -- endpoints -------------------------------------------------------------------------
+
+def test_every_endpoint_status_and_content_type(make_broker, name):
+    broker = make_broker()
+    port = broker.start_admin_server(0)
+    assert port == broker.admin_port and port > 0
+    broker.publish(TOPIC, b"x")
+
+    status, body = get_json(port, "/health")
+    assert status == 200 and body["status"] == "ok"
+    assert body["broker"] == name and body["supervisor_pid"] == broker.supervisor_pid
+    assert "problems" not in body
+
+    status, body = get_json(port, "/stats")
+    assert status == 200 and body["broker"] == name and TOPIC in body["topics"]
+    assert set(body) >= {"published", "delivered", "acked", "pending", "supervisor", "topics"}
+
+    status, body = get_json(port, f"/stats/{TOPIC}")
+    assert status == 200 and body["published"] == 1
+    assert set(body) >= {"published", "delivered", "acked", "redelivered", "dead_lettered",
+                         "depth", "ring_bytes_used", "ring_bytes_capacity", "publish_waits",
+                         "publish_refusals", "groups"}
+
+    status, headers, text = get(port, "/metrics")
+    assert status == 200 and headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert text.startswith(b"# HELP pymq_")
+
+    status, headers, page = get(port, "/")
+    assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+    assert b'id="topic-rows"' in page and b'id="group-rows"' in page
+    # self-contained: no external script, style sheet, image or font
+    assert not re.search(rb"<(script|link|img|iframe)[^>]*\s(src|href)=\"(?!data:)", page)
+    assert b"@import" not in page and b"url(" not in page
+    csp = headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "connect-src 'self'" in csp
+
+    for path in ("/", "/health", "/stats", "/metrics"):  # HEAD: the headers of GET, no body
+        g_status, g_headers, g_body = get(port, path)
+        h_status, h_headers, h_body = request(port, "HEAD", path)
+        assert (h_status, h_body) == (g_status, b"")
+        assert h_headers["Content-Type"] == g_headers["Content-Type"]
+        if path == "/":
+            assert int(h_headers["Content-Length"]) == len(g_body)
+
+
+def test_figures_match_what_was_published_and_acked(make_broker):
+    broker = make_broker()
+    port = broker.start_admin_server(0)
+    acker = broker.subscribe_with_ack(TOPIC, group="archiver")
+    plain = broker.subscribe(TOPIC, group="indexer")
+    n, m = 50, 30
+    payloads = [b"msg-%03d" % i for i in range(n)]
+    broker.publish_many(TOPIC, payloads[:20])
+    for p in payloads[20:]:
+        broker.publish(TOPIC, p)
+    got = []
+    while len(got) < n:
+        got += acker.get_many(n - len(got), timeout=5)
+    acker.ack_many(got[:m])
+    assert len(plain.get_many(n, timeout=5)) <= n
+
+    def topic_figures():
+        status, body = get_json(port, f"/stats/{TOPIC}")
+        assert status == 200
+        g = body["groups"]
+        return body if g["indexer"]["delivered"] == n and g["archiver"]["acked"] == m else None
+
+    t = wait_for(topic_figures, timeout=10)
+    nbytes = sum(map(len, payloads))
+    assert (t["published"], t["published_bytes"], t["delivered"], t["acked"], t["pending"]) == \
+        (n, nbytes, 2 * n, m, n - m)
+    assert (t["redelivered"], t["dead_lettered"], t["publish_refusals"]) == (0, 0, 0)
+    assert t["depth"] == n - m  # the archiver has n - m unacked
+    a, i = t["groups"]["archiver"], t["groups"]["indexer"]
+    assert (a["members"], a["delivered"], a["acked"], a["pending"], a["lag"], a["ack"]) == \
+        (1, n, m, n - m, 0, True)
+    assert (i["members"], i["delivered"], i["acked"], i["pending"], i["lag"], i["ack"]) == \
+        (1, n, 0, 0, 0, False)
+    assert 0 < t["ring_bytes_used"] <= t["ring_bytes_capacity"] == 1024 * 1024
+
+    status, whole = get_json(port, "/stats")
+    assert whole["topics"][TOPIC] == t
+    assert (whole["published"], whole["acked"], whole["pending"]) == (n, m, n - m)
+
+    types, samples = scrape(port)
+    assert types["pymq_published_total"] == "counter" and types["pymq_depth"] == "gauge"
+    assert metric(samples, "pymq_published_total", topic=TOPIC) == n
+    assert metric(samples, "pymq_published_bytes_total", topic=TOPIC) == nbytes
+    assert metric(samples, "pymq_depth", topic=TOPIC) == n - m
+    assert metric(samples, "pymq_ring_bytes_capacity", topic=TOPIC) == 1024 * 1024
+    assert metric(samples, "pymq_ring_bytes_used", topic=TOPIC) == t["ring_bytes_used"]
+    assert metric(samples, "pymq_publish_waits_total", topic=TOPIC) == 0
+    assert metric(samples, "pymq_publish_refusals_total", topic=TOPIC) == 0
+    for group, delivered, acked, pending in (("archiver", n, m, n - m), ("indexer", n, 0, 0)):
+        assert metric(samples, "pymq_delivered_total", topic=TOPIC, group=group) == delivered
+        assert metric(samples, "pymq_acked_total", topic=TOPIC, group=group) == acked
+        assert metric(samples, "pymq_group_pending", topic=TOPIC, group=group) == pending
+        assert metric(samples, "pymq_group_lag", topic=TOPIC, group=group) == 0
+        assert metric(samples, "pymq_group_members", topic=TOPIC, group=group) == 1
+        for counter in ("nacked", "redelivered", "dead_lettered", "timeouts"):
+            assert metric(samples, f"pymq_{counter}_total", topic=TOPIC, group=group) == 0
+    assert metric(samples, "pymq_supervisor_restarts") == 0
+    assert metric(samples, "pymq_reaped_processes") == 0
+    assert metric(samples, "pymq_healthy") == 1
+    assert sum(v for (k, _), v in samples.items() if k == "pymq_delivered_total") == 2 * n
+
+
+def test_metrics_label_values_are_escaped():
+    weird = 'a"b\\c\nd'
+    stats = {"broker": "b", "supervisor": {"pid": 1, "restarts": 2, "last_sweep": 1.5},
+             "reaped_processes": 3, "reaped_subscriptions": 4,
+             "topics": {"t": {"published": 5, "depth": 1.0, "ring_bytes_capacity": 4096,
+                              "groups": {weird: {"members": 1, "acked": 7, "lag": float("nan"),
+                                                 "pending": float("inf"), "ack": True}}}}}
+    text = admin.metrics_text(stats, healthy=False)
+    assert 'group="a\\"b\\\\c\\nd"' in text
+    types, samples = parse_metrics(text)
+    assert metric(samples, "pymq_acked_total", topic="t", group=weird) == 7
+    assert math.isnan(metric(samples, "pymq_group_lag", topic="t", group=weird))
+    assert metric(samples, "pymq_group_pending", topic="t", group=weird) == math.inf
+    assert metric(samples, "pymq_published_total", topic="t") == 5
+    assert metric(samples, "pymq_supervisor_restarts") == 2
+    assert metric(samples, "pymq_healthy") == 0
+    assert "pymq_delivered_total" not in types  # no figure, no sample (never a made-up 0)
+    assert admin.escape_label_value('x\\"\n') == 'x\\\\\\"\\n'
+
+
+def test_unknown_or_invalid_topic_is_404(make_broker):
+    broker = make_broker()
+    port = broker.start_admin_server(0)
+    broker.publish(TOPIC, b"x")
+    for path in ("/stats/nope", "/stats/.hidden", "/stats/" + "a" * 300, "/stats/a%20b",
+                 "/stats/%ff", f"/stats/{TOPIC}/extra"):
+        status, body = get_json(port, path)
+        assert status == 404 and "error" in body, path
+    assert get_json(port, f"/stats/{TOPIC}")[0] == 200
+    assert get_json(port, f"/stats/{TOPIC}.dlq")[0] == 404  # valid name, no such topic yet
+
+
+# -- binding and token -------------------------------------------------------------------
+
+def listening_address(pid, port):
+    proc = psutil.Process(pid)
+    conns = getattr(proc, "net_connections", None) or proc.connections
+    conns = conns("tcp")
+    found = [c.laddr for c in conns if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    assert len(found) == 1, conns
+    return found[0].ip
+
+
+def non_loopback_address():
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family == socket.AF_INET and not a.address.startswith("127."):
+                return a.address
+    return None
+
+
+def test_binds_loopback_by_default(make_broker):
+    broker = make_broker()
+    assert broker.config.admin_host == "127.0.0.1"
+    port = broker.start_admin_server(0)
+    assert listening_address(broker.supervisor_pid, port) == "127.0.0.1"
+    other = non_loopback_address()
+    if other is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to try")
+    with pytest.raises(OSError):  # refused: nothing listens there
+        socket.create_connection((other, port), timeout=2).close()
+    assert serving(port)
+
+
+def test_token_required_except_for_health(make_broker, monkeypatch):
+    token = "s3cret-Tok3n"
+    monkeypatch.setenv("PYMQ_ADMIN_TOKEN", token)  # the supervisor inherits it
+    broker = make_broker()
+    port = broker.start_admin_server(0)
+    broker.publish(TOPIC, b"x")
+    good = {"Authorization": f"Bearer {token}"}
+    for path in ("/", "/stats", f"/stats/{TOPIC}", "/metrics", "/stats/nope"):
+        status, headers, body = get(port, path)
+        assert status == 401, path
+        assert headers["Content-Type"] == "application/json" and "error" in json.loads(body)
+        assert headers["WWW-Authenticate"].startswith("Bearer")
+        for wrong in ("Bearer nope", f"Bearer {token}x", f"Basic {token}", token, "Bearer "):
+            assert get(port, path, headers={"Authorization": wrong})[0] == 401, (path, wrong)
+        assert get(port, path + "?token=nope")[0] == 401
+        want = 404 if path == "/stats/nope" else 200
+        assert get(port, path, headers=good)[0] == want, path
+        assert get(port, path, headers={"Authorization": f"bearer {token}"})[0] == want
+        assert get(port, f"{path}?token={token}")[0] == want, path
+    status, body = get_json(port, "/health")
+    assert status == 200 and body["status"] == "ok"
+    assert request(port, "HEAD", "/health")[0] == 200
+    assert request(port, "HEAD", "/stats")[0] == 401
+
+
+# -- robustness -------------------------------------------------------------------------
+
+def test_bad_requests_get_4xx_and_the_server_keeps_serving(make_broker):
+    broker = make_broker()
+    port = broker.start_admin_server(0)
+    broker.publish(TOPIC, b"x")
+
+    assert get_json(port, "/nope")[0] == 404
+    assert get_json(port, "/stats/x/y/z")[0] == 404
+    assert get_json(port, "/healthz")[0] == 404
+    for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "BREW"):
+        for path in ("/stats", "/health", "/"):
+            status, headers, body = request(port, method, path, body=b'{"a": 1}')
+            assert status == 405, (method, path)
+            assert headers["Allow"] == "GET, HEAD" and "error" in json.loads(body)
+    for path in ("/stats/../../etc/passwd", "/../../etc/passwd", "/stats/%2e%2e/%2e%2e/etc/passwd",
+                 "/stats/%2E%2E", "/stats/..%2f..%2fetc%2fpasswd", "/stats/%2e", "/./stats",
+                 "/stats/%00", "/%2e%2e/metrics"):
+        status, body = get_json(port, path)
+        assert status == 404, path
+        assert b"root:" not in json.dumps(body).encode()
+        assert status_of(raw(port, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())) == 404
+    status, headers, body = get(port, "/stats/" + "a" * 10240)
+    assert status == 414 and "error" in json.loads(body)
+    assert get(port, "/?" + "q=1&" * 3000)[0] == 414
+    assert status_of(raw(port, b"GET / HTTP/1.1\r\nX-Big: " + b"y" * 20000 + b"\r\n\r\n")) == 431
+    assert status_of(raw(port, b"GET / HTTP/1.1\r\n" + b"X-H: v\r\n" * 200 + b"\r\n")) == 431
+    for garbage in (b"\x00\xff\xfe garbage \x01\r\n\r\n", b"HELLO\r\n\r\n",
+                    b"GET / HTTP/9.9\r\n\r\n", b"GET / FTP/1.0\r\n\r\n", b"GET\r\n\r\n",
+                    b"G E T / HTTP/1.1\r\n\r\n"):
+        status = status_of(raw(port, garbage))
+        assert 400 <= status < 500 or status == 505, (garbage, status)
+    socket.create_connection(("127.0.0.1", port)).close()  # connect and go at once
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"GET /stats HT")  # half a request, then gone
+    # slow clients hold no worker: with many half-sent requests open, others are served
+    slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+    try:
+        for s in slow:
+            s.sendall(b"GET /stats HTTP/1.1\r\nHost: x\r\n")
+        t0 = time.monotonic()
+        assert all(get(port, "/stats")[0] == 200 for _ in range(5))
+        assert time.monotonic() - t0 < 3
+    finally:
+        for s in slow:
+            s.close()
+    assert get_json(port, "/health")[0] == 200
+    assert get_json(port, f"/stats/{TOPIC}")[1]["published"] == 1
+
+
+def test_a_slowloris_client_is_dropped_with_408():
+    class Source:
+        def stats(self):
+            return {"topics": {}}
+
+        def health(self):
+            return True, {}
+
+    server = admin.AdminServer(Source(), "127.0.0.1", 0, None, request_timeout=0.5)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            t0 = time.monotonic()
+            s.sendall(b"GET /st")
+            time.sleep(0.2)
+            s.sendall(b"ats HTTP/1.1\r\n")  # trickling does not extend the deadline
+            data = s.recv(4096)
+            assert status_of(data) == 408 and time.monotonic() - t0 < 3
+        assert serving(server.port)
+    finally:
+        server.close()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+
+
+def test_handler_exceptions_are_500_and_do_not_kill_the_server(capfd):
+    class Source:
+        calls = 0
+
+        def stats(self):
+            Source.calls += 1
+            raise RuntimeError("boom")
+
+        def health(self):
+            raise RuntimeError("health boom")
+
+    server = admin.AdminServer(Source(), "127.0.0.1", 0, None)
+    try:
+        for _ in range(5):
+            status, body = get_json(server.port, "/stats")
+            assert status == 500 and body == {"error": "internal server error"}
+        assert get_json(server.port, "/metrics")[0] == 500
+        status, body = get_json(server.port, "/health")
+        assert status == 503 and body["status"] == "unhealthy"
+        assert "health boom" in body["problems"][0]
+        assert Source.calls == 6
+    finally:
+        server.close()
+    err = capfd.readouterr().err
+    assert "RuntimeError: boom" in err
+    assert err.count("Traceback") <= 3  # logged, but not once per request
+
+
+def test_a_burst_of_concurrent_requests_all_get_answers(make_broker):
+    broker = make_broker()
+    port = broker.start_admin_server(0)
+    broker.publish(TOPIC, b"x")
+    n = 200
+    results = [None] * n
+    barrier = threading.Barrier(n)
+    paths = ["/stats", "/metrics", f"/stats/{TOPIC}", "/health", "/"]
+
+    def one(i):
+        barrier.wait()
+        try:
+            results[i] = get(port, paths[i % len(paths)], timeout=20)[0]
+        except Exception as e:  # noqa: BLE001 - reported below
+            results[i] = repr(e)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(r in (200, 503) for r in results), [r for r in results if r not in (200, 503)]
+    assert results.count(200) > 0
+    assert get_json(port, "/health")[0] == 200
+    assert get_json(port, f"/stats/{TOPIC}")[1]["published"] == 1
+
+
+def test_beyond_the_queue_requests_get_503_at_once():
+    gate = threading.Event()
+
+    class SlowSource:
+        def stats(self):
+            gate.wait(10)
+            return {"topics": {}}
+
+        def health(self):
+            return True, {}
+
+    server = admin.AdminServer(SlowSource(), "127.0.0.1", 0, None, workers=1, queue_size=2)
+    try:
+        results = []
+
+        def one():
+            results.append(get(server.port, "/stats", timeout=20))
+
+        threads = [threading.Thread(target=one) for _ in range(12)]
+        for t in threads:
+            t.start()
+        # the one worker waits on the gate with two requests queued: the rest get 503 now
+        wait_for(lambda: len(results) >= 9, timeout=10)
+        assert [r[0] for r in results] == [503] * len(results)
+        assert all(r[1]["Retry-After"] == "1" and "error" in json.loads(r[2]) for r in results)
+        gate.set()
+        for t in threads:
+            t.join(20)
+        assert sorted(r[0] for r in results) == [200] * 3 + [503] * 9
+        assert get(server.port, "/stats")[0] == 200
+    finally:
+        gate.set()
+        server.close()
+
+
+# -- lifecycle --------------------------------------------------------------------------
+
+def test_start_admin_server_takes_a_str_port(make_broker):
+    broker = make_broker()
+    port = broker.start_admin_server("0")
+    assert isinstance(port, int) and port > 0 and broker.admin_port == port
+    assert get_json(port, "/health")[0] == 200
+
+
+def test_a_busy_port_is_an_oserror_and_a_moved_server_frees_its_port(make_broker):
+    broker = make_broker()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError) as e:
+            broker.start_admin_server(taken.getsockname()[1])
+        assert e.value.errno == errno.EADDRINUSE
+    first = broker.start_admin_server(0)
+    assert serving(first)
+    second = broker.start_admin_server(0)  # moves the server: the old port is closed
+    assert second != first and serving(second) and broker.admin_port == second
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", first), timeout=2).close()
+    assert broker.start_admin_server(first) == first and serving(first)
+
+
+def test_restarted_supervisor_serves_on_the_same_port(make_broker):
+    broker = make_broker()
+    port = broker.start_admin_server(0)
+    broker.publish(TOPIC, b"x")
+    old = broker.supervisor_pid
+    assert get_json(port, "/health")[1]["supervisor_pid"] == old
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: broker.supervisor_pid != old, timeout=15)
+
+    def health_of_new():
+        try:
+            status, body = get_json(port, "/health", timeout=2)
+        except OSError:
+            return None
+        return body if status == 200 and body["supervisor_pid"] != old else None
+
+    body = wait_for(health_of_new, timeout=15)
+    assert body["supervisor_pid"] == broker.supervisor_pid and body["supervisor_restarts"] == 1
+    assert broker.admin_port == port
+    assert get_json(port, f"/stats/{TOPIC}")[1]["published"] == 1
+    _, samples = scrape(port)
+    assert metric(samples, "pymq_supervisor_restarts") == 1
+
+
+# -- the dashboard in headless Chromium -------------------------------------------------------
+
+class _Rows(html.parser.HTMLParser):
+    """Rows with a data-topic, their cells (class -> (data-value, text)), and svg data."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self.body = [], {}
+        self._row = self._cell = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "body":
+            self.body = a
+        elif tag == "tr" and "data-topic" in a:
+            self._row = {"attrs": a, "cells": {}, "svg": {}}
+            self.rows.append(self._row)
+        elif tag == "td" and self._row is not None:
+            self._cell = [a.get("class", "").split()[0], a.get("data-value"), ""]
+            self._row["cells"][self._cell[0]] = self._cell
+        elif tag == "svg" and self._row is not None:
+            self._row["svg"] = a
+
+    def handle_endtag(self, tag):
+        if tag == "tr":
+            self._row = None
+        elif tag == "td":
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell[2] += data
+
+    def row(self, cls, **data):
+        for r in self.rows:
+            if cls in r["attrs"].get("class", "").split() and \
+                    all(r["attrs"].get(f"data-{k}") == v for k, v in data.items()):
+                return {k: (v, text.strip()) for k, (_, v, text) in r["cells"].items()}, r["svg"]
+        return None, None
+
+
+def browser_env():
+    """Our environment without the sanitizer preloads of `make test-sanitize`."""
+    return {k: v for k, v in os.environ.items()
+            if k != "LD_PRELOAD" and not k.startswith(("ASAN_", "UBSAN_"))}
+
+
+def chromium_binary():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.parametrize("token", [None, "t0k-3n"])
+def test_dashboard_in_headless_chromium(make_broker, tmp_path, monkeypatch, token):
+    binary = chromium_binary()
+    if binary is None:
+        pytest.skip("Chromium not installed: run `make chromium` (as root) or "
+                    "`apt-get install chromium`")
+    if token:  # the page takes ?token= from its URL and sends it as a bearer token
+        monkeypatch.setenv("PYMQ_ADMIN_TOKEN", token)
+    broker = make_broker()
+    port = broker.start_admin_server(0)
+    collector = broker.subscribe_with_ack(TOPIC, group="archiver")
+    stop = threading.Event()
+    published = [0]
+
+    def stream():  # messages flow the whole time Chromium looks
+        while not stop.is_set():
+            broker.publish_many(TOPIC, [b'{"gpu": 0, "util": 85}'] * 10)
+            published[0] += 10
+            try:
+                collector.ack_many(collector.get_many(100, timeout=0))
+            except pymq.Timeout:
+                pass
+            time.sleep(0.001)
+
+    streamer = threading.Thread(target=stream, daemon=True)
+    streamer.start()
+    try:
+        wait_for(lambda: published[0] >= 100, timeout=10)
+        proc = subprocess.run(
+            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+             f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+             f"http://127.0.0.1:{port}/" + (f"?token={token}" if token else "")],
+            capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL,
+            env=browser_env())
+    finally:
+        stop.set()
+        streamer.join(10)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dom = _Rows()
+    dom.feed(proc.stdout)
+    assert int(dom.body.get("data-polls", 0)) >= 2, proc.stdout[-3000:]
+    cells, svg = dom.row("topic", topic=TOPIC)
+    assert cells is not None, f"no row for {TOPIC} in the DOM:\n{proc.stdout[-3000:]}"
+    assert cells["name"][1] == TOPIC
+    assert 0 < int(cells["published"][0]) <= published[0]
+    assert cells["published"][1].replace(",", "").isdigit()
+    rate = float(cells["rate"][0])  # messages/s between the last two polls
+    assert math.isfinite(rate) and rate >= 0 and cells["rate"][1].endswith("/s")
+    assert float(cells["delivery-rate"][0]) >= 0 and int(cells["depth"][0]) >= 0
+    assert int(svg["data-samples"]) >= 2 and float(svg["data-max"]) > 0  # a rate > 0 was drawn
+    gcells, gsvg = dom.row("group", topic=TOPIC, group="archiver")
+    assert gcells is not None
+    assert int(gcells["members"][0]) == 1 and int(gcells["acked"][0]) > 0
+    assert int(gcells["lag"][0]) >= 0 and int(gcells["pending"][0]) >= 0
+    assert float(gcells["acked-rate"][0]) >= 0
+    assert 'id="error" hidden' in proc.stdout
+
+
+def test_loopback_server_refuses_other_host_names(make_broker):
+    import http.client
+    broker = make_broker()
+    port = broker.start_admin_server(0)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/stats", headers={"Host": "evil.example:%d" % port})
+    assert conn.getresponse().status == 421
+    for host in ("127.0.0.1:%d" % port, "localhost:%d" % port, "[::1]:%d" % port):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/stats", headers={"Host": host})
+        assert conn.getresponse().status == 200, host
