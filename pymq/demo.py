@@ -474,7 +474,14 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "processing it; it is redelivered and processed then (default 0.001)")
     p.add_argument("--drain-timeout", type=_positive_float, default=30.0, metavar="SECONDS",
                    help="longest wait for the groups to catch up at the end (default 30)")
+    p.add_argument("--admin-port", type=_admin_port, default=0, metavar="PORT",
+                   help="port of the admin server and dashboard on 127.0.0.1: 0 picks a free "
+                        "one (default), -1 runs without it")
     return p
+
+
+def _admin_port(text: str) -> int:
+    return _number(text, int, lambda v: -1 <= v <= 65535, "a port from 0 to 65535, or -1")
 
 
 def _number(text: str, kind, ok, want: str):
@@ -544,6 +551,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"pymq demo: broker {name!r} (pid {os.getpid()}, supervisor pid "
               f"{broker.supervisor_pid}), topic {TOPIC!r}, ring {cfg.ring_capacity // 1024:,} KiB",
               flush=True)
+        if args.admin_port >= 0:
+            try:
+                port = broker.start_admin_server(args.admin_port)
+                print(f"  dashboard: http://{cfg.admin_host}:{port}/   "
+                      f"(also /health, /stats, /stats/{TOPIC}, /metrics)", flush=True)
+            except OSError as e:  # the pipeline runs without it
+                print(f"  admin server not started: {e}", flush=True)
         rate = "as fast as possible" if args.rate == 0 else f"{args.rate:,.0f} msg/s each"
         print(f"  {args.streamers} streamers ({rate}, batch {args.batch}), groups "
               f"{' and '.join(GROUPS)} x {args.members} members, {args.duration:g} s", flush=True)

@@ -117,6 +117,7 @@ def test_demo_balances_and_leaves_nothing(name):
     r = pymq_cli("demo", "--duration", "2", "--name", name, "--rate", "500")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "RESULT: balanced" in r.stdout
+    assert "dashboard: http://127.0.0.1:" in r.stdout  # the admin server runs with it
     assert segments.namespace_entries(name) == []
 
 
