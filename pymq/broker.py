@@ -47,9 +47,18 @@ def remove_stale(name: str) -> list[str]:
                           f"process(es) hold tokens in it; stop them first") from None
     if ns is not None:
         owner, pid = ns.hdr.owner_token, ns.hdr.owner_pid
-        ns.release()
         if segments.token_alive(segments.token_path(name, owner)):
+            ns.release()
             raise MQError(f"a broker named {name!r} is already running (pid {pid})")
+        # Clients still attached to the dead broker's segments learn that it is
+        # gone (BrokerClosed) instead of talking on into unlinked memory.
+        ns.hdr.closed = 1
+        ns.release()
+        for topic in segments.topic_names(name):
+            ring = _attach_ring(name, topic)
+            if ring is not None:
+                ring.close_ring()
+                ring.release()
     return segments.remove_namespace(name)
 
 

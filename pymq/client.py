@@ -311,8 +311,16 @@ class Client:
             raise ValueError(f"start must be 'latest', 'earliest' or a seq >= 1, not {start!r}")
         ring = self._ring(topic)
         cfg = self._config
-        joined = ring.join(group or "", flags, mode, seq, self._owner_token(),
-                           int(cfg.ack_timeout * 1e9), cfg.max_retries)
+        try:
+            joined = ring.join(group or "", flags, mode, seq, self._owner_token(),
+                               int(cfg.ack_timeout * 1e9), cfg.max_retries)
+        except ValueError:
+            if group is None:
+                raise
+            want, other = (("subscribe_with_ack", "subscribe") if flags else
+                           ("subscribe", "subscribe_with_ack"))
+            raise ValueError(f"group {group!r} of topic {topic!r} was made by {other}(): "
+                             f"it cannot be joined with {want}()") from None
         buflen = max(READ_BUFFER, ring.max_msg + _core.REC_HDR)
         reader = _core.Reader(ring, joined.member, joined.member_gen, READ_BATCH, buflen)
         sub = cls(self, topic, group, reader, joined.group, joined.group_gen)

@@ -318,3 +318,13 @@ def test_a_full_dead_letter_topic_does_not_stop_redelivery_elsewhere(make_broker
     dlq = broker.subscribe("b.dlq", start="earliest")
     assert dlq.get(timeout=10) == b"comes back" and first.payload == b"comes back"
     blocker.unsubscribe()
+
+
+def test_a_group_keeps_its_delivery_mode(make_broker):
+    broker = make_broker()
+    broker.subscribe("t", group="plain")
+    with pytest.raises(ValueError, match="made by subscribe"):
+        broker.subscribe_with_ack("t", group="plain")
+    broker.subscribe_with_ack("t", group="acked")
+    with pytest.raises(ValueError, match="made by subscribe_with_ack"):
+        broker.subscribe("t", group="acked")

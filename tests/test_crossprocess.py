@@ -195,10 +195,17 @@ def test_new_broker_removes_segments_of_a_dead_owner(name, ctx):
     assert ready.wait(30)
     with pytest.raises(pymq.MQError, match="already running"):
         pymq.Broker(pymq.BrokerConfig(name=name))
+    orphan = pymq.connect(name)  # a client of the broker that is about to die
+    orphan_sub = orphan.subscribe("t")
     os.kill(p.pid, signal.SIGKILL)
     p.join(10)
     b = pymq.Broker(pymq.BrokerConfig(name=name, ring_bytes=65536, max_message_bytes=1024))
     try:
+        with pytest.raises(pymq.BrokerClosed):  # told, not left talking into unlinked memory
+            orphan.publish("t", b"into the void")
+        with pytest.raises(pymq.BrokerClosed):
+            orphan_sub.get(timeout=5)
+        orphan.close()
         assert any(e.endswith(".t") for e in b.stale_removed)
         sub = b.subscribe("t", start="earliest")
         b.publish("t", b"fresh")
