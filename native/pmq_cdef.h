@@ -127,6 +127,8 @@ int pmq_member_leave(pmq_ring_t *r, uint32_t member, uint32_t gen);
 int pmq_ring_reap(pmq_ring_t *r, uint64_t owner);
 int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
                   uint32_t max_count, int64_t timeout_ns);
+int pmq_ring_read1(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
+                   int64_t timeout_ns);
 int pmq_group_ack(pmq_ring_t *r, uint32_t group, uint32_t group_gen, const uint32_t *slots,
                   const uint64_t *seqs, uint32_t n);
 int pmq_group_ack1(pmq_ring_t *r, uint32_t group, uint32_t group_gen, uint32_t slot, uint64_t seq);

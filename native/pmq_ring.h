@@ -372,6 +372,11 @@ int pmq_ring_reap(pmq_ring_t *r, uint64_t owner);
 int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
                   uint32_t max_count, int64_t timeout_ns);
 
+/* One record, the hot path of get(): its payload length (at offset 0 of
+ * b->buf), or an error as pmq_ring_read. */
+int pmq_ring_read1(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
+                   int64_t timeout_ns);
+
 /* Acknowledge n deliveries of group `group` (of generation group_gen), each
  * named by the slot and seq its read gave. An ack of a delivery already acked
  * (or by now another record's slot) is ignored: returns how many it acked. */

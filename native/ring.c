@@ -607,6 +607,36 @@ static int plain_read(pmq_ring_t *r, pmq_member_t *m, uint32_t gen, pmq_group_t 
     return rc;
 }
 
+/* How long a reader that finds nothing polls tail before it sleeps. A reader
+ * that keeps up with a steady stream then gets the next record without a
+ * system call on either side (no sleep, so no wake); an idle one pays this
+ * once per wait (a few microseconds of CPU per second of idleness). */
+#define PMQ_SPIN_NS (20LL * 1000)
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* Poll tail for up to spin_ns (and not past the deadline): 1 if it moved. */
+static int spin_for_tail(pmq_ring_hdr_t *h, uint64_t tail, int64_t deadline)
+{
+    int64_t until = pmq_now_mono() + PMQ_SPIN_NS;
+    if (deadline >= 0 && deadline < until)
+        until = deadline;
+    for (uint32_t i = 1;; i++) {
+        if (LOAD_ACQ(&h->tail) != tail)
+            return 1;
+        cpu_relax();
+        if ((i & 63) == 0 && pmq_now_mono() >= until)
+            return 0;
+    }
+}
+
 int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
                   uint32_t max_count, int64_t timeout_ns)
 {
@@ -620,6 +650,7 @@ int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
     pmq_ring_hdr_t *h = r->hdr;
     pmq_member_t *m = &r->members[member];
     int64_t deadline = pmq_deadline_after(pmq_now_mono(), timeout_ns);
+    int spun = 0;
     for (;;) {
         int rc = 0;
         pmq_group_t *g = pmq_member_group(r, m, gen, &rc);
@@ -639,6 +670,8 @@ int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
             return PMQ_CLOSED;
         if (timeout_ns == 0)
             return PMQ_EMPTY;
+        if (!spun++ && spin_for_tail(h, (g->flags & PMQ_GROUP_ACK) ? snap.tail : tail, deadline))
+            continue;
         if (g->flags & PMQ_GROUP_ACK)
             rc = wait_for_ack(r, m, gen, g, &snap, deadline);
         else
@@ -646,5 +679,12 @@ int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
         if (rc < 0)
             return rc;
     }
+}
+
+int pmq_ring_read1(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
+                   int64_t timeout_ns)
+{
+    int rc = pmq_ring_read(r, member, gen, b, 1, timeout_ns);
+    return rc == 1 ? (int)b->lens[0] : rc;
 }
 

@@ -306,6 +306,17 @@ class Reader(Batch):
         super().__init__(max_batch, buflen)
         self.ring, self.member, self.gen = ring, member, gen
 
+    def read1(self, timeout_ns: int) -> bytes:
+        """One record's payload (the others' fields in the arrays at [0])."""
+        rc = lib.pmq_ring_read1(self.ring.h, self.member, self.gen, self.b, timeout_ns)
+        if rc >= 0:
+            return self.view[0:rc]
+        deadline = time.monotonic_ns() + timeout_ns
+        while rc == EINTR:
+            left = -1 if timeout_ns < 0 else max(0, deadline - time.monotonic_ns())
+            rc = lib.pmq_ring_read1(self.ring.h, self.member, self.gen, self.b, left)
+        return self.view[0:rc] if rc >= 0 else check(rc, f"topic {self.ring.topic!r}")
+
     def read(self, max_count: int, timeout_ns: int) -> int:
         """Fill the buffers with up to max_count records; returns the count."""
         ring = self.ring

@@ -168,6 +168,7 @@ class Client:
             self._finalizer()
             raise SegmentMismatch(f"broker {name!r}: bad config in shared memory: {e}") from None
         self._topics = self._res.topics  # the hot path's dict
+        self._publish_timeout_ns = _timeout_ns(self._config.publish_timeout)
 
     # -- lifetime -------------------------------------------------------------
 
@@ -264,9 +265,8 @@ class Client:
         ring = self._topics.get(topic) or self._ring(topic)
         if type(payload) is not bytes:
             payload = _as_bytes(payload)
-        if timeout is None:
-            timeout = self._config.publish_timeout
-        return ring.publish1(payload, _timeout_ns(timeout))
+        return ring.publish1(payload, self._publish_timeout_ns if timeout is None
+                             else _timeout_ns(timeout))
 
     def publish_many(self, topic: str, payloads, timeout: float | None = None) -> int:
         """Publish a batch in one native call, all or none; returns the last seq."""
@@ -413,9 +413,7 @@ class Subscription:
         r = self._reader
         if r is None:
             raise SubscriptionClosed(f"subscription to {self.topic!r} is closed")
-        r.read(1, _timeout_ns(timeout))
-        off = r.offs[0]
-        return r.view[off:off + r.lens[0]]
+        return r.read1(-1 if timeout is None else _timeout_ns(timeout))
 
     def get_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
         """1..max_count payloads in one native call; waits like get()."""
@@ -473,10 +471,8 @@ class AckSubscription(Subscription):
         r = self._reader
         if r is None:
             raise SubscriptionClosed(f"subscription to {self.topic!r} is closed")
-        r.read(1, _timeout_ns(timeout))
-        off = r.offs[0]
-        return self._message(r.view[off:off + r.lens[0]], r.seqs[0], r.attempts[0], r.ts[0],
-                             r.slots[0], r.pos[0])
+        payload = r.read1(-1 if timeout is None else _timeout_ns(timeout))
+        return self._message(payload, r.seqs[0], r.attempts[0], r.ts[0], r.slots[0], r.pos[0])
 
     def get_many(self, max_count: int, timeout: float | None = None) -> list[Message]:
         """1..max_count messages in one native call (redeliveries first)."""
