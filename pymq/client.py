@@ -74,10 +74,13 @@ class Message:
     def ack(self) -> None:
         """Acknowledge: the message will not be delivered to this group again.
         Idempotent; a no-op on a message that needs no ack."""
-        if self._sub is not None:
+        sub = self._sub
+        if sub is not None:
             if not self._settled:
-                self._settle()
-                self._sub._ack_one(self)
+                if self._views:
+                    self._settle()
+                self._settled = True
+                sub._ring.ack1(sub._group, sub._group_gen, self._slot, self.seq)
         elif self._ack is not None:
             self._ack()
 
@@ -511,9 +514,6 @@ class AckSubscription(Subscription):
             except (SubscriptionClosed, BrokerClosed):
                 return
             yield from batch
-
-    def _ack_one(self, msg: Message) -> None:
-        self._ring.ack1(self._group, self._group_gen, msg._slot, msg.seq)
 
     def _settle_many(self, how: str, msgs) -> int:
         """One native call per subscription the messages came from."""
