@@ -411,28 +411,38 @@ class Subscription:
         self._group = group_index
         self._group_gen = group_gen
 
-    def get(self, timeout: float | None = None) -> bytes:
-        """The next payload; waits up to timeout (None: for ever), then raises pymq.Timeout."""
+    # An anonymous subscription iterates in big batches; a group member in
+    # small ones, so that its peers share the work.
+    _iter_batch = READ_BATCH
+
+    def _read1(self, timeout) -> tuple[_core.Reader, bytes]:
+        """One record: the reader (its other fields at [0] of its arrays), the payload."""
         r = self._reader
         if r is None:
             raise SubscriptionClosed(f"subscription to {self.topic!r} is closed")
-        return r.read1(-1 if timeout is None else _timeout_ns(timeout))
+        return r, r.read1(-1 if timeout is None else _timeout_ns(timeout))
 
-    def get_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
-        """1..max_count payloads in one native call; waits like get()."""
+    def _read(self, max_count: int, timeout) -> tuple[_core.Reader, int]:
+        """One native read of up to max_count records into the reader's buffers."""
         r = self._reader
         if r is None:
             raise SubscriptionClosed(f"subscription to {self.topic!r} is closed")
         if not isinstance(max_count, int) or max_count < 1:
             raise ValueError(f"max_count must be an int >= 1, not {max_count!r}")
-        n = r.read(max_count, _timeout_ns(timeout))
+        return r, r.read(max_count, _timeout_ns(timeout))
+
+    def get(self, timeout: float | None = None) -> bytes:
+        """The next payload; waits up to timeout (None: for ever), then raises pymq.Timeout."""
+        return self._read1(timeout)[1]
+
+    def get_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
+        """1..max_count payloads in one native call; waits like get()."""
+        r, n = self._read(max_count, timeout)
         view, offs, lens = r.view, r.offs, r.lens
         return [view[offs[i]:offs[i] + lens[i]] for i in range(n)]
 
     def __iter__(self):
-        # An anonymous subscription takes big batches; a group member small
-        # ones, so that its peers share the work.
-        batch_size = READ_BATCH if self.group is None else 16
+        batch_size = self._iter_batch if self.group is None else 16
         while True:
             try:
                 batch = self.get_many(batch_size)
@@ -469,22 +479,16 @@ class AckSubscription(Subscription):
     pymq.Message objects to ack() (or nack()); ack_many() acks a batch in one
     native call."""
 
+    _iter_batch = 64
+
     def get(self, timeout: float | None = None) -> Message:
         """The next message; waits up to timeout (None: for ever), then raises pymq.Timeout."""
-        r = self._reader
-        if r is None:
-            raise SubscriptionClosed(f"subscription to {self.topic!r} is closed")
-        payload = r.read1(-1 if timeout is None else _timeout_ns(timeout))
+        r, payload = self._read1(timeout)
         return self._message(payload, r.seqs[0], r.attempts[0], r.ts[0], r.slots[0], r.pos[0])
 
     def get_many(self, max_count: int, timeout: float | None = None) -> list[Message]:
         """1..max_count messages in one native call (redeliveries first)."""
-        r = self._reader
-        if r is None:
-            raise SubscriptionClosed(f"subscription to {self.topic!r} is closed")
-        if not isinstance(max_count, int) or max_count < 1:
-            raise ValueError(f"max_count must be an int >= 1, not {max_count!r}")
-        n = r.read(max_count, _timeout_ns(timeout))
+        r, n = self._read(max_count, timeout)
         unpack, view, make = _core.ffi.unpack, r.view, self._message
         offs, lens = unpack(r.offs, n), unpack(r.lens, n)
         return [make(view[o:o + ln], seq, att, ts, slot, pos) for o, ln, seq, att, ts, slot, pos in zip(
@@ -505,15 +509,6 @@ class AckSubscription(Subscription):
         m._views = None
         m._settled = False
         return m
-
-    def __iter__(self):
-        batch_size = 64 if self.group is None else 16
-        while True:
-            try:
-                batch = self.get_many(batch_size)
-            except (SubscriptionClosed, BrokerClosed):
-                return
-            yield from batch
 
     def _settle_many(self, how: str, msgs) -> int:
         """One native call per subscription the messages came from."""
