@@ -7,7 +7,7 @@ DEPS   := $(VENV)/.deps-installed
 NATIVE := pymq/.native-built
 SAN    := build/sanitize
 
-.PHONY: all build demo test test-unit test-sanitize test-wheel bench bench-micro clean chromium
+.PHONY: all build demo test test-unit test-sanitize test-wheel bench bench-quick bench-throughput bench-micro clean chromium
 
 all: build
 
@@ -65,8 +65,18 @@ chromium:
 bench-micro: build
 	$(PY) -m pytest -q benchmarks --benchmark-only
 
+# The side-by-side comparison with Python IPC peers (table, targets, docs/benchmarks.png).
 bench: build
+	$(BIN)/pip install -q -e '.[bench]'
+	$(PY) benchmarks/compare.py --json build/compare.json --chart docs/benchmarks.png
+
+bench-quick: build
+	$(BIN)/pip install -q -e '.[bench]'
+	$(PY) benchmarks/compare.py --quick
+
+bench-throughput: build
 	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/ack_throughput.py
 
 clean:
 	rm -rf build dist *.egg-info pymq/_native*.so $(NATIVE) .hypothesis

@@ -625,6 +625,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run(args)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import pathlib
+    import subprocess
+    script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "compare.py"
+    if not script.exists():
+        print("pymq bench: error: benchmarks/compare.py not found: run it from a source "
+              "checkout of pymq", file=sys.stderr)
+        return 1
+    return subprocess.call([sys.executable, str(script), *args.args])
+
+
 def cmd_clean(args: argparse.Namespace) -> int:
     from . import segments
     from .broker import remove_stale
@@ -757,10 +768,20 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--name", type=_broker_name, default=_default_name(), metavar="NAME",
                    help="broker name (default: $PYMQ_NAME or 'pymq')")
     p.set_defaults(func=cmd_clean)
+
+    p = _sub(sub, "bench", "compare pymq with Python IPC peers side by side",
+             "Run benchmarks/compare.py of a source checkout (the peers come with the "
+             "'bench' extra: pip install -e '.[bench]'). Arguments after 'bench' go to it, "
+             "e.g. pymq bench --quick.")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for compare.py")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"] and argv[1:2] not in (["-h"], ["--help"]):
+        return cmd_bench(argparse.Namespace(args=argv[1:]))  # its options are compare.py's
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

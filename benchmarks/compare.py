@@ -1,0 +1,1106 @@
+"""pymq side by side with Python IPC peers, in one command.
+
+    .venv/bin/python benchmarks/compare.py [--quick] [--repeat R] [--scenario X]...
+                                           [--json PATH] [--chart PATH]
+
+Transports (benchmarks/peers.py says how each is used): pymq, multiprocessing.Queue,
+multiprocessing.Pipe, faster-fifo, pyzmq PUSH/PULL over ipc://, posix_ipc.MessageQueue.
+
+Scenarios:
+  A  1 producer process -> 1 consumer process; 64 B and 4 KiB payloads; single
+     calls, and batched calls (pymq publish_many / get_many(64); each peer's own
+     batching, see peers.py; posix_ipc has none: n/a). msg/s, MB/s, CPU per
+     message on each side.
+  B  ping-pong between two processes, 64 B: one-way latency (round trip / 2),
+     p50, p99 and p99.9 over the measured round trips, after warm-up round trips.
+  C  4 producer processes -> 1 consumer, 64 B, single and batched: aggregate msg/s.
+  D  at-least-once, pymq only: 1 producer -> 1 member of an ack group
+     (subscribe_with_ack): get + msg.ack(), and get_many(64) + ack_many, against
+     the same runs with a plain member (subscribe(topic, group)), the producer
+     calling as in the row (publish / publish_many).
+  E  persistence on against off: pending, pymq's persistence is not implemented.
+
+Method (as benchmarks/throughput.py): every run has channels of its own (a pymq
+broker with a unique name and 64 MiB rings, a queue, pipes, a socket path),
+removed after the run; the script fails if anything is left. The consumer
+opens its end and signals an Event; then each producer opens its end, sends one
+warm-up message (or batch of one) and signals; the consumer receives the
+warm-up messages and signals; then one "go" Event starts them all (no sleeps).
+msg/s = messages / (consumer's last receive - first producer's start), on
+CLOCK_MONOTONIC. CPU per message is getrusage(RUSAGE_SELF) user + system time:
+the consumer's from "go" to its last receive; each producer's from "go" until
+the consumer has everything (a producer waits for that on an Event before it
+reads its CPU time, so background threads, such as multiprocessing.Queue's
+feeder thread or zmq's I/O thread, are counted), summed over producers.
+
+Verification of every run: payload i of producer k starts with (k << 40 | i) as
+8 little-endian bytes, then fixed filler. The consumer checks that each
+producer's messages arrive in its order, none missing or repeated, computes a
+crc32 per producer stream that the parent compares with that of what was sent,
+and checks that nothing more is there after the count. In ping-pong the pinger
+compares every echo with what it sent, byte for byte, and the ponger checks the
+order and crc32. pymq runs are checked against the broker's figures too.
+
+Runs are interleaved within each scenario: repeat 1 of every (case, transport),
+then repeat 2, ..., the transports' order rotated each repeat, so that ratios
+compare runs minutes apart at most on a noisy machine. The tables give medians
+over --repeat runs (default 3). Each target's ratio is pymq's median / the best
+peer's median (the best of the five peers in that case, or across the cases the
+target names); the same ratio taken within each repeat gives its range, printed
+in brackets, which shows how far the noise moves it. Targets print PASS or FAIL;
+a FAIL is a finding (exit status 0), a run that fails its verification or leaves
+anything behind is an error (non-zero).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+import zlib
+from array import array
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # throughput.py, peers.py (children too)
+
+import pymq  # noqa: E402
+import peers  # noqa: E402
+import throughput as tp  # noqa: E402  (same method: clocks, CPU, Events, payloads)
+
+INDEX = tp.INDEX
+SHIFT = 40                          # payload index = producer << SHIFT | i
+MASK = (1 << SHIFT) - 1
+WARM = 1 << 63                      # index of a warm-up message: WARM | producer
+BATCH = 64
+PRODUCERS_C = 4
+GROUP = "workers"                   # scenario D's group
+START_TIMEOUT = tp.START_TIMEOUT
+KIB = 1024
+
+# Cases: key, scenario, payload bytes, producers, batch, ack, transports,
+# messages (full run), messages (--quick). A full run's counts take pymq about
+# 0.5-4 s a run and the slowest peer up to about 10 s on the 2-core machine of
+# docs/benchmarks.md (the whole run, 3 repeats: about 10 minutes).
+STREAM_CASES = [
+    ("A 64 B single", "A", 64, 1, 1, False, peers.ALL, 800_000, 20_000),
+    ("A 64 B batched", "A", 64, 1, BATCH, False, peers.ALL, 3_000_000, 64_000),
+    ("A 4 KiB single", "A", 4 * KIB, 1, 1, False, peers.ALL, 300_000, 10_000),
+    ("A 4 KiB batched", "A", 4 * KIB, 1, BATCH, False, peers.ALL, 500_000, 12_800),
+    ("C 64 B single x4", "C", 64, PRODUCERS_C, 1, False, peers.ALL, 800_000, 20_000),
+    ("C 64 B batched x4", "C", 64, PRODUCERS_C, BATCH, False, peers.ALL, 3_000_000, 64_000),
+    ("D plain single", "D", 64, 1, 1, False, ["pymq"], 800_000, 20_000),
+    ("D ack single", "D", 64, 1, 1, True, ["pymq"], 800_000, 20_000),
+    ("D plain batched", "D", 64, 1, BATCH, False, ["pymq"], 3_000_000, 64_000),
+    ("D ack batched", "D", 64, 1, BATCH, True, ["pymq"], 3_000_000, 64_000),
+]
+# ping-pong: payload bytes, warm-up round trips, measured round trips (full, quick)
+PINGPONG = ("B ping-pong 64 B", 64, (2_000, 20_000), (200, 2_000))
+SCENARIOS = ["A", "B", "C", "D", "E"]
+
+PERSISTENCE_READY = False  # scenario E's hook: set when BrokerConfig.persistence_enabled works
+
+
+def targets_spec():
+    """(label, kind, case(s), mode, threshold): what the issue asks of pymq."""
+    return [
+        ("A 64 B single >= 2x best single-message peer", "tput", ["A 64 B single"], ">=", 2.0),
+        ("A 64 B batched >= 6x best peer in any mode", "tput",
+         ["A 64 B batched", "A 64 B single"], ">=", 6.0),
+        ("A 4 KiB single >= 2x best peer", "tput", ["A 4 KiB single"], ">=", 2.0),
+        ("A 4 KiB batched >= 2x best peer", "tput", ["A 4 KiB batched"], ">=", 2.0),
+        ("B p50 <= 0.7x best peer's", "lat", "p50", "<=", 0.7),
+        ("B p99 <= 1x best peer's", "lat", "p99", "<=", 1.0),
+        ("C single x4 >= 2x best peer", "tput", ["C 64 B single x4"], ">=", 2.0),
+        ("C batched x4 >= 2x best peer", "tput", ["C 64 B batched x4"], ">=", 2.0),
+        ("D ack single >= 50% of plain single", "ack", ("D ack single", "D plain single"), ">=", 0.5),
+        ("D ack batched >= 50% of plain batched", "ack", ("D ack batched", "D plain batched"), ">=", 0.5),
+    ]
+
+
+def now_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def minflt() -> int:
+    """Minor page faults of this process so far (first touches of shared memory, say)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def payload_of(k: int, i: int, fill: bytes) -> bytes:
+    return INDEX.pack(k << SHIFT | i) + fill
+
+
+def expected_crc(size: int, k: int, count: int) -> int:
+    fill, pack, crc, base = tp.filler(size), INDEX.pack, 0, k << SHIFT
+    for i in range(count):
+        crc = zlib.crc32(pack(base | i) + fill, crc)
+    return crc
+
+
+# -- the child processes: streams (A, C, D) -------------------------------------------
+
+
+def producer(impl, handle, k, size, batch, count, ready, go, done, conn) -> None:
+    """Send `count` payloads of producer k, then wait until the consumer has all."""
+    try:
+        s = peers.open_sender(impl, handle, k)
+        try:
+            fill, pack, base, topic = tp.filler(size), INDEX.pack, k << SHIFT, s.topic
+            warm = pack(WARM | k) + fill
+            if batch == 1:
+                s.send(topic, warm) if topic is not None else s.send(warm)
+            else:
+                s.send_many(topic, [warm]) if topic is not None else s.send_many([warm])
+            ready.set()
+            if not go.wait(START_TIMEOUT):
+                raise RuntimeError("no go signal")
+            flt, cs, cpu, t0 = minflt(), tp.ctx_switches(), tp.cpu_ns(), now_ns()
+            if batch == 1:
+                send = s.send
+                if topic is not None:
+                    for i in range(count):
+                        send(topic, pack(base | i) + fill)
+                else:
+                    for i in range(count):
+                        send(pack(base | i) + fill)
+            else:
+                send_many = s.send_many
+                if topic is not None:
+                    for b in range(0, count, batch):
+                        send_many(topic, [pack(base | i) + fill for i in range(b, min(count, b + batch))])
+                else:
+                    for b in range(0, count, batch):
+                        send_many([pack(base | i) + fill for i in range(b, min(count, b + batch))])
+            t1 = now_ns()
+            # Everything this process does for the run (feeder and I/O threads
+            # included) is over when the consumer has the last message.
+            if not done.wait(budget_s(count * PRODUCERS_C, size)):
+                raise RuntimeError("the consumer never finished")
+            out = tp._measured(cpu, cs, t0, t1)
+            out["minflt"] = minflt() - flt
+        finally:
+            s.close()
+        conn.send(out)
+    except BaseException:
+        conn.send({"error": traceback.format_exc()})
+    finally:
+        conn.close()
+
+
+def _single_loop(recv, tup, ack, count, producers, nxt, crcs):
+    """count single receives; returns (disorder, first_bad)."""
+    unpack, crc32 = INDEX.unpack_from, zlib.crc32
+    disorder, first_bad = 0, None
+    if producers == 1 and not tup and not ack:      # A single: the common case, lean
+        i0, crc = nxt[0], crcs[0]
+        for i in range(i0, i0 + count):
+            p = recv()
+            if unpack(p)[0] != i:
+                disorder += 1
+                first_bad = (i, unpack(p)[0]) if first_bad is None else first_bad
+            crc = crc32(p, crc)
+        nxt[0], crcs[0] = i0 + count, crc
+        return disorder, first_bad
+    for _ in range(count):
+        if ack:
+            m = recv()
+            p = m.payload
+        else:
+            p = recv()
+            if tup:
+                p = p[0]
+        v = unpack(p)[0]
+        k, i = v >> SHIFT, v & MASK
+        if i != nxt[k]:
+            disorder += 1
+            first_bad = (k, nxt[k], i) if first_bad is None else first_bad
+        nxt[k] = i + 1
+        crcs[k] = crc32(p, crcs[k])
+        if ack:
+            m.ack()
+    return disorder, first_bad
+
+
+def _batch_loop(recv_many, ack_many, count, size, nxt, crcs):
+    """Batched receives until count messages; returns (received, disorder, first_bad, acked)."""
+    unpack, crc32 = INDEX.unpack_from, zlib.crc32
+    small = size * BATCH <= 64 * KIB   # a larger join would be an mmap and page faults per batch
+    got, disorder, first_bad, acked = 0, 0, None, 0
+    while got < count:
+        msgs = recv_many()
+        items = [m.payload for m in msgs] if ack_many is not None else msgs
+        n = len(items)
+        first = unpack(items[0])[0]
+        k, i0 = first >> SHIFT, first & MASK
+        if i0 == nxt[k] and [unpack(p)[0] for p in items] == list(range(first, first + n)):
+            if small:
+                crcs[k] = crc32(b"".join(items), crcs[k])
+            else:
+                c = crcs[k]
+                for p in items:
+                    c = crc32(p, c)
+                crcs[k] = c
+            nxt[k] = i0 + n
+        else:  # several producers' messages in one batch, or out of order
+            for p in items:
+                v = unpack(p)[0]
+                k, i = v >> SHIFT, v & MASK
+                if i != nxt[k]:
+                    disorder += 1
+                    first_bad = (k, nxt[k], i) if first_bad is None else first_bad
+                nxt[k] = i + 1
+                crcs[k] = crc32(p, crcs[k])
+        if ack_many is not None:
+            acked += ack_many(msgs)
+        got += n
+    return got, disorder, first_bad, acked
+
+
+def consumer(impl, handle, size, producers, batch, count, ack, group,
+             ready, warm, go, done, conn) -> None:
+    """Receive count messages from `producers` producers (after their warm-up ones)."""
+    try:
+        r = peers.open_receiver(impl, handle, batch, group=group, ack=ack)
+        try:
+            ready.set()
+            warmed = 0
+            while warmed < producers:
+                if batch == 1:
+                    x = r.recv()
+                    msgs = [x[0] if r.recv_tuple else x]
+                else:
+                    msgs = r.recv_many()
+                for m in msgs:
+                    v = unpack_index(m.payload if ack else m)
+                    if not v & WARM or v & ~WARM >= producers:
+                        raise RuntimeError(f"expected a warm-up message, got index {v:#x}")
+                    if ack:
+                        m.ack()
+                warmed += len(msgs)
+            warm.set()
+            nxt, crcs = [0] * producers, [0] * producers
+            if not go.wait(START_TIMEOUT):
+                raise RuntimeError("no go signal")
+            flt, cs, cpu, t0 = minflt(), tp.ctx_switches(), tp.cpu_ns(), now_ns()
+            acked = 0
+            if batch == 1:
+                disorder, first_bad = _single_loop(r.recv, r.recv_tuple, ack, count, producers, nxt, crcs)
+                got = count
+            else:
+                got, disorder, first_bad, acked = _batch_loop(
+                    r.recv_many, r.sub.ack_many if ack else None, count, size, nxt, crcs)
+            t1 = now_ns()
+            done.set()
+            out = tp._measured(cpu, cs, t0, t1)
+            out.update(received=got, per_producer=nxt, crcs=crcs, disorder=disorder,
+                       first_bad=repr(first_bad), acked=acked, minflt=minflt() - flt,
+                       extra=r.extra())
+        finally:
+            r.close()
+        conn.send(out)
+    except BaseException:
+        conn.send({"error": traceback.format_exc()})
+    finally:
+        conn.close()
+
+
+def unpack_index(p) -> int:
+    return INDEX.unpack_from(p)[0]
+
+
+# -- the child processes: ping-pong (B) -------------------------------------------------
+
+
+def pinger(impl, handles, size, warmup, rounds, bound, connect, ready, go, conn) -> None:
+    """Send payload j, wait for its echo; time each round trip."""
+    try:
+        r = peers.open_receiver(impl, handles[1], 1)
+        try:
+            bound.set()
+            if not connect.wait(START_TIMEOUT):
+                raise RuntimeError("no connect signal")
+            s = peers.open_sender(impl, handles[0], 0)
+            try:
+                ready.set()
+                if not go.wait(START_TIMEOUT):
+                    raise RuntimeError("no go signal")
+                fill, pack, topic, tup = tp.filler(size), INDEX.pack, s.topic, r.recv_tuple
+                send, recv = s.send, r.recv
+                lat = array("q", bytes(8 * rounds))
+                bad, first_bad = 0, None
+                flt, cs, cpu = minflt(), tp.ctx_switches(), tp.cpu_ns()
+                t_start = now_ns()
+                for j in range(warmup + rounds):
+                    p = pack(j) + fill
+                    if topic is not None:
+                        t0 = now_ns()
+                        send(topic, p)
+                        q = recv()
+                        t1 = now_ns()
+                    else:
+                        t0 = now_ns()
+                        send(p)
+                        q = recv()
+                        t1 = now_ns()
+                        if tup:
+                            q = q[0]
+                    if q != p:
+                        bad += 1
+                        first_bad = (j, q[:8]) if first_bad is None else first_bad
+                    if j >= warmup:
+                        lat[j - warmup] = t1 - t0
+                t_end = now_ns()
+                out = tp._measured(cpu, cs, t_start, t_end)
+                out.update(rtt_ns=lat.tobytes(), bad=bad, first_bad=repr(first_bad),
+                           minflt=minflt() - flt, extra=r.extra())
+            finally:
+                s.close()
+        finally:
+            r.close()
+        conn.send(out)
+    except BaseException:
+        conn.send({"error": traceback.format_exc()})
+    finally:
+        conn.close()
+
+
+def ponger(impl, handles, size, total, bound, connect, ready, go, conn) -> None:
+    """Echo every payload back; check order and crc32 of the stream."""
+    try:
+        r = peers.open_receiver(impl, handles[0], 1)
+        try:
+            bound.set()
+            if not connect.wait(START_TIMEOUT):
+                raise RuntimeError("no connect signal")
+            s = peers.open_sender(impl, handles[1], 0)
+            try:
+                ready.set()
+                if not go.wait(START_TIMEOUT):
+                    raise RuntimeError("no go signal")
+                unpack, crc32, topic, tup = INDEX.unpack_from, zlib.crc32, s.topic, r.recv_tuple
+                send, recv = s.send, r.recv
+                crc, disorder = 0, 0
+                flt, cs, cpu, t0 = minflt(), tp.ctx_switches(), tp.cpu_ns(), now_ns()
+                for j in range(total):
+                    p = recv()
+                    if tup:
+                        p = p[0]
+                    if topic is not None:
+                        send(topic, p)
+                    else:
+                        send(p)
+                    if unpack(p)[0] != j:
+                        disorder += 1
+                    crc = crc32(p, crc)
+                out = tp._measured(cpu, cs, t0, now_ns())
+                out.update(crc=crc, disorder=disorder, minflt=minflt() - flt)
+            finally:
+                s.close()
+        finally:
+            r.close()
+        conn.send(out)
+    except BaseException:
+        conn.send({"error": traceback.format_exc()})
+    finally:
+        conn.close()
+
+
+# -- the parent ------------------------------------------------------------------------
+
+
+def budget_s(count: int, size: int) -> float:
+    """Generous: a failed run must end, not hang (the slowest peer does ~50 k msg/s)."""
+    return 60.0 + count * 20e-6 + count * size / 50e6
+
+
+def _start(ctx, procs, target, name, args):
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=target, name=name, args=args + (send,))
+    proc.start()
+    send.close()
+    procs.append(proc)
+    return proc, recv
+
+
+def _finish(procs) -> None:
+    for proc in procs:
+        proc.join(START_TIMEOUT)
+    for proc in procs:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
+def run_stream(ctx, case, impl: str, count: int, crc_cache: dict) -> dict:
+    key, scen, size, producers, batch, ack, _, _, _ = case
+    per = count // producers
+    count = per * producers
+    ch = peers.make_channel(ctx, impl, producers, size)
+    procs = []
+    try:
+        sub_ready, sub_warm, go, done = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Event()
+        group = GROUP if scen == "D" else None
+        cons, cons_conn = _start(ctx, procs, consumer, "cmp-consumer",
+                                 (impl, ch.handle, size, producers, batch, count, ack, group,
+                                  sub_ready, sub_warm, go, done))
+        tp._wait_event(sub_ready, cons, "consumer")
+        prods = []
+        for k in range(producers):
+            ready = ctx.Event()
+            proc, conn = _start(ctx, procs, producer, f"cmp-producer-{k}",
+                                (impl, ch.handle, k, size, batch, per, ready, go, done))
+            prods.append((proc, conn, ready))
+        for k, (proc, _, ready) in enumerate(prods):
+            tp._wait_event(ready, proc, f"producer {k}")
+        tp._wait_event(sub_warm, cons, "consumer (warm-up)")
+        go.set()
+        budget = budget_s(count, size)
+        c = tp._receive(cons_conn, cons, "consumer", budget)
+        ps = [tp._receive(conn, proc, f"producer {k}", budget) for k, (proc, conn, _) in enumerate(prods)]
+        _finish(procs)
+        topic = ch.broker.stats()["topics"]["t"] if impl == "pymq" else None
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        left = ch.close()
+    if left:
+        raise RuntimeError(f"{key} {impl}: left behind: {left}")
+
+    problems = []
+    if c["received"] != count or c["disorder"] or c["extra"]:
+        problems.append(f"received {c['received']} of {count}, {c['disorder']} out of order "
+                        f"(first {c['first_bad']}), {c['extra']} extra")
+    for k in range(producers):
+        if c["per_producer"][k] != per:
+            problems.append(f"producer {k}: {c['per_producer'][k]} of {per} in order")
+        if (size, k, per) not in crc_cache:
+            crc_cache[(size, k, per)] = expected_crc(size, k, per)
+        want = crc_cache[(size, k, per)]
+        if c["crcs"][k] != want:
+            problems.append(f"producer {k}: crc32 {c['crcs'][k]:#x}, expected {want:#x}")
+    extra = {}
+    if topic is not None:
+        sent = count + producers  # the warm-up messages too
+        g = topic["groups"].get(GROUP) if scen == "D" else None
+        if topic["published"] != sent:
+            problems.append(f"topic published {topic['published']}, expected {sent}")
+        if scen == "D":
+            want = {"delivered": sent, "lag": 0}
+            if ack:
+                want.update(acked=sent, pending=0, redelivered=0, nacked=0, timeouts=0, dead_lettered=0)
+                if batch > 1 and c["acked"] != count:
+                    problems.append(f"ack_many took effect for {c['acked']} of {count}")
+            for name, value in want.items():
+                if g is None or g[name] != value:
+                    problems.append(f"group {name} = {None if g is None else g[name]}, expected {value}")
+        extra = {"publish_waits": topic["publish_waits"], "publish_refusals": topic["publish_refusals"]}
+    if problems:
+        raise RuntimeError(f"{key} {impl}: verification failed:\n  " + "\n  ".join(problems))
+
+    start = min(p["start_ns"] for p in ps)
+    elapsed = (c["end_ns"] - start) / 1e9
+    pub_cpu = sum(p["user_ns"] + p["system_ns"] for p in ps)
+    return {"case": key, "scenario": scen, "impl": impl, "messages": count, "payload_bytes": size,
+            "producers": producers, "batch": batch, "ack": ack, "elapsed_s": elapsed,
+            "msg_per_s": count / elapsed, "MB_per_s": count * size / elapsed / 1e6,
+            "producers_s": (max(p["end_ns"] for p in ps) - start) / 1e9,
+            "pub_cpu_us_per_msg": pub_cpu / count / 1e3,
+            "sub_cpu_us_per_msg": (c["user_ns"] + c["system_ns"]) / count / 1e3,
+            "pub_sys_us_per_msg": sum(p["system_ns"] for p in ps) / count / 1e3,
+            "sub_sys_us_per_msg": c["system_ns"] / count / 1e3,
+            "sub_voluntary_switches": c["voluntary_switches"],
+            "pub_voluntary_switches": sum(p["voluntary_switches"] for p in ps),
+            "pub_minflt_per_1k_msgs": sum(p["minflt"] for p in ps) / count * 1e3,
+            "sub_minflt_per_1k_msgs": c["minflt"] / count * 1e3,
+            "verified": True, **extra}
+
+
+def run_pingpong(ctx, impl: str, warmup: int, rounds: int) -> dict:
+    key, size = PINGPONG[0], PINGPONG[1]
+    total = warmup + rounds
+    ch = peers.make_channel(ctx, impl, 1, size, lanes=2)
+    procs = []
+    try:
+        ev = {n: ctx.Event() for n in ("ping_bound", "pong_bound", "connect", "ping_ready",
+                                       "pong_ready", "go")}
+        pong, pong_conn = _start(ctx, procs, ponger, "cmp-ponger",
+                                 (impl, ch.handle, size, total, ev["pong_bound"], ev["connect"],
+                                  ev["pong_ready"], ev["go"]))
+        ping, ping_conn = _start(ctx, procs, pinger, "cmp-pinger",
+                                 (impl, ch.handle, size, warmup, rounds, ev["ping_bound"],
+                                  ev["connect"], ev["ping_ready"], ev["go"]))
+        tp._wait_event(ev["pong_bound"], pong, "ponger")
+        tp._wait_event(ev["ping_bound"], ping, "pinger")
+        ev["connect"].set()
+        tp._wait_event(ev["pong_ready"], pong, "ponger")
+        tp._wait_event(ev["ping_ready"], ping, "pinger")
+        ev["go"].set()
+        budget = budget_s(total * 10, size)
+        a = tp._receive(ping_conn, ping, "pinger", budget)
+        b = tp._receive(pong_conn, pong, "ponger", budget)
+        _finish(procs)
+        topics = ch.broker.stats()["topics"] if impl == "pymq" else None
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        left = ch.close()
+    if left:
+        raise RuntimeError(f"{key} {impl}: left behind: {left}")
+    problems = []
+    if a["bad"] or a["extra"]:
+        problems.append(f"pinger: {a['bad']} echoes differ (first {a['first_bad']}), {a['extra']} extra")
+    want = expected_crc(size, 0, total)
+    if b["disorder"] or b["crc"] != want:
+        problems.append(f"ponger: {b['disorder']} out of order, crc32 {b['crc']:#x}, expected {want:#x}")
+    if topics is not None and not (topics["ping"]["published"] == topics["pong"]["published"] == total):
+        problems.append(f"published ping {topics['ping']['published']}, pong "
+                        f"{topics['pong']['published']}, expected {total}")
+    if problems:
+        raise RuntimeError(f"{key} {impl}: verification failed:\n  " + "\n  ".join(problems))
+    rtt = sorted(array("q", a["rtt_ns"]))
+    one_way = lambda q: pct(rtt, q) / 2 / 1e3  # noqa: E731  (us)
+    return {"case": key, "scenario": "B", "impl": impl, "round_trips": rounds, "warmup": warmup,
+            "payload_bytes": size,
+            "p50_us": one_way(50), "p99_us": one_way(99), "p999_us": one_way(99.9),
+            "mean_us": sum(rtt) / len(rtt) / 2 / 1e3, "max_us": rtt[-1] / 2 / 1e3,
+            "min_us": rtt[0] / 2 / 1e3,
+            "ping_cpu_us_per_rt": (a["user_ns"] + a["system_ns"]) / total / 1e3,
+            "pong_cpu_us_per_rt": (b["user_ns"] + b["system_ns"]) / total / 1e3,
+            "ping_minflt_per_1k_rt": a["minflt"] / total * 1e3,
+            "pong_minflt_per_1k_rt": b["minflt"] / total * 1e3,
+            "ping_voluntary_switches_per_rt": a["voluntary_switches"] / total,
+            "verified": True}
+
+
+def pct(sorted_values, q: float):
+    """Nearest-rank percentile."""
+    n = len(sorted_values)
+    rank = max(1, min(n, int(-(-q * n // 100))))
+    return sorted_values[rank - 1]
+
+
+# -- summaries, ratios, targets --------------------------------------------------------
+
+
+def med(runs, key):
+    return statistics.median(r[key] for r in runs)
+
+
+def summarise_stream(runs: list[dict]) -> dict:
+    rates = [r["msg_per_s"] for r in runs]
+    out = {k: runs[0][k] for k in ("case", "scenario", "impl", "messages", "payload_bytes",
+                                   "producers", "batch", "ack")}
+    out.update(runs=len(runs), msg_per_s=med(runs, "msg_per_s"), msg_per_s_min=min(rates),
+               msg_per_s_max=max(rates), MB_per_s=med(runs, "MB_per_s"),
+               elapsed_s=med(runs, "elapsed_s"),
+               pub_cpu_us_per_msg=med(runs, "pub_cpu_us_per_msg"),
+               sub_cpu_us_per_msg=med(runs, "sub_cpu_us_per_msg"),
+               pub_minflt_per_1k_msgs=med(runs, "pub_minflt_per_1k_msgs"),
+               sub_minflt_per_1k_msgs=med(runs, "sub_minflt_per_1k_msgs"))
+    if "publish_waits" in runs[0]:
+        out["publish_waits"] = med(runs, "publish_waits")
+    return out
+
+
+def summarise_pingpong(runs: list[dict]) -> dict:
+    out = {k: runs[0][k] for k in ("case", "scenario", "impl", "round_trips", "warmup", "payload_bytes")}
+    out["runs"] = len(runs)
+    for k in ("p50_us", "p99_us", "p999_us", "mean_us", "max_us", "min_us",
+              "ping_cpu_us_per_rt", "pong_cpu_us_per_rt", "ping_minflt_per_1k_rt",
+              "pong_minflt_per_1k_rt", "ping_voluntary_switches_per_rt"):
+        out[k] = med(runs, k)
+    out["p50_us_min"] = min(r["p50_us"] for r in runs)
+    out["p50_us_max"] = max(r["p50_us"] for r in runs)
+    return out
+
+
+def _median_of(runs: dict, case: str, impl: str, key: str):
+    rr = runs.get((case, impl), [])
+    return statistics.median(r[key] for r in rr) if rr else None
+
+
+def _by_repeat(runs: dict, case: str, impl: str, key: str) -> dict:
+    return {r["repeat"]: r[key] for r in runs.get((case, impl), [])}
+
+
+def _compare(runs: dict, mine_case: str, cases: list[str], key: str, higher_better: bool):
+    """pymq's median in mine_case / the best peer's median over `cases` (the
+    verdict's ratio), and the same ratio within each repeat (its range: how
+    much the noise moves it)."""
+    mine = _median_of(runs, mine_case, "pymq", key)
+    if mine is None:
+        return None
+    cands = [(_median_of(runs, case, impl, key), impl, case) for case in cases for impl in peers.PEERS]
+    cands = [c for c in cands if c[0] is not None]
+    if not cands:
+        return None
+    best, impl, case = (max if higher_better else min)(cands, key=lambda c: c[0])
+    per_rep = []
+    for rep, v in sorted(_by_repeat(runs, mine_case, "pymq", key).items()):
+        others = [x for case_ in cases for i in peers.PEERS
+                  if (x := _by_repeat(runs, case_, i, key).get(rep)) is not None]
+        if others:
+            per_rep.append(v / (max(others) if higher_better else min(others)))
+    name = impl if len(cases) == 1 and key != "msg_per_s" else f"{impl} ({case_mode(case)})"
+    return {"ratio": mine / best, "pymq": mine, "best": best, "best_peer": name,
+            "ratio_min": min(per_rep), "ratio_max": max(per_rep), "repeats": len(per_rep)}
+
+
+def tput_ratio(runs: dict, cases: list[str]) -> dict | None:
+    """pymq in cases[0] / the best peer over all `cases` (msg/s)."""
+    return _compare(runs, cases[0], cases, "msg_per_s", True)
+
+
+def case_mode(case: str) -> str:
+    return "batched" if "batched" in case else "single"
+
+
+def lat_ratio(runs: dict, which: str) -> dict | None:
+    """pymq's percentile / the lowest peer's."""
+    return _compare(runs, PINGPONG[0], [PINGPONG[0]], f"{which}_us", False)
+
+
+def ack_ratio(runs: dict, ack_case: str, plain_case: str) -> dict | None:
+    """ack / plain msg/s (medians), and within each repeat."""
+    a, p = _median_of(runs, ack_case, "pymq", "msg_per_s"), _median_of(runs, plain_case, "pymq", "msg_per_s")
+    if a is None or p is None:
+        return None
+    ra, rp = (_by_repeat(runs, ack_case, "pymq", "msg_per_s"),
+              _by_repeat(runs, plain_case, "pymq", "msg_per_s"))
+    per_rep = [ra[k] / rp[k] for k in ra if k in rp]
+    ca, cp = (_median_of(runs, ack_case, "pymq", "sub_cpu_us_per_msg"),
+              _median_of(runs, plain_case, "pymq", "sub_cpu_us_per_msg"))
+    return {"ratio": a / p, "pymq": a, "best": p, "ratio_min": min(per_rep),
+            "ratio_max": max(per_rep), "repeats": len(per_rep), "sub_cpu_ratio": ca / cp}
+
+
+def evaluate(runs: dict) -> list[dict]:
+    out = []
+    for label, kind, what, op, threshold in targets_spec():
+        if kind == "tput":
+            r = tput_ratio(runs, what)
+        elif kind == "lat":
+            r = lat_ratio(runs, what)
+        else:
+            r = ack_ratio(runs, *what)
+        row = {"target": label, "kind": kind, "op": op, "threshold": threshold,
+               "case": what[0] if kind == "tput" else None}
+        if r is None:
+            row["verdict"] = "not run"
+        else:
+            row.update(r)
+            ok = r["ratio"] >= threshold if op == ">=" else r["ratio"] <= threshold
+            row["verdict"] = "PASS" if ok else "FAIL"
+        out.append(row)
+    out.append({"target": "E persistence on vs off", "kind": "persistence",
+                "verdict": "pending (persistence not implemented)"})
+    return out
+
+
+# -- output ----------------------------------------------------------------------------
+
+
+def si(x: float) -> str:
+    if x >= 1e6:
+        return f"{x / 1e6:.2f} M"
+    if x >= 1e3:
+        return f"{x / 1e3:.0f} k"
+    return f"{x:.0f}"
+
+
+def print_tables(stream: list[dict], pingpong: list[dict], targets: list[dict], base: dict,
+                 missing: dict, out=sys.stdout) -> None:
+    w = lambda s="": print(s, file=out)  # noqa: E731
+    cases = [c for c in STREAM_CASES if any(s["case"] == c[0] for s in stream)]
+    for case in [c for c in cases if c[1] == "A"] + ["B"] + [c for c in cases if c[1] != "A"]:
+        if case == "B":
+            print_pingpong(pingpong, w)
+            continue
+        key = case[0]
+        rows = [s for s in stream if s["case"] == key]
+        first = rows[0]
+        w(f"{key}: {first['producers']} producer(s) -> 1 consumer, {first['payload_bytes']} B, "
+          f"{'batches of 64' if first['batch'] > 1 else 'single calls'}"
+          f"{', acked' if first['ack'] else ''}; {first['messages']:,} messages, "
+          f"{first['runs']} run(s)")
+        head = (f"  {'transport':<13}{'msg/s':>10}{'range':>19}{'MB/s':>8}"
+                f"{'pub CPU us/msg':>16}{'sub CPU us/msg':>16}{'pymq/this':>11}")
+        w(head)
+        mine = next((s for s in rows if s["impl"] == "pymq"), None)
+        for s in sorted(rows, key=lambda s: -s["msg_per_s"]):
+            rng = f"{si(s['msg_per_s_min'])}-{si(s['msg_per_s_max'])}"
+            rel = f"{mine['msg_per_s'] / s['msg_per_s']:.2f}" if mine and s is not mine else ""
+            w(f"  {s['impl']:<13}{si(s['msg_per_s']):>10}{rng:>19}{s['MB_per_s']:>8.1f}"
+              f"{s['pub_cpu_us_per_msg']:>16.2f}{s['sub_cpu_us_per_msg']:>16.2f}{rel:>11}")
+        na = [i for i in case[6] if i not in {s["impl"] for s in rows}]
+        if na:
+            w(f"  {'n/a: ' + ', '.join(i + (' (' + missing[i] + ')' if i in missing else ' (no batched API)') for i in na)}")
+        w()
+    w("Targets: ratio of the medians [range of the same ratio within each repeat]:")
+    for t in targets:
+        if "ratio" in t:
+            best = f"  best peer: {t['best_peer']}" if "best_peer" in t else ""
+            extra = (f"  consumer CPU/msg ack/plain {t['sub_cpu_ratio']:.2f}"
+                     if "sub_cpu_ratio" in t else "")
+            w(f"  {t['verdict']:<5} {t['target']:<46} {t['ratio']:6.2f} "
+              f"[{t['ratio_min']:.2f}-{t['ratio_max']:.2f}]{best}{extra}")
+        else:
+            w(f"  {t['verdict']:<5} {t['target']}" if t["verdict"] in ("PASS", "FAIL")
+              else f"  {t['target']}: {t['verdict']}")
+    if missing:
+        w(f"  (not run: {', '.join(f'{k} {v}' for k, v in missing.items())})")
+    w()
+    w("baseline, no transport (one process): build a payload / the consumer's checks, us per message: "
+      + ", ".join(f"{b['payload_bytes']} B build {b['build_us_per_msg']:.2f} verify {b['verify_us_per_msg']:.2f}"
+                  for b in base))
+
+
+def print_pingpong(pingpong, w) -> None:
+    if pingpong:
+        n = pingpong[0]
+        w(f"{n['case']}: one-way latency = round trip / 2, {n['round_trips']:,} round trips after "
+          f"{n['warmup']:,} warm-up, {n['runs']} run(s), us")
+        w(f"  {'transport':<13}{'p50':>8}{'p99':>8}{'p99.9':>8}{'mean':>8}{'max':>9}"
+          f"{'ping CPU us/rt':>16}{'pong CPU us/rt':>16}{'page faults/1k rt':>19}")
+        for s in sorted(pingpong, key=lambda s: s["p50_us"]):
+            flt = f"{s['ping_minflt_per_1k_rt']:.0f} / {s['pong_minflt_per_1k_rt']:.0f}"
+            w(f"  {s['impl']:<13}{s['p50_us']:>8.1f}{s['p99_us']:>8.1f}{s['p999_us']:>8.1f}"
+              f"{s['mean_us']:>8.1f}{s['max_us']:>9.0f}{s['ping_cpu_us_per_rt']:>16.2f}"
+              f"{s['pong_cpu_us_per_rt']:>16.2f}{flt:>19}")
+        w()
+
+
+def chart(path: str, stream: list[dict], pingpong: list[dict], targets: list[dict], meta: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"pymq": "#d62728"}
+    grey = "#8c8c8c"
+    panels = [("A 64 B single", "A  1→1, 64 B, single calls"),
+              ("A 64 B batched", "A  1→1, 64 B, batched"),
+              ("A 4 KiB single", "A  1→1, 4 KiB, single calls"),
+              ("A 4 KiB batched", "A  1→1, 4 KiB, batched"),
+              ("C 64 B single x4", "C  4→1, 64 B, single calls"),
+              ("C 64 B batched x4", "C  4→1, 64 B, batched")]
+    panels = [p for p in panels if any(s["case"] == p[0] for s in stream)]
+    dpanel = [s for s in stream if s["scenario"] == "D"]
+    n_right = (1 if pingpong else 0) + (1 if dpanel else 0)
+    ncols = 2 + (1 if n_right else 0)
+    nrows = max((len(panels) + 1) // 2, n_right, 1)
+    fig = plt.figure(figsize=(5.2 * ncols, 2.6 * nrows + 1.2))
+    gs = fig.add_gridspec(nrows, ncols, hspace=0.75, wspace=0.45)
+    verdict = {t["target"]: t for t in targets}
+    order = peers.ALL
+
+    def tgt_for(case):
+        for t in targets:
+            if t.get("kind") == "tput" and t.get("case") == case:
+                return t
+        return None
+
+    for n, (case, title) in enumerate(panels):
+        ax = fig.add_subplot(gs[n // 2, n % 2])
+        rows = {s["impl"]: s for s in stream if s["case"] == case}
+        names = [i for i in order if i in rows or i == "posix_ipc"]
+        vals = [rows[i]["msg_per_s"] / 1e6 if i in rows else 0 for i in names]
+        ys = range(len(names))[::-1]
+        ax.barh(list(ys), vals, color=[colors.get(i, grey) for i in names], height=0.7)
+        top = max(vals) if vals else 1
+        for y, i, v in zip(ys, names, vals):
+            label = f"{v:.2f} M" if i in rows else "n/a"
+            ax.text(v + top * 0.02, y, label, va="center", fontsize=8,
+                    fontweight="bold" if i == "pymq" else "normal")
+        ax.set_yticks(list(ys))
+        ax.set_yticklabels(names, fontsize=8)
+        ax.set_xlim(0, top * 1.32)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_xlabel("million messages/s (median)", fontsize=8)
+        t = tgt_for(case)
+        sub = (f"\npymq = {t['ratio']:.2f}x best peer, {t['best_peer']}"
+               f"\n[{t['verdict']}: target {t['op']} {t['threshold']:g}x]") if t and "ratio" in t else ""
+        ax.set_title(title + sub, fontsize=9, loc="left")
+        for sp in ("top", "right"):
+            ax.spines[sp].set_visible(False)
+
+    row = 0
+    if pingpong:
+        ax = fig.add_subplot(gs[0:2, 2]) if dpanel else fig.add_subplot(gs[:, 2])
+        rows = {s["impl"]: s for s in pingpong}
+        names = [i for i in order if i in rows]
+        ys = list(range(len(names)))[::-1]
+        h = 0.27
+        for off, key, alpha, lab in ((h, "p50_us", 1.0, "p50"), (0, "p99_us", 0.6, "p99"),
+                                     (-h, "p999_us", 0.3, "p99.9")):
+            vals = [rows[i][key] for i in names]
+            ax.barh([y + off for y in ys], vals, height=h,
+                    color=[colors.get(i, grey) for i in names], alpha=alpha, label=lab)
+            for y, v in zip(ys, vals):
+                ax.text(v * 1.03, y + off, f"{v:.1f}", va="center", fontsize=6.5)
+        ax.set_yticks(ys)
+        ax.set_yticklabels(names, fontsize=8)
+        from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
+        ax.set_xscale("log")
+        lo = min(rows[i]["p50_us"] for i in names)
+        hi = max(rows[i]["p999_us"] for i in names)
+        ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+                 if lo / 2 <= t <= hi * 2]
+        ax.set_xlim(min(ticks[0], lo * 0.8), hi * 1.6)
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("one-way latency, µs (log scale): p50 / p99 / p99.9", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+        p50 = verdict.get("B p50 <= 0.7x best peer's", {})
+        p99 = verdict.get("B p99 <= 1x best peer's", {})
+        sub = ""
+        if "ratio" in p50 and "ratio" in p99:
+            sub = (f"\npymq p50 = {p50['ratio']:.2f}x best ({p50['best_peer']}) [{p50['verdict']}: ≤ 0.7x]"
+                   f"\npymq p99 = {p99['ratio']:.2f}x best ({p99['best_peer']}) [{p99['verdict']}: ≤ 1x]")
+        ax.set_title("B  ping-pong, 64 B (shorter is better)" + sub, fontsize=9, loc="left")
+        from matplotlib.patches import Patch
+        ax.legend(handles=[Patch(color=grey, alpha=a, label=l)
+                           for a, l in ((1.0, "p50"), (0.6, "p99"), (0.3, "p99.9"))],
+                  fontsize=7, loc="upper right", frameon=False)
+        for sp in ("top", "right"):
+            ax.spines[sp].set_visible(False)
+        row = 2
+    if dpanel:
+        ax = fig.add_subplot(gs[row:, 2]) if row else fig.add_subplot(gs[:, 2])
+        by = {s["case"]: s for s in dpanel}
+        labels = [("D plain single", "plain get"), ("D ack single", "get + ack"),
+                  ("D plain batched", "plain get_many(64)"), ("D ack batched", "get_many + ack_many")]
+        labels = [(c, l) for c, l in labels if c in by]
+        ys = list(range(len(labels)))[::-1]
+        vals = [by[c]["msg_per_s"] / 1e6 for c, _ in labels]
+        ax.barh(ys, vals, color=["#f4a6a6" if "plain" in c else colors["pymq"] for c, _ in labels],
+                height=0.6)
+        for y, v in zip(ys, vals):
+            ax.text(v * 1.02, y, f"{v:.2f} M", va="center", fontsize=8)
+        ax.set_yticks(ys)
+        ax.set_yticklabels([l for _, l in labels], fontsize=8)
+        ax.set_xlim(0, max(vals) * 1.35)
+        ax.set_xlabel("million messages/s (median)", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+        a1 = verdict.get("D ack single >= 50% of plain single", {})
+        a2 = verdict.get("D ack batched >= 50% of plain batched", {})
+        sub = ""
+        if "ratio" in a1:
+            sub += f"\nsingle: ack = {a1['ratio']:.0%} of plain [{a1['verdict']}, ≥ 50%]"
+        if "ratio" in a2:
+            sub += f"\nbatched: ack = {a2['ratio']:.0%} of plain [{a2['verdict']}, ≥ 50%]"
+        ax.set_title("D  pymq at-least-once, 64 B, 1→1" + sub, fontsize=9, loc="left")
+        for sp in ("top", "right"):
+            ax.spines[sp].set_visible(False)
+
+    label = f" ({meta['label']})" if meta.get("label") else ""
+    fig.suptitle(f"pymq{label} vs Python IPC peers — {meta['date'][:10]}, {meta['cpus']} vCPUs (shared, noisy), "
+                 f"Python {meta['python']}, "
+                 f"{'medians of ' + str(meta['repeat']) + ' interleaved repeats' if meta['repeat'] > 1 else 'one run each'}"
+                 f"{' (--quick: smoke-test counts)' if meta['quick'] else ''}",
+                 fontsize=10, x=0.01, ha="left", y=1 + 0.35 / fig.get_figheight())
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def baselines(count: int = 100_000) -> list[dict]:
+    """Build a payload / the consumer's single-call check, alone in this process."""
+    out = []
+    pack, unpack, crc32 = INDEX.pack, INDEX.unpack_from, zlib.crc32
+    for size in (64, 4 * KIB):
+        fill = tp.filler(size)
+        t0 = time.process_time_ns()
+        for i in range(count):
+            p = pack(i) + fill
+        t1 = time.process_time_ns()
+        pool = [pack(i) + fill for i in range(1024)]
+        crc = 0
+        t2 = time.process_time_ns()
+        for i in range(count):
+            p = pool[i & 1023]
+            if unpack(p)[0] != i & 1023:
+                raise AssertionError(i)
+            crc = crc32(p, crc)
+        t3 = time.process_time_ns()
+        out.append({"payload_bytes": size, "build_us_per_msg": (t1 - t0) / count / 1e3,
+                    "verify_us_per_msg": (t3 - t2) / count / 1e3})
+    return out
+
+
+def machine() -> dict:
+    def cmd(*a):
+        try:
+            return subprocess.run(a, capture_output=True, text=True, timeout=10).stdout.strip()
+        except OSError:
+            return ""
+    model = next((ln.split(":", 1)[1].strip() for ln in cmd("lscpu").splitlines()
+                  if ln.startswith("Model name")), "")
+    return {"cpu": model, "cpus": os.cpu_count(), "kernel": platform.release(),
+            "python": sys.version.split()[0], "platform": platform.platform()}
+
+
+def git_commit() -> str:
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        out = subprocess.run(["git", "-C", here, "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip()
+    except OSError:
+        return ""
+
+
+# -- main --------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="small counts and one repeat unless --repeat: a smoke test (< 30 s)")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="runs per case and transport; medians reported (default 3, 1 with --quick)")
+    ap.add_argument("--scenario", action="append", choices=SCENARIOS,
+                    help="run only this scenario (repeatable)")
+    ap.add_argument("--json", metavar="PATH", help="also write everything as JSON")
+    ap.add_argument("--chart", metavar="PATH", help="also draw a chart (PNG, needs matplotlib)")
+    ap.add_argument("--label", metavar="TEXT",
+                    help="what was measured, for the chart's title and the JSON (default: "
+                         "git describe of this checkout, if it is one)")
+    ap.add_argument("--replot", metavar="JSON",
+                    help="run nothing: print the tables and targets (and --chart) again from the "
+                         "runs saved by an earlier --json")
+    args = ap.parse_args(argv)
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
+    if repeat < 1:
+        ap.error("--repeat must be >= 1")
+    if args.chart:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            ap.error("--chart needs matplotlib (pip install matplotlib)")
+    if args.replot:
+        return replot(args)
+    chosen = args.scenario or SCENARIOS
+
+    missing = {i: why for i in peers.ALL if (why := peers.missing(i))}
+    for i, why in missing.items():
+        print(f"# warning: {i} {why}: left out", file=sys.stderr)
+    ctx = mp.get_context("spawn")
+
+    # the plan: per scenario, repeat-major, transports rotated each repeat
+    plan = []
+    for scen in chosen:
+        if scen == "B":
+            warm, rounds = PINGPONG[3] if args.quick else PINGPONG[2]
+            impls = [i for i in peers.ALL if i not in missing]
+            for rep in range(repeat):
+                rot = impls[rep % len(impls):] + impls[:rep % len(impls)]
+                plan += [("B", None, i, rep, (warm, rounds)) for i in rot]
+            continue
+        cases = [c for c in STREAM_CASES if c[1] == scen]
+        for rep in range(repeat):
+            for case in cases:
+                impls = [i for i in case[6] if i not in missing and (case[4] == 1 or i in peers.BATCHED)]
+                rot = impls[rep % len(impls):] + impls[:rep % len(impls)]
+                count = case[8] if args.quick else case[7]
+                plan += [(scen, case, i, rep, count) for i in rot]
+
+    runs: dict = {}
+    crc_cache: dict = {}
+    loads = []
+    load_before = os.getloadavg()
+    t_start = time.monotonic()
+    if "E" in chosen:
+        print("# E persistence on vs off: pending (persistence not implemented)", file=sys.stderr)
+    for n, (scen, case, impl, rep, count) in enumerate(plan, 1):
+        t0 = time.monotonic()
+        if scen == "B":
+            r = run_pingpong(ctx, impl, *count)
+            what = (f"p50 {r['p50_us']:6.1f} us  p99 {r['p99_us']:7.1f} us  "
+                    f"p99.9 {r['p999_us']:7.1f} us")
+            key = PINGPONG[0]
+        else:
+            r = run_stream(ctx, case, impl, count, crc_cache)
+            key = case[0]
+            what = (f"{r['msg_per_s']:>11,.0f} msg/s {r['MB_per_s']:>8.1f} MB/s  "
+                    f"CPU us/msg pub {r['pub_cpu_us_per_msg']:.2f} sub {r['sub_cpu_us_per_msg']:.2f}")
+        r["repeat"] = rep
+        runs.setdefault((key, impl), []).append(r)
+        el = time.monotonic() - t_start
+        loads.append(os.getloadavg()[0])
+        print(f"# [{n:>3}/{len(plan)}] {key:<18} {impl:<12} run {rep + 1}/{repeat}: {what}  ok "
+              f"({time.monotonic() - t0:.1f} s, {el:.0f} s so far, load {os.getloadavg()[0]:.1f})",
+              file=sys.stderr, flush=True)
+    load_after = os.getloadavg()
+    base = baselines(20_000 if args.quick else 100_000)
+    meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **machine(), "repeat": repeat,
+            "quick": args.quick, "scenarios": chosen, "commit": git_commit(),
+            "label": args.label or git_commit(),
+            "pymq": pymq.__version__, "pymq_file": pymq.__file__, "versions": peers.versions(),
+            "loadavg_before": load_before, "loadavg_after": load_after,
+            "loadavg_1min_during": [min(loads, default=0), max(loads, default=0)],
+            "wall_s": time.monotonic() - t_start, "mq_max_messages": peers.MQ_MAX_MESSAGES,
+            "zmq_hwm": peers.ZMQ_HWM, "ring_bytes": peers.RING_BYTES, "batch": BATCH}
+    return report(args, runs, meta, base, missing)
+
+
+def replot(args) -> int:
+    with open(args.replot) as f:
+        doc = json.load(f)
+    runs: dict = {}
+    for r in doc["runs"]:
+        runs.setdefault((r["case"], r["impl"]), []).append(r)
+    meta = {k: v for k, v in doc.items() if k not in ("summary", "pingpong", "targets", "runs",
+                                                     "baselines", "missing")}
+    meta.setdefault("scenarios", sorted({r["scenario"] for r in doc["runs"]}
+                                        | ({"E"} if any(t["kind"] == "persistence"
+                                                        for t in doc["targets"]) else set())))
+    meta.setdefault("loadavg_1min_during", [meta["loadavg_before"][0], meta["loadavg_after"][0]])
+    if args.label:
+        meta["label"] = args.label
+    if args.scenario:
+        meta["scenarios"] = [s for s in meta["scenarios"] if s in args.scenario]
+        runs = {k: v for k, v in runs.items() if v[0]["scenario"] in meta["scenarios"]}
+    return report(args, runs, meta, doc["baselines"], doc.get("missing", {}))
+
+
+def report(args, runs: dict, meta: dict, base: list[dict], missing: dict) -> int:
+    chosen = meta["scenarios"]
+    stream = [summarise_stream(v) for (k, i), v in runs.items() if k != PINGPONG[0]]
+    pingpong = [summarise_pingpong(v) for (k, i), v in runs.items() if k == PINGPONG[0]]
+    targets = [t for t in evaluate(runs) if t["verdict"] != "not run"]
+    if "E" not in chosen:
+        targets = [t for t in targets if t["kind"] != "persistence"]
+    print_tables(stream, pingpong, targets, base, missing)
+    lb, la = meta["loadavg_before"], meta["loadavg_after"]
+    print(f"({meta['date']}, {meta['wall_s']:.0f} s; load average {lb[0]:.1f} before, "
+          f"{meta['loadavg_1min_during'][0]:.1f}-{meta['loadavg_1min_during'][1]:.1f} during, "
+          f"{la[0]:.1f} after)")
+    if args.chart and (stream or pingpong):
+        chart(args.chart, stream, pingpong, targets, meta)
+        print(f"chart: {args.chart}")
+    if args.json:
+        doc = {**meta, "summary": stream, "pingpong": pingpong, "targets": targets,
+               "runs": [r for v in runs.values() for r in v], "baselines": base,
+               "missing": missing}
+        if args.replot:
+            doc["replotted_from"] = args.replot
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
