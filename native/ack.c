@@ -361,6 +361,25 @@ int pmq_group_sweep(pmq_ring_t *r, uint32_t gi, int64_t now_ns)
     return k;
 }
 
+int pmq_ring_sweep(pmq_ring_t *r, int64_t now_ns, uint64_t *dead_groups)
+{
+    if (!r || !dead_groups)
+        return PMQ_EINVAL;
+    int total = 0;
+    *dead_groups = 0;
+    for (uint32_t gi = 0; gi < r->max_groups && gi < 64; gi++) {
+        if (!is_ack_group(r, &r->groups[gi]))
+            continue;
+        int k = pmq_group_sweep(r, gi, now_ns);
+        if (k < 0 && k != PMQ_GONE)
+            return k;
+        total += k > 0 ? k : 0;
+        if (__atomic_load_n(&r->groups[gi].dead, __ATOMIC_RELAXED))
+            *dead_groups |= 1ULL << gi;
+    }
+    return total;
+}
+
 int pmq_group_take_dead(pmq_ring_t *r, uint32_t gi, pmq_batch_t *b, uint32_t max,
                         uint32_t *group_gen)
 {

@@ -135,6 +135,7 @@ int pmq_group_ack1(pmq_ring_t *r, uint32_t group, uint32_t group_gen, uint32_t s
 int pmq_group_nack(pmq_ring_t *r, uint32_t group, uint32_t group_gen, const uint32_t *slots,
                    const uint64_t *seqs, const uint32_t *attempts, uint32_t n);
 int pmq_group_sweep(pmq_ring_t *r, uint32_t group, int64_t now_ns);
+int pmq_ring_sweep(pmq_ring_t *r, int64_t now_ns, uint64_t *dead_groups);
 int pmq_group_take_dead(pmq_ring_t *r, uint32_t group, pmq_batch_t *b, uint32_t max_count,
                         uint32_t *group_gen);
 int pmq_group_dead_lettered(pmq_ring_t *r, uint32_t group, uint32_t group_gen,

@@ -397,6 +397,10 @@ int pmq_group_nack(pmq_ring_t *r, uint32_t group, uint32_t group_gen, const uint
  * Returns how many timed out; 0 for a group that is not an ack group. */
 int pmq_group_sweep(pmq_ring_t *r, uint32_t group, int64_t now_ns);
 
+/* Sweep every ack group of the ring (pmq_group_sweep); bit i of *dead_groups
+ * says group i has dead deliveries to dead-letter. Returns how many timed out. */
+int pmq_ring_sweep(pmq_ring_t *r, int64_t now_ns, uint64_t *dead_groups);
+
 /* Copy up to max_count dead deliveries of the group into b (payload, seq,
  * slot, attempts), leaving them pending, and the group's generation: the
  * supervisor publishes them to the dead-letter topic, then calls

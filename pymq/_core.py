@@ -218,8 +218,12 @@ class Ring(_Mapped):
             rc = lib.pmq_group_dead_lettered(h, group, group_gen, s, q, len(slots))
         return rc if rc >= 0 else check(rc, f"topic {self.topic!r}")
 
-    def sweep(self, group: int, now_ns: int) -> int:
-        return check(lib.pmq_group_sweep(self.h, group, now_ns), f"topic {self.topic!r}")
+    def sweep(self, now_ns: int) -> list[int]:
+        """Requeue every ack group's timed-out deliveries; the groups that have
+        dead ones to dead-letter."""
+        mask = ffi.new("uint64_t *")
+        check(lib.pmq_ring_sweep(self.h, now_ns, mask), f"topic {self.topic!r}")
+        return [g for g in range(64) if mask[0] >> g & 1]
 
     def take_dead(self, group: int, batch: "Batch") -> tuple[int, int]:
         """Copy dead deliveries of the group into batch: (count, group gen)."""

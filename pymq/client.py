@@ -438,8 +438,10 @@ class Subscription:
     def get_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
         """1..max_count payloads in one native call; waits like get()."""
         r, n = self._read(max_count, timeout)
-        view, offs, lens = r.view, r.offs, r.lens
-        return [view[offs[i]:offs[i] + lens[i]] for i in range(n)]
+        unpack = _core.ffi.unpack
+        offs, lens = unpack(r.offs, n), unpack(r.lens, n)
+        data = r.view[0:offs[-1] + lens[-1]]  # one copy out of the buffer, then slices
+        return [data[o:o + ln] for o, ln in zip(offs, lens)]
 
     def __iter__(self):
         batch_size = self._iter_batch if self.group is None else 16

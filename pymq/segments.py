@@ -29,6 +29,8 @@ import psutil
 from .errors import MQError
 
 SHM_DIR = "/dev/shm"
+# Populate the page tables at mmap time: no page fault on the hot path later.
+MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 NS_SUFFIX = "..ns"
 PROC_INFIX = "..proc."
 
@@ -64,7 +66,7 @@ class Segment:
             except OSError as e:
                 raise MQError(f"cannot reserve {size} bytes in {SHM_DIR} for {shm_name}: "
                               f"{e.strerror} (is /dev/shm full or too small?)") from e
-            mm = mmap.mmap(shm.fd, size)
+            mm = mmap.mmap(shm.fd, size, flags=MAP_FLAGS)
         except BaseException:
             shm.unlink()  # ours: nobody else can have attached a segment not yet ready
             shm.close_fd()
@@ -80,7 +82,7 @@ class Segment:
             size = os.fstat(shm.fd).st_size
             if size == 0:
                 raise posix_ipc.ExistentialError(f"{shm_name} is empty (being created)")
-            mm = mmap.mmap(shm.fd, size)
+            mm = mmap.mmap(shm.fd, size, flags=MAP_FLAGS)
         finally:
             shm.close_fd()
         return cls(shm_name, mm, False)

@@ -107,9 +107,13 @@ class Supervisor:
             ring = self.ring(topic)
             if ring is None:
                 continue
-            for g in range(_core.lib.PMQ_MAX_GROUPS):
+            try:
+                dead_groups = ring.sweep(now)
+            except MQError as e:
+                self.log_once((topic, None), f"topic {topic!r}: sweep: {e}")
+                continue
+            for g in dead_groups:
                 try:
-                    ring.sweep(g, now)
                     while self.dead_letter(ring, g):
                         pass
                 except (MQError, ValueError) as e:
