@@ -136,6 +136,13 @@ static int new_group(pmq_ring_t *r, const char *name, uint32_t flags, int start,
     return gi;
 }
 
+int pmq_group_create(pmq_ring_t *r, const char *name, uint32_t flags, int start,
+                     uint64_t start_seq, int64_t ack_timeout_ns, uint32_t max_retries)
+{
+    int gi = new_group(r, name, flags, start, start_seq, ack_timeout_ns, max_retries);
+    return gi < 0 ? gi : 0;
+}
+
 int pmq_group_join(pmq_ring_t *r, const char *name, uint32_t flags, int start,
                    uint64_t start_seq, uint64_t owner, int32_t pid, int64_t ack_timeout_ns,
                    uint32_t max_retries, pmq_join_t *out)

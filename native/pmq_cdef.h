@@ -69,7 +69,7 @@ typedef struct {
 
 typedef struct {
     uint64_t capacity;
-    uint32_t max_msg, max_groups, max_members, max_ack_groups, pending_cap;
+    uint32_t max_msg, max_groups, max_members, max_ack_groups, pending_cap, persist;
     int32_t creator_pid;
     uint64_t creator_start;
     ...;

@@ -84,6 +84,12 @@
 #define PMQ_REC_DATA 1u
 #define PMQ_REC_PAD  2u
 
+/* The persistence writer's ack group, made with the ring when params.persist
+ * is set. Its name cannot be a user's group name (those cannot hold '~'). */
+#define PMQ_PERSIST_GROUP "~persist"
+#define PMQ_PERSIST_ACK_TIMEOUT_NS (3600LL * 1000000000LL)
+#define PMQ_PERSIST_RETRIES 1000u
+
 #define PMQ_START_LATEST   0
 #define PMQ_START_EARLIEST 1
 #define PMQ_START_SEQ      2
@@ -262,6 +268,7 @@ typedef struct pmq_ring_params {
     uint32_t max_members;  /* <= PMQ_MAX_MEMBERS */
     uint32_t max_ack_groups; /* pending tables, <= PMQ_MAX_ACK_GROUPS */
     uint32_t pending_cap;  /* deliveries in flight per ack group, a power of two */
+    uint32_t persist;      /* 1: make the persistence writer's group (PMQ_PERSIST_GROUP) */
     int32_t creator_pid;
     uint64_t creator_start;
 } pmq_ring_params_t;

@@ -17,6 +17,8 @@
 
 uint32_t pmq_layout_version(void) { return PMQ_LAYOUT_VERSION; }
 
+static int fill_handle(pmq_ring_t *r, void *base, uint64_t len);
+
 /* ---- lock and recovery ------------------------------------------------ */
 
 /* Repair the segment after a lock holder died (EOWNERDEAD), with the mutex
@@ -152,6 +154,17 @@ int pmq_ring_init(void *base, uint64_t len, const pmq_ring_params_t *p)
         rc = pmq_mutex_init(&groups[i].lock);
     if (rc < 0)
         return rc;
+    if (p->persist) {
+        /* The persistence writer's group exists before anyone can publish: no
+         * record can be reclaimed before it is on disk. */
+        pmq_ring_t tmp;
+        rc = fill_handle(&tmp, base, len);
+        if (rc == 0)
+            rc = pmq_group_create(&tmp, PMQ_PERSIST_GROUP, PMQ_GROUP_ACK, PMQ_START_EARLIEST, 0,
+                                  PMQ_PERSIST_ACK_TIMEOUT_NS, PMQ_PERSIST_RETRIES);
+        if (rc < 0)
+            return rc;
+    }
     STORE_REL(&h->ready, PMQ_READY); /* attachers check ready before anything else */
     return 0;
 }
@@ -163,6 +176,13 @@ int pmq_ring_attach(pmq_ring_t *r, void *base, uint64_t len)
     pmq_ring_hdr_t *h = base;
     if (LOAD_ACQ(&h->ready) != PMQ_READY)
         return h->magic == 0 || h->magic == PMQ_RING_MAGIC ? PMQ_NOTREADY : PMQ_EVERSION;
+    return fill_handle(r, base, len);
+}
+
+/* Check the header's bounds and fill the handle (attach, less the ready check). */
+static int fill_handle(pmq_ring_t *r, void *base, uint64_t len)
+{
+    pmq_ring_hdr_t *h = base;
     if (h->magic != PMQ_RING_MAGIC || h->version != PMQ_LAYOUT_VERSION)
         return PMQ_EVERSION;
     pmq_ring_params_t p = {

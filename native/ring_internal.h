@@ -101,6 +101,11 @@ int pmq_ring_gate(pmq_ring_t *r, uint64_t *gate);
  * Mutex held (recovery). */
 void pmq_group_recount(pmq_ring_t *r);
 
+/* A named group with no member, made while nobody else can see the ring
+ * (pmq_ring_init); 0 or an error. */
+int pmq_group_create(pmq_ring_t *r, const char *name, uint32_t flags, int start,
+                     uint64_t start_seq, int64_t ack_timeout_ns, uint32_t max_retries);
+
 /* The member's group, or NULL (*rc = PMQ_GONE or PMQ_ECORRUPT). */
 pmq_group_t *pmq_member_group(pmq_ring_t *r, pmq_member_t *m, uint32_t gen, int *rc);
 /* Copy the record at pos into the batch: 1, or 0 when the batch is full. */

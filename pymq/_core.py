@@ -29,6 +29,7 @@ START = {"latest": lib.PMQ_START_LATEST, "earliest": lib.PMQ_START_EARLIEST}
 START_SEQ = lib.PMQ_START_SEQ
 REC_HDR = lib.PMQ_REC_HDR
 GROUP_ACK = lib.PMQ_GROUP_ACK
+PERSIST_GROUP = "~persist"  # PMQ_PERSIST_GROUP: the persistence writer's ack group
 ACK_GROUPS = 16       # pending tables per topic: ack groups it can have
 PENDING_CAP = 1024    # deliveries in flight per ack group
 
@@ -67,7 +68,7 @@ def ns_size() -> int:
     return lib.pmq_ns_size()
 
 
-def ring_params(capacity: int, max_msg: int, pid: int = 0, start: int = 0):
+def ring_params(capacity: int, max_msg: int, pid: int = 0, start: int = 0, persist: bool = False):
     p = ffi.new("pmq_ring_params_t *")
     p.capacity = capacity
     p.max_msg = max_msg
@@ -75,6 +76,7 @@ def ring_params(capacity: int, max_msg: int, pid: int = 0, start: int = 0):
     p.max_members = lib.PMQ_MAX_MEMBERS
     p.max_ack_groups = ACK_GROUPS
     p.pending_cap = PENDING_CAP
+    p.persist = 1 if persist else 0
     p.creator_pid = pid
     p.creator_start = start
     return p

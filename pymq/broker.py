@@ -62,6 +62,18 @@ def remove_stale(name: str) -> list[str]:
     return segments.remove_namespace(name)
 
 
+def check_persistence_dir(path: str) -> None:
+    """The persistence folder exists (made, 0700, if only it is missing) and is
+    writable; else a clear MQError at start, not a failing writer later."""
+    from .persistence import ensure_dir
+    try:
+        ensure_dir(path)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as e:
+        raise MQError(f"persistence_dir {path!r}: {e.strerror or e}") from None
+
+
 class _Supervision:
     """The Broker's side of its supervisor: start it, restart it, stop it.
     Holds no reference to the Broker, so that a finalizer can use it."""
@@ -116,6 +128,27 @@ class _Supervision:
                     return
                 backoff = min(backoff * 2, 2.0)
 
+    def _drain_persistence(self, timeout: float = 30.0) -> None:
+        """Before closing: let the writers put everything published on disk."""
+        from .client import Client
+        try:
+            client = Client(self.name)
+        except MQError:
+            return
+        try:
+            if not client.config.persistence_enabled or self.proc is None or self.proc.poll() is not None:
+                return
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                groups = [t["groups"].get(_core.PERSIST_GROUP) for t in client.stats()["topics"].values()]
+                if all(g is None or (g["lag"] == 0 and g["pending"] == 0) for g in groups):
+                    return
+                time.sleep(0.01)
+            print(f"pymq: persistence of {self.name!r} did not drain in {timeout:g} s",
+                  file=sys.stderr)
+        finally:
+            client.close()
+
     def shutdown(self) -> None:
         """Close every topic, stop the supervisor, remove the namespace. Only in
         the process that created the broker (not in a forked child)."""
@@ -124,6 +157,7 @@ class _Supervision:
         self.stopping.set()
         ns = self.res.ns
         if ns is not None:
+            self._drain_persistence()
             ns.hdr.closed = 1
             for topic in segments.topic_names(self.name):
                 ring = self.res.topics.get(topic) or _attach_ring(self.name, topic)
@@ -157,6 +191,8 @@ class Broker(Client):
         cfg = config if config is not None else BrokerConfig()
         if not isinstance(cfg, BrokerConfig):
             raise TypeError(f"config must be a BrokerConfig, not {type(cfg).__name__}")
+        if cfg.persistence_enabled:
+            check_persistence_dir(cfg.persistence_dir)
         self.stale_removed = remove_stale(cfg.name)
         token = segments.Token(cfg.name)
         try:

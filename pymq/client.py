@@ -235,7 +235,7 @@ class Client:
     def _create_topic(self, shm_name: str) -> segments.Segment | None:
         cfg = self._config
         params = _core.ring_params(cfg.ring_capacity, cfg.max_message_bytes,
-                                   os.getpid(), segments.start_stamp())
+                                   os.getpid(), segments.start_stamp(), cfg.persistence_enabled)
         try:
             seg = segments.Segment.create(shm_name, _core.ring_size(params))
         except posix_ipc.ExistentialError:

@@ -75,6 +75,12 @@ class BrokerConfig:
     publish_timeout: float = 5.0
     admin_host: str = "127.0.0.1"
     admin_port: int | None = None
+    # persistence details (beyond the seed's two switches)
+    persistence_segment_bytes: int = 64 * MiB      # a new log file past this size
+    persistence_retention_bytes: int = 1024 * MiB  # per topic; oldest files go first
+    persistence_retention_seconds: float = 7 * 24 * 3600.0
+    persistence_fsync: str = "interval"            # never | interval | always
+    persistence_fsync_interval: float = 1.0
 
     def __post_init__(self) -> None:
         check_broker_name(self.name)
@@ -93,6 +99,17 @@ class BrokerConfig:
                 raise ValueError(f"{field} must be a number >= {least}, not {value!r}")
         if not isinstance(self.max_retries, int) or self.max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, not {self.max_retries!r}")
+        if self.persistence_fsync not in ("never", "interval", "always"):
+            raise ValueError(f"persistence_fsync must be never, interval or always, "
+                             f"not {self.persistence_fsync!r}")
+        for field in ("persistence_segment_bytes", "persistence_retention_bytes"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{field} must be a positive int, not {value!r}")
+        for field in ("persistence_retention_seconds", "persistence_fsync_interval"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{field} must be a number > 0, not {value!r}")
         if self.admin_port is not None and not 0 <= int(self.admin_port) <= 65535:
             raise ValueError(f"admin_port must be in 0..65535, not {self.admin_port!r}")
 

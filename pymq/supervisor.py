@@ -47,6 +47,7 @@ class Supervisor:
         self._dead_batch = None
         self.admin = None
         self._errors: dict = {}
+        self.writers: dict = {}
 
     def owner_alive(self) -> bool:
         return segments.token_alive(segments.token_path(self.name, self.ns.hdr.owner_token))
@@ -226,9 +227,27 @@ class Supervisor:
             details["problems"] = problems
         return not problems, details
 
+    def persist(self) -> None:
+        """With persistence on, a writer thread per topic (pymq/persistence.py);
+        one that stopped on an error is started again next sweep."""
+        cfg = self.client().config
+        if not cfg.persistence_enabled:
+            return
+        from .persistence import Writer
+        for topic in segments.topic_names(self.name):
+            w = self.writers.get(topic)
+            if w is not None and w.is_alive():
+                continue
+            try:
+                w = self.writers[topic] = Writer(self.client(), topic, cfg, log)
+                w.start()
+            except (MQError, OSError) as e:
+                self.log_once((topic, "persist"), f"persistence of {topic!r}: {e}")
+
     def sweep(self) -> None:
         self.reap()
         self.redeliver()
+        self.persist()
         self.serve_admin()
         self.ns.hdr.supervisor_beat_ns = time.time_ns()
 
@@ -248,6 +267,8 @@ class Supervisor:
         return 0
 
     def close(self) -> None:
+        for w in self.writers.values():
+            w.stop()
         if self.admin is not None:
             self.admin.close()
             self.admin = None

@@ -1,0 +1,128 @@
+"""Persistence (pymq/persistence.py): the writer, its files, rotation, retention."""
+
+import base64
+import glob
+import json
+import os
+import signal
+
+import pytest
+
+import pymq
+from helpers import wait_for
+
+KiB = 1024
+
+
+@pytest.fixture
+def pdir(tmp_path):
+    return str(tmp_path / "mq")
+
+
+def log_lines(pdir, topic):
+    files = sorted(glob.glob(os.path.join(pdir, topic, "*.jsonl")))
+    return files, [json.loads(line) for f in files for line in open(f, "rb")]
+
+
+def persisted(broker, topic):
+    g = broker.stats()["topics"][topic]["groups"]["~persist"]
+    return g["acked"] if g["lag"] == 0 and g["pending"] == 0 else -1
+
+
+def test_every_message_is_written_as_a_json_line(make_broker, pdir):
+    broker = make_broker(persistence_enabled=True, persistence_dir=pdir)
+    payloads = [os.urandom(i % 300) for i in range(500)] + [b"", b"\x00\xff" * 100]
+    for p in payloads[:100]:
+        broker.publish("t", p)
+    broker.publish_many("t", payloads[100:])
+    broker.close()  # drains persistence first
+    files, lines = log_lines(pdir, "t")
+    assert [r["seq"] for r in lines] == list(range(1, len(payloads) + 1))
+    assert [base64.b64decode(r["payload"]) for r in lines] == payloads
+    assert all(isinstance(r["ts"], float) and r["ts"] > 1.7e9 for r in lines)
+    assert os.stat(os.path.join(pdir, "t")).st_mode & 0o777 == 0o700
+    assert all(os.stat(f).st_mode & 0o777 == 0o600 for f in files)
+    assert os.stat(pdir).st_mode & 0o777 == 0o700
+
+
+def test_a_message_leaves_the_ring_only_once_on_disk(make_broker, pdir):
+    broker = make_broker(ring_bytes=64 * KiB, max_message_bytes=4 * KiB,
+                         persistence_enabled=True, persistence_dir=pdir)
+    n = 3000  # about 3 MB through a 64 KiB ring with no subscriber at all
+    for i in range(0, n, 10):
+        broker.publish_many("t", [b"%06d" % (i + k) + b"x" * 994 for k in range(10)], timeout=30)
+    wait_for(lambda: persisted(broker, "t") == n)
+    broker.close()
+    _, lines = log_lines(pdir, "t")
+    assert [int(base64.b64decode(r["payload"])[:6]) for r in lines] == list(range(n))
+
+
+def test_files_rotate_by_size_and_are_named_by_their_first_seq(make_broker, pdir):
+    broker = make_broker(persistence_enabled=True, persistence_dir=pdir,
+                         persistence_segment_bytes=8 * KiB)
+    for i in range(400):
+        broker.publish("t", b"y" * 100)
+    broker.close()
+    files, lines = log_lines(pdir, "t")
+    assert len(files) > 3
+    assert [r["seq"] for r in lines] == list(range(1, 401))
+    for f in files:
+        first = json.loads(open(f, "rb").readline())["seq"]
+        assert os.path.basename(f) == f"{first:020d}.jsonl"
+
+
+def test_retention_by_size_and_age_removes_the_oldest_files(make_broker, pdir):
+    broker = make_broker(persistence_enabled=True, persistence_dir=pdir,
+                         persistence_segment_bytes=8 * KiB, persistence_retention_bytes=24 * KiB)
+    broker.publish_many("t", [b"z" * 100] * 1000)
+    wait_for(lambda: persisted(broker, "t") == 1000)
+    files, lines = log_lines(pdir, "t")
+    total = sum(os.path.getsize(f) for f in files)
+    assert total <= 24 * KiB + 8 * KiB + 200  # the limit, plus the file being written
+    assert lines[-1]["seq"] == 1000 and [r["seq"] for r in lines] == list(range(lines[0]["seq"], 1001))
+    broker.close()
+
+
+def test_retention_by_age(make_broker, pdir):
+    broker = make_broker(persistence_enabled=True, persistence_dir=pdir,
+                         persistence_segment_bytes=4 * KiB, persistence_retention_seconds=3600)
+    broker.publish_many("t", [b"a" * 100] * 100)
+    wait_for(lambda: persisted(broker, "t") == 100)
+    old, _ = log_lines(pdir, "t")
+    for f in old:
+        os.utime(f, (1, 1))  # a day (and more) old
+    broker.publish_many("t", [b"b" * 100] * 100)  # rotates: retention runs
+    wait_for(lambda: persisted(broker, "t") == 200)
+    broker.close()
+    files, lines = log_lines(pdir, "t")
+    assert not set(old[:-1]) & set(files)  # the old closed files went
+    assert lines[-1]["seq"] == 200
+
+
+def test_writer_survives_supervisor_kill_nothing_lost(make_broker, pdir):
+    broker = make_broker(persistence_enabled=True, persistence_dir=pdir)
+    broker.publish_many("t", [b"%d" % i for i in range(2000)])
+    os.kill(broker.supervisor_pid, signal.SIGKILL)
+    broker.publish_many("t", [b"%d" % i for i in range(2000, 4000)], timeout=30)
+    wait_for(lambda: persisted(broker, "t") >= 4000 and broker.stats()["supervisor"]["restarts"] == 1)
+    broker.close()
+    _, lines = log_lines(pdir, "t")
+    assert sorted({r["seq"] for r in lines}) == list(range(1, 4001))  # a rewrite may repeat a seq
+
+
+def test_unusable_persistence_dir_is_a_clear_error_at_start(name, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(pymq.MQError, match="persistence_dir"):
+        pymq.Broker(pymq.BrokerConfig(name=name, persistence_enabled=True,
+                                      persistence_dir=str(blocker / "mq")))
+
+
+def test_persistence_settings_are_validated():
+    with pytest.raises(ValueError):
+        pymq.BrokerConfig(persistence_fsync="sometimes")
+    with pytest.raises(ValueError):
+        pymq.BrokerConfig(persistence_segment_bytes=0)
+    cfg = pymq.BrokerConfig.from_env({"PYMQ_PERSISTENCE_FSYNC": "always",
+                                      "PYMQ_PERSISTENCE_SEGMENT_BYTES": "1048576"})
+    assert (cfg.persistence_fsync, cfg.persistence_segment_bytes) == ("always", 1048576)
