@@ -474,6 +474,10 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "processing it; it is redelivered and processed then (default 0.001)")
     p.add_argument("--drain-timeout", type=_positive_float, default=30.0, metavar="SECONDS",
                    help="longest wait for the groups to catch up at the end (default 30)")
+    p.add_argument("--persistence-dir", default=os.path.join("data", "demo"), metavar="DIR",
+                   help="write every message to JSON-lines files under DIR/<broker name> "
+                        "(default data/demo; the previous demo run's files there go)")
+    p.add_argument("--no-persistence", action="store_true", help="run without persistence")
     p.add_argument("--admin-port", type=_admin_port, default=0, metavar="PORT",
                    help="port of the admin server and dashboard on 127.0.0.1: 0 picks a free "
                         "one (default), -1 runs without it")
@@ -538,7 +542,15 @@ def run(args: argparse.Namespace) -> int:
 
     name = args.name or f"demo-{os.getpid()}"
     check_broker_name(name)
-    cfg = pymq.BrokerConfig.from_env(name=name)
+    persist_dir, published_total = None, None
+    if not args.no_persistence:
+        import glob
+        import shutil
+        for old in glob.glob(os.path.join(args.persistence_dir, "demo-*")):
+            shutil.rmtree(old, ignore_errors=True)  # the previous runs' files
+        persist_dir = os.path.join(args.persistence_dir, name)
+    cfg = pymq.BrokerConfig.from_env(name=name, persistence_enabled=persist_dir is not None,
+                                     persistence_dir=persist_dir or "/data/mq")
     sig = _Signals()
     sig.install()
     ctx = mp.get_context("spawn")
@@ -638,6 +650,7 @@ def run(args: argparse.Namespace) -> int:
         _collect(results, got, "collector", collectors, RESULT_TIMEOUT)
         problems += _join(collectors, RESULT_TIMEOUT)
         stats = live.line("end")
+        published_total = stats["topics"].get(TOPIC, {}).get("published", 0)
         if _drained(stats):
             drain_problem = None
         elif sig.abort:
@@ -659,6 +672,8 @@ def run(args: argparse.Namespace) -> int:
         if broker is not None:
             broker.close()
         sig.restore()
+    if persist_dir is not None and broker is not None:
+        ok = _persistence_summary(persist_dir, published_total) and ok
     left = segments.namespace_entries(name)
     if left:
         print(f"NOT CLEAN: left in {segments.SHM_DIR}: {', '.join(left)}")
@@ -668,6 +683,25 @@ def run(args: argparse.Namespace) -> int:
     print("RESULT: " + ("balanced - each group processed and acked every published message "
                         "exactly once" if ok else "NOT balanced (see above)"))
     return 0 if ok else 1
+
+
+def _persistence_summary(persist_dir: str, published: int | None) -> bool:
+    """What the broker wrote to disk: every published message, once, in order."""
+    import glob
+    import json
+    files = sorted(glob.glob(os.path.join(persist_dir, TOPIC, "*.jsonl")))
+    seqs, size = [], 0
+    for f in files:
+        size += os.path.getsize(f)
+        with open(f, "rb") as fh:
+            seqs.extend(json.loads(line)["seq"] for line in fh)
+    distinct = sorted(set(seqs))
+    complete = published is not None and distinct == list(range(1, published + 1))
+    print(f"persistence: {len(seqs):,} lines ({len(distinct):,} distinct seqs) in {len(files)} "
+          f"file(s), {size / 1e6:.1f} MB under {os.path.join(persist_dir, TOPIC)}: "
+          + ("every published message is on disk" if complete else
+             f"NOT every published message ({published}) is on disk"))
+    return complete
 
 
 def _summary(args, name, stats, s_results, c_results, problems, ran, drain_time,
