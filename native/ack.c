@@ -415,6 +415,63 @@ int pmq_group_take_dead(pmq_ring_t *r, uint32_t gi, pmq_batch_t *b, uint32_t max
     return (int)b->n;
 }
 
+/* ---- durable positions (persistence) -------------------------------------- */
+
+int pmq_ack_window(pmq_ring_t *r, pmq_group_t *g, uint64_t *first_seq, uint64_t *acked,
+                   uint32_t max)
+{
+    int rc = group_lock(r, g, g->gen, NULL, 0);
+    if (rc < 0)
+        return rc;
+    uint32_t k = 0;
+    *first_seq = g->pend_head < g->pend_tail ? entry(r, g, g->pend_head)->seq : 0;
+    for (uint64_t n = g->pend_head; n < g->pend_tail && k < max; n++) {
+        pmq_pending_t *e = entry(r, g, n);
+        if (e->state == PMQ_PEND_FREE)
+            acked[k++] = e->seq;
+    }
+    pthread_mutex_unlock(&g->lock);
+    return (int)k;
+}
+
+int pmq_ack_restore_window(pmq_ring_t *r, pmq_group_t *g, const uint64_t *acked, uint32_t n)
+{
+    uint64_t tail = r->hdr->tail, cur = g->cursor;
+    uint32_t k = 0;
+    pmq_rec_t rec;
+    while (cur < tail && k < n) { /* up to the last acked record: the rest is new */
+        uint64_t size = rec_check(r, cur, tail, &rec);
+        if (size == 0)
+            return PMQ_ECORRUPT;
+        if (rec.type == PMQ_REC_DATA) {
+            while (k < n && acked[k] < rec.seq)
+                k++; /* an acked seq no longer in the ring */
+            if (k == n)
+                break;
+            if (g->pend_tail - g->pend_head >= r->pending_cap)
+                return PMQ_ENOSLOT;
+            pmq_pending_t *e = entry(r, g, g->pend_tail);
+            e->pos = cur;
+            e->seq = rec.seq;
+            e->deadline_ns = 0;
+            e->member = 0xFFFF;
+            e->attempts = 1; /* delivered before the restart: redelivered as attempt 2 */
+            if (acked[k] == rec.seq) {
+                e->state = PMQ_PEND_FREE;
+                k++;
+            } else {
+                e->state = PMQ_PEND_READY;
+                g->ready++;
+            }
+            g->pend_tail++;
+        }
+        cur = skip_gap(r, cur + size);
+    }
+    g->cursor = cur;
+    advance_floor(r, g);
+    return 0;
+}
+
 /* ---- group lifetime (ring mutex held) ------------------------------------- */
 
 int pmq_ack_group_init(pmq_ring_t *r, pmq_group_t *g, int64_t ack_timeout_ns, uint32_t max_retries)

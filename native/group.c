@@ -143,6 +143,54 @@ int pmq_group_create(pmq_ring_t *r, const char *name, uint32_t flags, int start,
     return gi < 0 ? gi : 0;
 }
 
+int pmq_group_restore(pmq_ring_t *r, const char *name, uint32_t flags, uint64_t position_seq,
+                      const uint64_t *acked, uint32_t n_acked, int64_t ack_timeout_ns,
+                      uint32_t max_retries)
+{
+    if (!r || !name || !name[0] || strnlen(name, PMQ_NAME_MAX - 16) >= PMQ_NAME_MAX - 16 ||
+        (flags & ~PMQ_GROUP_ACK) || (n_acked && (!acked || !(flags & PMQ_GROUP_ACK))) ||
+        ack_timeout_ns < 0 || max_retries > PMQ_PERSIST_RETRIES)
+        return PMQ_EINVAL;
+    for (uint32_t i = 1; i < n_acked; i++)
+        if (acked[i] <= acked[i - 1])
+            return PMQ_EINVAL;
+    int rc = pmq_ring_lock_admin(r);
+    if (rc < 0)
+        return rc;
+    int gi = find_group(r, name) >= 0 ? PMQ_EINVAL
+             : new_group(r, name, flags, PMQ_START_SEQ, position_seq, ack_timeout_ns, max_retries);
+    if (gi >= 0 && n_acked)
+        rc = pmq_ack_restore_window(r, &r->groups[gi], acked, n_acked);
+    else
+        rc = gi < 0 ? gi : 0;
+    pmq_ring_unlock(r);
+    return rc;
+}
+
+int pmq_group_position(pmq_ring_t *r, uint32_t gi, uint64_t *position, uint64_t *acked,
+                       uint32_t max)
+{
+    if (!r || gi >= r->max_groups || !position || (max && !acked))
+        return PMQ_EINVAL;
+    int rc = pmq_ring_lock_admin(r);
+    if (rc < 0)
+        return rc;
+    pmq_group_t *g = &r->groups[gi];
+    uint64_t at, cur = LOAD_ACQ(&g->cursor), first = 0;
+    rc = g->state == PMQ_SLOT_ACTIVE ? 0 : PMQ_GONE;
+    if (rc == 0 && (cur < r->hdr->head || cur > r->hdr->tail))
+        rc = PMQ_ECORRUPT;
+    if (rc == 0)
+        rc = seek_seq(r, cur, 0, &at, position); /* the first record not yet delivered */
+    if (rc == 0 && (g->flags & PMQ_GROUP_ACK)) {
+        rc = pmq_ack_window(r, g, &first, acked, max);
+        if (rc >= 0 && first)
+            *position = first; /* the oldest delivery not yet acked */
+    }
+    pmq_ring_unlock(r);
+    return rc;
+}
+
 int pmq_group_join(pmq_ring_t *r, const char *name, uint32_t flags, int start,
                    uint64_t start_seq, uint64_t owner, int32_t pid, int64_t ack_timeout_ns,
                    uint32_t max_retries, pmq_join_t *out)

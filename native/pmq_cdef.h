@@ -70,6 +70,7 @@ typedef struct {
 typedef struct {
     uint64_t capacity;
     uint32_t max_msg, max_groups, max_members, max_ack_groups, pending_cap, persist;
+    uint64_t first_seq;
     int32_t creator_pid;
     uint64_t creator_start;
     ...;
@@ -112,6 +113,13 @@ typedef struct {
 } pmq_ns_t;
 
 uint32_t pmq_layout_version(void);
+int pmq_ring_restore(pmq_ring_t *r, const char *data, const uint32_t *lens,
+                     const uint64_t *seqs, const int64_t *ts, uint32_t count);
+int pmq_group_restore(pmq_ring_t *r, const char *name, uint32_t flags, uint64_t position_seq,
+                      const uint64_t *acked, uint32_t n_acked, int64_t ack_timeout_ns,
+                      uint32_t max_retries);
+int pmq_group_position(pmq_ring_t *r, uint32_t group, uint64_t *position, uint64_t *acked,
+                       uint32_t max);
 int64_t pmq_ring_test_stop_in_publish(pmq_ring_t *r, const char *data, uint32_t len, int phase);
 
 uint64_t pmq_ring_size(const pmq_ring_params_t *p);

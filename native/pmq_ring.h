@@ -269,6 +269,7 @@ typedef struct pmq_ring_params {
     uint32_t max_ack_groups; /* pending tables, <= PMQ_MAX_ACK_GROUPS */
     uint32_t pending_cap;  /* deliveries in flight per ack group, a power of two */
     uint32_t persist;      /* 1: make the persistence writer's group (PMQ_PERSIST_GROUP) */
+    uint64_t first_seq;    /* seq of the first record (a restored topic goes on); 0: 1 */
     int32_t creator_pid;
     uint64_t creator_start;
 } pmq_ring_params_t;
@@ -435,6 +436,28 @@ int pmq_ring_stats(pmq_ring_t *r, pmq_ring_stats_t *out, pmq_group_stats_t *grou
 /* Members of the table: state and owner of slot i (for the supervisor). */
 int pmq_member_info(pmq_ring_t *r, uint32_t i, uint64_t *owner, uint32_t *group,
                     int32_t *pid);
+
+/* ---- persistence: restoring a ring after a restart ---------------------------- */
+
+/* Append records with the given (increasing) seqs and publish times, as they
+ * were before a restart; next_seq follows the last. All or none, no waiting:
+ * PMQ_FULL if the ring has no room, PMQ_EINVAL for seqs below next_seq. */
+int pmq_ring_restore(pmq_ring_t *r, const char *data, const uint32_t *lens,
+                     const uint64_t *seqs, const int64_t *ts, uint32_t count);
+
+/* Make a named group as it was durably recorded: its cursor at the first
+ * record with seq >= position_seq; for an ack group, acked[] (increasing) are
+ * the seqs already acked after that: the others up to the last of them are
+ * redelivered (attempt 2). PMQ_EINVAL if the group exists. */
+int pmq_group_restore(pmq_ring_t *r, const char *name, uint32_t flags, uint64_t position_seq,
+                      const uint64_t *acked, uint32_t n_acked, int64_t ack_timeout_ns,
+                      uint32_t max_retries);
+
+/* What a durable record of group `group` needs: *position, the seq of its
+ * oldest unacked record (plain group: the next to deliver), and, for an ack
+ * group, up to max seqs acked after it into acked[]. Returns that count. */
+int pmq_group_position(pmq_ring_t *r, uint32_t group, uint64_t *position, uint64_t *acked,
+                       uint32_t max);
 
 /* Tests of recovery only: stop a publish part-way with the mutex held. */
 int64_t pmq_ring_test_stop_in_publish(pmq_ring_t *r, const char *data, uint32_t len, int phase);

@@ -145,7 +145,7 @@ int pmq_ring_init(void *base, uint64_t len, const pmq_ring_params_t *p)
     h->creator_pid = p->creator_pid;
     h->creator_start = p->creator_start;
     h->created_ns = pmq_now_real();
-    h->next_seq = 1;
+    h->next_seq = p->first_seq ? p->first_seq : 1;
     int rc = pmq_mutex_init(&h->lock);
     /* Every group slot's mutex is made once, here, and never again: a slot is
      * reused, its lock is not re-initialised under a stalled waiter. */
@@ -309,8 +309,11 @@ static void intent_end(pmq_ring_hdr_t *h)
 }
 
 /* Write the batch from tail; the caller made room. Returns the new tail. */
+/* Records get seqs from seq on and the time now, or, when restoring, the
+ * given seqs[] and ts[]. */
 static uint64_t write_records(pmq_ring_t *r, uint64_t pos, const char *data,
-                              const uint32_t *lens, uint32_t count, uint64_t seq)
+                              const uint32_t *lens, uint32_t count, uint64_t seq,
+                              const uint64_t *seqs, const int64_t *tss)
 {
     int64_t ts = pmq_now_real();
     for (uint32_t i = 0; i < count; i++) {
@@ -321,7 +324,8 @@ static uint64_t write_records(pmq_ring_t *r, uint64_t pos, const char *data,
             pos += room;
             off = 0;
         }
-        pmq_rec_t rec = {.len = lens[i], .type = PMQ_REC_DATA, .seq = seq++, .ts_ns = ts};
+        pmq_rec_t rec = {.len = lens[i], .type = PMQ_REC_DATA, .seq = seqs ? seqs[i] : seq++,
+                         .ts_ns = tss ? tss[i] : ts};
         memcpy(r->data + off, &rec, sizeof rec);
         memcpy(r->data + off + PMQ_REC_HDR, data, lens[i]);
         data += lens[i];
@@ -425,7 +429,7 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *data, const uint32_t *lens,
     }
     uint64_t tail = h->tail, seq = h->next_seq, end;
     intent_begin(h, tail, plan_end(r, tail, lens, count), seq, seq + count);
-    end = write_records(r, tail, data, lens, count, seq);
+    end = write_records(r, tail, data, lens, count, seq, NULL, NULL);
     h->next_seq = seq + count;
     h->published_bytes += bytes;
     STORE_REL(&h->tail, end); /* the commit: readers acquire tail */
@@ -434,6 +438,37 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *data, const uint32_t *lens,
     if (wake_if_waiting(&h->data_seq, &h->data_waiters))
         ADD_RLX(&h->wakeups, 1);
     return (int64_t)seq;
+}
+
+int pmq_ring_restore(pmq_ring_t *r, const char *data, const uint32_t *lens,
+                     const uint64_t *seqs, const int64_t *ts, uint32_t count)
+{
+    if (!r || !data || !lens || !seqs || !ts || count == 0)
+        return PMQ_EINVAL;
+    for (uint32_t i = 0; i < count; i++)
+        if (lens[i] > r->max_msg || (i && seqs[i] <= seqs[i - 1]) || seqs[i] >= (1ULL << 62))
+            return lens[i] > r->max_msg ? PMQ_ETOOBIG : PMQ_EINVAL;
+    int rc = pmq_ring_lock_admin(r);
+    if (rc < 0)
+        return rc;
+    pmq_ring_hdr_t *h = r->hdr;
+    uint64_t tail = h->tail, end = plan_end(r, tail, lens, count);
+    if (seqs[0] < h->next_seq)
+        rc = PMQ_EINVAL;
+    else if (end - tail > r->capacity)
+        rc = PMQ_ETOOBIG;
+    else if (end > r->capacity && h->head < end - r->capacity)
+        rc = reclaim(r, end - r->capacity);
+    if (rc == 0) {
+        uint64_t next = seqs[count - 1] + 1;
+        intent_begin(h, tail, end, h->next_seq, next);
+        write_records(r, tail, data, lens, count, 0, seqs, ts);
+        h->next_seq = next;
+        STORE_REL(&h->tail, end);
+        intent_end(h);
+    }
+    pmq_ring_unlock(r);
+    return rc;
 }
 
 int64_t pmq_ring_publish1(pmq_ring_t *r, const char *data, uint32_t len, int64_t timeout_ns)
@@ -458,7 +493,7 @@ int64_t pmq_ring_test_stop_in_publish(pmq_ring_t *r, const char *data, uint32_t 
                                      reclaim(r, end - r->capacity) < 0))
         return PMQ_FULL;
     intent_begin(h, tail, end, seq, seq + 1);
-    write_records(r, tail, data, &len, 1, seq);
+    write_records(r, tail, data, &len, 1, seq, NULL, NULL);
     h->next_seq = seq + 1;
     if (phase == 2)
         STORE_REL(&h->tail, end);

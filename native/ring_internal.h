@@ -126,6 +126,12 @@ int pmq_ack_group_init(pmq_ring_t *r, pmq_group_t *g, int64_t ack_timeout_ns, ui
 int pmq_ack_group_free(pmq_ring_t *r, pmq_group_t *g);
 /* Ring mutex held: member mi left or died; redeliver what it had in flight. */
 void pmq_ack_member_gone(pmq_ring_t *r, pmq_group_t *g, uint32_t mi);
+/* Persistence: the window's first pending seq (0 if none) and its acked seqs
+ * (under the group's lock); rebuild a restored group's window (new group, ring
+ * mutex held) from the records at its cursor and the seqs acked among them. */
+int pmq_ack_window(pmq_ring_t *r, pmq_group_t *g, uint64_t *first_seq, uint64_t *acked,
+                   uint32_t max);
+int pmq_ack_restore_window(pmq_ring_t *r, pmq_group_t *g, const uint64_t *acked, uint32_t n);
 /* Add an ack group's figures to o (read without its lock). */
 void pmq_ack_figures(pmq_ring_t *r, const pmq_group_t *g, pmq_group_stats_t *o);
 

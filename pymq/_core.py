@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 import weakref
+from array import array
 
 from . import _native
 from .errors import (BrokerClosed, Full, MessageTooLarge, MQError, SegmentMismatch,
@@ -68,7 +69,8 @@ def ns_size() -> int:
     return lib.pmq_ns_size()
 
 
-def ring_params(capacity: int, max_msg: int, pid: int = 0, start: int = 0, persist: bool = False):
+def ring_params(capacity: int, max_msg: int, pid: int = 0, start: int = 0, persist: bool = False,
+                first_seq: int = 1):
     p = ffi.new("pmq_ring_params_t *")
     p.capacity = capacity
     p.max_msg = max_msg
@@ -77,6 +79,7 @@ def ring_params(capacity: int, max_msg: int, pid: int = 0, start: int = 0, persi
     p.max_ack_groups = ACK_GROUPS
     p.pending_cap = PENDING_CAP
     p.persist = 1 if persist else 0
+    p.first_seq = first_seq
     p.creator_pid = pid
     p.creator_start = start
     return p
@@ -233,6 +236,32 @@ class Ring(_Mapped):
         n = check(lib.pmq_group_take_dead(self.h, group, batch.b, batch.max_batch, gen),
                   f"topic {self.topic!r}")
         return n, gen[0]
+
+    # -- persistence: restoring after a restart -------------------------------------
+
+    def restore(self, payloads: list[bytes], seqs, ts) -> None:
+        """Append records with their old seqs and times (array('Q'), array('q'))."""
+        lens = array("I", map(len, payloads))
+        check(lib.pmq_ring_restore(self.h, b"".join(payloads), ffi.from_buffer("uint32_t[]", lens),
+                                   ffi.from_buffer("uint64_t[]", seqs),
+                                   ffi.from_buffer("int64_t[]", ts), len(payloads)),
+              f"topic {self.topic!r}: restore")
+
+    def group_restore(self, name: str, flags: int, position: int, acked, ack_timeout_ns: int,
+                      max_retries: int) -> None:
+        acked = array("Q", acked)
+        check(lib.pmq_group_restore(self.h, name.encode(), flags, position,
+                                    ffi.from_buffer("uint64_t[]", acked) if acked else ffi.NULL,
+                                    len(acked), ack_timeout_ns, max_retries),
+              f"topic {self.topic!r}: restore group {name!r}")
+
+    def group_position(self, group: int) -> tuple[int, list[int]]:
+        """(seq of the oldest unacked/undelivered record, seqs acked after it)."""
+        position = ffi.new("uint64_t *")
+        acked = ffi.new("uint64_t[]", PENDING_CAP)
+        n = check(lib.pmq_group_position(self.h, group, position, acked, PENDING_CAP),
+                  f"topic {self.topic!r}")
+        return position[0], ffi.unpack(acked, n)
 
     def view(self, pos: int, length: int) -> memoryview:
         """A read-only view of a record's payload in shared memory; it keeps the

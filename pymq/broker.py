@@ -27,7 +27,7 @@ SUPERVISOR_START_TIMEOUT = 15.0
 STARTING_GRACE = 5.0  # seconds a namespace may take to become ready
 
 
-def remove_stale(name: str) -> list[str]:
+def remove_stale(name: str, before_remove=None) -> list[str]:
     """Remove what a dead broker of this name left, and return it.
 
     MQError if a broker of that name is alive or still starting, or if the
@@ -54,6 +54,8 @@ def remove_stale(name: str) -> list[str]:
         # gone (BrokerClosed) instead of talking on into unlinked memory.
         ns.hdr.closed = 1
         ns.release()
+        if before_remove is not None:
+            before_remove(name)
         for topic in segments.topic_names(name):
             ring = _attach_ring(name, topic)
             if ring is not None:
@@ -72,6 +74,26 @@ def check_persistence_dir(path: str) -> None:
             raise PermissionError(13, "not writable")
     except OSError as e:
         raise MQError(f"persistence_dir {path!r}: {e.strerror or e}") from None
+
+
+def _log(msg: str) -> None:
+    print(f"pymq: {msg}", file=sys.stderr, flush=True)
+
+
+def _flush_stale(name: str, cfg) -> None:
+    """Before a dead broker's segments go: what its writer had not yet put on
+    disk, and its groups' live positions (see persistence.flush_stale_ring)."""
+    from . import persistence
+    for topic in segments.topic_names(name):
+        ring = _attach_ring(name, topic)
+        if ring is None:
+            continue
+        try:
+            persistence.flush_stale_ring(ring, cfg.persistence_dir, cfg, _log)
+        except (MQError, OSError) as e:
+            _log(f"topic {topic!r}: cannot recover from the dead broker's shared memory: {e}")
+        finally:
+            ring.release()
 
 
 class _Supervision:
@@ -191,11 +213,18 @@ class Broker(Client):
         cfg = config if config is not None else BrokerConfig()
         if not isinstance(cfg, BrokerConfig):
             raise TypeError(f"config must be a BrokerConfig, not {type(cfg).__name__}")
+        flush = None
         if cfg.persistence_enabled:
             check_persistence_dir(cfg.persistence_dir)
-        self.stale_removed = remove_stale(cfg.name)
+            flush = lambda n: _flush_stale(n, cfg)  # noqa: E731
+        self.stale_removed = remove_stale(cfg.name, flush)
         token = segments.Token(cfg.name)
+        self.restored = []
         try:
+            if cfg.persistence_enabled:  # before the namespace exists: no client races it
+                from . import persistence
+                self.restored = [persistence.restore_topic(cfg.name, t, cfg, _log)
+                                 for t in persistence.topics_on_disk(cfg.persistence_dir)]
             seg = segments.Segment.create(segments.ns_shm_name(cfg.name), _core.ns_size())
             ns = _core.Namespace.init(seg, os.getpid(), segments.start_stamp(), token.value,
                                       cfg.to_json().encode())

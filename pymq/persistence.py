@@ -19,6 +19,7 @@ total or older than persistence_retention_seconds.
 from __future__ import annotations
 
 import binascii
+import json
 import os
 import threading
 import time
@@ -188,3 +189,210 @@ class Writer(threading.Thread):
     def stop(self) -> None:
         self.stopping.set()
         self.join(5)
+
+
+# -- durable group positions -------------------------------------------------------
+
+CHECKPOINT = "groups.json"
+
+
+def group_positions(ring: _core.Ring) -> dict:
+    """The durable state of a topic's named groups (what a restart restores)."""
+    figures = ring.stats()
+    groups = []
+    for g in figures["groups_detail"]:
+        if g["anonymous"] or g["name"] == _core.PERSIST_GROUP:
+            continue
+        try:
+            position, acked = ring.group_position(g["index"])
+        except MQError:
+            continue  # gone meanwhile
+        groups.append({"name": g["name"], "ack": g["ack"], "position": position, "acked": acked})
+    return {"version": 1, "next_seq": figures["next_seq"], "groups": groups}
+
+
+def write_checkpoint(root: str, topic: str, state: dict, fsync: bool) -> None:
+    """Atomically replace {topic}/groups.json (write, fsync, rename)."""
+    d = topic_dir(root, topic)
+    ensure_dir(d)
+    tmp = os.path.join(d, CHECKPOINT + ".new")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, json.dumps(state, separators=(",", ":")).encode())
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, os.path.join(d, CHECKPOINT))
+
+
+def read_checkpoint(root: str, topic: str) -> dict | None:
+    """groups.json, validated; None if absent or unusable (reported)."""
+    path = os.path.join(topic_dir(root, topic), CHECKPOINT)
+    try:
+        with open(path, "rb") as f:
+            state = json.loads(f.read(4 << 20))
+        groups = state["groups"]
+        for g in groups:
+            if not (isinstance(g["name"], str) and isinstance(g["ack"], bool)
+                    and isinstance(g["position"], int) and g["position"] >= 1
+                    and isinstance(g["acked"], list) and all(isinstance(s, int) for s in g["acked"])):
+                raise ValueError("bad group entry")
+        if not isinstance(state["next_seq"], int):
+            raise ValueError("bad next_seq")
+        return state
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise MQError(f"{path}: unreadable group positions: {e}") from None
+
+
+# -- reading the log back ------------------------------------------------------------
+
+class LogReport:
+    """What reading a topic's log found: counts, and problems to report."""
+
+    def __init__(self):
+        self.records = self.duplicates = self.corrupt = self.torn = 0
+        self.problems: list[str] = []
+        self.last_seq = 0
+
+
+def read_log(root: str, topic: str, from_seq: int = 1, report: LogReport | None = None):
+    """Yield (seq, ts_ns, payload) of the topic's log from from_seq on, in seq
+    order, each seq once. A torn last line (no newline at the end of the last
+    file) is ignored; a corrupt line anywhere else is reported and skipped."""
+    report = report if report is not None else LogReport()
+    d = topic_dir(root, topic)
+    try:
+        files = sorted(e for e in os.listdir(d) if e.endswith(SUFFIX))
+    except FileNotFoundError:
+        return
+    for k, name in enumerate(files):
+        path = os.path.join(d, name)
+        with open(path, "rb") as f:
+            data = f.read()
+        lines = data.split(b"\n")
+        tail = lines.pop()  # b"" when the file ends with a newline
+        if tail:
+            if k == len(files) - 1:
+                report.torn += 1  # the writer died mid-line: never acked, rewritten
+            else:
+                lines.append(tail)
+        for i, line in enumerate(lines, 1):
+            try:
+                rec = json.loads(line)
+                seq, ts = rec["seq"], rec["ts"]
+                if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1 or \
+                        not isinstance(ts, (int, float)):
+                    raise ValueError("bad seq or ts")
+                payload = binascii.a2b_base64(rec["payload"].encode("ascii"), strict_mode=True)
+            except (ValueError, KeyError, TypeError, UnicodeEncodeError, binascii.Error) as e:
+                report.corrupt += 1
+                report.problems.append(f"{path}:{i}: corrupt line skipped ({e})")
+                continue
+            if seq <= report.last_seq:
+                report.duplicates += 1  # rewritten after a writer's death
+                continue
+            report.last_seq = seq
+            if seq >= from_seq:
+                report.records += 1
+                yield seq, int(ts * 1e9), payload
+
+
+# -- recovery at start -----------------------------------------------------------------
+
+def topics_on_disk(root: str) -> list[str]:
+    from .config import check_topic
+    try:
+        entries = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return []
+    out = []
+    for e in entries:
+        try:
+            if os.path.isdir(os.path.join(root, e)):
+                out.append(check_topic(e))
+        except ValueError:
+            pass  # not one of ours
+    return out
+
+
+def flush_stale_ring(ring: _core.Ring, root: str, cfg, log) -> None:
+    """A dead broker's ring (crash, shared memory intact): append what its
+    writer had not yet put on disk, and record its groups' live positions,
+    which are newer than the last checkpoint."""
+    topic = ring.topic
+    report = LogReport()
+    for _ in read_log(root, topic, 1 << 62, report):
+        pass
+    state = group_positions(ring)
+    # every record past the last on disk is still in the ring (the writer gates it)
+    member = ring.join(_core.PERSIST_GROUP + "-flush", 0, _core.START_SEQ, report.last_seq + 1,
+                       0, 0, 0)
+    batch = _core.Reader(ring, member.member, member.member_gen, BATCH,
+                         max(1 << 20, ring.max_msg + _core.REC_HDR))
+    tl = TopicLog(root, topic, cfg)
+    written = 0
+    try:
+        while True:
+            try:
+                n = batch.read(BATCH, 0)
+            except Timeout:
+                break
+            tl.append(*encode(batch, n))
+            written += n
+    finally:
+        tl.close()
+    write_checkpoint(root, topic, state, fsync=True)
+    if written:
+        log(f"recovered {written} record(s) of {topic!r} from the dead broker's shared memory")
+
+
+def restore_topic(name: str, topic: str, cfg, log) -> dict:
+    """Make the topic's segment again from its log and group positions, before
+    any client can attach: records from the oldest position any durable group
+    still needs, with their old seqs; groups where they were. Returns figures."""
+    from . import segments
+    root = cfg.persistence_dir
+    state = read_checkpoint(root, topic) or {"next_seq": 1, "groups": []}
+    report = LogReport()
+    positions = [g["position"] for g in state["groups"]]
+    start = min(positions) if positions else 1 << 62
+    records = list(read_log(root, topic, start, report))
+    next_seq = max(report.last_seq, state["next_seq"] - 1) + 1
+    first = records[0][0] if records else next_seq
+    params = _core.ring_params(cfg.ring_capacity, cfg.max_message_bytes, os.getpid(),
+                               segments.start_stamp(), False, first)
+    seg = segments.Segment.create(segments.topic_shm_name(name, topic), _core.ring_size(params))
+    _core.Ring.init(seg, params)
+    ring = _core.Ring(seg, topic)
+    try:
+        i, limit = 0, cfg.ring_capacity // 4
+        while i < len(records):
+            j, size = i, 0
+            while j < len(records) and (j == i or size + len(records[j][2]) + 64 <= limit):
+                size += len(records[j][2]) + 64
+                j += 1
+            chunk = records[i:j]
+            try:
+                ring.restore([r[2] for r in chunk], array("Q", (r[0] for r in chunk)),
+                             array("q", (r[1] for r in chunk)))
+            except MQError as e:
+                raise MQError(f"topic {topic!r}: {len(records) - i} unacked message(s) from "
+                              f"disk do not fit the ring ({e}); raise ring_bytes") from None
+            i = j
+        for g in state["groups"]:
+            acked = sorted(s for s in g["acked"] if s > g["position"])
+            ring.group_restore(g["name"], _core.GROUP_ACK if g["ack"] else 0, g["position"],
+                               acked if g["ack"] else [], int(cfg.ack_timeout * 1e9),
+                               cfg.max_retries)
+        ring.group_restore(_core.PERSIST_GROUP, _core.GROUP_ACK, next_seq, [],
+                           3600 * 10**9, 1000)
+    finally:
+        ring.release()
+    for p in report.problems:
+        log(p)
+    return {"topic": topic, "records": len(records), "groups": len(state["groups"]),
+            "next_seq": next_seq, "corrupt": report.corrupt, "torn": report.torn,
+            "duplicates": report.duplicates}

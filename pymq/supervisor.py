@@ -48,6 +48,8 @@ class Supervisor:
         self.admin = None
         self._errors: dict = {}
         self.writers: dict = {}
+        self._checkpoints: dict = {}
+        self._last_checkpoint = 0.0
 
     def owner_alive(self) -> bool:
         return segments.token_alive(segments.token_path(self.name, self.ns.hdr.owner_token))
@@ -244,10 +246,36 @@ class Supervisor:
             except (MQError, OSError) as e:
                 self.log_once((topic, "persist"), f"persistence of {topic!r}: {e}")
 
+    def checkpoint(self, force: bool = False) -> None:
+        """Record the named groups' positions and acks of every topic on disk
+        (persistence.group_positions), when they changed, at most every
+        persistence_fsync_interval (and at close)."""
+        cfg = self.client().config
+        if not cfg.persistence_enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_checkpoint < cfg.persistence_fsync_interval:
+            return
+        self._last_checkpoint = now
+        from . import persistence
+        for topic in segments.topic_names(self.name):
+            ring = self.ring(topic)
+            if ring is None:
+                continue
+            try:
+                state = persistence.group_positions(ring)
+                if state != self._checkpoints.get(topic):
+                    persistence.write_checkpoint(cfg.persistence_dir, topic, state,
+                                                 cfg.persistence_fsync != "never")
+                    self._checkpoints[topic] = state
+            except (MQError, OSError) as e:
+                self.log_once((topic, "checkpoint"), f"group positions of {topic!r}: {e}")
+
     def sweep(self) -> None:
         self.reap()
         self.redeliver()
         self.persist()
+        self.checkpoint()
         self.serve_admin()
         self.ns.hdr.supervisor_beat_ns = time.time_ns()
 
@@ -269,6 +297,10 @@ class Supervisor:
     def close(self) -> None:
         for w in self.writers.values():
             w.stop()
+        try:
+            self.checkpoint(force=True)
+        except MQError:
+            pass
         if self.admin is not None:
             self.admin.close()
             self.admin = None

@@ -126,3 +126,113 @@ def test_persistence_settings_are_validated():
     cfg = pymq.BrokerConfig.from_env({"PYMQ_PERSISTENCE_FSYNC": "always",
                                       "PYMQ_PERSISTENCE_SEGMENT_BYTES": "1048576"})
     assert (cfg.persistence_fsync, cfg.persistence_segment_bytes) == ("always", 1048576)
+
+
+# -- restarts ------------------------------------------------------------------------
+
+def cfg_for(name, pdir, **kw):
+    return pymq.BrokerConfig(name=name, ring_bytes=1 << 20, persistence_enabled=True,
+                             persistence_dir=pdir, **kw)
+
+
+def drain_group(broker, topic, group, timeout=2.0):
+    sub = broker.subscribe_with_ack(topic, group=group)
+    got = []
+    while True:
+        try:
+            got += sub.get_many(1024, timeout=timeout)
+        except pymq.Timeout:
+            return sub, got
+
+
+def test_clean_restart_redelivers_exactly_what_was_not_acked(name, pdir):
+    b = pymq.Broker(cfg_for(name, pdir))
+    sub = b.subscribe_with_ack("t", group="g")
+    b.subscribe("t", group="plain")  # a durable plain group that read nothing
+    b.publish_many("t", [b"m%d" % i for i in range(100)])
+    got = sub.get_many(60, timeout=5)
+    sub.ack_many(got[:30] + got[40:50])  # 1-30 and 41-50 acked; 31-40 and 51-60 in flight
+    b.close()
+    b = pymq.Broker(cfg_for(name, pdir))
+    try:
+        _, again = drain_group(b, "t", "g")
+        want = list(range(31, 41)) + list(range(51, 101))
+        assert sorted(m.seq for m in again) == want
+        assert all(m.payload == b"m%d" % (m.seq - 1) for m in again)
+        plain = b.subscribe("t", group="plain")
+        assert len(plain.get_many(1024, timeout=5)) == 100  # a plain group from where it was
+        assert b.publish("t", b"next") == 101  # seqs go on
+    finally:
+        b.close()
+
+
+def test_crash_of_every_process_then_restart_loses_nothing(name, pdir, ctx):
+    ready = ctx.Event()
+    p = ctx.Process(target=__import__("workers").persistent_broker_then_hang,
+                    args=(name, pdir, 500, 200, ready))
+    p.start()
+    assert ready.wait(60)
+    from pymq import segments
+    sup = [int(open(f"/proc/{c}/stat").read().split()[0]) for c in os.listdir("/proc")
+           if c.isdigit() and open(f"/proc/{c}/stat").read().split()[3] == str(p.pid)]
+    for pid in [p.pid] + sup:
+        os.kill(pid, signal.SIGKILL)  # every process of the broker, at once
+    p.join(10)
+    wait_for(lambda: all(not os.path.exists(f"/proc/{pid}") for pid in sup))
+    assert segments.namespace_entries(name)  # shared memory survived the crash
+    b = pymq.Broker(cfg_for(name, pdir))
+    try:
+        _, again = drain_group(b, "t", "g")
+        assert sorted(m.seq for m in again) == list(range(201, 501))  # none lost, none acked twice
+    finally:
+        b.close()
+
+
+def test_reboot_restart_from_disk_alone(name, pdir, ctx):
+    ready = ctx.Event()
+    p = ctx.Process(target=__import__("workers").persistent_broker_then_hang,
+                    args=(name, pdir, 300, 120, ready))
+    p.start()
+    assert ready.wait(60)
+
+    def checkpointed():
+        try:
+            state = json.load(open(os.path.join(pdir, "t", "groups.json")))
+        except (OSError, ValueError):
+            return False
+        return state["groups"] and state["groups"][0]["position"] == 121
+    wait_for(checkpointed)  # the acks reached the disk
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(10)
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "pymq", "clean", "--name", name],
+                       capture_output=True, text=True, timeout=60)  # a reboot: shm gone
+    assert r.returncode == 0, r.stderr
+    b = pymq.Broker(cfg_for(name, pdir))
+    try:
+        _, again = drain_group(b, "t", "g")
+        assert sorted(m.seq for m in again) == list(range(121, 301))
+    finally:
+        b.close()
+
+
+def test_torn_last_line_is_ignored_and_corrupt_lines_are_reported(name, pdir, capfd):
+    b = pymq.Broker(cfg_for(name, pdir))
+    b.subscribe_with_ack("t", group="g")
+    b.publish_many("t", [b"m%d" % i for i in range(10)])
+    b.close()
+    files, _ = log_lines(pdir, "t")
+    with open(files[-1], "rb") as f:
+        lines = f.read().split(b"\n")
+    lines[4] = b'{"seq": 5, "ts": oops'  # a corrupt line in the middle
+    with open(files[-1], "wb") as f:
+        f.write(b"\n".join(lines) + b'{"seq":11,"ts":1.0,"payl')  # and a torn last one
+    b = pymq.Broker(cfg_for(name, pdir))
+    try:
+        assert b.restored[0]["corrupt"] == 1 and b.restored[0]["torn"] == 1
+        _, again = drain_group(b, "t", "g")
+        assert [m.seq for m in again] == [1, 2, 3, 4, 6, 7, 8, 9, 10]
+    finally:
+        b.close()
+    assert "corrupt line skipped" in capfd.readouterr().err

@@ -144,3 +144,19 @@ def take_and_hang(name, topic, group, count, out_q):
     out_q.put(sorted(m.seq for m in got))
     while True:
         time.sleep(1)
+
+
+def persistent_broker_then_hang(name, pdir, n, acks, ready_evt):
+    """Own a persistent broker, publish n messages, have a group take them all
+    and ack the first `acks`; then wait to be killed with everything else."""
+    b = pymq.Broker(pymq.BrokerConfig(name=name, ring_bytes=1 << 20, persistence_enabled=True,
+                                      persistence_dir=pdir, persistence_fsync_interval=0.05))
+    sub = b.subscribe_with_ack("t", group="g")
+    b.publish_many("t", [b"m%d" % i for i in range(n)])
+    got = []
+    while len(got) < n:
+        got += sub.get_many(n, timeout=10)
+    sub.ack_many(got[:acks])
+    ready_evt.set()
+    while True:
+        time.sleep(1)
