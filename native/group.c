@@ -205,14 +205,16 @@ int pmq_group_join(pmq_ring_t *r, const char *name, uint32_t flags, int start,
     int rc = pmq_ring_lock_admin(r);
     if (rc < 0)
         return rc;
-    int mi = free_member_slot(r);
+    int mi = free_member_slot(r), created = 0;
     int gi = anon ? -1 : find_group(r, name);
     if (mi < 0)
         rc = PMQ_ENOSLOT;
     else if (gi >= 0 && r->groups[gi].flags != flags)
         rc = PMQ_EINVAL;
-    else if (gi < 0)
+    else if (gi < 0) {
         rc = gi = new_group(r, name, flags, start, start_seq, ack_timeout_ns, max_retries);
+        created = 1;
+    }
     if (rc >= 0) {
         pmq_group_t *g = &r->groups[gi];
         pmq_member_t *m = &r->members[mi];
@@ -225,7 +227,7 @@ int pmq_group_join(pmq_ring_t *r, const char *name, uint32_t flags, int start,
         g->members++;
         STORE_REL(&m->state, PMQ_SLOT_ACTIVE);
         *out = (pmq_join_t){.member = (uint32_t)mi, .member_gen = m->gen,
-                            .group = (uint32_t)gi, .group_gen = g->gen};
+                            .group = (uint32_t)gi, .group_gen = g->gen, .created = created};
         rc = 0;
     }
     pmq_ring_unlock(r);

@@ -64,6 +64,7 @@ typedef struct {
 
 typedef struct {
     uint32_t member, member_gen, group, group_gen;
+    uint32_t created;  /* 1 if this join made the group (start= applied) */
     ...;
 } pmq_join_t;
 

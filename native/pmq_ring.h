@@ -324,6 +324,7 @@ typedef struct pmq_group_stats {
 /* Where a join put the subscription. */
 typedef struct pmq_join {
     uint32_t member, member_gen, group, group_gen;
+    uint32_t created;  /* 1 if this join made the group (start= applied) */
 } pmq_join_t;
 
 /* Size of a segment for these parameters; 0 if they are invalid. */

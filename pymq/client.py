@@ -327,6 +327,14 @@ class Client:
         buflen = max(READ_BUFFER, ring.max_msg + _core.REC_HDR)
         reader = _core.Reader(ring, joined.member, joined.member_gen, READ_BATCH, buflen)
         sub = cls(self, topic, group, reader, joined.group, joined.group_gen)
+        if joined.created and mode != _core.START["latest"] and cfg.persistence_enabled:
+            # What the ring no longer holds comes from disk first (it was written
+            # there before the ring let it go).
+            first_in_ring = ring.group_position(joined.group)[0]
+            want = 1 if mode == _core.START["earliest"] else seq
+            if want < first_in_ring:
+                from .persistence import replay
+                sub._replay = replay(cfg.persistence_dir, topic, want, first_in_ring)
         with self._lock:
             self._res.subs.add(sub)
         return sub
@@ -414,6 +422,18 @@ class Subscription:
     # An anonymous subscription iterates in big batches; a group member in
     # small ones, so that its peers share the work.
     _iter_batch = READ_BATCH
+    _replay = None  # (seq, ts_ns, payload) from disk, before the ring (start= replay)
+
+    def _replayed(self, n: int) -> list:
+        """Up to n records replayed from disk; [] once they are all delivered."""
+        out = []
+        for rec in self._replay:
+            out.append(rec)
+            if len(out) >= n:
+                break
+        if not out:
+            self._replay = None
+        return out
 
     def _read1(self, timeout) -> tuple[_core.Reader, bytes]:
         """One record: the reader (its other fields at [0] of its arrays), the payload."""
@@ -433,10 +453,18 @@ class Subscription:
 
     def get(self, timeout: float | None = None) -> bytes:
         """The next payload; waits up to timeout (None: for ever), then raises pymq.Timeout."""
+        if self._replay is not None:
+            old = self._replayed(1)
+            if old:
+                return old[0][2]
         return self._read1(timeout)[1]
 
     def get_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
         """1..max_count payloads in one native call; waits like get()."""
+        if self._replay is not None and isinstance(max_count, int) and max_count >= 1:
+            old = self._replayed(max_count)
+            if old:
+                return [p for _, _, p in old]
         r, n = self._read(max_count, timeout)
         unpack = _core.ffi.unpack
         offs, lens = unpack(r.offs, n), unpack(r.lens, n)
@@ -485,17 +513,29 @@ class AckSubscription(Subscription):
 
     def get(self, timeout: float | None = None) -> Message:
         """The next message; waits up to timeout (None: for ever), then raises pymq.Timeout."""
+        if self._replay is not None:
+            old = self._replayed(1)
+            if old:
+                return self._from_disk(*old[0])
         r, payload = self._read1(timeout)
         return self._message(payload, r.seqs[0], r.attempts[0], r.ts[0], r.slots[0], r.pos[0])
 
     def get_many(self, max_count: int, timeout: float | None = None) -> list[Message]:
         """1..max_count messages in one native call (redeliveries first)."""
+        if self._replay is not None and isinstance(max_count, int) and max_count >= 1:
+            old = self._replayed(max_count)
+            if old:
+                return [self._from_disk(*rec) for rec in old]
         r, n = self._read(max_count, timeout)
         unpack, view, make = _core.ffi.unpack, r.view, self._message
         offs, lens = unpack(r.offs, n), unpack(r.lens, n)
         return [make(view[o:o + ln], seq, att, ts, slot, pos) for o, ln, seq, att, ts, slot, pos in zip(
             offs, lens, unpack(r.seqs, n), unpack(r.attempts, n), unpack(r.ts, n),
             unpack(r.slots, n), unpack(r.pos, n))]
+
+    def _from_disk(self, seq, ts, payload) -> Message:
+        """A message replayed from disk: history, so its ack is a no-op."""
+        return Message(payload, topic=self.topic, seq=seq, publish_time=ts / 1e9)
 
     def _message(self, payload, seq, attempt, ts, slot, pos) -> Message:
         m = Message.__new__(Message)

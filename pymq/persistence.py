@@ -300,6 +300,15 @@ def read_log(root: str, topic: str, from_seq: int = 1, report: LogReport | None 
                 yield seq, int(ts * 1e9), payload
 
 
+def replay(root: str, topic: str, from_seq: int, until_seq: int):
+    """(seq, ts_ns, payload) of the log from from_seq up to (not including)
+    until_seq: what a subscription with start= gets before the ring's records."""
+    for rec in read_log(root, topic, from_seq):
+        if rec[0] >= until_seq:
+            return
+        yield rec
+
+
 # -- recovery at start -----------------------------------------------------------------
 
 def topics_on_disk(root: str) -> list[str]:
