@@ -292,8 +292,6 @@ _SERVE_FIELDS = ("name", "ring_bytes", "max_message_bytes", "ack_timeout", "max_
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import importlib.util
-
     import pymq
 
     # Before anything is created: a SIGTERM during start-up closes the broker
@@ -301,9 +299,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with _StopSignals() as stop:
         overrides = {f: getattr(args, f) for f in _SERVE_FIELDS if getattr(args, f) is not None}
         cfg = pymq.BrokerConfig.from_env(**overrides)
-        if cfg.persistence_enabled and importlib.util.find_spec("pymq.persistence") is None:
-            print("pymq serve: warning: persistence is not implemented yet (a later issue); "
-                  "messages live in shared memory only", file=sys.stderr, flush=True)
         broker = pymq.Broker(cfg)
         try:
             where = (f"broker {cfg.name!r} serving in /dev/shm (pid {os.getpid()}, supervisor "
@@ -346,8 +341,8 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: $PYMQ_PUBLISH_TIMEOUT or 5)")
     p.add_argument("--persistence", dest="persistence_enabled", default=None,
                    action=argparse.BooleanOptionalAction,
-                   help="append messages to disk (default: $PYMQ_PERSISTENCE_ENABLED or off; "
-                        "not implemented yet)")
+                   help="append every message to JSON-lines files on disk and restore "
+                        "durable groups on restart (default: $PYMQ_PERSISTENCE_ENABLED or off)")
     p.add_argument("--persistence-dir", default=None, metavar="DIR",
                    help="where persistence writes (default: $PYMQ_PERSISTENCE_DIR or /data/mq)")
 

@@ -264,6 +264,24 @@ def test_serve_runs_a_broker_until_sigterm_then_removes_everything(name, running
     assert segments.namespace_entries(name) == []
 
 
+def test_serve_with_persistence_flushes_on_sigterm(name, running, tmp_path):
+    import glob
+    import json
+    pdir = str(tmp_path / "mq")
+    serve = running("serve", "--name", name, "--persistence", "--persistence-dir", pdir)
+    client = connect_when_up(name)
+    client.subscribe("t", group="keeps")  # a durable group: recorded on disk
+    client.publish_many("t", [b"%d" % i for i in range(500)])
+    client.close()
+    rc, out, err = serve.stop(signal.SIGTERM)
+    assert rc == 0, err
+    lines = [json.loads(x) for f in sorted(glob.glob(pdir + "/t/*.jsonl")) for x in open(f)]
+    assert [r["seq"] for r in lines] == list(range(1, 501))  # flushed before exiting
+    state = json.load(open(pdir + "/t/groups.json"))
+    assert state["groups"] == [{"name": "keeps", "ack": False, "position": 1, "acked": []}]
+    assert segments.namespace_entries(name) == []
+
+
 def test_serve_stops_on_sigint_too(name, running):
     serve = running("serve", "--name", name)
     connect_when_up(name).close()
