@@ -31,6 +31,7 @@ from .errors import BrokerClosed, MQError, SubscriptionClosed, Timeout
 FSYNC_POLICIES = ("never", "interval", "always")
 BATCH = 1024          # records a writer takes per native read
 SUFFIX = ".jsonl"
+LINE = b'{"seq":%d,"ts":%d.%06d,"payload":"%s"}\n'   # one record of the log
 
 
 def encode(batch: _core.Batch, n: int) -> tuple[list[int], list[bytes]]:
@@ -38,8 +39,9 @@ def encode(batch: _core.Batch, n: int) -> tuple[list[int], list[bytes]]:
     unpack, b64, view = _core.ffi.unpack, binascii.b2a_base64, batch.view
     offs, lens, seqs = unpack(batch.offs, n), unpack(batch.lens, n), unpack(batch.seqs, n)
     data = view[0:offs[-1] + lens[-1]]
-    return seqs, [b'{"seq":%d,"ts":%.6f,"payload":"%s"}\n' % (seq, ts / 1e9, b64(data[o:o + ln], newline=False))
-                  for seq, ts, o, ln in zip(seqs, unpack(batch.ts, n), offs, lens)]
+    # ts as seconds with 6 decimals, formatted from integers (a quarter cheaper than %f)
+    return seqs, [LINE % (seq, us // 1000000, us % 1000000, b64(data[o:o + ln], newline=False))
+                  for seq, us, o, ln in zip(seqs, (t // 1000 for t in unpack(batch.ts, n)), offs, lens)]
 
 
 def topic_dir(root: str, topic: str) -> str:
