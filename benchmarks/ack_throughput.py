@@ -49,20 +49,18 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import sys
 import time
-import traceback
 import zlib
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # throughput.py, also in spawned children
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # harness.py, throughput.py, also in spawned children
 
+import harness as H  # noqa: E402  (same method: clocks, CPU, Events, payloads)
 import pymq  # noqa: E402
-import throughput as tp  # noqa: E402  (same method: clocks, CPU, Events, the publisher)
+import throughput as tp  # noqa: E402  (the publisher)
 
 RING_BYTES = 64 * 1024 * 1024
 SIZE = 64                 # payload bytes
@@ -90,8 +88,8 @@ PAIRS = [("single", "plain single", "ack single"),
          ("single x4", "plain single x4", "ack single x4"),
          ("batch64 x4", "plain batch64 x4", "ack batch64 x4")]
 
-clock_ns, cpu_ns, ctx_switches = tp.clock_ns, tp.cpu_ns, tp.ctx_switches
-INDEX = tp.INDEX
+clock_ns, cpu_ns, ctx_switches = H.clock_ns, H.cpu_ns, H.ctx_switches
+INDEX = H.INDEX
 
 
 # -- the member processes -------------------------------------------------------
@@ -99,7 +97,7 @@ INDEX = tp.INDEX
 
 def member(name, ack, batch, count, me, counts, ready, go, conn) -> None:
     """One member of GROUP: read (and ack) until the members' counts add up to count."""
-    try:
+    with H.child(conn):
         client = pymq.connect(name)
         try:
             if ack:
@@ -114,7 +112,7 @@ def member(name, ack, batch, count, me, counts, ready, go, conn) -> None:
             seen = bytearray(count)
             cs, cpu, t0 = ctx_switches(), cpu_ns(), clock_ns()
             got, t_end, crc, disorder, effective = loop(sub, count, me, counts, seen, t0)
-            out = tp._measured(cpu, cs, t0, t_end)
+            out = H.measured(cpu, cs, t0, t_end)
             out.update(received=got, crc=crc, disorder=disorder, acks_effective=effective,
                        pid=os.getpid())
             try:  # nothing may be left for this member
@@ -127,10 +125,6 @@ def member(name, ack, batch, count, me, counts, ready, go, conn) -> None:
             conn.send(out)
         finally:
             client.close()
-    except BaseException:
-        conn.send({"error": traceback.format_exc()})
-    finally:
-        conn.close()
 
 
 def _idle(counts, me, got, count, t_last_msg) -> bool:
@@ -263,10 +257,7 @@ def _ack_batch(sub, count, me, counts, seen, t0):
 
 def stream_crc(seen: bytes) -> int:
     """crc32 of the payloads whose index is marked in seen, in index order."""
-    fill, pack, crc = tp.filler(SIZE), INDEX.pack, 0
-    for i in itertools.compress(range(len(seen)), seen):
-        crc = zlib.crc32(pack(i) + fill, crc)
-    return crc
+    return H.payloads_crc(SIZE, itertools.compress(range(len(seen)), seen))
 
 
 def verify(label: str, ack: bool, count: int, subs: list[dict], topic: dict,
@@ -328,40 +319,28 @@ def run_once(ctx, serial: int, label: str, ack: bool, batch: int, members: int, 
         readies = []
         for k in range(members):
             ready = ctx.Event()
-            recv, send = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=member, name=f"pymq-ackput-m{k}",
-                               args=(name, ack, batch, count, k, counts, ready, go, send))
-            proc.start()
-            send.close()
-            procs.append(proc)
+            proc, recv = H.start_child(ctx, procs, member, f"pymq-ackput-m{k}",
+                                       (name, ack, batch, count, k, counts, ready, go))
             pipes.append(recv)
             readies.append(ready)
         for k, (ready, proc) in enumerate(zip(readies, procs)):
-            tp._wait_event(ready, proc, f"member {k}")
-        pub_recv, pub_send = ctx.Pipe(duplex=False)
-        pub = ctx.Process(target=tp.publisher, name="pymq-ackput-pub",
-                          args=(name, TOPIC, SIZE, BATCH, count, pub_ready, go, pub_send))
-        pub.start()
-        pub_send.close()
-        procs.append(pub)
-        tp._wait_event(pub_ready, pub, "publisher")
+            H.wait_event(ready, proc, f"member {k}", START_TIMEOUT)
+        pub, pub_recv = H.start_child(ctx, procs, tp.publisher, "pymq-ackput-pub",
+                                      (name, TOPIC, SIZE, BATCH, count, pub_ready, go))
+        H.wait_event(pub_ready, pub, "publisher", START_TIMEOUT)
         go.set()
         budget = 120.0 + count * 10e-6  # generous: a failed run must end, not hang
-        p = tp._receive(pub_recv, pub, "publisher", budget)
-        subs = [tp._receive(conn, proc, f"member {k}", budget)
+        p = H.receive(pub_recv, pub, "publisher", budget)
+        subs = [H.receive(conn, proc, f"member {k}", budget)
                 for k, (conn, proc) in enumerate(zip(pipes, procs))]
-        for proc in procs:
-            proc.join(START_TIMEOUT)
+        H.finish(procs, START_TIMEOUT)
         topic = broker.stats()["topics"][TOPIC]
     finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        H.reap(procs)
         broker.close()
-    left = tp.leftovers(name)
+    left = H.leftovers(name)
     if left:
-        raise RuntimeError(f"left in {tp.SHM_DIR}: {left}")
+        raise RuntimeError(f"left in {H.SHM_DIR}: {left}")
 
     verify(label, ack, count, subs, topic, crc_cache)
     elapsed = (max(s["end_ns"] for s in subs) - p["start_ns"]) / 1e9
@@ -384,7 +363,7 @@ def run_once(ctx, serial: int, label: str, ack: bool, batch: int, members: int, 
 def baselines(count: int = 200_000) -> dict:
     """What the members' verification costs alone, in this process, on payloads
     already in memory (part of the member CPU per message, not pymq's)."""
-    fill, pack, unpack, crc32 = tp.filler(SIZE), INDEX.pack, INDEX.unpack_from, zlib.crc32
+    fill, pack, unpack, crc32 = H.filler(SIZE), INDEX.pack, INDEX.unpack_from, zlib.crc32
     pool = [pack(i) + fill for i in range(count)]
     seen = bytearray(count)
     crc, disorder, last = 0, 0, -1
@@ -415,11 +394,10 @@ def baselines(count: int = 200_000) -> dict:
 
 
 def summarise(label: str, runs: list[dict]) -> dict:
-    med = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
-    rates = [r["msg_per_s"] for r in runs]
+    med = lambda key: H.median(runs, key)  # noqa: E731
     return {"scenario": label, "runs": len(runs), "messages": runs[0]["messages"],
             "members": runs[0]["members"], "ack": runs[0]["ack"], "batch": runs[0]["batch"],
-            "msg_per_s": med("msg_per_s"), "msg_per_s_min": min(rates), "msg_per_s_max": max(rates),
+            **H.rate_summary(runs),
             "elapsed_s": med("elapsed_s"),
             "pub_cpu_us_per_msg": med("pub_cpu_us_per_msg"),
             "sub_cpu_us_per_msg": med("sub_cpu_us_per_msg"),
@@ -507,15 +485,11 @@ def main(argv=None) -> int:
     base = baselines()
     print_tables(summary, ratio, base)
     if args.json:
-        doc = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": sys.version.split()[0],
-               "platform": platform.platform(), "cpus": os.cpu_count(), "pymq": pymq.__version__,
-               "ring_bytes": RING_BYTES, "payload_bytes": SIZE, "batch": BATCH,
-               "repeat": args.repeat, "loadavg_before": load_before, "loadavg_after": load_after,
-               "summary": summary, "ratios": ratio,
-               "runs": [r for runs in by_label.values() for r in runs], "baselines": base}
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
+        H.write_json(args.json, {
+            **H.run_info(), "ring_bytes": RING_BYTES, "payload_bytes": SIZE, "batch": BATCH,
+            "repeat": args.repeat, "loadavg_before": load_before, "loadavg_after": load_after,
+            "summary": summary, "ratios": ratio,
+            "runs": [r for runs in by_label.values() for r in runs], "baselines": base})
     return 0
 
 

@@ -64,17 +64,17 @@ import statistics
 import subprocess
 import sys
 import time
-import traceback
 import zlib
 from array import array
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # throughput.py, peers.py (children too)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # harness.py, peers.py (children too)
 
+import harness as H  # noqa: E402  (same method as throughput.py: clocks, CPU, Events, payloads)
 import pymq  # noqa: E402
 import peers  # noqa: E402
-import throughput as tp  # noqa: E402  (same method: clocks, CPU, Events, payloads)
+import throughput as tp  # noqa: E402
 
-INDEX = tp.INDEX
+INDEX = H.INDEX
 SHIFT = 40                          # payload index = producer << SHIFT | i
 MASK = (1 << SHIFT) - 1
 WARM = 1 << 63                      # index of a warm-up message: WARM | producer
@@ -124,8 +124,7 @@ def targets_spec():
     ]
 
 
-def now_ns() -> int:
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+now_ns = H.clock_ns
 
 
 def minflt() -> int:
@@ -138,10 +137,8 @@ def payload_of(k: int, i: int, fill: bytes) -> bytes:
 
 
 def expected_crc(size: int, k: int, count: int) -> int:
-    fill, pack, crc, base = tp.filler(size), INDEX.pack, 0, k << SHIFT
-    for i in range(count):
-        crc = zlib.crc32(pack(base | i) + fill, crc)
-    return crc
+    base = k << SHIFT  # base | i == base + i: i < 2 ** SHIFT
+    return H.payloads_crc(size, range(base, base + count))
 
 
 # -- the child processes: streams (A, C, D) -------------------------------------------
@@ -149,10 +146,10 @@ def expected_crc(size: int, k: int, count: int) -> int:
 
 def producer(impl, handle, k, size, batch, count, ready, go, done, conn) -> None:
     """Send `count` payloads of producer k, then wait until the consumer has all."""
-    try:
+    with H.child(conn):
         s = peers.open_sender(impl, handle, k)
         try:
-            fill, pack, base, topic = tp.filler(size), INDEX.pack, k << SHIFT, s.topic
+            fill, pack, base, topic = H.filler(size), INDEX.pack, k << SHIFT, s.topic
             warm = pack(WARM | k) + fill
             if batch == 1:
                 s.send(topic, warm) if topic is not None else s.send(warm)
@@ -161,7 +158,7 @@ def producer(impl, handle, k, size, batch, count, ready, go, done, conn) -> None
             ready.set()
             if not go.wait(START_TIMEOUT):
                 raise RuntimeError("no go signal")
-            flt, cs, cpu, t0 = minflt(), tp.ctx_switches(), tp.cpu_ns(), now_ns()
+            flt, cs, cpu, t0 = minflt(), H.ctx_switches(), H.cpu_ns(), now_ns()
             if batch == 1:
                 send = s.send
                 if topic is not None:
@@ -183,15 +180,11 @@ def producer(impl, handle, k, size, batch, count, ready, go, done, conn) -> None
             # included) is over when the consumer has the last message.
             if not done.wait(budget_s(count * PRODUCERS_C, size)):
                 raise RuntimeError("the consumer never finished")
-            out = tp._measured(cpu, cs, t0, t1)
+            out = H.measured(cpu, cs, t0, t1)
             out["minflt"] = minflt() - flt
         finally:
             s.close()
         conn.send(out)
-    except BaseException:
-        conn.send({"error": traceback.format_exc()})
-    finally:
-        conn.close()
 
 
 def _single_loop(recv, tup, ack, count, producers, nxt, crcs):
@@ -266,7 +259,7 @@ def _batch_loop(recv_many, ack_many, count, size, nxt, crcs):
 def consumer(impl, handle, size, producers, batch, count, ack, group,
              ready, warm, go, done, conn) -> None:
     """Receive count messages from `producers` producers (after their warm-up ones)."""
-    try:
+    with H.child(conn):
         r = peers.open_receiver(impl, handle, batch, group=group, ack=ack)
         try:
             ready.set()
@@ -288,7 +281,7 @@ def consumer(impl, handle, size, producers, batch, count, ack, group,
             nxt, crcs = [0] * producers, [0] * producers
             if not go.wait(START_TIMEOUT):
                 raise RuntimeError("no go signal")
-            flt, cs, cpu, t0 = minflt(), tp.ctx_switches(), tp.cpu_ns(), now_ns()
+            flt, cs, cpu, t0 = minflt(), H.ctx_switches(), H.cpu_ns(), now_ns()
             acked = 0
             if batch == 1:
                 disorder, first_bad = _single_loop(r.recv, r.recv_tuple, ack, count, producers, nxt, crcs)
@@ -298,17 +291,13 @@ def consumer(impl, handle, size, producers, batch, count, ack, group,
                     r.recv_many, r.sub.ack_many if ack else None, count, size, nxt, crcs)
             t1 = now_ns()
             done.set()
-            out = tp._measured(cpu, cs, t0, t1)
+            out = H.measured(cpu, cs, t0, t1)
             out.update(received=got, per_producer=nxt, crcs=crcs, disorder=disorder,
                        first_bad=repr(first_bad), acked=acked, minflt=minflt() - flt,
                        extra=r.extra())
         finally:
             r.close()
         conn.send(out)
-    except BaseException:
-        conn.send({"error": traceback.format_exc()})
-    finally:
-        conn.close()
 
 
 def unpack_index(p) -> int:
@@ -320,7 +309,7 @@ def unpack_index(p) -> int:
 
 def pinger(impl, handles, size, warmup, rounds, bound, connect, ready, go, conn) -> None:
     """Send payload j, wait for its echo; time each round trip."""
-    try:
+    with H.child(conn):
         r = peers.open_receiver(impl, handles[1], 1)
         try:
             bound.set()
@@ -331,11 +320,11 @@ def pinger(impl, handles, size, warmup, rounds, bound, connect, ready, go, conn)
                 ready.set()
                 if not go.wait(START_TIMEOUT):
                     raise RuntimeError("no go signal")
-                fill, pack, topic, tup = tp.filler(size), INDEX.pack, s.topic, r.recv_tuple
+                fill, pack, topic, tup = H.filler(size), INDEX.pack, s.topic, r.recv_tuple
                 send, recv = s.send, r.recv
                 lat = array("q", bytes(8 * rounds))
                 bad, first_bad = 0, None
-                flt, cs, cpu = minflt(), tp.ctx_switches(), tp.cpu_ns()
+                flt, cs, cpu = minflt(), H.ctx_switches(), H.cpu_ns()
                 t_start = now_ns()
                 for j in range(warmup + rounds):
                     p = pack(j) + fill
@@ -357,7 +346,7 @@ def pinger(impl, handles, size, warmup, rounds, bound, connect, ready, go, conn)
                     if j >= warmup:
                         lat[j - warmup] = t1 - t0
                 t_end = now_ns()
-                out = tp._measured(cpu, cs, t_start, t_end)
+                out = H.measured(cpu, cs, t_start, t_end)
                 out.update(rtt_ns=lat.tobytes(), bad=bad, first_bad=repr(first_bad),
                            minflt=minflt() - flt, extra=r.extra())
             finally:
@@ -365,15 +354,11 @@ def pinger(impl, handles, size, warmup, rounds, bound, connect, ready, go, conn)
         finally:
             r.close()
         conn.send(out)
-    except BaseException:
-        conn.send({"error": traceback.format_exc()})
-    finally:
-        conn.close()
 
 
 def ponger(impl, handles, size, total, bound, connect, ready, go, conn) -> None:
     """Echo every payload back; check order and crc32 of the stream."""
-    try:
+    with H.child(conn):
         r = peers.open_receiver(impl, handles[0], 1)
         try:
             bound.set()
@@ -387,7 +372,7 @@ def ponger(impl, handles, size, total, bound, connect, ready, go, conn) -> None:
                 unpack, crc32, topic, tup = INDEX.unpack_from, zlib.crc32, s.topic, r.recv_tuple
                 send, recv = s.send, r.recv
                 crc, disorder = 0, 0
-                flt, cs, cpu, t0 = minflt(), tp.ctx_switches(), tp.cpu_ns(), now_ns()
+                flt, cs, cpu, t0 = minflt(), H.ctx_switches(), H.cpu_ns(), now_ns()
                 for j in range(total):
                     p = recv()
                     if tup:
@@ -399,17 +384,13 @@ def ponger(impl, handles, size, total, bound, connect, ready, go, conn) -> None:
                     if unpack(p)[0] != j:
                         disorder += 1
                     crc = crc32(p, crc)
-                out = tp._measured(cpu, cs, t0, now_ns())
+                out = H.measured(cpu, cs, t0, now_ns())
                 out.update(crc=crc, disorder=disorder, minflt=minflt() - flt)
             finally:
                 s.close()
         finally:
             r.close()
         conn.send(out)
-    except BaseException:
-        conn.send({"error": traceback.format_exc()})
-    finally:
-        conn.close()
 
 
 # -- the parent ------------------------------------------------------------------------
@@ -418,24 +399,6 @@ def ponger(impl, handles, size, total, bound, connect, ready, go, conn) -> None:
 def budget_s(count: int, size: int) -> float:
     """Generous: a failed run must end, not hang (the slowest peer does ~50 k msg/s)."""
     return 60.0 + count * 20e-6 + count * size / 50e6
-
-
-def _start(ctx, procs, target, name, args):
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=target, name=name, args=args + (send,))
-    proc.start()
-    send.close()
-    procs.append(proc)
-    return proc, recv
-
-
-def _finish(procs) -> None:
-    for proc in procs:
-        proc.join(START_TIMEOUT)
-    for proc in procs:
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
 
 
 def run_stream(ctx, case, impl: str, count: int, crc_cache: dict) -> dict:
@@ -447,30 +410,27 @@ def run_stream(ctx, case, impl: str, count: int, crc_cache: dict) -> dict:
     try:
         sub_ready, sub_warm, go, done = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Event()
         group = GROUP if scen == "D" else None
-        cons, cons_conn = _start(ctx, procs, consumer, "cmp-consumer",
-                                 (impl, ch.handle, size, producers, batch, count, ack, group,
-                                  sub_ready, sub_warm, go, done))
-        tp._wait_event(sub_ready, cons, "consumer")
+        cons, cons_conn = H.start_child(ctx, procs, consumer, "cmp-consumer",
+                                        (impl, ch.handle, size, producers, batch, count, ack, group,
+                                         sub_ready, sub_warm, go, done))
+        H.wait_event(sub_ready, cons, "consumer", START_TIMEOUT)
         prods = []
         for k in range(producers):
             ready = ctx.Event()
-            proc, conn = _start(ctx, procs, producer, f"cmp-producer-{k}",
-                                (impl, ch.handle, k, size, batch, per, ready, go, done))
+            proc, conn = H.start_child(ctx, procs, producer, f"cmp-producer-{k}",
+                                       (impl, ch.handle, k, size, batch, per, ready, go, done))
             prods.append((proc, conn, ready))
         for k, (proc, _, ready) in enumerate(prods):
-            tp._wait_event(ready, proc, f"producer {k}")
-        tp._wait_event(sub_warm, cons, "consumer (warm-up)")
+            H.wait_event(ready, proc, f"producer {k}", START_TIMEOUT)
+        H.wait_event(sub_warm, cons, "consumer (warm-up)", START_TIMEOUT)
         go.set()
         budget = budget_s(count, size)
-        c = tp._receive(cons_conn, cons, "consumer", budget)
-        ps = [tp._receive(conn, proc, f"producer {k}", budget) for k, (proc, conn, _) in enumerate(prods)]
-        _finish(procs)
+        c = H.receive(cons_conn, cons, "consumer", budget)
+        ps = [H.receive(conn, proc, f"producer {k}", budget) for k, (proc, conn, _) in enumerate(prods)]
+        H.finish(procs, START_TIMEOUT)
         topic = ch.broker.stats()["topics"]["t"] if impl == "pymq" else None
     finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        H.reap(procs)
         left = ch.close()
     if left:
         raise RuntimeError(f"{key} {impl}: left behind: {left}")
@@ -532,28 +492,25 @@ def run_pingpong(ctx, impl: str, warmup: int, rounds: int) -> dict:
     try:
         ev = {n: ctx.Event() for n in ("ping_bound", "pong_bound", "connect", "ping_ready",
                                        "pong_ready", "go")}
-        pong, pong_conn = _start(ctx, procs, ponger, "cmp-ponger",
-                                 (impl, ch.handle, size, total, ev["pong_bound"], ev["connect"],
-                                  ev["pong_ready"], ev["go"]))
-        ping, ping_conn = _start(ctx, procs, pinger, "cmp-pinger",
-                                 (impl, ch.handle, size, warmup, rounds, ev["ping_bound"],
-                                  ev["connect"], ev["ping_ready"], ev["go"]))
-        tp._wait_event(ev["pong_bound"], pong, "ponger")
-        tp._wait_event(ev["ping_bound"], ping, "pinger")
+        pong, pong_conn = H.start_child(ctx, procs, ponger, "cmp-ponger",
+                                        (impl, ch.handle, size, total, ev["pong_bound"], ev["connect"],
+                                         ev["pong_ready"], ev["go"]))
+        ping, ping_conn = H.start_child(ctx, procs, pinger, "cmp-pinger",
+                                        (impl, ch.handle, size, warmup, rounds, ev["ping_bound"],
+                                         ev["connect"], ev["ping_ready"], ev["go"]))
+        H.wait_event(ev["pong_bound"], pong, "ponger", START_TIMEOUT)
+        H.wait_event(ev["ping_bound"], ping, "pinger", START_TIMEOUT)
         ev["connect"].set()
-        tp._wait_event(ev["pong_ready"], pong, "ponger")
-        tp._wait_event(ev["ping_ready"], ping, "pinger")
+        H.wait_event(ev["pong_ready"], pong, "ponger", START_TIMEOUT)
+        H.wait_event(ev["ping_ready"], ping, "pinger", START_TIMEOUT)
         ev["go"].set()
         budget = budget_s(total * 10, size)
-        a = tp._receive(ping_conn, ping, "pinger", budget)
-        b = tp._receive(pong_conn, pong, "ponger", budget)
-        _finish(procs)
+        a = H.receive(ping_conn, ping, "pinger", budget)
+        b = H.receive(pong_conn, pong, "ponger", budget)
+        H.finish(procs, START_TIMEOUT)
         topics = ch.broker.stats()["topics"] if impl == "pymq" else None
     finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        H.reap(procs)
         left = ch.close()
     if left:
         raise RuntimeError(f"{key} {impl}: left behind: {left}")
@@ -593,16 +550,13 @@ def pct(sorted_values, q: float):
 # -- summaries, ratios, targets --------------------------------------------------------
 
 
-def med(runs, key):
-    return statistics.median(r[key] for r in runs)
+med = H.median
 
 
 def summarise_stream(runs: list[dict]) -> dict:
-    rates = [r["msg_per_s"] for r in runs]
     out = {k: runs[0][k] for k in ("case", "scenario", "impl", "messages", "payload_bytes",
                                    "producers", "batch", "ack")}
-    out.update(runs=len(runs), msg_per_s=med(runs, "msg_per_s"), msg_per_s_min=min(rates),
-               msg_per_s_max=max(rates), MB_per_s=med(runs, "MB_per_s"),
+    out.update(runs=len(runs), **H.rate_summary(runs), MB_per_s=med(runs, "MB_per_s"),
                elapsed_s=med(runs, "elapsed_s"),
                pub_cpu_us_per_msg=med(runs, "pub_cpu_us_per_msg"),
                sub_cpu_us_per_msg=med(runs, "sub_cpu_us_per_msg"),
@@ -917,26 +871,7 @@ def chart(path: str, stream: list[dict], pingpong: list[dict], targets: list[dic
 
 def baselines(count: int = 100_000) -> list[dict]:
     """Build a payload / the consumer's single-call check, alone in this process."""
-    out = []
-    pack, unpack, crc32 = INDEX.pack, INDEX.unpack_from, zlib.crc32
-    for size in (64, 4 * KIB):
-        fill = tp.filler(size)
-        t0 = time.process_time_ns()
-        for i in range(count):
-            p = pack(i) + fill
-        t1 = time.process_time_ns()
-        pool = [pack(i) + fill for i in range(1024)]
-        crc = 0
-        t2 = time.process_time_ns()
-        for i in range(count):
-            p = pool[i & 1023]
-            if unpack(p)[0] != i & 1023:
-                raise AssertionError(i)
-            crc = crc32(p, crc)
-        t3 = time.process_time_ns()
-        out.append({"payload_bytes": size, "build_us_per_msg": (t1 - t0) / count / 1e3,
-                    "verify_us_per_msg": (t3 - t2) / count / 1e3})
-    return out
+    return H.baselines(count, (64, 4 * KIB))
 
 
 def machine() -> dict:
@@ -1096,9 +1031,7 @@ def report(args, runs: dict, meta: dict, base: list[dict], missing: dict) -> int
                "missing": missing}
         if args.replot:
             doc["replotted_from"] = args.replot
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
+        H.write_json(args.json, doc)
     return 0
 
 

@@ -127,13 +127,13 @@ def make_channel(ctx, impl: str, producers: int, size: int, lanes: int = 1) -> C
         return ch
     if impl == "pymq":
         import pymq
-        import throughput as tp
+        import harness
         name = f"cmp-{os.getpid()}-{next(_serial)}"
         broker = pymq.Broker(pymq.BrokerConfig(name=name, ring_bytes=RING_BYTES))
 
         def close_broker():
             broker.close()
-            return [f"/dev/shm/{f}" for f in tp.leftovers(name)]
+            return [f"/dev/shm/{f}" for f in harness.leftovers(name)]
         ch = Channel(impl, {"name": name, "topic": "t"}, [close_broker])
         ch.broker = broker
         return ch

@@ -44,9 +44,7 @@ import binascii
 import json
 import multiprocessing as mp
 import os
-import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -56,7 +54,8 @@ from array import array
 import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import throughput as tp  # noqa: E402  (publisher, subscriber and helpers, reused as they are)
+import harness as H  # noqa: E402
+import throughput as tp  # noqa: E402  (publisher, subscriber and their start, reused as they are)
 
 import pymq  # noqa: E402
 from pymq import _core, persistence  # noqa: E402
@@ -125,23 +124,10 @@ def run_once(ctx, persist: bool, label_k: int, size: int, batch: int, count: int
     broker = pymq.Broker(cfg)
     try:
         sup = psutil.Process(broker.supervisor_pid)
-        sub_ready, pub_ready, go = ctx.Event(), ctx.Event(), ctx.Event()
-        sub_recv, sub_send = ctx.Pipe(duplex=False)
-        pub_recv, pub_send = ctx.Pipe(duplex=False)
-        sub = ctx.Process(target=tp.subscriber, name="pymq-bench-sub",
-                          args=(name, topic, size, batch, count, sub_ready, go, sub_send))
-        pub = ctx.Process(target=tp.publisher, name="pymq-bench-pub",
-                          args=(name, topic, size, batch, count, pub_ready, go, pub_send))
         procs = []
         try:
-            sub.start()
-            procs.append(sub)
-            sub_send.close()
-            tp._wait_event(sub_ready, sub, "subscriber")
-            pub.start()
-            procs.append(pub)
-            pub_send.close()
-            tp._wait_event(pub_ready, pub, "publisher")
+            go, (pub, pub_recv), (sub, sub_recv) = tp.start_pair(ctx, procs, name, topic,
+                                                                 size, batch, count)
             before = broker.stats()["topics"][topic]
             if persist:  # the writer thread has joined "~persist" (it starts within a sweep)
                 deadline = time.monotonic() + tp.START_TIMEOUT
@@ -153,8 +139,8 @@ def run_once(ctx, persist: bool, label_k: int, size: int, batch: int, count: int
             cpu0 = sup_cpu_s(sup)
             go.set()
             budget = 120.0 + count * size / 20e6
-            p = tp._receive(pub_recv, pub, "publisher", budget)
-            s = tp._receive(sub_recv, sub, "subscriber", budget)
+            p = H.receive(pub_recv, pub, "publisher", budget)
+            s = H.receive(sub_recv, sub, "subscriber", budget)
             caught_up_ns, polls = None, 0
             if persist:
                 deadline = time.monotonic() + DRAIN_TIMEOUT
@@ -162,26 +148,18 @@ def run_once(ctx, persist: bool, label_k: int, size: int, batch: int, count: int
                     g = persist_group(broker, topic)
                     polls += 1
                     if g["lag"] == 0 and g["pending"] == 0:
-                        caught_up_ns = tp.clock_ns()
+                        caught_up_ns = H.clock_ns()
                         break
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"writer did not catch up in {DRAIN_TIMEOUT} s: {g}")
                     time.sleep(POLL_S)
             end_ns = max(s["end_ns"], caught_up_ns or 0)
             cpu1 = sup_cpu_s(sup)
-            for proc in procs:
-                proc.join(tp.START_TIMEOUT)
+            H.finish(procs, tp.START_TIMEOUT)
         finally:
-            for proc in procs:
-                if proc.is_alive():
-                    proc.kill()
-                    proc.join()
+            H.reap(procs)
         after = broker.stats()["topics"][topic]
-        ok = (s["received"] == count and s["disorder"] == 0 and s["extra"] == 0
-              and s["crc"] == crc_cache[key] and after["published"] - before["published"] == count)
-        if not ok:
-            raise RuntimeError(f"verification failed: sent {count}, subscriber {s}, "
-                               f"expected crc {crc_cache[key]}")
+        tp.check("", s, count, crc_cache[key], after["published"] - before["published"])
         pg = after["groups"].get(PERSIST) if persist else None
     finally:
         broker.close()  # with persistence on: drains (already drained), closes the log
@@ -190,9 +168,9 @@ def run_once(ctx, persist: bool, label_k: int, size: int, batch: int, count: int
     finally:
         if pdir:
             shutil.rmtree(pdir)
-    left = tp.leftovers(name)
+    left = H.leftovers(name)
     if left:
-        raise RuntimeError(f"left in {tp.SHM_DIR}: {left}")
+        raise RuntimeError(f"left in {H.SHM_DIR}: {left}")
     elapsed = (end_ns - p["start_ns"]) / 1e9
     out = {
         "persistence": persist, "messages": count, "payload_bytes": size, "batch": batch,
@@ -227,7 +205,7 @@ def writer_breakdown(size: int, count: int) -> dict:
         reader = _core.Reader(ring, joined.member, joined.member_gen, persistence.BATCH,
                               max(1 << 20, ring.max_msg + _core.REC_HDR))
         log = persistence.TopicLog(pdir, "prof", cfg)
-        fill, pack = tp.filler(size), tp.INDEX.pack
+        fill, pack = H.filler(size), H.INDEX.pack
         clock, done, chunk = time.perf_counter_ns, 0, persistence.BATCH
         while done < count:
             k = min(chunk, count - done)
@@ -255,7 +233,8 @@ def writer_breakdown(size: int, count: int) -> dict:
                 p2 = clock()
                 enc = [b64(x, newline=False) for x in raw]
                 p3 = clock()
-                out = [b'{"seq":%d,"ts":%.6f,"payload":"%s"}\n' % (q, ts / 1e9, x) for q, ts, x in zip(sqs, tss, enc)]
+                line = persistence.LINE
+                out = [line % (q, ts // 10**9, ts // 1000 % 10**6, x) for q, ts, x in zip(sqs, tss, enc)]
                 p4 = clock()
                 if out != lines:
                     raise RuntimeError("encode replay differs from persistence.encode")
@@ -285,10 +264,9 @@ def writer_breakdown(size: int, count: int) -> dict:
 
 
 def summarise(label: str, persist: bool, runs: list[dict]) -> dict:
-    med = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
-    rates = [r["msg_per_s"] for r in runs]
+    med = lambda key: H.median(runs, key)  # noqa: E731
     return {"scenario": label, "persistence": persist, "runs": len(runs), "messages": runs[0]["messages"],
-            "msg_per_s": med("msg_per_s"), "msg_per_s_min": min(rates), "msg_per_s_max": max(rates),
+            **H.rate_summary(runs),
             "MB_per_s": med("MB_per_s"), "elapsed_s": med("elapsed_s"),
             "subscriber_s": med("subscriber_s"), "writer_after_sub_s": med("writer_after_sub_s"),
             "pub_cpu_us_per_msg": med("pub_cpu_us_per_msg"),
@@ -373,17 +351,13 @@ def main(argv=None) -> int:
     print(f"\nload average before {load_before[0]:.2f}, after {load_after[0]:.2f}; "
           f"{time.monotonic() - t_start:.0f} s")
     if args.json:
-        doc = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": sys.version.split()[0],
-               "platform": platform.platform(), "cpus": os.cpu_count(), "pymq": pymq.__version__,
-               "ring_bytes": RING_BYTES, "batch": BATCH, "repeat": args.repeat,
-               "fsync": "interval", "fsync_interval_s": 1.0, "tmpdir": tempfile.gettempdir(),
-               "loadavg_before": load_before, "loadavg_after": load_after,
-               "summary": [{"off": off, "on": on, "ratio_on_off": on["msg_per_s"] / off["msg_per_s"]}
-                           for off, on in rows],
-               "runs": runs, "writer_breakdown": prof}
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
+        H.write_json(args.json, {
+            **H.run_info(), "ring_bytes": RING_BYTES, "batch": BATCH, "repeat": args.repeat,
+            "fsync": "interval", "fsync_interval_s": 1.0, "tmpdir": tempfile.gettempdir(),
+            "loadavg_before": load_before, "loadavg_after": load_after,
+            "summary": [{"off": off, "on": on, "ratio_on_off": on["msg_per_s"] / off["msg_per_s"]}
+                        for off, on in rows],
+            "runs": runs, "writer_breakdown": prof})
     return 0
 
 

@@ -48,27 +48,23 @@ range of msg/s.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
-import platform
-import random
 import resource
 import statistics
-import struct
 import sys
 import time
-import traceback
 import zlib
 
+import harness as H
 import pymq
 
 KiB, MiB = 1024, 1024 * 1024
 BATCH = 64
 READ_TIMEOUT = 30.0      # a subscriber without a message for this long fails the run
 START_TIMEOUT = 120.0    # seconds to wait for a child to be ready (16 spawned on 2 CPUs)
-SHM_DIR = "/dev/shm"
-INDEX = struct.Struct("<Q")
+SHM_DIR = H.SHM_DIR
+INDEX = H.INDEX
 
 # (topics, messages full, messages --quick)
 TOPICS = [(1, 400_000, 20_000), (10, 400_000, 20_000), (100, 400_000, 20_000),
@@ -84,12 +80,7 @@ BIG_RING = 8 * MiB
 MEMORY_N = (200_000, 20_000)   # N full, N --quick; the part runs N and 10 N
 
 
-def filler(size: int) -> bytes:
-    return random.Random(size).randbytes(size - INDEX.size)
-
-
-def clock_ns() -> int:
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+filler, clock_ns = H.filler, H.clock_ns
 
 
 def cpu_ns() -> int:
@@ -109,12 +100,8 @@ def memory() -> dict:
 
 
 def expected_crcs(size: int, count: int, ntopics: int) -> list[int]:
-    fill, pack = filler(size), INDEX.pack
-    crcs = [0] * ntopics
-    for i in range(count):
-        k = i % ntopics
-        crcs[k] = zlib.crc32(pack(i) + fill, crcs[k])
-    return crcs
+    """Message i goes to topic i % ntopics: the crc32 of each topic's stream."""
+    return [H.payloads_crc(size, range(k, count, ntopics)) for k in range(ntopics)]
 
 
 def topic_names(ntopics: int) -> list[str]:
@@ -126,7 +113,7 @@ def topic_names(ntopics: int) -> list[str]:
 
 def publisher(name, ntopics, size, count, mode, ready, go, conn) -> None:
     """mode "single": publish(topic[i % T], payload i); "many": publish_many, batches of 64, T = 1."""
-    try:
+    with H.child(conn):
         client = pymq.connect(name)
         try:
             topics = topic_names(ntopics)
@@ -159,17 +146,13 @@ def publisher(name, ntopics, size, count, mode, ready, go, conn) -> None:
                        "mem_ready": mem_ready, "mem_end": memory()})
         finally:
             client.close()
-    except BaseException:
-        conn.send({"error": traceback.format_exc()})
-    finally:
-        conn.close()
 
 
 def subscriber(name, ntopics, size, count, mode, ready, go, conn) -> None:
     """mode "poll": round-robin get_many(64, timeout=0) over all topics;
     "many": get_many(64, READ_TIMEOUT) on one topic; "single": get(READ_TIMEOUT) on one topic.
     Message i is expected on topic i % T, in order of i."""
-    try:
+    with H.child(conn):
         client = pymq.connect(name)
         try:
             subs = [client.subscribe(t) for t in topic_names(ntopics)]  # creates the topics
@@ -241,35 +224,9 @@ def subscriber(name, ntopics, size, count, mode, ready, go, conn) -> None:
             conn.send(out)
         finally:
             client.close()
-    except BaseException:
-        conn.send({"error": traceback.format_exc()})
-    finally:
-        conn.close()
 
 
 # -- the parent -----------------------------------------------------------------
-
-
-def _wait_event(event, proc, what: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while not event.wait(0.2):
-        if not proc.is_alive():
-            raise RuntimeError(f"{what} exited ({proc.exitcode}) before it was ready")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} not ready after {START_TIMEOUT} s")
-
-
-def _receive(conn, proc, what: str, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while not conn.poll(0.2):
-        if not proc.is_alive() and not conn.poll(0):
-            raise RuntimeError(f"{what} exited ({proc.exitcode}) without a result")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: no result after {timeout:.0f} s")
-    out = conn.recv()
-    if "error" in out:
-        raise RuntimeError(f"{what} failed:\n{out['error']}")
-    return out
 
 
 def shm_usage(name: str) -> dict:
@@ -313,38 +270,26 @@ def run_once(ctx, *, ntopics: int, nsubs: int, size: int, count: int, pub_mode: 
         subs = []
         for j in range(nsubs):
             ready = ctx.Event()
-            r, w = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=subscriber, name=f"pymq-scale-sub{j}",
-                            args=(name, ntopics, size, count, sub_mode, ready, go, w))
-            p.start()
-            procs.append(p)
-            w.close()
+            p, r = H.start_child(ctx, procs, subscriber, f"pymq-scale-sub{j}",
+                                 (name, ntopics, size, count, sub_mode, ready, go))
             subs.append((p, ready, r))
         for j, (p, ready, _) in enumerate(subs):
-            _wait_event(ready, p, f"subscriber {j}")
-        r_pub, w_pub = ctx.Pipe(duplex=False)
-        pub = ctx.Process(target=publisher, name="pymq-scale-pub",
-                          args=(name, ntopics, size, count, pub_mode, pub_ready, go, w_pub))
-        pub.start()
-        procs.append(pub)
-        w_pub.close()
-        _wait_event(pub_ready, pub, "publisher")
+            H.wait_event(ready, p, f"subscriber {j}", START_TIMEOUT)
+        pub, r_pub = H.start_child(ctx, procs, publisher, "pymq-scale-pub",
+                                   (name, ntopics, size, count, pub_mode, pub_ready, go))
+        H.wait_event(pub_ready, pub, "publisher", START_TIMEOUT)
         sup_pid = broker.stats()["supervisor"]["pid"]
         sup0, wall0 = proc_cpu_ns(sup_pid), clock_ns()
         go.set()
         budget = 120.0 + count * max(size, 64) * nsubs / 20e6
-        pr = _receive(r_pub, pub, "publisher", budget)
-        srs = [_receive(r, p, f"subscriber {j}", budget) for j, (p, _, r) in enumerate(subs)]
+        pr = H.receive(r_pub, pub, "publisher", budget)
+        srs = [H.receive(r, p, f"subscriber {j}", budget) for j, (p, _, r) in enumerate(subs)]
         sup1, wall1 = proc_cpu_ns(sup_pid), clock_ns()
-        for p in procs:
-            p.join(START_TIMEOUT)
+        H.finish(procs, START_TIMEOUT)
         shm = shm_usage(name)
         stats = broker.stats()["topics"]
     finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
+        H.reap(procs)
         broker.close()
     left = shm_usage(name)
     if left["files"]:
@@ -399,9 +344,7 @@ def repeat(args, ctx, label: str, crc_cache: dict, **kw) -> dict:
               f"{max(m['VmRSS'] for m in r['subscriber_mem_end']) / MiB:.1f} MiB  ok",
               file=sys.stderr, flush=True)
     med = lambda f: statistics.median(f(r) for r in runs)  # noqa: E731
-    rates = [r["msg_per_s"] for r in runs]
-    return {"label": label, "runs": runs, "msg_per_s": med(lambda r: r["msg_per_s"]),
-            "msg_per_s_min": min(rates), "msg_per_s_max": max(rates),
+    return {"label": label, "runs": runs, **H.rate_summary(runs),
             "MB_per_s": med(lambda r: r["MB_per_s"]),
             "aggregate": med(lambda r: r["aggregate_delivered_msg_per_s"]),
             "per_sub_min": med(lambda r: min(r["per_subscriber_msg_per_s"])),
@@ -537,13 +480,9 @@ def main(argv=None) -> int:
     print(f"\nall runs verified; nothing left in {SHM_DIR}; {time.monotonic() - t_start:.0f} s; "
           f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     if args.json:
-        doc = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": sys.version.split()[0],
-               "platform": platform.platform(), "cpus": os.cpu_count(), "pymq": pymq.__version__,
-               "quick": args.quick, "repeat": args.repeat, "loadavg_before": load_before,
-               "loadavg_after": load_after, "results": res}
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
+        H.write_json(args.json, {
+            **H.run_info(), "quick": args.quick, "repeat": args.repeat,
+            "loadavg_before": load_before, "loadavg_after": load_after, "results": res})
     return 0
 
 

@@ -28,19 +28,12 @@ closed at the end, and the script fails if any segment of its name remains.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
-import platform
-import random
-import resource
-import statistics
-import struct
 import sys
-import time
-import traceback
 import zlib
 
+import harness as H
 import pymq
 
 RING_BYTES = 64 * 1024 * 1024
@@ -58,49 +51,20 @@ SCENARIOS = [
     ("batch64 4 KiB", 4096, BATCH, 1_000_000),
 ]
 
-INDEX = struct.Struct("<Q")
-
-
-def filler(size: int) -> bytes:
-    """The fixed part of every payload of this size (after its 8-byte index)."""
-    return random.Random(size).randbytes(size - INDEX.size)
-
-
-def clock_ns() -> int:
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-
-
-def cpu_ns() -> tuple[int, int]:
-    """(user, system) CPU time of this process, in ns."""
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return int(ru.ru_utime * 1e9), int(ru.ru_stime * 1e9)
-
-
-def ctx_switches() -> tuple[int, int]:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_nvcsw, ru.ru_nivcsw
+INDEX = H.INDEX
+SHM_DIR = H.SHM_DIR
+filler, clock_ns, cpu_ns, ctx_switches = H.filler, H.clock_ns, H.cpu_ns, H.ctx_switches
 
 
 def expected_crc(size: int, count: int) -> int:
-    fill, pack, crc = filler(size), INDEX.pack, 0
-    for i in range(count):
-        crc = zlib.crc32(pack(i) + fill, crc)
-    return crc
+    return H.payloads_crc(size, range(count))
 
 
 # -- the child processes ------------------------------------------------------
 
 
-def _measured(start_cpu, start_cs, start_ns, end_ns) -> dict:
-    user, system = cpu_ns()
-    vol, invol = ctx_switches()
-    return {"start_ns": start_ns, "end_ns": end_ns,
-            "user_ns": user - start_cpu[0], "system_ns": system - start_cpu[1],
-            "voluntary_switches": vol - start_cs[0], "involuntary_switches": invol - start_cs[1]}
-
-
 def publisher(name, topic, size, batch, count, ready, go, conn) -> None:
-    try:
+    with H.child(conn):
         client = pymq.connect(name)
         try:
             # stats() attaches every existing topic (the subscriber created this
@@ -121,17 +85,13 @@ def publisher(name, topic, size, batch, count, ready, go, conn) -> None:
                 for base in range(0, count, batch):
                     publish_many(topic, [pack(i) + fill for i in range(base, min(count, base + batch))])
             t1 = clock_ns()
-            conn.send(_measured(cpu, cs, t0, t1))
+            conn.send(H.measured(cpu, cs, t0, t1))
         finally:
             client.close()
-    except BaseException:
-        conn.send({"error": traceback.format_exc()})
-    finally:
-        conn.close()
 
 
 def subscriber(name, topic, size, batch, count, ready, go, conn) -> None:
-    try:
+    with H.child(conn):
         client = pymq.connect(name)
         try:
             sub = client.subscribe(topic)  # "latest": exactly what is published after this
@@ -166,7 +126,7 @@ def subscriber(name, topic, size, batch, count, ready, go, conn) -> None:
                             crc = crc32(p, crc)
                     got += len(items)
             t1 = clock_ns()
-            out = _measured(cpu, cs, t0, t1)
+            out = H.measured(cpu, cs, t0, t1)
             out.update(received=got, crc=crc, disorder=disorder, first_bad=repr(first_bad))
             try:  # nothing beyond count may arrive
                 extra = len(sub.get_many(1024, timeout=0))
@@ -177,78 +137,55 @@ def subscriber(name, topic, size, batch, count, ready, go, conn) -> None:
             conn.send(out)
         finally:
             client.close()
-    except BaseException:
-        conn.send({"error": traceback.format_exc()})
-    finally:
-        conn.close()
 
 
 # -- the parent -----------------------------------------------------------------
 
 
-def _wait_event(event, proc, what: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while not event.wait(0.2):
-        if not proc.is_alive():
-            raise RuntimeError(f"{what} exited ({proc.exitcode}) before it was ready")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} not ready after {START_TIMEOUT} s")
+def start_pair(ctx, procs: list, name: str, topic: str, size: int, batch: int, count: int):
+    """Start the subscriber, wait until it is subscribed, then the publisher,
+    wait until it is ready. Returns (go, (publisher, its conn), (subscriber, its conn));
+    "go" is not set yet. Both processes are appended to procs."""
+    sub_ready, pub_ready, go = ctx.Event(), ctx.Event(), ctx.Event()
+    args = (name, topic, size, batch, count)
+    sub, sub_recv = H.start_child(ctx, procs, subscriber, "pymq-bench-sub", args + (sub_ready, go))
+    H.wait_event(sub_ready, sub, "subscriber", START_TIMEOUT)
+    pub, pub_recv = H.start_child(ctx, procs, publisher, "pymq-bench-pub", args + (pub_ready, go))
+    H.wait_event(pub_ready, pub, "publisher", START_TIMEOUT)
+    return go, (pub, pub_recv), (sub, sub_recv)
 
 
-def _receive(conn, proc, what: str, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while not conn.poll(0.2):
-        if not proc.is_alive() and not conn.poll(0):
-            raise RuntimeError(f"{what} exited ({proc.exitcode}) without a result")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: no result after {timeout:.0f} s")
-    out = conn.recv()
-    if "error" in out:
-        raise RuntimeError(f"{what} failed:\n{out['error']}")
-    return out
+def check(what: str, s: dict, count: int, want_crc: int, published: int) -> bool:
+    """Raise unless the subscriber got payloads 0..count-1 in order, nothing more,
+    with the crc32 of what was sent, and the topic counted count publishes."""
+    ok = (s["received"] == count and s["disorder"] == 0 and s["extra"] == 0
+          and s["crc"] == want_crc and published == count)
+    if not ok:
+        raise RuntimeError(f"{what}verification failed: sent {count}, subscriber {s}, "
+                           f"expected crc {want_crc}")
+    return ok
 
 
 def run_once(ctx, broker, topic: str, size: int, batch: int, count: int, crc_cache: dict) -> dict:
-    sub_ready, pub_ready, go = ctx.Event(), ctx.Event(), ctx.Event()
-    sub_recv, sub_send = ctx.Pipe(duplex=False)
-    pub_recv, pub_send = ctx.Pipe(duplex=False)
-    sub = ctx.Process(target=subscriber, name="pymq-bench-sub",
-                      args=(broker.name, topic, size, batch, count, sub_ready, go, sub_send))
-    pub = ctx.Process(target=publisher, name="pymq-bench-pub",
-                      args=(broker.name, topic, size, batch, count, pub_ready, go, pub_send))
     before = broker.stats()["topics"].get(topic, {})
     procs = []
     try:
-        sub.start()
-        procs.append(sub)
-        sub_send.close()
-        _wait_event(sub_ready, sub, "subscriber")
-        pub.start()
-        procs.append(pub)
-        pub_send.close()
-        _wait_event(pub_ready, pub, "publisher")
+        go, (pub, pub_recv), (sub, sub_recv) = start_pair(ctx, procs, broker.name, topic,
+                                                          size, batch, count)
         go.set()
         budget = 120.0 + count * size / 20e6  # generous: a failed run must end, not hang
-        p = _receive(pub_recv, pub, "publisher", budget)
-        s = _receive(sub_recv, sub, "subscriber", budget)
-        for proc in procs:
-            proc.join(START_TIMEOUT)
+        p = H.receive(pub_recv, pub, "publisher", budget)
+        s = H.receive(sub_recv, sub, "subscriber", budget)
+        H.finish(procs, START_TIMEOUT)
     finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        H.reap(procs)
     after = broker.stats()["topics"][topic]
 
     key = (size, count)
     if key not in crc_cache:
         crc_cache[key] = expected_crc(size, count)
-    ok = (s["received"] == count and s["disorder"] == 0 and s["extra"] == 0
-          and s["crc"] == crc_cache[key]
-          and after["published"] - before.get("published", 0) == count)
-    if not ok:
-        raise RuntimeError(f"{topic}: verification failed: sent {count}, subscriber {s}, "
-                           f"expected crc {crc_cache[key]}")
+    ok = check(f"{topic}: ", s, count, crc_cache[key],
+               after["published"] - before.get("published", 0))
     elapsed = (s["end_ns"] - p["start_ns"]) / 1e9
     return {
         "messages": count, "payload_bytes": size, "batch": batch, "elapsed_s": elapsed,
@@ -269,38 +206,13 @@ def run_once(ctx, broker, topic: str, size: int, batch: int, count: int, crc_cac
 def baselines(count: int = 200_000) -> list[dict]:
     """What building and verifying payloads cost alone, in this process: part of
     each side's CPU per message in the table, not pymq's."""
-    out = []
-    pack, unpack, crc32 = INDEX.pack, INDEX.unpack_from, zlib.crc32
-    for size in (64, 4096):
-        fill = filler(size)
-        t0 = time.process_time_ns()
-        for i in range(count):
-            p = pack(i) + fill
-        t1 = time.process_time_ns()
-        pool = [pack(i) + fill for i in range(1024)]  # verified cyclically: no page faults
-        crc = 0
-        t2 = time.process_time_ns()
-        for i in range(count):
-            p = pool[i & 1023]
-            if unpack(p)[0] != i & 1023:
-                raise AssertionError(i)
-            crc = crc32(p, crc)
-        t3 = time.process_time_ns()
-        out.append({"payload_bytes": size, "build_us_per_msg": (t1 - t0) / count / 1e3,
-                    "verify_us_per_msg": (t3 - t2) / count / 1e3})
-    return out
-
-
-def leftovers(name: str) -> list[str]:
-    prefix = f"pymq.{name}."
-    return sorted(f for f in os.listdir(SHM_DIR) if f.startswith(prefix))
+    return H.baselines(count)
 
 
 def summarise(name: str, runs: list[dict]) -> dict:
-    med = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
-    rates = [r["msg_per_s"] for r in runs]
+    med = lambda key: H.median(runs, key)  # noqa: E731
     return {"scenario": name, "runs": len(runs), "messages": runs[0]["messages"],
-            "msg_per_s": med("msg_per_s"), "msg_per_s_min": min(rates), "msg_per_s_max": max(rates),
+            **H.rate_summary(runs),
             "MB_per_s": med("MB_per_s"), "elapsed_s": med("elapsed_s"),
             "pub_cpu_us_per_msg": med("pub_cpu_us_per_msg"),
             "sub_cpu_us_per_msg": med("sub_cpu_us_per_msg"),
@@ -362,7 +274,7 @@ def main(argv=None) -> int:
             summary.append(summarise(label, mine))
     finally:
         broker.close()
-    left = leftovers(name)
+    left = H.leftovers(name)
     if left:
         print(f"error: left in {SHM_DIR}: {left}", file=sys.stderr)
         return 1
@@ -371,14 +283,10 @@ def main(argv=None) -> int:
     base = baselines()
     print_table(summary, base)
     if args.json:
-        doc = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": sys.version.split()[0],
-               "platform": platform.platform(), "cpus": os.cpu_count(), "pymq": pymq.__version__,
-               "ring_bytes": RING_BYTES, "batch": BATCH, "repeat": args.repeat,
-               "loadavg_before": load_before, "loadavg_after": load_after,
-               "summary": summary, "runs": runs, "baselines": base}
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
+        H.write_json(args.json, {
+            **H.run_info(), "ring_bytes": RING_BYTES, "batch": BATCH, "repeat": args.repeat,
+            "loadavg_before": load_before, "loadavg_after": load_after,
+            "summary": summary, "runs": runs, "baselines": base})
     return 0
 
 
