@@ -36,9 +36,9 @@ LINE = b'{"seq":%d,"ts":%d.%06d,"payload":"%s"}\n'   # one record of the log
 
 def encode(batch: _core.Batch, n: int) -> tuple[list[int], list[bytes]]:
     """The seqs and JSON lines of n records of the batch."""
-    unpack, b64, view = _core.ffi.unpack, binascii.b2a_base64, batch.view
+    unpack, b64 = _core.ffi.unpack, binascii.b2a_base64
     offs, lens, seqs = unpack(batch.offs, n), unpack(batch.lens, n), unpack(batch.seqs, n)
-    data = view[0:offs[-1] + lens[-1]]
+    data = memoryview(batch.view)  # base64 straight from the read buffer: no copy per payload
     # ts as seconds with 6 decimals, formatted from integers (a quarter cheaper than %f)
     return seqs, [LINE % (seq, us // 1000000, us % 1000000, b64(data[o:o + ln], newline=False))
                   for seq, us, o, ln in zip(seqs, (t // 1000 for t in unpack(batch.ts, n)), offs, lens)]
