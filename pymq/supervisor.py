@@ -95,8 +95,8 @@ class Supervisor:
                 if ring is not None:
                     removed += ring.reap(dead.value)
             hdr = self.ns.hdr
-            hdr.reaped_processes += 1
-            hdr.reaped_members += removed
+            hdr.reaped_members += removed  # first: a reader that sees the process counted
+            hdr.reaped_processes += 1     # sees its subscriptions counted too
             if removed:
                 log(f"reaped {removed} subscription(s) of dead process {dead.info.get('pid')}")
             dead.release()
