@@ -201,7 +201,7 @@ def writer_breakdown(size: int, count: int) -> dict:
     try:
         ring = broker._ring("prof")
         joined = ring.join("profwriter", _core.GROUP_ACK, _core.START["earliest"], 0,
-                           broker._owner_token(), 0, 0)
+                           broker._owner_token(), 3600 * 10**9, 1000)  # like the writer's group
         reader = _core.Reader(ring, joined.member, joined.member_gen, persistence.BATCH,
                               max(1 << 20, ring.max_msg + _core.REC_HDR))
         log = persistence.TopicLog(pdir, "prof", cfg)

@@ -153,7 +153,8 @@ class Supervisor:
                                 array("I", (batch.slots[i] for i in range(start, end))),
                                 array("Q", (batch.seqs[i] for i in range(start, end))))
             start = end
-        log(f"dead-lettered {done} message(s) of {ring.topic!r} to {dlq!r}")
+        if done:
+            log(f"dead-lettered {done} message(s) of {ring.topic!r} to {dlq!r}")
         return n
 
     def dead_batch(self, ring: _core.Ring) -> _core.Batch:
