@@ -73,7 +73,7 @@ class Supervisor:
                 self._remove_if_abandoned(shm_name)
                 return None
             except MQError as e:
-                log(f"topic {topic!r}: {e}")
+                self.log_once((topic, "attach"), f"topic {topic!r}: {e}")
                 return None
             self.rings[topic] = ring
         return ring

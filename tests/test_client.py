@@ -279,3 +279,17 @@ def test_unsubscribe_from_another_thread_always_ends_a_blocked_get(broker):
         sub.unsubscribe()
         t.join(30)
         assert not t.is_alive() and outcome == ["closed"]
+
+
+def test_a_corrupt_topic_segment_is_a_segment_mismatch_and_others_go_on(broker, name):
+    broker.publish("bad", b"x")
+    broker.publish("good", b"x")
+    with open(f"/dev/shm/pymq.{name}.bad", "r+b") as f:
+        f.write(b"GARBAGE!")  # the magic
+    c = pymq.connect(name)  # a fresh process's view: it attaches anew
+    with pytest.raises(pymq.SegmentMismatch):
+        c.publish("bad", b"y")
+    with pytest.raises(pymq.SegmentMismatch):
+        c.subscribe("bad")
+    assert c.publish("good", b"y") == 2  # the broker keeps working
+    c.close()
