@@ -65,6 +65,16 @@ def check(rc: int, context: str = "") -> int:
     raise exc(f"{context}: {text}" if context else text)
 
 
+def _wait_on(rc: int, timeout_ns: int, call, topic: str, least: int = 1) -> int:
+    """The slow path of a call that returned rc: after a signal (PMQ_EINTR; its
+    Python handler has run by now) call again for the time left of timeout_ns;
+    return a result >= least, raise for an error."""
+    deadline = time.monotonic_ns() + timeout_ns
+    while rc == EINTR:
+        rc = call(-1 if timeout_ns < 0 else max(0, deadline - time.monotonic_ns()))
+    return rc if rc >= least else check(rc, f"topic {topic!r}")
+
+
 def ns_size() -> int:
     return lib.pmq_ns_size()
 
@@ -162,8 +172,8 @@ class Ring(_Mapped):
         rc = lib.pmq_ring_publish1(self.h, data, len(data), timeout_ns)
         if rc > 0:
             return rc
-        return self._retry(rc, timeout_ns, lambda left: lib.pmq_ring_publish1(
-            self.h, data, len(data), left))
+        return _wait_on(rc, timeout_ns, lambda left: lib.pmq_ring_publish1(
+            self.h, data, len(data), left), self.topic)
 
     def publish_many(self, joined: bytes, lens, timeout_ns: int) -> int:
         """Publish payloads laid end to end in joined with lengths lens (an
@@ -172,16 +182,8 @@ class Ring(_Mapped):
         rc = lib.pmq_ring_publish(self.h, joined, lens_ptr, len(lens), timeout_ns)
         if rc > 0:
             return rc
-        return self._retry(rc, timeout_ns, lambda left: lib.pmq_ring_publish(
-            self.h, joined, lens_ptr, len(lens), left))
-
-    def _retry(self, rc: int, timeout_ns: int, call) -> int:
-        """After a signal (EINTR; its Python handler has run by now), wait on
-        for the time left of timeout_ns; raise for any other error."""
-        deadline = time.monotonic_ns() + timeout_ns
-        while rc == EINTR:
-            rc = call(-1 if timeout_ns < 0 else max(0, deadline - time.monotonic_ns()))
-        return rc if rc > 0 else check(rc, f"topic {self.topic!r}")
+        return _wait_on(rc, timeout_ns, lambda left: lib.pmq_ring_publish(
+            self.h, joined, lens_ptr, len(lens), left), self.topic)
 
     def test_stop_in_publish(self, data: bytes, phase: int) -> int:
         """Tests only: stop a publish part-way, keeping the mutex (then die)."""
@@ -343,14 +345,12 @@ class Reader(Batch):
 
     def read1(self, timeout_ns: int) -> bytes:
         """One record's payload (the others' fields in the arrays at [0])."""
-        rc = lib.pmq_ring_read1(self.ring.h, self.member, self.gen, self.b, timeout_ns)
-        if rc >= 0:
-            return self.view[0:rc]
-        deadline = time.monotonic_ns() + timeout_ns
-        while rc == EINTR:
-            left = -1 if timeout_ns < 0 else max(0, deadline - time.monotonic_ns())
-            rc = lib.pmq_ring_read1(self.ring.h, self.member, self.gen, self.b, left)
-        return self.view[0:rc] if rc >= 0 else check(rc, f"topic {self.ring.topic!r}")
+        h, b = self.ring.h, self.b
+        rc = lib.pmq_ring_read1(h, self.member, self.gen, b, timeout_ns)
+        if rc < 0:
+            rc = _wait_on(rc, timeout_ns, lambda left: lib.pmq_ring_read1(
+                h, self.member, self.gen, b, left), self.ring.topic, least=0)
+        return self.view[0:rc]
 
     def read(self, max_count: int, timeout_ns: int) -> int:
         """Fill the buffers with up to max_count records; returns the count."""
@@ -360,8 +360,5 @@ class Reader(Batch):
         rc = lib.pmq_ring_read(h, self.member, self.gen, self.b, n, timeout_ns)
         if rc > 0:
             return rc
-        deadline = time.monotonic_ns() + timeout_ns
-        while rc == EINTR:  # a signal: its Python handler has run; wait on
-            left = -1 if timeout_ns < 0 else max(0, deadline - time.monotonic_ns())
-            rc = lib.pmq_ring_read(h, self.member, self.gen, self.b, n, left)
-        return rc if rc > 0 else check(rc, f"topic {ring.topic!r}")
+        return _wait_on(rc, timeout_ns, lambda left: lib.pmq_ring_read(
+            h, self.member, self.gen, self.b, n, left), ring.topic)
