@@ -44,6 +44,22 @@ def encode(batch: _core.Batch, n: int) -> tuple[list[int], list[bytes]]:
                   for seq, us, o, ln in zip(seqs, (t // 1000 for t in unpack(batch.ts, n)), offs, lens)]
 
 
+RECORD_OVERHEAD = 64  # a record's header and padding in a ring, rounded up
+
+
+def spans_within(lens, limit: int):
+    """Split payloads of these lengths into consecutive (start, end) spans that
+    take at most limit bytes of a ring each (a span has at least one)."""
+    start, n = 0, len(lens)
+    while start < n:
+        end, size = start, 0
+        while end < n and (end == start or size + lens[end] + RECORD_OVERHEAD <= limit):
+            size += lens[end] + RECORD_OVERHEAD
+            end += 1
+        yield start, end
+        start = end
+
+
 def topic_dir(root: str, topic: str) -> str:
     return os.path.join(root, topic)
 
@@ -379,12 +395,7 @@ def restore_topic(name: str, topic: str, cfg, log) -> dict:
     _core.Ring.init(seg, params)
     ring = _core.Ring(seg, topic)
     try:
-        i, limit = 0, cfg.ring_capacity // 4
-        while i < len(records):
-            j, size = i, 0
-            while j < len(records) and (j == i or size + len(records[j][2]) + 64 <= limit):
-                size += len(records[j][2]) + 64
-                j += 1
+        for i, j in spans_within([len(r[2]) for r in records], cfg.ring_capacity // 4):
             chunk = records[i:j]
             try:
                 ring.restore([r[2] for r in chunk], array("Q", (r[0] for r in chunk)),
@@ -392,7 +403,6 @@ def restore_topic(name: str, topic: str, cfg, log) -> dict:
             except MQError as e:
                 raise MQError(f"topic {topic!r}: {len(records) - i} unacked message(s) from "
                               f"disk do not fit the ring ({e}); raise ring_bytes") from None
-            i = j
         for g in state["groups"]:
             acked = sorted(s for s in g["acked"] if s > g["position"])
             ring.group_restore(g["name"], _core.GROUP_ACK if g["ack"] else 0, g["position"],

@@ -140,19 +140,15 @@ class Supervisor:
         if n == 0:
             return 0
         dlq = f"{ring.topic}.dlq"
+        from .persistence import spans_within
         limit = self.client()._ring(dlq).h.capacity // 4  # a batch must fit any .dlq ring
-        done, start = 0, 0
-        while start < n:
-            end, size = start, 0
-            while end < n and (end == start or size + batch.lens[end] + 64 <= limit):
-                size += batch.lens[end] + 64
-                end += 1
+        done = 0
+        for start, end in spans_within(_core.ffi.unpack(batch.lens, n), limit):
             self.client().publish_many(dlq, [batch.payload(i) for i in range(start, end)],
                                        timeout=0.01)
             done += ring.settle("dead_lettered", group, gen,
                                 array("I", (batch.slots[i] for i in range(start, end))),
                                 array("Q", (batch.seqs[i] for i in range(start, end))))
-            start = end
         if done:
             log(f"dead-lettered {done} message(s) of {ring.topic!r} to {dlq!r}")
         return n
