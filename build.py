@@ -1,7 +1,8 @@
-"""cffi builder: compiles native/ into the extension module pymq._native.
+"""cffi builders: native/ (the shared-memory ring) into the extension module
+pymq._native, and codec/ (the persistence log's batch encoder) into pymq._codec.
 
 Used by setuptools (``cffi_modules`` in setup.py) for ``pip install .``, and run
-directly (``python build.py``) to build in place for development. Set
+directly (``python build.py``) to build both in place for development. Set
 PYMQ_SANITIZE=1 to build with AddressSanitizer and UndefinedBehaviorSanitizer.
 """
 
@@ -14,6 +15,7 @@ from cffi import FFI
 HERE = pathlib.Path(__file__).resolve().parent
 NATIVE = HERE / "native"
 SOURCES = ["ring.c", "group.c", "ack.c", "sync.c", "ns.c"]
+CODEC = HERE / "codec"
 
 CFLAGS = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"]
 LDFLAGS = []
@@ -39,17 +41,41 @@ def make_ffi(root):
     return ffi
 
 
+def make_codec(root):
+    """The builder of pymq._codec (declarations as in codec/pmq_jsonl.h)."""
+    ffi = FFI()
+    ffi.cdef("""
+        #define PMQ_JSONL_FRAME 80
+        uint64_t pmq_jsonl_line_max(uint32_t len);
+        int64_t pmq_jsonl_encode(const char *buf, uint64_t buflen, const uint64_t *offs,
+                                 const uint32_t *lens, const uint64_t *seqs, const int64_t *ts_ns,
+                                 uint32_t n, char *out, uint64_t out_cap, uint64_t *ends);
+    """)
+    ffi.set_source(
+        "pymq._codec",
+        '#include "pmq_jsonl.h"\n',
+        sources=[os.path.relpath(CODEC / "pmq_jsonl.c", root)],
+        include_dirs=[os.path.relpath(CODEC, root)],
+        extra_compile_args=CFLAGS,
+        extra_link_args=LDFLAGS,
+        libraries=["pthread"],
+    )
+    return ffi
+
+
 ffibuilder = make_ffi(HERE)
+codecbuilder = make_codec(HERE)
 
 if __name__ == "__main__":
     import argparse
 
-    ap = argparse.ArgumentParser(description="build pymq._native in place")
-    ap.add_argument("--into", default=str(HERE / "pymq"), help="package folder to copy it into")
+    ap = argparse.ArgumentParser(description="build pymq._native and pymq._codec in place")
+    ap.add_argument("--into", default=str(HERE / "pymq"), help="package folder to copy them into")
     dest = pathlib.Path(ap.parse_args().into)
     tmp = pathlib.Path(os.environ.get("PYMQ_BUILD_DIR", HERE / "build" / "cffi")).resolve()
     tmp.mkdir(parents=True, exist_ok=True)
-    so = make_ffi(tmp).compile(tmpdir=str(tmp))
-    for old in dest.glob("_native*.so"):  # e.g. an editable install's abi3 build
-        old.unlink()
-    shutil.copy(so, dest)
+    for name, make in (("_native", make_ffi), ("_codec", make_codec)):
+        so = make(tmp).compile(tmpdir=str(tmp))
+        for old in dest.glob(f"{name}*.so"):  # e.g. an editable install's abi3 build
+            old.unlink()
+        shutil.copy(so, dest)

@@ -33,8 +33,11 @@ persistence on, that is mostly the writer thread.
 
 Last, "writer breakdown": one process replays the writer's loop
 (pymq.persistence.Writer.step: a native batch read of up to 1024 records,
-persistence.encode, TopicLog.append with fsync "interval", the native ack)
-on records it published itself to a group of its own, and times each part.
+persistence.Lines.encode (one native call per batch), TopicLog.append with
+fsync "interval", the native ack) on records it published itself to a group
+of its own, and times each part; it also times the Python reference encoder
+(one b2a_base64 and one %-format per record, what the writer did before) and
+checks that its lines equal the native encoder's byte for byte.
 """
 
 from __future__ import annotations
@@ -189,21 +192,36 @@ def run_once(ctx, persist: bool, label_k: int, size: int, batch: int, count: int
     return out
 
 
+LINE = b'{"seq":%d,"ts":%d.%06d,"payload":"%s"}\n'  # the log's line, for the Python reference encoder
+
+
+def python_lines(reader, n: int) -> bytes:
+    """The same lines as persistence.Lines, one Python expression per record
+    (the writer's encoder before pymq._codec): the reference and the baseline."""
+    up, b64, view = _core.ffi.unpack, binascii.b2a_base64, memoryview(reader.view)
+    return b"".join(LINE % (q, ts // 10**9, ts // 1000 % 10**6, b64(view[o:o + ln], newline=False))
+                    for q, ts, o, ln in zip(up(reader.seqs, n), up(reader.ts, n),
+                                            up(reader.offs, n), up(reader.lens, n)))
+
+
 def writer_breakdown(size: int, count: int) -> dict:
-    """Replay Writer.step in this process, timing read / encode / append / ack."""
+    """Replay Writer.step in this process, timing read / encode / append / ack;
+    then encode each batch again with the Python reference encoder (checked
+    byte for byte against the native one)."""
     name = f"ptput-prof-{os.getpid()}-{size}"
     pdir = tempfile.mkdtemp(prefix="pymq-persist-prof-")
     cfg = pymq.BrokerConfig(name=name, ring_bytes=RING_BYTES, persistence_dir=pdir,
                             persistence_fsync="interval", persistence_fsync_interval=1.0)
     broker = pymq.Broker(cfg)
     t = {"read": 0, "encode": 0, "append": 0, "ack": 0}
-    parts = {"unpack": 0, "slice": 0, "b64": 0, "format": 0}  # encode again, piece by piece (not in t)
+    py_encode = 0
     try:
         ring = broker._ring("prof")
         joined = ring.join("profwriter", _core.GROUP_ACK, _core.START["earliest"], 0,
                            broker._owner_token(), 3600 * 10**9, 1000)  # like the writer's group
         reader = _core.Reader(ring, joined.member, joined.member_gen, persistence.BATCH,
                               max(1 << 20, ring.max_msg + _core.REC_HDR))
+        lines = persistence.Lines(reader)
         log = persistence.TopicLog(pdir, "prof", cfg)
         fill, pack = H.filler(size), H.INDEX.pack
         clock, done, chunk = time.perf_counter_ns, 0, persistence.BATCH
@@ -215,37 +233,23 @@ def writer_breakdown(size: int, count: int) -> dict:
                 a = clock()
                 n = reader.read(persistence.BATCH, 1_000_000_000)
                 b = clock()
-                seqs, lines = persistence.encode(reader, n)
+                m = lines.encode(0, n)
                 c = clock()
-                log.append(seqs, lines)
+                ends = _core.ffi.unpack(lines.ends, m)
+                log.append(reader.seqs, ends, m, lines.view)
+                log.appended()
                 d = clock()
-                slots = array("I", _core.ffi.unpack(reader.slots, n))
-                sq = array("Q", _core.ffi.unpack(reader.seqs, n))
-                ring.settle("ack", joined.group, joined.group_gen, slots, sq)
+                ring.settle("ack", joined.group, joined.group_gen, reader.slots, reader.seqs, n=n)
                 e = clock()
-                # the same work as persistence.encode, in its four pieces
-                up, b64, view = _core.ffi.unpack, binascii.b2a_base64, reader.view
-                p0 = clock()
-                offs, lens, sqs, tss = up(reader.offs, n), up(reader.lens, n), up(reader.seqs, n), up(reader.ts, n)
-                data = view[0:offs[-1] + lens[-1]]
-                p1 = clock()
-                raw = [data[o:o + ln] for o, ln in zip(offs, lens)]
-                p2 = clock()
-                enc = [b64(x, newline=False) for x in raw]
-                p3 = clock()
-                line = persistence.LINE
-                out = [line % (q, ts // 10**9, ts // 1000 % 10**6, x) for q, ts, x in zip(sqs, tss, enc)]
-                p4 = clock()
-                if out != lines:
-                    raise RuntimeError("encode replay differs from persistence.encode")
-                parts["unpack"] += p1 - p0
-                parts["slice"] += p2 - p1
-                parts["b64"] += p3 - p2
-                parts["format"] += p4 - p3
+                ref = python_lines(reader, n)
+                f = clock()
+                if m != n or ref != lines.view[:ends[-1]]:
+                    raise RuntimeError("the native encoder's lines differ from the Python reference")
                 t["read"] += b - a
                 t["encode"] += c - b
                 t["append"] += d - c
                 t["ack"] += e - d
+                py_encode += f - e
                 got += n
             done += k
         log.close()
@@ -259,7 +263,7 @@ def writer_breakdown(size: int, count: int) -> dict:
             **{f"{k}_us_per_msg": v / count / 1e3 for k, v in t.items()},
             "total_us_per_msg": total / count / 1e3,
             **{f"{k}_share": v / total for k, v in t.items()},
-            **{f"encode_{k}_us_per_msg": v / count / 1e3 for k, v in parts.items()},
+            "python_encode_us_per_msg": py_encode / count / 1e3,
             "fsyncs": fsyncs, "log_bytes_per_msg": on_disk / count}
 
 
@@ -297,10 +301,8 @@ def print_table(rows: list[tuple[dict, dict]], prof: list[dict]) -> None:
             print(f"  {b['payload_bytes']:>5} B x {b['messages']:,}: read {b['read_us_per_msg']:.3f}  "
                   f"encode {b['encode_us_per_msg']:.3f}  append {b['append_us_per_msg']:.3f}  "
                   f"ack {b['ack_us_per_msg']:.3f}  = {b['total_us_per_msg']:.3f}  "
-                  f"(fsyncs {b['fsyncs']}, {b['log_bytes_per_msg']:.0f} B on disk per msg)")
-            print(f"      encode again in pieces: unpack {b['encode_unpack_us_per_msg']:.3f}  "
-                  f"slice {b['encode_slice_us_per_msg']:.3f}  b2a_base64 {b['encode_b64_us_per_msg']:.3f}  "
-                  f"%-format {b['encode_format_us_per_msg']:.3f}")
+                  f"(fsyncs {b['fsyncs']}, {b['log_bytes_per_msg']:.0f} B on disk per msg; "
+                  f"Python reference encoder {b['python_encode_us_per_msg']:.3f})")
 
 
 def main(argv=None) -> int:

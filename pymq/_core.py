@@ -211,18 +211,21 @@ class Ring(_Mapped):
         rc = lib.pmq_group_ack1(self.h, group, group_gen, slot, seq)
         return rc if rc >= 0 else check(rc, f"topic {self.topic!r}")
 
-    def settle(self, how: str, group: int, group_gen: int, slots, seqs, attempts=None) -> int:
-        """Ack, nack or confirm dead-lettering of many (slots: array('I'),
-        seqs: array('Q'), attempts: array('I'), for nacks) in one native call;
-        returns how many took effect."""
-        h, s, q = self.h, ffi.from_buffer("uint32_t[]", slots), ffi.from_buffer("uint64_t[]", seqs)
+    def settle(self, how: str, group: int, group_gen: int, slots, seqs, attempts=None,
+               n: int | None = None) -> int:
+        """Ack, nack or confirm dead-lettering of n (default len(slots)) deliveries
+        in one native call; returns how many took effect. slots, seqs, attempts
+        (for nacks): array('I'), array('Q'), array('I'), or a Batch's own arrays."""
+        def c(ctype, a):
+            return a if isinstance(a, ffi.CData) else ffi.from_buffer(ctype, a)
+        h, s, q = self.h, c("uint32_t[]", slots), c("uint64_t[]", seqs)
+        n = len(slots) if n is None else n
         if how == "ack":
-            rc = lib.pmq_group_ack(h, group, group_gen, s, q, len(slots))
+            rc = lib.pmq_group_ack(h, group, group_gen, s, q, n)
         elif how == "nack":
-            rc = lib.pmq_group_nack(h, group, group_gen, s, q,
-                                    ffi.from_buffer("uint32_t[]", attempts), len(slots))
+            rc = lib.pmq_group_nack(h, group, group_gen, s, q, c("uint32_t[]", attempts), n)
         else:
-            rc = lib.pmq_group_dead_lettered(h, group, group_gen, s, q, len(slots))
+            rc = lib.pmq_group_dead_lettered(h, group, group_gen, s, q, n)
         return rc if rc >= 0 else check(rc, f"topic {self.topic!r}")
 
     def sweep(self, now_ns: int) -> list[int]:

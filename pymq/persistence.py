@@ -6,7 +6,8 @@ on disk and acked it. The supervisor runs one Writer thread per topic: it reads
 batches as a member of that group, encodes them as JSON lines (the seed's
 format: {"seq": int, "ts": epoch seconds, "payload": base64}), appends them to
 the topic's current segment file, fsyncs by policy, then acks the batch in one
-native call. A writer that dies with a batch in hand leaves it pending: the
+native call. The JSON lines of a whole batch are encoded in one native call too
+(pymq._codec, codec/pmq_jsonl.c): no Python object per record on this path. A writer that dies with a batch in hand leaves it pending: the
 next supervisor rewrites it, so a seq may appear twice in the log (readers keep
 the first).
 
@@ -24,24 +25,49 @@ import os
 import threading
 import time
 from array import array
+from bisect import bisect_right
 
-from . import _core
+from . import _codec, _core
 from .errors import BrokerClosed, MQError, SubscriptionClosed, Timeout
 
 FSYNC_POLICIES = ("never", "interval", "always")
 BATCH = 1024          # records a writer takes per native read
 SUFFIX = ".jsonl"
-LINE = b'{"seq":%d,"ts":%d.%06d,"payload":"%s"}\n'   # one record of the log
 
 
-def encode(batch: _core.Batch, n: int) -> tuple[list[int], list[bytes]]:
-    """The seqs and JSON lines of n records of the batch."""
-    unpack, b64 = _core.ffi.unpack, binascii.b2a_base64
-    offs, lens, seqs = unpack(batch.offs, n), unpack(batch.lens, n), unpack(batch.seqs, n)
-    data = memoryview(batch.view)  # base64 straight from the read buffer: no copy per payload
-    # ts as seconds with 6 decimals, formatted from integers (a quarter cheaper than %f)
-    return seqs, [LINE % (seq, us // 1000000, us % 1000000, b64(data[o:o + ln], newline=False))
-                  for seq, us, o, ln in zip(seqs, (t // 1000 for t in unpack(batch.ts, n)), offs, lens)]
+class Lines:
+    """The JSON lines of a batch's records, encoded by one native call into a
+    buffer reused from batch to batch:
+    {"seq":<int>,"ts":<epoch seconds, 6 decimals>,"payload":"<base64>"}\n"""
+
+    def __init__(self, batch: _core.Batch):
+        self.batch = batch
+        ffi = _codec.ffi
+        # every line of a full batch fits: its frame, and base64 of at most the whole buffer
+        self.cap = batch.max_batch * (_codec.lib.PMQ_JSONL_FRAME + 4) + len(batch.view) * 4 // 3 + 4
+        self.out = ffi.new("char[]", self.cap)
+        self.ends = ffi.new("uint64_t[]", batch.max_batch)
+        self.view = memoryview(ffi.buffer(self.out))
+
+    def encode(self, first: int, n: int) -> int:
+        """Encode records first..n-1 (as many as fit); returns how many. Line i of
+        them ends at self.ends[i]."""
+        b = self.batch
+        got = _codec.lib.pmq_jsonl_encode(b.buf, len(b.view), b.offs + first, b.lens + first,
+                                          b.seqs + first, b.ts + first, n - first, self.out,
+                                          self.cap, self.ends)
+        if got <= 0:  # a record outside the read buffer, or one line bigger than the whole buffer
+            raise MQError(f"cannot encode record seq {b.seqs[first]} for the log")
+        return got
+
+    def write_to(self, log: "TopicLog", n: int) -> None:
+        """Encode the batch's first n records and append them to the log."""
+        i = 0
+        while i < n:
+            k = self.encode(i, n)
+            log.append(self.batch.seqs + i, _codec.ffi.unpack(self.ends, k), k, self.view)
+            i += k
+        log.appended()
 
 
 RECORD_OVERHEAD = 64  # a record's header and padding in a ring, rounded up
@@ -93,32 +119,35 @@ class TopicLog:
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self.size = os.fstat(self.fd).st_size
 
-    def append(self, seqs: list[int], lines: list[bytes]) -> None:
-        """Append the lines, starting a new file whenever the current one is full."""
-        limit, i = self.cfg.persistence_segment_bytes, 0
-        while i < len(lines):
-            if self.fd is None or self.size >= limit:
+    def append(self, seqs, ends: list[int], n: int, data: memoryview) -> None:
+        """Append n lines of data (line i ends at ends[i], its seq is seqs[i]),
+        starting a new file whenever the next line would take the current one
+        past persistence_segment_bytes (a file holds at least one line)."""
+        limit, i, start = self.cfg.persistence_segment_bytes, 0, 0
+        while i < n:
+            if self.fd is None or (self.size and self.size + ends[i] - start > limit):
                 self._open(seqs[i])
                 self.retain()
-            j, size = i, 0
-            while j < len(lines) and (j == i or self.size + size + len(lines[j]) <= limit):
-                size += len(lines[j])
-                j += 1
-            self._write(b"".join(lines[i:j]))
-            i = j
-        self.written += len(lines)
+            # the lines that still fit in this file, and at least one
+            j = max(i + 1, bisect_right(ends, start + limit - self.size, i, n))
+            self._write(data[start:ends[j - 1]])
+            start, i = ends[j - 1], j
+        self.written += n
+
+    def appended(self) -> None:
+        """The end of a batch: fsync by policy."""
         self.unsynced = True
         policy = self.cfg.persistence_fsync
         if policy == "always" or (policy == "interval" and time.monotonic() - self.last_fsync
                                   >= self.cfg.persistence_fsync_interval):
             self.sync()
 
-    def _write(self, data: bytes) -> None:
-        view = memoryview(data)
+    def _write(self, view: memoryview) -> None:
+        size = len(view)
         while view:
             n = os.write(self.fd, view)
             view = view[n:]
-        self.size += len(data)
+        self.size += size
 
     def sync(self) -> None:
         if self.fd is not None and self.unsynced:
@@ -166,6 +195,7 @@ class Writer(threading.Thread):
         self.group, self.group_gen = joined.group, joined.group_gen
         self.batch = _core.Reader(ring, joined.member, joined.member_gen, BATCH,
                                   max(1 << 20, ring.max_msg + _core.REC_HDR))
+        self.lines = Lines(self.batch)
         self.stopping = threading.Event()
         self.error = None
 
@@ -194,11 +224,8 @@ class Writer(threading.Thread):
             if self.log.unsynced and self.cfg_policy() == "interval":
                 self.log.sync()
             return 0
-        b = self.batch
-        self.log.append(*encode(b, n))
-        slots = array("I", _core.ffi.unpack(b.slots, n))
-        seqs = array("Q", _core.ffi.unpack(b.seqs, n))
-        self.ring.settle("ack", self.group, self.group_gen, slots, seqs)
+        self.lines.write_to(self.log, n)
+        self.ring.settle("ack", self.group, self.group_gen, self.batch.slots, self.batch.seqs, n=n)
         return n
 
     def cfg_policy(self) -> str:
@@ -360,6 +387,7 @@ def flush_stale_ring(ring: _core.Ring, root: str, cfg, log) -> None:
     batch = _core.Reader(ring, member.member, member.member_gen, BATCH,
                          max(1 << 20, ring.max_msg + _core.REC_HDR))
     tl = TopicLog(root, topic, cfg)
+    lines = Lines(batch)
     written = 0
     try:
         while True:
@@ -367,7 +395,7 @@ def flush_stale_ring(ring: _core.Ring, root: str, cfg, log) -> None:
                 n = batch.read(BATCH, 0)
             except Timeout:
                 break
-            tl.append(*encode(batch, n))
+            lines.write_to(tl, n)
             written += n
     finally:
         tl.close()

@@ -7,9 +7,13 @@ import os
 import signal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pymq
 from helpers import wait_for
+from pymq import _core, persistence
+from pymq.errors import MQError
 
 KiB = 1024
 
@@ -45,6 +49,52 @@ def test_every_message_is_written_as_a_json_line(make_broker, pdir):
     assert os.stat(pdir).st_mode & 0o777 == 0o700
 
 
+def reference_line(seq, ts_ns, payload):
+    """A log line as the seed's format defines it, built the slow, obvious way."""
+    us = ts_ns // 1000
+    return b'{"seq":%d,"ts":%d.%06d,"payload":"%s"}\n' % (
+        seq, us // 10**6, us % 10**6, base64.b64encode(payload))
+
+
+def fill(batch, records):
+    off = 0
+    for i, (seq, ts, p) in enumerate(records):
+        batch.buf[off:off + len(p)] = p
+        batch.offs[i], batch.lens[i], batch.seqs[i], batch.ts[i] = off, len(p), seq, ts
+        off += len(p)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**63 - 1),
+                          st.binary(max_size=300)), min_size=1, max_size=64))
+def test_the_native_encoder_writes_exactly_the_reference_lines(records):
+    batch = _core.Batch(64, 64 * 300)
+    fill(batch, records)
+    lines = persistence.Lines(batch)
+    assert lines.encode(0, len(records)) == len(records)
+    want = [reference_line(*r) for r in records]
+    got = bytes(lines.view[:lines.ends[len(records) - 1]])
+    assert got == b"".join(want)
+    assert [lines.ends[i] for i in range(len(records))] == [
+        sum(map(len, want[:i + 1])) for i in range(len(records))]
+    for line, (seq, _, payload) in zip(got.splitlines(), records):
+        rec = json.loads(line)
+        assert (rec["seq"], base64.b64decode(rec["payload"], validate=True)) == (seq, payload)
+
+
+def test_the_native_encoder_refuses_a_record_outside_its_buffer():
+    batch = _core.Batch(4, 1024)
+    fill(batch, [(1, 0, b"ok"), (2, 0, b"x" * 10)])
+    lines = persistence.Lines(batch)
+    batch.offs[1] = 1020  # 10 bytes from 1020 end past the 1024-byte buffer
+    with pytest.raises(MQError, match="seq 2"):
+        lines.encode(1, 2)
+    assert lines.encode(0, 1) == 1  # the one before it is fine
+    batch.offs[1], batch.lens[1] = 2**64 - 1, 4  # an offset that would wrap
+    with pytest.raises(MQError):
+        lines.encode(1, 2)
+
+
 def test_a_message_leaves_the_ring_only_once_on_disk(make_broker, pdir):
     broker = make_broker(ring_bytes=64 * KiB, max_message_bytes=4 * KiB,
                          persistence_enabled=True, persistence_dir=pdir)
@@ -65,6 +115,7 @@ def test_files_rotate_by_size_and_are_named_by_their_first_seq(make_broker, pdir
     broker.close()
     files, lines = log_lines(pdir, "t")
     assert len(files) > 3
+    assert all(os.path.getsize(f) <= 8 * KiB for f in files)  # a line that does not fit starts a file
     assert [r["seq"] for r in lines] == list(range(1, 401))
     for f in files:
         first = json.loads(open(f, "rb").readline())["seq"]
