@@ -18,7 +18,13 @@ Scenarios:
      (subscribe_with_ack): get + msg.ack(), and get_many(64) + ack_many, against
      the same runs with a plain member (subscribe(topic, group)), the producer
      calling as in the row (publish / publish_many).
-  E  persistence on against off: pending, pymq's persistence is not implemented.
+  E  persistence, pymq only: 1 producer -> 1 consumer (a group of its own), 64 B
+     and 4 KiB, batched, with persistence on (fsync "interval", 1 s, into a new
+     temp folder) against the same runs with it off. With it on, the run ends
+     when the consumer has everything and the writer has put everything on disk
+     (the parent polls the "~persist" group until lag and pending are 0); the
+     parent then checks that the "~persist" group acked every message and that
+     the log holds exactly that many lines.
 
 Method (as benchmarks/throughput.py): every run has channels of its own (a pymq
 broker with a unique name and 64 MiB rings, a queue, pipes, a socket path),
@@ -99,12 +105,19 @@ STREAM_CASES = [
     ("D ack single", "D", 64, 1, 1, True, ["pymq"], 800_000, 20_000),
     ("D plain batched", "D", 64, 1, BATCH, False, ["pymq"], 3_000_000, 64_000),
     ("D ack batched", "D", 64, 1, BATCH, True, ["pymq"], 3_000_000, 64_000),
+    ("E off 64 B batched", "E", 64, 1, BATCH, False, ["pymq"], 3_000_000, 64_000),
+    ("E on 64 B batched", "E", 64, 1, BATCH, False, ["pymq"], 3_000_000, 64_000),
+    ("E off 4 KiB batched", "E", 4 * KIB, 1, BATCH, False, ["pymq"], 500_000, 12_800),
+    ("E on 4 KiB batched", "E", 4 * KIB, 1, BATCH, False, ["pymq"], 500_000, 12_800),
 ]
 # ping-pong: payload bytes, warm-up round trips, measured round trips (full, quick)
 PINGPONG = ("B ping-pong 64 B", 64, (2_000, 20_000), (200, 2_000))
 SCENARIOS = ["A", "B", "C", "D", "E"]
+PERSIST_POLL_S = 0.0005             # scenario E: how often the parent polls the writer's group
 
-PERSISTENCE_READY = False  # scenario E's hook: set when BrokerConfig.persistence_enabled works
+
+def persisted(case_key: str) -> bool:
+    return case_key.startswith("E on")
 
 
 def targets_spec():
@@ -121,6 +134,8 @@ def targets_spec():
         ("C batched x4 >= 2x best peer", "tput", ["C 64 B batched x4"], ">=", 2.0),
         ("D ack single >= 50% of plain single", "ack", ("D ack single", "D plain single"), ">=", 0.5),
         ("D ack batched >= 50% of plain batched", "ack", ("D ack batched", "D plain batched"), ">=", 0.5),
+        ("E 64 B on >= 50% of off", "persist", ("E on 64 B batched", "E off 64 B batched"), ">=", 0.5),
+        ("E 4 KiB on >= 50% of off", "persist", ("E on 4 KiB batched", "E off 4 KiB batched"), ">=", 0.5),
     ]
 
 
@@ -405,8 +420,10 @@ def run_stream(ctx, case, impl: str, count: int, crc_cache: dict) -> dict:
     key, scen, size, producers, batch, ack, _, _, _ = case
     per = count // producers
     count = per * producers
-    ch = peers.make_channel(ctx, impl, producers, size)
+    persist = persisted(key)
+    ch = peers.make_channel(ctx, impl, producers, size, persist=persist)
     procs = []
+    caught_up_ns = None
     try:
         sub_ready, sub_warm, go, done = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Event()
         group = GROUP if scen == "D" else None
@@ -423,12 +440,20 @@ def run_stream(ctx, case, impl: str, count: int, crc_cache: dict) -> dict:
         for k, (proc, _, ready) in enumerate(prods):
             H.wait_event(ready, proc, f"producer {k}", START_TIMEOUT)
         H.wait_event(sub_warm, cons, "consumer (warm-up)", START_TIMEOUT)
+        if persist:  # the writer has put the warm-up message on disk: it is running
+            wait_persisted(ch.broker, producers, START_TIMEOUT)
         go.set()
         budget = budget_s(count, size)
         c = H.receive(cons_conn, cons, "consumer", budget)
+        if persist:
+            wait_persisted(ch.broker, count + producers, budget)
+            caught_up_ns = now_ns()
         ps = [H.receive(conn, proc, f"producer {k}", budget) for k, (proc, conn, _) in enumerate(prods)]
         H.finish(procs, START_TIMEOUT)
         topic = ch.broker.stats()["topics"]["t"] if impl == "pymq" else None
+        if persist:
+            ch.broker.close()  # the log complete and closed before it is counted
+            log_lines = count_log_lines(ch.persistence_dir, "t")
     finally:
         H.reap(procs)
         left = ch.close()
@@ -462,12 +487,18 @@ def run_stream(ctx, case, impl: str, count: int, crc_cache: dict) -> dict:
             for name, value in want.items():
                 if g is None or g[name] != value:
                     problems.append(f"group {name} = {None if g is None else g[name]}, expected {value}")
+        if persist:
+            g = topic["groups"].get(pymq._core.PERSIST_GROUP)
+            if g is None or g["acked"] != sent or log_lines != sent:
+                problems.append(f"persistence: writer acked {None if g is None else g['acked']}, "
+                                f"log has {log_lines} lines, expected {sent}")
         extra = {"publish_waits": topic["publish_waits"], "publish_refusals": topic["publish_refusals"]}
     if problems:
         raise RuntimeError(f"{key} {impl}: verification failed:\n  " + "\n  ".join(problems))
 
     start = min(p["start_ns"] for p in ps)
-    elapsed = (c["end_ns"] - start) / 1e9
+    end = max(c["end_ns"], caught_up_ns or 0)
+    elapsed = (end - start) / 1e9
     pub_cpu = sum(p["user_ns"] + p["system_ns"] for p in ps)
     return {"case": key, "scenario": scen, "impl": impl, "messages": count, "payload_bytes": size,
             "producers": producers, "batch": batch, "ack": ack, "elapsed_s": elapsed,
@@ -481,7 +512,31 @@ def run_stream(ctx, case, impl: str, count: int, crc_cache: dict) -> dict:
             "pub_voluntary_switches": sum(p["voluntary_switches"] for p in ps),
             "pub_minflt_per_1k_msgs": sum(p["minflt"] for p in ps) / count * 1e3,
             "sub_minflt_per_1k_msgs": c["minflt"] / count * 1e3,
+            "writer_after_consumer_s": (max(0, caught_up_ns - c["end_ns"]) / 1e9
+                                        if caught_up_ns else None),
             "verified": True, **extra}
+
+
+def wait_persisted(broker, n: int, timeout: float) -> None:
+    """Until the persistence writer has written and acked n messages of topic "t"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        g = broker.stats()["topics"]["t"]["groups"].get(pymq._core.PERSIST_GROUP)
+        if g is not None and g["acked"] >= n and g["lag"] == 0 and g["pending"] == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the persistence writer did not write {n} messages in {timeout:g} s: {g}")
+        time.sleep(PERSIST_POLL_S)  # polling a figure another process moves: no event to wait on
+
+
+def count_log_lines(root: str, topic: str) -> int:
+    d = os.path.join(root, topic)
+    n = 0
+    for name in os.listdir(d):
+        with open(os.path.join(d, name), "rb") as f:
+            while chunk := f.read(1 << 20):
+                n += chunk.count(b"\n")
+    return n
 
 
 def run_pingpong(ctx, impl: str, warmup: int, rounds: int) -> dict:
@@ -646,7 +701,7 @@ def evaluate(runs: dict) -> list[dict]:
             r = tput_ratio(runs, what)
         elif kind == "lat":
             r = lat_ratio(runs, what)
-        else:
+        else:  # "ack", "persist": pymq against itself
             r = ack_ratio(runs, *what)
         row = {"target": label, "kind": kind, "op": op, "threshold": threshold,
                "case": what[0] if kind == "tput" else None}
@@ -657,8 +712,6 @@ def evaluate(runs: dict) -> list[dict]:
             ok = r["ratio"] >= threshold if op == ">=" else r["ratio"] <= threshold
             row["verdict"] = "PASS" if ok else "FAIL"
         out.append(row)
-    out.append({"target": "E persistence on vs off", "kind": "persistence",
-                "verdict": "pending (persistence not implemented)"})
     return out
 
 
@@ -749,7 +802,7 @@ def chart(path: str, stream: list[dict], pingpong: list[dict], targets: list[dic
               ("C 64 B single x4", "C  4→1, 64 B, single calls"),
               ("C 64 B batched x4", "C  4→1, 64 B, batched")]
     panels = [p for p in panels if any(s["case"] == p[0] for s in stream)]
-    dpanel = [s for s in stream if s["scenario"] == "D"]
+    dpanel = [s for s in stream if s["scenario"] in ("D", "E")]
     n_right = (1 if pingpong else 0) + (1 if dpanel else 0)
     ncols = 2 + (1 if n_right else 0)
     nrows = max((len(panels) + 1) // 2, n_right, 1)
@@ -835,11 +888,15 @@ def chart(path: str, stream: list[dict], pingpong: list[dict], targets: list[dic
         ax = fig.add_subplot(gs[row:, 2]) if row else fig.add_subplot(gs[:, 2])
         by = {s["case"]: s for s in dpanel}
         labels = [("D plain single", "plain get"), ("D ack single", "get + ack"),
-                  ("D plain batched", "plain get_many(64)"), ("D ack batched", "get_many + ack_many")]
+                  ("D plain batched", "plain get_many(64)"), ("D ack batched", "get_many + ack_many"),
+                  ("E off 64 B batched", "64 B, persistence off"), ("E on 64 B batched", "64 B, persistence on"),
+                  ("E off 4 KiB batched", "4 KiB, persistence off"),
+                  ("E on 4 KiB batched", "4 KiB, persistence on")]
         labels = [(c, l) for c, l in labels if c in by]
         ys = list(range(len(labels)))[::-1]
         vals = [by[c]["msg_per_s"] / 1e6 for c, _ in labels]
-        ax.barh(ys, vals, color=["#f4a6a6" if "plain" in c else colors["pymq"] for c, _ in labels],
+        ax.barh(ys, vals, color=["#f4a6a6" if "plain" in c or " off " in c else colors["pymq"]
+                                 for c, _ in labels],
                 height=0.6)
         for y, v in zip(ys, vals):
             ax.text(v * 1.02, y, f"{v:.2f} M", va="center", fontsize=8)
@@ -855,7 +912,11 @@ def chart(path: str, stream: list[dict], pingpong: list[dict], targets: list[dic
             sub += f"\nsingle: ack = {a1['ratio']:.0%} of plain [{a1['verdict']}, ≥ 50%]"
         if "ratio" in a2:
             sub += f"\nbatched: ack = {a2['ratio']:.0%} of plain [{a2['verdict']}, ≥ 50%]"
-        ax.set_title("D  pymq at-least-once, 64 B, 1→1" + sub, fontsize=9, loc="left")
+        for size in ("64 B", "4 KiB"):
+            e = verdict.get(f"E {size} on >= 50% of off", {})
+            if "ratio" in e:
+                sub += f"\n{size} batched: persistence on = {e['ratio']:.0%} of off [{e['verdict']}, ≥ 50%]"
+        ax.set_title("D, E  pymq at-least-once (64 B) and persistence, 1→1" + sub, fontsize=9, loc="left")
         for sp in ("top", "right"):
             ax.spines[sp].set_visible(False)
 
@@ -956,8 +1017,6 @@ def main(argv=None) -> int:
     loads = []
     load_before = os.getloadavg()
     t_start = time.monotonic()
-    if "E" in chosen:
-        print("# E persistence on vs off: pending (persistence not implemented)", file=sys.stderr)
     for n, (scen, case, impl, rep, count) in enumerate(plan, 1):
         t0 = time.monotonic()
         if scen == "B":
@@ -998,9 +1057,7 @@ def replot(args) -> int:
         runs.setdefault((r["case"], r["impl"]), []).append(r)
     meta = {k: v for k, v in doc.items() if k not in ("summary", "pingpong", "targets", "runs",
                                                      "baselines", "missing")}
-    meta.setdefault("scenarios", sorted({r["scenario"] for r in doc["runs"]}
-                                        | ({"E"} if any(t["kind"] == "persistence"
-                                                        for t in doc["targets"]) else set())))
+    meta.setdefault("scenarios", sorted({r["scenario"] for r in doc["runs"]}))
     meta.setdefault("loadavg_1min_during", [meta["loadavg_before"][0], meta["loadavg_after"][0]])
     if args.label:
         meta["label"] = args.label
@@ -1015,8 +1072,6 @@ def report(args, runs: dict, meta: dict, base: list[dict], missing: dict) -> int
     stream = [summarise_stream(v) for (k, i), v in runs.items() if k != PINGPONG[0]]
     pingpong = [summarise_pingpong(v) for (k, i), v in runs.items() if k == PINGPONG[0]]
     targets = [t for t in evaluate(runs) if t["verdict"] != "not run"]
-    if "E" not in chosen:
-        targets = [t for t in targets if t["kind"] != "persistence"]
     print_tables(stream, pingpong, targets, base, missing)
     lb, la = meta["loadavg_before"], meta["loadavg_after"]
     print(f"({meta['date']}, {meta['wall_s']:.0f} s; load average {lb[0]:.1f} before, "

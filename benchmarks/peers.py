@@ -109,11 +109,14 @@ class Channel:
         return left
 
 
-def make_channel(ctx, impl: str, producers: int, size: int, lanes: int = 1) -> Channel:
+def make_channel(ctx, impl: str, producers: int, size: int, lanes: int = 1,
+                 persist: bool = False) -> Channel:
     """A channel for `producers` producer processes and one consumer.
 
     lanes=2 makes two independent channels (ping and pong) for ping-pong; then
-    handle is a tuple of two handles and producers must be 1."""
+    handle is a tuple of two handles and producers must be 1. persist (pymq
+    only): persistence on, fsync "interval" (1 s), into a new temp folder that
+    close() removes (ch.persistence_dir)."""
     if lanes == 2 and impl == "pymq":  # one broker, two topics
         ch = make_channel(ctx, impl, 1, size)
         name = ch.handle["name"]
@@ -129,13 +132,21 @@ def make_channel(ctx, impl: str, producers: int, size: int, lanes: int = 1) -> C
         import pymq
         import harness
         name = f"cmp-{os.getpid()}-{next(_serial)}"
-        broker = pymq.Broker(pymq.BrokerConfig(name=name, ring_bytes=RING_BYTES))
+        pdir = tempfile.mkdtemp(prefix="pymq-cmp-persist-") if persist else None
+        cfg = pymq.BrokerConfig(name=name, ring_bytes=RING_BYTES)
+        if persist:
+            cfg = pymq.BrokerConfig(name=name, ring_bytes=RING_BYTES, persistence_enabled=True,
+                                    persistence_dir=pdir, persistence_fsync="interval",
+                                    persistence_fsync_interval=1.0)
+        broker = pymq.Broker(cfg)
 
         def close_broker():
             broker.close()
+            if pdir:
+                shutil.rmtree(pdir)
             return [f"/dev/shm/{f}" for f in harness.leftovers(name)]
         ch = Channel(impl, {"name": name, "topic": "t"}, [close_broker])
-        ch.broker = broker
+        ch.broker, ch.persistence_dir = broker, pdir
         return ch
     if impl == "mp.Queue":
         return Channel(impl, ctx.Queue())

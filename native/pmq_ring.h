@@ -293,7 +293,10 @@ typedef struct pmq_ring {
 /* What a read fills: payloads end to end in buf (each 8-aligned) and, per
  * record, its offset in buf, length, seq and publish time; for an ack group
  * also its position in the ring (for zero-copy views), pending slot (to ack
- * it) and delivery attempt. Python allocates all of it once per subscription. */
+ * it) and delivery attempt. Python allocates all of it once per subscription.
+ * Zero-copy, for an ack group only (its records stay in the ring until acked):
+ * buf NULL, buflen a budget of payload bytes, and offs[i] the payload's offset
+ * in the ring's data area instead of in buf. */
 typedef struct pmq_batch {
     char *buf;
     uint64_t buflen;

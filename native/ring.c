@@ -507,9 +507,10 @@ int pmq_batch_add(const pmq_ring_t *r, uint64_t pos, const pmq_rec_t *rec, pmq_b
     if (b->n >= b->max || rec->len > b->buflen - b->used)
         return 0;
     uint32_t i = b->n++;
-    if (rec->len)
-        memcpy(b->buf + b->used, r->data + (pos & r->mask) + PMQ_REC_HDR, rec->len);
-    b->offs[i] = b->used;
+    uint64_t at = (pos & r->mask) + PMQ_REC_HDR; /* rec_check: the payload lies within data */
+    if (b->buf && rec->len)
+        memcpy(b->buf + b->used, r->data + at, rec->len);
+    b->offs[i] = b->buf ? b->used : at;
     b->lens[i] = rec->len;
     b->seqs[i] = rec->seq;
     b->ts[i] = rec->ts_ns;
@@ -695,7 +696,7 @@ static int spin_for_tail(pmq_ring_hdr_t *h, uint64_t tail, int64_t deadline)
 int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
                   uint32_t max_count, int64_t timeout_ns)
 {
-    if (!r || member >= r->max_members || !b || !b->buf || max_count == 0 || !b->offs ||
+    if (!r || member >= r->max_members || !b || max_count == 0 || !b->offs ||
         !b->lens || !b->seqs || !b->ts)
         return PMQ_EINVAL;
     if (max_count > b->max)
@@ -711,6 +712,8 @@ int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
         pmq_group_t *g = pmq_member_group(r, m, gen, &rc);
         if (!g)
             return rc;
+        if (!b->buf && !(g->flags & PMQ_GROUP_ACK))
+            return PMQ_EINVAL; /* zero-copy only where records stay until acked */
         uint64_t cur = 0, tail = 0;
         pmq_ack_snap_t snap;
         if (g->flags & PMQ_GROUP_ACK)

@@ -7,6 +7,7 @@ through here; a test asserts that no other module imports _native.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import weakref
@@ -268,6 +269,13 @@ class Ring(_Mapped):
                   f"topic {self.topic!r}")
         return position[0], ffi.unpack(acked, n)
 
+    @contextlib.contextmanager
+    def data(self):
+        """(char pointer, length) of the data area in shared memory, for the
+        duration of the with block (it pins the mapping)."""
+        with ffi.from_buffer("char[]", self.seg.mm) as base:
+            yield base + self.h.data_off, self.h.capacity
+
     def view(self, pos: int, length: int) -> memoryview:
         """A read-only view of a record's payload in shared memory; it keeps the
         mapping alive for as long as it exists."""
@@ -316,11 +324,14 @@ class Ring(_Mapped):
 
 
 class Batch:
-    """Buffers one native read fills (pmq_batch_t): Python allocates, C fills."""
+    """Buffers one native read fills (pmq_batch_t): Python allocates, C fills.
+    zero_copy (a Reader of an ack group only): no payload buffer; offs are
+    offsets in the ring's data area, buflen a budget of payload bytes."""
 
-    def __init__(self, max_batch: int, buflen: int):
+    def __init__(self, max_batch: int, buflen: int, zero_copy: bool = False):
         self.max_batch = max_batch
-        self.buf = ffi.new("char[]", buflen)
+        self.buflen = buflen
+        self.buf = ffi.NULL if zero_copy else ffi.new("char[]", buflen)
         self.offs = ffi.new("uint64_t[]", max_batch)
         self.lens = ffi.new("uint32_t[]", max_batch)
         self.seqs = ffi.new("uint64_t[]", max_batch)
@@ -332,7 +343,11 @@ class Batch:
         b.buf, b.buflen, b.max = self.buf, buflen, max_batch
         b.offs, b.lens, b.seqs, b.ts = self.offs, self.lens, self.seqs, self.ts
         b.pos, b.slots, b.attempts = self.pos, self.slots, self.attempts
-        self.view = ffi.buffer(self.buf)
+        self.view = None if zero_copy else ffi.buffer(self.buf)
+
+    def payloads(self):
+        """A context giving (char pointer, length): where offs point."""
+        return contextlib.nullcontext((self.buf, self.buflen))
 
     def payload(self, i: int) -> bytes:
         off = self.offs[i]
@@ -342,9 +357,15 @@ class Batch:
 class Reader(Batch):
     """A subscription's reads: its member of a ring, and its buffers."""
 
-    def __init__(self, ring: Ring, member: int, gen: int, max_batch: int, buflen: int):
-        super().__init__(max_batch, buflen)
+    def __init__(self, ring: Ring, member: int, gen: int, max_batch: int, buflen: int,
+                 zero_copy: bool = False):
+        super().__init__(max_batch, buflen, zero_copy)
         self.ring, self.member, self.gen = ring, member, gen
+
+    def payloads(self):
+        if self.buf:
+            return super().payloads()
+        return self.ring.data()
 
     def read1(self, timeout_ns: int) -> bytes:
         """One record's payload (the others' fields in the arrays at [0])."""

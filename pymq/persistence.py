@@ -43,30 +43,32 @@ class Lines:
     def __init__(self, batch: _core.Batch):
         self.batch = batch
         ffi = _codec.ffi
-        # every line of a full batch fits: its frame, and base64 of at most the whole buffer
-        self.cap = batch.max_batch * (_codec.lib.PMQ_JSONL_FRAME + 4) + len(batch.view) * 4 // 3 + 4
+        # every line of a full batch fits: its frame, and base64 of at most the whole budget
+        self.cap = batch.max_batch * (_codec.lib.PMQ_JSONL_FRAME + 4) + batch.buflen * 4 // 3 + 4
         self.out = ffi.new("char[]", self.cap)
         self.ends = ffi.new("uint64_t[]", batch.max_batch)
         self.view = memoryview(ffi.buffer(self.out))
 
-    def encode(self, first: int, n: int) -> int:
-        """Encode records first..n-1 (as many as fit); returns how many. Line i of
-        them ends at self.ends[i]."""
+    def encode(self, first: int, n: int, payloads) -> int:
+        """Encode records first..n-1 (as many as fit) from payloads (the batch's
+        (pointer, length)); returns how many. Line i of them ends at self.ends[i]."""
         b = self.batch
-        got = _codec.lib.pmq_jsonl_encode(b.buf, len(b.view), b.offs + first, b.lens + first,
+        buf, buflen = payloads
+        got = _codec.lib.pmq_jsonl_encode(buf, buflen, b.offs + first, b.lens + first,
                                           b.seqs + first, b.ts + first, n - first, self.out,
                                           self.cap, self.ends)
-        if got <= 0:  # a record outside the read buffer, or one line bigger than the whole buffer
+        if got <= 0:  # a record outside the buffer, or one line bigger than the whole buffer
             raise MQError(f"cannot encode record seq {b.seqs[first]} for the log")
         return got
 
     def write_to(self, log: "TopicLog", n: int) -> None:
         """Encode the batch's first n records and append them to the log."""
         i = 0
-        while i < n:
-            k = self.encode(i, n)
-            log.append(self.batch.seqs + i, _codec.ffi.unpack(self.ends, k), k, self.view)
-            i += k
+        with self.batch.payloads() as payloads:
+            while i < n:
+                k = self.encode(i, n, payloads)
+                log.append(self.batch.seqs + i, _codec.ffi.unpack(self.ends, k), k, self.view)
+                i += k
         log.appended()
 
 
@@ -193,8 +195,10 @@ class Writer(threading.Thread):
                            client._owner_token(), 0, 0)
         self.ring = ring
         self.group, self.group_gen = joined.group, joined.group_gen
+        # zero-copy: records of "~persist" stay in the ring until it acks them,
+        # so it encodes them straight from shared memory
         self.batch = _core.Reader(ring, joined.member, joined.member_gen, BATCH,
-                                  max(1 << 20, ring.max_msg + _core.REC_HDR))
+                                  max(1 << 20, ring.max_msg + _core.REC_HDR), zero_copy=True)
         self.lines = Lines(self.batch)
         self.stopping = threading.Event()
         self.error = None

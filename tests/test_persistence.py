@@ -71,7 +71,7 @@ def test_the_native_encoder_writes_exactly_the_reference_lines(records):
     batch = _core.Batch(64, 64 * 300)
     fill(batch, records)
     lines = persistence.Lines(batch)
-    assert lines.encode(0, len(records)) == len(records)
+    assert lines.encode(0, len(records), (batch.buf, batch.buflen)) == len(records)
     want = [reference_line(*r) for r in records]
     got = bytes(lines.view[:lines.ends[len(records) - 1]])
     assert got == b"".join(want)
@@ -87,12 +87,13 @@ def test_the_native_encoder_refuses_a_record_outside_its_buffer():
     fill(batch, [(1, 0, b"ok"), (2, 0, b"x" * 10)])
     lines = persistence.Lines(batch)
     batch.offs[1] = 1020  # 10 bytes from 1020 end past the 1024-byte buffer
+    whole = (batch.buf, batch.buflen)
     with pytest.raises(MQError, match="seq 2"):
-        lines.encode(1, 2)
-    assert lines.encode(0, 1) == 1  # the one before it is fine
+        lines.encode(1, 2, whole)
+    assert lines.encode(0, 1, whole) == 1  # the one before it is fine
     batch.offs[1], batch.lens[1] = 2**64 - 1, 4  # an offset that would wrap
     with pytest.raises(MQError):
-        lines.encode(1, 2)
+        lines.encode(1, 2, whole)
 
 
 def test_a_message_leaves_the_ring_only_once_on_disk(make_broker, pdir):
