@@ -111,12 +111,21 @@ class TopicLog:
         self.last_fsync = time.monotonic()
         self.unsynced = False
         self.written = self.files_removed = self.fsyncs = 0
+        self._behind = None       # the background fsync in progress (policy "interval")
+        self._behind_error = None
 
     def files(self) -> list[str]:
         return sorted(e for e in os.listdir(self.dir) if e.endswith(SUFFIX))
 
     def _open(self, first_seq: int) -> None:
-        self.close()
+        if self.fd is not None:  # rotation
+            policy = self.cfg.persistence_fsync
+            if policy == "always":
+                self.sync()  # before the batch is acked
+            elif policy == "interval" and self.unsynced:
+                self.sync_behind(wait=True)  # the full file's last fsync, in the background too
+            os.close(self.fd)  # "never": left to the OS
+            self.fd = None
         self.path = os.path.join(self.dir, f"{first_seq:020d}{SUFFIX}")
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self.size = os.fstat(self.fd).st_size
@@ -137,12 +146,43 @@ class TopicLog:
         self.written += n
 
     def appended(self) -> None:
-        """The end of a batch: fsync by policy."""
-        self.unsynced = True
+        """The end of a batch: fsync by policy ("interval": in the background)."""
         policy = self.cfg.persistence_fsync
-        if policy == "always" or (policy == "interval" and time.monotonic() - self.last_fsync
-                                  >= self.cfg.persistence_fsync_interval):
+        if policy == "always":
             self.sync()
+        elif policy == "interval" and (time.monotonic() - self.last_fsync
+                                       >= self.cfg.persistence_fsync_interval):
+            self.sync_behind()
+
+    def sync_behind(self, wait: bool = False) -> None:
+        """Start an fsync of everything written so far on a thread of its own
+        (of a duplicate of the file descriptor, so a rotation may close the
+        file meanwhile), so that the writer goes on encoding and writing while
+        the disk catches up. One at a time: while one runs, the next interval's
+        is skipped (or, with wait, waits for it). An fsync that failed is raised
+        here, at the next batch."""
+        if self._behind is not None and (wait or not self._behind.is_alive()):
+            self._behind.join()
+            self._behind = None
+        if self._behind_error is not None:
+            e, self._behind_error = self._behind_error, None
+            raise e
+        if self._behind is not None:
+            return
+        fd = os.dup(self.fd)
+        self.unsynced = False
+        self.last_fsync = time.monotonic()
+
+        def fsync():
+            try:
+                os.fsync(fd)
+                self.fsyncs += 1
+            except OSError as e:
+                self._behind_error = e
+            finally:
+                os.close(fd)
+        self._behind = threading.Thread(target=fsync, name="pymq-fsync", daemon=True)
+        self._behind.start()
 
     def _write(self, view: memoryview) -> None:
         size = len(view)
@@ -150,8 +190,16 @@ class TopicLog:
             n = os.write(self.fd, view)
             view = view[n:]
         self.size += size
+        self.unsynced = True
 
     def sync(self) -> None:
+        """fsync now (after the background one, if any, has finished)."""
+        if self._behind is not None:
+            self._behind.join()
+            self._behind = None
+            if self._behind_error is not None:
+                e, self._behind_error = self._behind_error, None
+                raise e
         if self.fd is not None and self.unsynced:
             os.fsync(self.fd)
             self.fsyncs += 1

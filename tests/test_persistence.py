@@ -96,6 +96,39 @@ def test_the_native_encoder_refuses_a_record_outside_its_buffer():
         lines.encode(1, 2, whole)
 
 
+@pytest.mark.parametrize("policy", ["always", "interval", "never"])
+def test_fsync_policies(tmp_path, monkeypatch, policy):
+    """always: inline after every batch; interval: on a thread of its own (the
+    writer goes on), each file's last one at rotation; never: only at close."""
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                 real_fsync(fd))[1])
+    cfg = pymq.BrokerConfig(persistence_fsync=policy, persistence_fsync_interval=1e-9,
+                            persistence_segment_bytes=4 * KiB)
+    log = persistence.TopicLog(str(tmp_path), "t", cfg)
+    batch = _core.Batch(64, 64 * 1024)
+    lines = persistence.Lines(batch)
+    seq = 1
+    for _ in range(6):  # 6 batches of 20 lines of ~0.2 KiB: about 6 files
+        fill(batch, [(seq + i, 10**18, b"p" * 100) for i in range(20)])
+        lines.write_to(log, 20)
+        if policy == "interval":
+            assert log._behind is not None and log._behind.name == "pymq-fsync"
+        seq += 20
+    log.close()
+    files = [os.path.join(log.dir, f) for f in log.files()]
+    assert len(files) >= 5
+    assert sum(1 for f in files for _ in open(f, "rb")) == 120
+    if policy == "always":  # after every batch, and a file's lines before it rotates mid-batch
+        assert set(synced) == set(files) and len(synced) >= 6
+    elif policy == "interval":
+        assert set(synced) == set(files)  # every file, also those rotated away
+        assert log.fsyncs == len(synced) and log._behind is None
+    else:
+        assert synced == [files[-1]]  # the open file, at close
+
+
 def test_a_message_leaves_the_ring_only_once_on_disk(make_broker, pdir):
     broker = make_broker(ring_bytes=64 * KiB, max_message_bytes=4 * KiB,
                          persistence_enabled=True, persistence_dir=pdir)
