@@ -80,7 +80,7 @@ class Message:
                 if self._views:
                     self._settle()
                 self._settled = True
-                sub._ring.ack1(sub._group, sub._group_gen, self._slot, self.seq)
+                sub._ack1(self._slot, self.seq)
         elif self._ack is not None:
             self._ack()
 
@@ -418,6 +418,7 @@ class Subscription:
         self._ring = reader.ring
         self._group = group_index
         self._group_gen = group_gen
+        self._ack1 = self._ring.acker(group_index, group_gen)
 
     # An anonymous subscription iterates in big batches; a group member in
     # small ones, so that its peers share the work.
