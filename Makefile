@@ -17,7 +17,7 @@ $(DEPS): pyproject.toml setup.py
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-$(NATIVE): $(DEPS) build.py $(wildcard native/*.c native/*.h codec/*.c codec/*.h)
+$(NATIVE): $(DEPS) build.py $(wildcard native/*.c native/*.h codec/*.c codec/*.h fastpath/*.c)
 	$(PY) build.py
 	touch $@
 
@@ -35,7 +35,7 @@ test-unit: build chromium
 # AddressSanitizer + UndefinedBehaviorSanitizer (a copy of pymq in $(SAN)).
 test-sanitize: $(DEPS)
 	rm -rf $(SAN) && mkdir -p $(SAN)
-	cp -r pymq $(SAN)/pymq && rm -f $(SAN)/pymq/_native*.so $(SAN)/pymq/_codec*.so
+	cp -r pymq $(SAN)/pymq && rm -f $(SAN)/pymq/_native*.so $(SAN)/pymq/_codec*.so $(SAN)/pymq/_fast*.so
 	PYMQ_SANITIZE=1 PYMQ_BUILD_DIR=$(SAN)/cffi $(PY) build.py --into $(SAN)/pymq
 	cd $(SAN) && PYTHONPATH=$(CURDIR)/$(SAN) \
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \

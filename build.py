@@ -1,5 +1,7 @@
-"""cffi builders: native/ (the shared-memory ring) into the extension module
-pymq._native, and codec/ (the persistence log's batch encoder) into pymq._codec.
+"""Builders of pymq's three extension modules: native/ (the shared-memory ring)
+into pymq._native and codec/ (the persistence log's batch encoder) into
+pymq._codec, both with cffi; fastpath/ (the client's hot calls, CPython C-API)
+into pymq._fast, a setuptools Extension.
 
 Used by setuptools (``cffi_modules`` in setup.py) for ``pip install .``, and run
 directly (``python build.py``) to build both in place for development. Set
@@ -16,6 +18,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 NATIVE = HERE / "native"
 SOURCES = ["ring.c", "group.c", "ack.c", "sync.c", "ns.c"]
 CODEC = HERE / "codec"
+FASTPATH = HERE / "fastpath"
 
 CFLAGS = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"]
 LDFLAGS = []
@@ -63,19 +66,42 @@ def make_codec(root):
     return ffi
 
 
+def fast_extension(root=None):
+    """pymq._fast, a plain CPython extension (setuptools Extension): paths
+    relative to root for setuptools, absolute without one."""
+    from setuptools import Extension
+    rel = (lambda p: os.path.relpath(p, root)) if root else str
+    return Extension("pymq._fast", sources=[rel(FASTPATH / "pmq_fast.c")],
+                     include_dirs=[rel(NATIVE)], extra_compile_args=CFLAGS,
+                     extra_link_args=LDFLAGS)
+
+
+def build_fast(tmp: pathlib.Path) -> pathlib.Path:
+    """Build pymq._fast into tmp; returns the .so."""
+    from setuptools import Distribution
+    dist = Distribution({"name": "pymq-fast", "ext_modules": [fast_extension()]})
+    cmd = dist.get_command_obj("build_ext")
+    cmd.build_temp, cmd.build_lib = str(tmp / "fast-temp"), str(tmp / "fast-lib")
+    cmd.ensure_finalized()
+    cmd.run()
+    return next((tmp / "fast-lib" / "pymq").glob("_fast*.so"))
+
+
 ffibuilder = make_ffi(HERE)
 codecbuilder = make_codec(HERE)
 
 if __name__ == "__main__":
     import argparse
 
-    ap = argparse.ArgumentParser(description="build pymq._native and pymq._codec in place")
+    ap = argparse.ArgumentParser(description="build pymq._native, pymq._codec and pymq._fast in place")
     ap.add_argument("--into", default=str(HERE / "pymq"), help="package folder to copy them into")
     dest = pathlib.Path(ap.parse_args().into)
     tmp = pathlib.Path(os.environ.get("PYMQ_BUILD_DIR", HERE / "build" / "cffi")).resolve()
     tmp.mkdir(parents=True, exist_ok=True)
-    for name, make in (("_native", make_ffi), ("_codec", make_codec)):
-        so = make(tmp).compile(tmpdir=str(tmp))
+    for name, build in (("_native", lambda: make_ffi(tmp).compile(tmpdir=str(tmp))),
+                        ("_codec", lambda: make_codec(tmp).compile(tmpdir=str(tmp))),
+                        ("_fast", lambda: build_fast(tmp))):
+        so = build()
         for old in dest.glob(f"{name}*.so"):  # e.g. an editable install's abi3 build
             old.unlink()
         shutil.copy(so, dest)

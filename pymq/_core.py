@@ -1,8 +1,10 @@
-"""The one module that touches the compiled extension pymq._native.
+"""The one module that touches the compiled extensions pymq._native (the ring,
+through cffi) and pymq._fast (the client's hot calls, CPython C-API, which
+calls _native's functions through pointers bound here at import).
 
 It turns the C return codes into exceptions in one place (check) and wraps a
 mapped segment in a Ring or Namespace handle. Everything else in pymq goes
-through here; a test asserts that no other module imports _native.
+through here; a test asserts that no other module imports _native or _fast.
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ import os
 import time
 import weakref
 from array import array
+from functools import partial
 
-from . import _native
+from . import _fast, _native
 from .errors import (BrokerClosed, Full, MessageTooLarge, MQError, SegmentMismatch,
                      SubscriptionClosed, Timeout)
 
 ffi, lib = _native.ffi, _native.lib
+_fast.bind(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, f))) for f in (
+    "pmq_ring_publish1", "pmq_ring_publish", "pmq_ring_read", "pmq_group_ack", "pmq_group_ack1")))
+bind_message = _fast.bind_message  # the class whose objects Reader.get_messages makes
 
 LAYOUT_VERSION = 2
 if lib.pmq_layout_version() != LAYOUT_VERSION:  # a stale build beside new Python code
@@ -66,14 +72,15 @@ def check(rc: int, context: str = "") -> int:
     raise exc(f"{context}: {text}" if context else text)
 
 
-def _wait_on(rc: int, timeout_ns: int, call, topic: str, least: int = 1) -> int:
+def _wait_on(rc, timeout_ns: int, call, topic: str, least: int = 1):
     """The slow path of a call that returned rc: after a signal (PMQ_EINTR; its
     Python handler has run by now) call again for the time left of timeout_ns;
-    return a result >= least, raise for an error."""
+    return the result (an int >= least, or the object a pymq._fast call
+    returns), raise for an error code."""
     deadline = time.monotonic_ns() + timeout_ns
     while rc == EINTR:
         rc = call(-1 if timeout_ns < 0 else max(0, deadline - time.monotonic_ns()))
-    return rc if rc >= least else check(rc, f"topic {topic!r}")
+    return check(rc, f"topic {topic!r}") if type(rc) is int and rc < least else rc
 
 
 def ns_size() -> int:
@@ -165,16 +172,31 @@ class Ring(_Mapped):
             self.release()
             check(rc, f"topic {topic!r}")
         self.max_msg = self.h.max_msg
+        self.addr = int(ffi.cast("uintptr_t", self.h))  # the handle, for pymq._fast
+        # the hot path, bound once: put1(payload: bytes, timeout_ns) -> seq, or a
+        # negative code for finish()
+        self.put1 = partial(_fast.publish1, self.addr)
+
+    def finish(self, rc: int, timeout_ns: int, call):
+        """A hot call's slow path: retry call(timeout left) after a signal, or
+        raise for the error code rc."""
+        return _wait_on(rc, timeout_ns, call, self.topic)
 
     # -- publishing ---------------------------------------------------------
 
-    def publish1(self, data, timeout_ns: int) -> int:
+    def publish1(self, data: bytes, timeout_ns: int) -> int:
         """Publish one payload (bytes); returns its seq."""
-        rc = lib.pmq_ring_publish1(self.h, data, len(data), timeout_ns)
-        if rc > 0:
+        rc = self.put1(data, timeout_ns)
+        return rc if rc > 0 else self.finish(rc, timeout_ns, partial(self.put1, data))
+
+    def publish_list(self, payloads, timeout_ns: int) -> int | None:
+        """Publish a list (or tuple) of bytes in one native call, all or none;
+        returns the seq of the first, or None if an item is not bytes."""
+        rc = _fast.publish(self.addr, payloads, timeout_ns)
+        if rc is None or rc > 0:
             return rc
-        return _wait_on(rc, timeout_ns, lambda left: lib.pmq_ring_publish1(
-            self.h, data, len(data), left), self.topic)
+        return _wait_on(rc, timeout_ns, lambda left: _fast.publish(self.addr, payloads, left),
+                        self.topic)
 
     def publish_many(self, joined: bytes, lens, timeout_ns: int) -> int:
         """Publish payloads laid end to end in joined with lengths lens (an
@@ -209,15 +231,17 @@ class Ring(_Mapped):
     # -- ack groups -----------------------------------------------------------
 
     def acker(self, group: int, group_gen: int):
-        """ack1(slot, seq) for one group: Message.ack's hot path, its arguments
-        bound once. Returns 1 if it acked, 0 if the delivery was no longer
-        pending."""
-        f, h, topic = lib.pmq_group_ack1, self.h, self.topic
+        """ack1(slot, seq) for one group, its arguments bound once (Message.ack's
+        hot path): 1 if it acked, 0 if the delivery was no longer pending, or a
+        negative code for check()."""
+        return partial(_fast.ack1, self.addr, group, group_gen)
 
-        def ack1(slot: int, seq: int) -> int:
-            rc = f(h, group, group_gen, slot, seq)
-            return rc if rc >= 0 else check(rc, f"topic {topic!r}")
-        return ack1
+    def ack_messages(self, group: int, group_gen: int, sub, msgs: list) -> int | None:
+        """Ack sub's pending Messages in one call (settled ones skipped): how
+        many took effect; None, having done nothing, if one of them is not a
+        plain pending Message of sub (the caller then takes the general path)."""
+        rc = _fast.ack_messages(self.addr, group, group_gen, sub, msgs)
+        return rc if rc is None or rc >= 0 else check(rc, f"topic {self.topic!r}")
 
     def settle(self, how: str, group: int, group_gen: int, slots, seqs, attempts=None,
                n: int | None = None) -> int:
@@ -368,6 +392,17 @@ class Reader(Batch):
                  zero_copy: bool = False):
         super().__init__(max_batch, buflen, zero_copy)
         self.ring, self.member, self.gen = ring, member, gen
+        # the hot reads (pymq._fast) with this reader's ring, member and buffers
+        # bound once; each returns its result, or a negative code for finish():
+        #   get1(timeout_ns) -> bytes; get_payloads(n, timeout_ns) -> [bytes];
+        #   an ack group's get1_message(timeout_ns, sub, topic) -> Message and
+        #   get_messages(n, timeout_ns, sub, topic) -> [Message] (see bind_message)
+        fixed = (ring.addr, member, gen, int(ffi.cast("uintptr_t", self.b)))
+        self.get1 = partial(_fast.read1, *fixed, 1)
+        self.get_payloads = partial(_fast.read, *fixed)
+        self.get1_message = partial(_fast.read1_message, *fixed, 1)
+        self.get_messages = partial(_fast.read_messages, *fixed)
+        self.finish = ring.finish
 
     def payloads(self):
         if self.buf:
@@ -375,13 +410,9 @@ class Reader(Batch):
         return self.ring.data()
 
     def read1(self, timeout_ns: int) -> bytes:
-        """One record's payload (the others' fields in the arrays at [0])."""
-        h, b = self.ring.h, self.b
-        rc = lib.pmq_ring_read1(h, self.member, self.gen, b, timeout_ns)
-        if rc < 0:
-            rc = _wait_on(rc, timeout_ns, lambda left: lib.pmq_ring_read1(
-                h, self.member, self.gen, b, left), self.ring.topic, least=0)
-        return self.view[0:rc]
+        """One record's payload."""
+        p = self.get1(timeout_ns)
+        return p if type(p) is bytes else self.finish(p, timeout_ns, self.get1)
 
     def read(self, max_count: int, timeout_ns: int) -> int:
         """Fill the buffers with up to max_count records; returns the count."""

@@ -12,6 +12,7 @@ import threading
 import time
 import weakref
 from array import array
+from functools import partial
 
 import posix_ipc
 
@@ -24,12 +25,19 @@ READ_BUFFER = 256 * 1024   # bytes of a subscription's read buffer (at least max
 READY_TIMEOUT = 5.0        # seconds to wait for another process to finish creating a segment
 
 
+_TIMEOUTS: dict = {None: -1}  # timeouts seen (a few distinct values in a program) -> ns
+
+
 def _timeout_ns(timeout) -> int:
-    if timeout is None:
-        return -1
+    ns = _TIMEOUTS.get(timeout)
+    if ns is not None:
+        return ns
     if timeout < 0:
         raise ValueError(f"timeout must be >= 0 or None, not {timeout!r}")
-    return int(timeout * 1e9)
+    ns = int(timeout * 1e9)
+    if len(_TIMEOUTS) < 256:
+        _TIMEOUTS[timeout] = ns
+    return ns
 
 
 def _as_bytes(payload):
@@ -80,7 +88,9 @@ class Message:
                 if self._views:
                     self._settle()
                 self._settled = True
-                sub._ack1(self._slot, self.seq)
+                rc = sub._ack1(self._slot, self.seq)
+                if rc < 0:
+                    _core.check(rc, f"topic {sub.topic!r}")
         elif self._ack is not None:
             self._ack()
 
@@ -121,6 +131,12 @@ class Message:
         return (f"Message(topic={self.topic!r}, seq={self.seq}, "
                 f"delivery_attempt={self.delivery_attempt}, "
                 f"payload={self.payload[:32]!r}{'...' if len(self.payload) > 32 else ''})")
+
+
+# An ack subscription's reads make Messages in C (see _core.bind_message):
+# payload, topic, seq, delivery_attempt, publish_time (ts / 1e9), _ack None, _sub
+# the subscription, _slot and _pos of the delivery, _views None, _settled False.
+_core.bind_message(Message)
 
 
 class _Resources:
@@ -268,19 +284,23 @@ class Client:
         ring = self._topics.get(topic) or self._ring(topic)
         if type(payload) is not bytes:
             payload = _as_bytes(payload)
-        return ring.publish1(payload, self._publish_timeout_ns if timeout is None
-                             else _timeout_ns(timeout))
+        timeout_ns = self._publish_timeout_ns if timeout is None else _timeout_ns(timeout)
+        seq = ring.put1(payload, timeout_ns)
+        return seq if seq > 0 else ring.finish(seq, timeout_ns, partial(ring.put1, payload))
 
     def publish_many(self, topic: str, payloads, timeout: float | None = None) -> int:
         """Publish a batch in one native call, all or none; returns the last seq."""
         ring = self._ring(topic)
-        items = [p if type(p) is bytes else _as_bytes(p) for p in payloads]
-        if not items:
+        timeout_ns = self._publish_timeout_ns if timeout is None else _timeout_ns(timeout)
+        if type(payloads) is not list and type(payloads) is not tuple:
+            payloads = list(payloads)  # an iterator, say
+        if not payloads:
             raise ValueError("publish_many needs at least one payload")
-        lens = array("I", map(len, items))
-        if timeout is None:
-            timeout = self._config.publish_timeout
-        return ring.publish_many(b"".join(items), lens, _timeout_ns(timeout)) + len(items) - 1
+        first = ring.publish_list(payloads, timeout_ns)  # bytes only, copied once in C
+        if first is None:
+            payloads = [p if type(p) is bytes else _as_bytes(p) for p in payloads]
+            first = ring.publish_list(payloads, timeout_ns)
+        return first + len(payloads) - 1
 
     # -- subscribing ------------------------------------------------------------
 
@@ -436,21 +456,14 @@ class Subscription:
             self._replay = None
         return out
 
-    def _read1(self, timeout) -> tuple[_core.Reader, bytes]:
-        """One record: the reader (its other fields at [0] of its arrays), the payload."""
-        r = self._reader
-        if r is None:
-            raise SubscriptionClosed(f"subscription to {self.topic!r} is closed")
-        return r, r.read1(-1 if timeout is None else _timeout_ns(timeout))
+    def _closed(self):
+        raise SubscriptionClosed(f"subscription to {self.topic!r} is closed")
 
-    def _read(self, max_count: int, timeout) -> tuple[_core.Reader, int]:
-        """One native read of up to max_count records into the reader's buffers."""
-        r = self._reader
-        if r is None:
-            raise SubscriptionClosed(f"subscription to {self.topic!r} is closed")
+    def _many(self, max_count) -> int:
+        """max_count checked, and capped at what one read returns."""
         if not isinstance(max_count, int) or max_count < 1:
             raise ValueError(f"max_count must be an int >= 1, not {max_count!r}")
-        return r, r.read(max_count, _timeout_ns(timeout))
+        return min(max_count, READ_BATCH)
 
     def get(self, timeout: float | None = None) -> bytes:
         """The next payload; waits up to timeout (None: for ever), then raises pymq.Timeout."""
@@ -458,7 +471,10 @@ class Subscription:
             old = self._replayed(1)
             if old:
                 return old[0][2]
-        return self._read1(timeout)[1]
+        r = self._reader or self._closed()
+        timeout_ns = _timeout_ns(timeout)
+        p = r.get1(timeout_ns)
+        return p if type(p) is bytes else r.finish(p, timeout_ns, r.get1)
 
     def get_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
         """1..max_count payloads in one native call; waits like get()."""
@@ -466,11 +482,10 @@ class Subscription:
             old = self._replayed(max_count)
             if old:
                 return [p for _, _, p in old]
-        r, n = self._read(max_count, timeout)
-        unpack = _core.ffi.unpack
-        offs, lens = unpack(r.offs, n), unpack(r.lens, n)
-        data = r.view[0:offs[-1] + lens[-1]]  # one copy out of the buffer, then slices
-        return [data[o:o + ln] for o, ln in zip(offs, lens)]
+        r, n = self._reader or self._closed(), self._many(max_count)
+        timeout_ns = _timeout_ns(timeout)
+        got = r.get_payloads(n, timeout_ns)
+        return got if type(got) is list else r.finish(got, timeout_ns, partial(r.get_payloads, n))
 
     def __iter__(self):
         batch_size = self._iter_batch if self.group is None else 16
@@ -518,8 +533,11 @@ class AckSubscription(Subscription):
             old = self._replayed(1)
             if old:
                 return self._from_disk(*old[0])
-        r, payload = self._read1(timeout)
-        return self._message(payload, r.seqs[0], r.attempts[0], r.ts[0], r.slots[0], r.pos[0])
+        r = self._reader or self._closed()
+        timeout_ns = _timeout_ns(timeout)
+        m = r.get1_message(timeout_ns, self, self.topic)
+        return m if type(m) is Message else r.finish(
+            m, timeout_ns, lambda left: r.get1_message(left, self, self.topic))
 
     def get_many(self, max_count: int, timeout: float | None = None) -> list[Message]:
         """1..max_count messages in one native call (redeliveries first)."""
@@ -527,31 +545,15 @@ class AckSubscription(Subscription):
             old = self._replayed(max_count)
             if old:
                 return [self._from_disk(*rec) for rec in old]
-        r, n = self._read(max_count, timeout)
-        unpack, view, make = _core.ffi.unpack, r.view, self._message
-        offs, lens = unpack(r.offs, n), unpack(r.lens, n)
-        return [make(view[o:o + ln], seq, att, ts, slot, pos) for o, ln, seq, att, ts, slot, pos in zip(
-            offs, lens, unpack(r.seqs, n), unpack(r.attempts, n), unpack(r.ts, n),
-            unpack(r.slots, n), unpack(r.pos, n))]
+        r, n = self._reader or self._closed(), self._many(max_count)
+        timeout_ns = _timeout_ns(timeout)
+        got = r.get_messages(n, timeout_ns, self, self.topic)
+        return got if type(got) is list else r.finish(
+            got, timeout_ns, lambda left: r.get_messages(n, left, self, self.topic))
 
     def _from_disk(self, seq, ts, payload) -> Message:
         """A message replayed from disk: history, so its ack is a no-op."""
         return Message(payload, topic=self.topic, seq=seq, publish_time=ts / 1e9)
-
-    def _message(self, payload, seq, attempt, ts, slot, pos) -> Message:
-        m = Message.__new__(Message)
-        m.payload = payload
-        m.topic = self.topic
-        m.seq = seq
-        m.delivery_attempt = attempt
-        m.publish_time = ts / 1e9
-        m._ack = None
-        m._sub = self
-        m._slot = slot
-        m._pos = pos
-        m._views = None
-        m._settled = False
-        return m
 
     def _settle_many(self, how: str, msgs) -> int:
         """One native call per subscription the messages came from."""
@@ -579,6 +581,10 @@ class AckSubscription(Subscription):
     def ack_many(self, msgs) -> int:
         """Ack many messages in one native call (per subscription they came
         from); returns how many were still waiting for their ack."""
+        if type(msgs) is list:  # the usual case, all this subscription's: done in C
+            n = self._ring.ack_messages(self._group, self._group_gen, self, msgs)
+            if n is not None:
+                return n
         return self._settle_many("ack", msgs)
 
     def nack_many(self, msgs) -> int:

@@ -259,6 +259,36 @@ def test_ack_many_takes_messages_of_several_subscriptions(make_broker):
     assert group_stats(broker, "t", "g")["acked"] == 2 and group_stats(broker, "u", "g")["acked"] == 1
 
 
+def test_messages_made_in_c_carry_every_field_and_ack_many_takes_the_general_path_when_needed(
+        make_broker):
+    """get/get_many of an ack subscription build Messages in C (pymq._fast);
+    ack_many acks a list of the subscription's own in C, and anything else
+    (a view held, a message acked already, another subscription's, a tuple)
+    through the general path, with the same result."""
+    broker = make_broker(ack_timeout=3600)
+    sub = broker.subscribe_with_ack("t", group="g")
+    payloads = [os.urandom(n) for n in (0, 1, 63, 64, 4000)] * 4
+    first = broker.publish_many("t", payloads) - len(payloads) + 1
+    before = time.time()
+    msgs = sub.get_many(8, timeout=5) + [sub.get(timeout=5)] + sub.get_many(100, timeout=5)
+    assert [type(m) for m in msgs] == [pymq.Message] * len(payloads)
+    assert [m.payload for m in msgs] == payloads
+    assert [m.seq for m in msgs] == list(range(first, first + len(payloads)))
+    assert {(m.topic, m.delivery_attempt, m._settled, m._views, m._ack) for m in msgs} == {
+        ("t", 1, False, None, None)}
+    assert all(before - 5 <= m.publish_time <= time.time() for m in msgs)
+    assert len({m._slot for m in msgs}) == len(msgs)
+    assert bytes(msgs[3].view()) == payloads[3]  # a view: this list goes the general way
+    assert sub.ack_many(msgs[:5]) == 5
+    msgs[5].ack()
+    assert sub.ack_many(msgs[5:10]) == 4  # the one acked already is skipped (in C)
+    assert sub.ack_many(tuple(msgs[10:12])) == 2  # not a list: the general path
+    assert sub.ack_many(msgs[12:]) == len(msgs) - 12
+    assert sub.ack_many(msgs) == 0
+    g = group_stats(broker, "t", "g")
+    assert (g["delivered"], g["acked"], g["pending"]) == (len(msgs), len(msgs), 0)
+
+
 def test_stale_nack_does_not_take_a_delivery_from_its_new_holder(make_broker):
     broker = make_broker(ack_timeout=3600)
     a1 = broker.subscribe_with_ack("t", group="g")

@@ -243,11 +243,43 @@ def test_segments_are_owner_only(broker, name):
         assert os.stat("/dev/shm/" + e).st_mode & 0o777 == 0o600, e
 
 
-def test_only_core_imports_the_native_module():
+def test_publish_many_takes_any_bytes_like_list_tuple_or_iterable(broker):
+    """publish_many copies a list or tuple of bytes once in C (pymq._fast) and
+    converts anything else first; every form publishes the same bytes."""
+    class Sub(bytes):
+        pass
+    sub = broker.subscribe("t")
+    forms = [[b"a", b"", b"bc"], (b"d", b"e"), [bytearray(b"f"), memoryview(b"xgx")[1:2], Sub(b"h")],
+             [pymq.Message(b"i")], (p for p in [b"j", b"k"])]
+    for form in forms:
+        broker.publish_many("t", form)
+    assert sub.get_many(100, timeout=5) == [b"a", b"", b"bc", b"d", b"e", b"f", b"g", b"h", b"i",
+                                             b"j", b"k"]
+    with pytest.raises(TypeError):
+        broker.publish_many("t", [b"ok", 3])
+    with pytest.raises(ValueError):
+        broker.publish_many("t", iter([]))
+
+
+def test_the_fast_path_refuses_what_it_cannot_take():
+    from pymq import _core, _fast
+    with pytest.raises(TypeError):
+        _core.bind_message(type("NoSlots", (), {}))
+    with pytest.raises(TypeError):
+        _fast.publish1(1, "not bytes", 0)
+    with pytest.raises(TypeError):
+        _fast.read(1, 0, 0)  # too few arguments
+    with pytest.raises(OverflowError):
+        _fast.read(1, 2**40, 0, 1, 1, 0)  # a member above 32 bits
+
+
+def test_only_core_imports_the_native_modules():
+    """_native (the ring) and _fast (hot calls) are _core's; _codec is persistence's."""
     import pathlib
     root = pathlib.Path(pymq.__file__).parent
-    users = [p.name for p in root.glob("*.py") if "_native" in p.read_text() and p.name != "_core.py"]
-    assert users == []
+    for module, owner in (("_native", "_core.py"), ("_fast", "_core.py"), ("_codec", "persistence.py")):
+        users = [p.name for p in root.glob("*.py") if module in p.read_text() and p.name != owner]
+        assert users == [], module
 
 
 def test_stale_removal_spares_a_broker_that_is_starting_and_removes_an_abandoned_one(name):

@@ -1,0 +1,490 @@
+/* pymq._fast: the client's hot calls as a CPython extension.
+ *
+ * pymq._native (cffi) is the binding of the ring; a cffi call costs about
+ * 130 ns with publish1's four arguments, more than the ring's own work, and the
+ * received payload is copied twice (ring -> read buffer -> bytes slice made in
+ * Python). These few calls take their Python arguments directly
+ * (METH_FASTCALL), build the received bytes (and lists of them) in C, and
+ * call the very functions of pymq._native through pointers that pymq/_core.py
+ * hands over once (bind), so the ring's code exists once. Only _core uses it.
+ *
+ * Every call releases the GIL around the native call, which may wait. Errors
+ * of the ring come back as its negative codes, for _core.check to raise; an
+ * argument of the wrong type is a TypeError. Nothing here reads shared memory:
+ * the native calls do, bounds-checked, and fill the caller's pmq_batch_t.
+ *
+ * An ack subscription's reads build pymq.Message objects here: bind_message()
+ * finds, once, where each of Message's __slots__ lives in the object (its
+ * member descriptor's offset, checked to be a plain object slot of exactly
+ * that class), so a message is one allocation and eleven stores, as in C.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include "pmq_ring.h"
+
+typedef int64_t (*publish1_fn)(pmq_ring_t *, const char *, uint32_t, int64_t);
+typedef int64_t (*publish_fn)(pmq_ring_t *, const char *, const uint32_t *, uint32_t, int64_t);
+typedef int (*read_fn)(pmq_ring_t *, uint32_t, uint32_t, pmq_batch_t *, uint32_t, int64_t);
+typedef int (*ack_fn)(pmq_ring_t *, uint32_t, uint32_t, const uint32_t *, const uint64_t *,
+                      uint32_t);
+typedef int (*ack1_fn)(pmq_ring_t *, uint32_t, uint32_t, uint32_t, uint64_t);
+
+static publish1_fn f_publish1;
+static publish_fn f_publish;
+static read_fn f_read;
+static ack_fn f_ack;
+static ack1_fn f_ack1;
+
+/* pymq.Message's slots, in this order (bind_message checks every name). */
+enum { M_PAYLOAD, M_ACK, M_TOPIC, M_SEQ, M_ATTEMPT, M_TIME, M_SUB, M_SLOT, M_POS, M_VIEWS,
+       M_SETTLED, M_COUNT };
+static const char *const msg_names[M_COUNT] = {
+    "payload", "_ack", "topic", "seq", "delivery_attempt", "publish_time",
+    "_sub", "_slot", "_pos", "_views", "_settled"};
+static PyTypeObject *msg_type;
+static Py_ssize_t msg_off[M_COUNT];
+
+#define SLOT(obj, k) (*(PyObject **)((char *)(obj) + msg_off[k]))
+
+static int as_ptr(PyObject *o, void **out)
+{
+    void *p = PyLong_AsVoidPtr(o);
+    if (!p) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "NULL handle");
+        return -1;
+    }
+    *out = p;
+    return 0;
+}
+
+static int as_u32(PyObject *o, uint32_t *out)
+{
+    unsigned long v = PyLong_AsUnsignedLong(o);
+    if (v == (unsigned long)-1 && PyErr_Occurred())
+        return -1;
+    if (v > UINT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "value above 2**32 - 1");
+        return -1;
+    }
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static int as_i64(PyObject *o, int64_t *out)
+{
+    long long v = PyLong_AsLongLong(o);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int nargs_ok(Py_ssize_t n, Py_ssize_t want, const char *name)
+{
+    if (n == want)
+        return 1;
+    PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", name, want, n);
+    return 0;
+}
+
+static int bound(void)
+{
+    if (f_publish1 && f_publish && f_read && f_ack && f_ack1)
+        return 1;
+    PyErr_SetString(PyExc_RuntimeError, "pymq._fast is not bound to pymq._native");
+    return 0;
+}
+
+/* bind(publish1, publish, read, group_ack, group_ack1): the addresses of
+ * pymq._native's functions. */
+static PyObject *fast_bind(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    (void)self;
+    void *p[5];
+    if (!nargs_ok(n, 5, "bind"))
+        return NULL;
+    for (int i = 0; i < 5; i++)
+        if (as_ptr(args[i], &p[i]))
+            return NULL;
+    f_publish1 = (publish1_fn)p[0];
+    f_publish = (publish_fn)p[1];
+    f_read = (read_fn)p[2];
+    f_ack = (ack_fn)p[3];
+    f_ack1 = (ack1_fn)p[4];
+    Py_RETURN_NONE;
+}
+
+/* bind_message(Message): where each slot of the class lives. */
+static PyObject *fast_bind_message(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    (void)self;
+    if (!nargs_ok(n, 1, "bind_message"))
+        return NULL;
+    if (!PyType_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "bind_message() takes a class");
+        return NULL;
+    }
+    PyTypeObject *type = (PyTypeObject *)args[0];
+    Py_ssize_t off[M_COUNT];
+    for (int k = 0; k < M_COUNT; k++) {
+        PyObject *d = PyObject_GetAttrString(args[0], msg_names[k]);
+        if (!d)
+            PyErr_Clear();
+        int ok = d && Py_IS_TYPE(d, &PyMemberDescr_Type) &&
+                 ((PyMemberDescrObject *)d)->d_common.d_type == type &&
+                 ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX &&
+                 !(((PyMemberDescrObject *)d)->d_member->flags & READONLY) &&
+                 ((PyMemberDescrObject *)d)->d_member->offset >= (Py_ssize_t)sizeof(PyObject) &&
+                 ((PyMemberDescrObject *)d)->d_member->offset + (Py_ssize_t)sizeof(PyObject *) <=
+                     type->tp_basicsize;
+        if (ok)
+            off[k] = ((PyMemberDescrObject *)d)->d_member->offset;
+        Py_XDECREF(d);
+        if (!ok) {
+            PyErr_Format(PyExc_TypeError, "%s.%s is not a plain __slots__ member",
+                         type->tp_name, msg_names[k]);
+            return NULL;
+        }
+    }
+    Py_INCREF(type);
+    Py_XSETREF(msg_type, type);
+    memcpy(msg_off, off, sizeof off);
+    Py_RETURN_NONE;
+}
+
+/* publish1(ring, payload: bytes, timeout_ns) -> seq or a negative code */
+static PyObject *fast_publish1(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    (void)self;
+    void *ring;
+    int64_t timeout;
+    if (!nargs_ok(n, 3, "publish1") || !bound() || as_ptr(args[0], &ring) ||
+        as_i64(args[2], &timeout))
+        return NULL;
+    PyObject *payload = args[1];
+    if (!PyBytes_Check(payload)) {
+        PyErr_Format(PyExc_TypeError, "payload must be bytes, not %.100s", Py_TYPE(payload)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t len = PyBytes_GET_SIZE(payload);
+    if ((uint64_t)len > UINT32_MAX)
+        return PyLong_FromLong(PMQ_ETOOBIG);
+    const char *data = PyBytes_AS_STRING(payload);
+    int64_t rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = f_publish1((pmq_ring_t *)ring, data, (uint32_t)len, timeout);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLongLong(rc);
+}
+
+/* publish(ring, payloads: list or tuple of bytes, timeout_ns) -> seq of the
+ * first or a negative code; None if an item is not bytes (the caller then
+ * converts them). One native call, all or none. */
+static PyObject *fast_publish(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    (void)self;
+    void *ring;
+    int64_t timeout;
+    if (!nargs_ok(n, 3, "publish") || !bound() || as_ptr(args[0], &ring) ||
+        as_i64(args[2], &timeout))
+        return NULL;
+    PyObject *seq = args[1];
+    if (!PyList_Check(seq) && !PyTuple_Check(seq))
+        Py_RETURN_NONE;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    if (count == 0 || (uint64_t)count > UINT32_MAX)
+        return PyLong_FromLong(count ? PMQ_ETOOBIG : PMQ_EINVAL);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    uint64_t total = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (!PyBytes_Check(items[i]))
+            Py_RETURN_NONE;
+        uint64_t len = (uint64_t)PyBytes_GET_SIZE(items[i]);
+        if (len > UINT32_MAX)
+            return PyLong_FromLong(PMQ_ETOOBIG);
+        total += len;
+    }
+    /* one contiguous copy: the GIL is released during the call, and the list
+     * may change meanwhile in another thread */
+    uint32_t *lens = PyMem_RawMalloc((size_t)count * sizeof *lens);
+    char *data = PyMem_RawMalloc(total ? (size_t)total : 1);
+    if (!lens || !data) {
+        PyMem_RawFree(lens);
+        PyMem_RawFree(data);
+        return PyErr_NoMemory();
+    }
+    uint64_t at = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        uint32_t len = (uint32_t)PyBytes_GET_SIZE(items[i]);
+        memcpy(data + at, PyBytes_AS_STRING(items[i]), len);
+        lens[i] = len;
+        at += len;
+    }
+    int64_t rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = f_publish((pmq_ring_t *)ring, data, lens, (uint32_t)count, timeout);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(lens);
+    PyMem_RawFree(data);
+    return PyLong_FromLongLong(rc);
+}
+
+/* The read's common part: args (ring, member, gen, batch, max, timeout_ns).
+ * Returns the count (>= 1) or a negative code, or BAD_ARGS with an exception
+ * set. */
+#define BAD_ARGS (INT32_MIN)
+static int do_read(PyObject *const *args, Py_ssize_t n, const char *name, pmq_batch_t **out)
+{
+    void *ring, *batch;
+    uint32_t member, gen, max;
+    int64_t timeout;
+    if (!nargs_ok(n, 6, name) || !bound() || as_ptr(args[0], &ring) || as_u32(args[1], &member) ||
+        as_u32(args[2], &gen) || as_ptr(args[3], &batch) || as_u32(args[4], &max) ||
+        as_i64(args[5], &timeout))
+        return BAD_ARGS;
+    pmq_batch_t *b = batch;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = f_read((pmq_ring_t *)ring, member, gen, b, max, timeout);
+    Py_END_ALLOW_THREADS
+    if (rc > 0 && (!b->buf || (uint32_t)rc > b->n)) {
+        PyErr_SetString(PyExc_ValueError, "a zero-copy batch has no payloads to return");
+        return BAD_ARGS;
+    }
+    *out = b;
+    return rc;
+}
+
+/* Payload i of a filled batch as bytes (offsets checked against the buffer). */
+static PyObject *payload(const pmq_batch_t *b, uint32_t i)
+{
+    if (b->offs[i] > b->buflen || b->lens[i] > b->buflen - b->offs[i]) {
+        PyErr_SetString(PyExc_ValueError, "a record lies outside the read buffer");
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize(b->buf + b->offs[i], (Py_ssize_t)b->lens[i]);
+}
+
+/* Record i of an ack group's read as a pymq.Message of subscription sub. */
+static PyObject *message(const pmq_batch_t *b, uint32_t i, PyObject *sub, PyObject *topic)
+{
+    PyObject *m = msg_type->tp_alloc(msg_type, 0);
+    if (!m)
+        return NULL;
+    PyObject *v[M_COUNT];
+    v[M_PAYLOAD] = payload(b, i);
+    v[M_ACK] = Py_NewRef(Py_None);
+    v[M_TOPIC] = Py_NewRef(topic);
+    v[M_SEQ] = PyLong_FromUnsignedLongLong(b->seqs[i]);
+    v[M_ATTEMPT] = PyLong_FromUnsignedLong(b->attempts ? b->attempts[i] : 1);
+    v[M_TIME] = PyFloat_FromDouble((double)b->ts[i] / 1e9); /* as Python's ts / 1e9 */
+    v[M_SUB] = Py_NewRef(sub);
+    v[M_SLOT] = PyLong_FromUnsignedLong(b->slots ? b->slots[i] : 0);
+    v[M_POS] = PyLong_FromUnsignedLongLong(b->pos ? b->pos[i] : 0);
+    v[M_VIEWS] = Py_NewRef(Py_None);
+    v[M_SETTLED] = Py_NewRef(Py_False);
+    int failed = 0;
+    for (int k = 0; k < M_COUNT; k++) {
+        failed |= v[k] == NULL;
+        SLOT(m, k) = v[k]; /* the new object's slots are NULL: nothing to release */
+    }
+    if (failed) {
+        Py_DECREF(m); /* frees what was made; a NULL slot is fine */
+        return NULL;
+    }
+    return m;
+}
+
+/* read(ring, member, gen, batch, max, timeout_ns) -> [payload bytes, ...] or a
+ * negative code. read1(...) with max 1 -> the payload bytes or a code.
+ * read_messages(ring, member, gen, batch, max, timeout_ns, sub, topic) ->
+ * [Message, ...]; read1_message(...) -> a Message. */
+static PyObject *read_common(PyObject *const *args, Py_ssize_t n, const char *name, int one,
+                             PyObject *(*make)(const pmq_batch_t *, uint32_t))
+{
+    PyObject *sub = NULL, *topic = NULL;
+    if (!make) { /* messages: two more arguments */
+        if (n != 8) {
+            PyErr_Format(PyExc_TypeError, "%s() takes 8 arguments (%zd given)", name, n);
+            return NULL;
+        }
+        if (!msg_type) {
+            PyErr_SetString(PyExc_RuntimeError, "pymq._fast: bind_message() first");
+            return NULL;
+        }
+        sub = args[6];
+        topic = args[7];
+        n = 6;
+    }
+    pmq_batch_t *b = NULL;
+    int rc = do_read(args, n, name, &b);
+    if (rc == BAD_ARGS)
+        return NULL;
+    if (rc <= 0)
+        return PyLong_FromLong(rc);
+    if (one)
+        return make ? make(b, 0) : message(b, 0, sub, topic);
+    PyObject *list = PyList_New(rc);
+    if (!list)
+        return NULL;
+    for (int i = 0; i < rc; i++) {
+        PyObject *item = make ? make(b, (uint32_t)i) : message(b, (uint32_t)i, sub, topic);
+        if (!item) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, item);
+    }
+    return list;
+}
+
+static PyObject *fast_read(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    (void)self;
+    return read_common(args, n, "read", 0, payload);
+}
+
+static PyObject *fast_read1(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    (void)self;
+    return read_common(args, n, "read1", 1, payload);
+}
+
+static PyObject *fast_read_messages(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    (void)self;
+    return read_common(args, n, "read_messages", 0, NULL);
+}
+
+static PyObject *fast_read1_message(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    (void)self;
+    return read_common(args, n, "read1_message", 1, NULL);
+}
+
+/* ack1(ring, group, gen, slot, seq) -> 1 (acked), 0 (no longer pending) or a code */
+static PyObject *fast_ack1(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    (void)self;
+    void *ring;
+    uint32_t group, gen, slot;
+    unsigned long long seq;
+    if (!nargs_ok(n, 5, "ack1") || !bound() || as_ptr(args[0], &ring) || as_u32(args[1], &group) ||
+        as_u32(args[2], &gen) || as_u32(args[3], &slot))
+        return NULL;
+    seq = PyLong_AsUnsignedLongLong(args[4]);
+    if (seq == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = f_ack1((pmq_ring_t *)ring, group, gen, slot, seq);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(rc);
+}
+
+/* ack_messages(ring, group, gen, sub, msgs: list) -> how many the native ack
+ * took, a negative code, or None when a message is not this subscription's
+ * plain pending Message (settled ones are skipped): then nothing was done, and
+ * the caller takes the general path. Marks each acked message settled. */
+static PyObject *fast_ack_messages(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    (void)self;
+    void *ring;
+    uint32_t group, gen;
+    if (!nargs_ok(n, 5, "ack_messages") || !bound() || as_ptr(args[0], &ring) ||
+        as_u32(args[1], &group) || as_u32(args[2], &gen))
+        return NULL;
+    PyObject *sub = args[3], *list = args[4];
+    if (!msg_type || !PyList_Check(list))
+        Py_RETURN_NONE;
+    Py_ssize_t count = PyList_GET_SIZE(list), todo = 0;
+    for (Py_ssize_t i = 0; i < count; i++) { /* first look, change nothing */
+        PyObject *m = PyList_GET_ITEM(list, i);
+        if (!Py_IS_TYPE(m, msg_type) || SLOT(m, M_SUB) != sub || !SLOT(m, M_SETTLED) ||
+            SLOT(m, M_VIEWS) != Py_None || !SLOT(m, M_SLOT) || !SLOT(m, M_SEQ))
+            Py_RETURN_NONE;
+        todo += SLOT(m, M_SETTLED) == Py_False;
+    }
+    if (todo == 0)
+        return PyLong_FromLong(0);
+    if ((uint64_t)todo > UINT32_MAX)
+        Py_RETURN_NONE;
+    uint32_t *slots = PyMem_RawMalloc((size_t)todo * sizeof *slots);
+    uint64_t *seqs = PyMem_RawMalloc((size_t)todo * sizeof *seqs);
+    if (!slots || !seqs) {
+        PyMem_RawFree(slots);
+        PyMem_RawFree(seqs);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; i < count && k < todo; i++) {
+        PyObject *m = PyList_GET_ITEM(list, i);
+        if (SLOT(m, M_SETTLED) != Py_False)
+            continue;
+        unsigned long slot = PyLong_AsUnsignedLong(SLOT(m, M_SLOT));
+        unsigned long long seq = PyLong_AsUnsignedLongLong(SLOT(m, M_SEQ));
+        if (PyErr_Occurred() || slot > UINT32_MAX) { /* not ours: leave all to Python */
+            PyErr_Clear();
+            PyMem_RawFree(slots);
+            PyMem_RawFree(seqs);
+            Py_RETURN_NONE;
+        }
+        slots[k] = (uint32_t)slot;
+        seqs[k++] = seq;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) { /* settled before the call, as Python does */
+        PyObject *m = PyList_GET_ITEM(list, i);
+        if (SLOT(m, M_SETTLED) == Py_False)
+            Py_SETREF(SLOT(m, M_SETTLED), Py_NewRef(Py_True));
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = f_ack((pmq_ring_t *)ring, group, gen, slots, seqs, (uint32_t)k);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(slots);
+    PyMem_RawFree(seqs);
+    return PyLong_FromLong(rc);
+}
+
+static PyMethodDef methods[] = {
+    {"bind", (PyCFunction)(void (*)(void))fast_bind, METH_FASTCALL,
+     "bind(publish1, publish, read, group_ack, group_ack1): the addresses of pymq._native's "
+     "functions"},
+    {"bind_message", (PyCFunction)(void (*)(void))fast_bind_message, METH_FASTCALL,
+     "bind_message(Message): the class whose objects read_messages makes"},
+    {"read_messages", (PyCFunction)(void (*)(void))fast_read_messages, METH_FASTCALL,
+     "read_messages(ring, member, gen, batch, max, timeout_ns, sub, topic) -> [Message] or a "
+     "negative code"},
+    {"read1_message", (PyCFunction)(void (*)(void))fast_read1_message, METH_FASTCALL,
+     "read1_message(ring, member, gen, batch, 1, timeout_ns, sub, topic) -> Message or a "
+     "negative code"},
+    {"ack1", (PyCFunction)(void (*)(void))fast_ack1, METH_FASTCALL,
+     "ack1(ring, group, gen, slot, seq) -> 1, 0 or a negative code"},
+    {"ack_messages", (PyCFunction)(void (*)(void))fast_ack_messages, METH_FASTCALL,
+     "ack_messages(ring, group, gen, sub, msgs) -> count, a negative code, or None (general "
+     "path)"},
+    {"publish1", (PyCFunction)(void (*)(void))fast_publish1, METH_FASTCALL,
+     "publish1(ring, payload, timeout_ns) -> seq or a negative code"},
+    {"publish", (PyCFunction)(void (*)(void))fast_publish, METH_FASTCALL,
+     "publish(ring, list of bytes, timeout_ns) -> first seq, a negative code, or None "
+     "if an item is not bytes"},
+    {"read", (PyCFunction)(void (*)(void))fast_read, METH_FASTCALL,
+     "read(ring, member, gen, batch, max, timeout_ns) -> [bytes, ...] or a negative code"},
+    {"read1", (PyCFunction)(void (*)(void))fast_read1, METH_FASTCALL,
+     "read1(ring, member, gen, batch, 1, timeout_ns) -> bytes or a negative code"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "pymq._fast",
+    "The client's hot calls (publish, read) as a CPython extension; see fastpath/pmq_fast.c.",
+    -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fast(void)
+{
+    return PyModule_Create(&module);
+}
