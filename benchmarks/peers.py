@@ -137,7 +137,8 @@ def make_channel(ctx, impl: str, producers: int, size: int, lanes: int = 1,
         if persist:
             cfg = pymq.BrokerConfig(name=name, ring_bytes=RING_BYTES, persistence_enabled=True,
                                     persistence_dir=pdir, persistence_fsync="interval",
-                                    persistence_fsync_interval=1.0)
+                                    persistence_fsync_interval=1.0,
+                                    persistence_retention_bytes=1 << 40)  # keep every line to count
         broker = pymq.Broker(cfg)
 
         def close_broker():
