@@ -472,7 +472,7 @@ class Subscription:
             if old:
                 return old[0][2]
         r = self._reader or self._closed()
-        timeout_ns = _timeout_ns(timeout)
+        timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
         p = r.get1(timeout_ns)
         return p if type(p) is bytes else r.finish(p, timeout_ns, r.get1)
 
@@ -483,7 +483,7 @@ class Subscription:
             if old:
                 return [p for _, _, p in old]
         r, n = self._reader or self._closed(), self._many(max_count)
-        timeout_ns = _timeout_ns(timeout)
+        timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
         got = r.get_payloads(n, timeout_ns)
         return got if type(got) is list else r.finish(got, timeout_ns, partial(r.get_payloads, n))
 
@@ -534,7 +534,7 @@ class AckSubscription(Subscription):
             if old:
                 return self._from_disk(*old[0])
         r = self._reader or self._closed()
-        timeout_ns = _timeout_ns(timeout)
+        timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
         m = r.get1_message(timeout_ns, self, self.topic)
         return m if type(m) is Message else r.finish(
             m, timeout_ns, lambda left: r.get1_message(left, self, self.topic))
@@ -546,7 +546,7 @@ class AckSubscription(Subscription):
             if old:
                 return [self._from_disk(*rec) for rec in old]
         r, n = self._reader or self._closed(), self._many(max_count)
-        timeout_ns = _timeout_ns(timeout)
+        timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
         got = r.get_messages(n, timeout_ns, self, self.topic)
         return got if type(got) is list else r.finish(
             got, timeout_ns, lambda left: r.get_messages(n, left, self, self.topic))
