@@ -128,7 +128,7 @@ class Floor:
             "h": self.ring.h, "m": r.member, "g": r.gen, "b": r.b,
             "payload": bytes(range(PAYLOAD)), "big": big, "mv": memoryview(big)[:PAYLOAD],
             "view": r.view, "ring": self.ring, "reader": r, "client": self.broker,
-            "sub": self.sub, "T": TOPIC, "x": 1,
+            "sub": self.sub, "T": TOPIC, "x": 1, "put1": self.ring.put1, "get1": r.get1,
             "f0": lambda: None, "f2": lambda a, b: None,
         }
         if self.noop_lib is not None:
@@ -165,6 +165,8 @@ REFERENCES = [
 PAIRS = [  # (publish side, receive side), run back to back with the same N
     (("native_publish", "native `lib.pmq_ring_publish1(h, payload, 64, 0)`", "pub(h, payload, 64, 0)"),
      ("native_read", "native `lib.pmq_ring_read1(h, member, gen, b, 0)`", "rd(h, m, g, b, 0)")),
+    (("fast_publish", "`pymq._fast.publish1`, bound (`ring.put1(payload, 0)`)", "put1(payload, 0)"),
+     ("fast_read", "`pymq._fast.read1`, bound (`reader.get1(0)`: native + the bytes)", "get1(0)")),
     (("ring_publish1", "`_core.Ring.publish1(payload, 0)`", "ring.publish1(payload, 0)"),
      ("reader_read1", "`_core.Reader.read1(0)` (native + bytes)", "reader.read1(0)")),
     (("client_publish", "`Client.publish(topic, payload)`", "client.publish(T, payload)"),
@@ -226,12 +228,14 @@ def derive(b: dict) -> dict:
         "bytes_64": b["bytes_cbuf"] - b["empty"],
         "publish_native_work": b["native_publish"] - noop,   # lock + copy + commit (+ wake check)
         "read_native_work": b["native_read"] - b["cffi0"],   # member/group checks + copy out
-        "publish_core_wrapper": b["ring_publish1"] - b["native_publish"],
-        "publish_client_wrapper": b["client_publish"] - b["ring_publish1"],
+        "publish_core_wrapper": b["ring_publish1"] - b["fast_publish"],
+        "publish_client_wrapper": b["client_publish"] - b["fast_publish"],  # it calls put1 itself
         "publish_python_total": b["client_publish"] - b["native_publish"],
-        "read_core_wrapper": b["reader_read1"] - b["native_read"],
-        "read_client_wrapper": b["sub_get"] - b["reader_read1"],
+        "read_core_wrapper": b["reader_read1"] - b["fast_read"],
+        "read_client_wrapper": b["sub_get"] - b["fast_read"],  # it calls get1 itself
         "read_python_total": b["sub_get"] - b["native_read"],
+        "fast_publish_vs_cffi": b["fast_publish"] - b["native_publish"],  # C-API call + GIL vs cffi
+        "fast_read_vs_cffi_and_bytes": b["fast_read"] - b["native_read"] - b["bytes_cbuf"] + b["empty"],
         "publish_floor": noop + b["bytes_cbuf"] - 2 * b["empty"],
         "read_floor": b["cffi0"] + b["bytes_cbuf"] - 2 * b["empty"],
         "client_publish": b["client_publish"] - b["empty"],
