@@ -12,6 +12,16 @@
 #include <pthread.h>
 #include <stdint.h>
 
+/* A spinning wait's pause between polls (kinder to the sibling hyperthread). */
+static inline void pmq_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 /* Monotonic clock in nanoseconds. */
 int64_t pmq_now_mono(void);
 /* Wall clock in nanoseconds since the epoch. */

@@ -669,15 +669,6 @@ static int plain_read(pmq_ring_t *r, pmq_member_t *m, uint32_t gen, pmq_group_t 
  * once per wait (a few microseconds of CPU per second of idleness). */
 #define PMQ_SPIN_NS (20LL * 1000)
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 /* Poll tail for up to spin_ns (and not past the deadline): 1 if it moved. */
 static int spin_for_tail(pmq_ring_hdr_t *h, uint64_t tail, int64_t deadline)
 {
@@ -687,7 +678,7 @@ static int spin_for_tail(pmq_ring_hdr_t *h, uint64_t tail, int64_t deadline)
     for (uint32_t i = 1;; i++) {
         if (LOAD_ACQ(&h->tail) != tail)
             return 1;
-        cpu_relax();
+        pmq_cpu_relax();
         if ((i & 63) == 0 && pmq_now_mono() >= until)
             return 0;
     }

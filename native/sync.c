@@ -60,15 +60,6 @@ int pmq_mutex_init(pthread_mutex_t *m)
  * a futex sleep and wake-up (about 1 us of system calls on each side). */
 #define PMQ_LOCK_SPINS 64
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 int pmq_mutex_lock(pthread_mutex_t *m, int64_t deadline_real_ns)
 {
     int rc;
@@ -78,7 +69,7 @@ int pmq_mutex_lock(pthread_mutex_t *m, int64_t deadline_real_ns)
             return rc;
         if (rc != EBUSY)
             break; /* ENOTRECOVERABLE, say: the blocking call reports it */
-        cpu_relax();
+        pmq_cpu_relax();
     }
     if (deadline_real_ns < 0) {
         rc = pthread_mutex_lock(m);
