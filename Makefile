@@ -40,7 +40,7 @@ test-sanitize: $(DEPS)
 	cd $(SAN) && PYTHONPATH=$(CURDIR)/$(SAN) \
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  PYMQ_EXPECT_SANITIZED=1 $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider \
+	  PYTHONMALLOC=malloc PYMQ_EXPECT_SANITIZED=1 $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider \
 	  $(CURDIR)/tests
 
 # pip install . on a clean venv builds the native core (PEP 517) and works.

@@ -34,8 +34,9 @@ static char *b64_encode(char *o, const unsigned char *s, uint32_t len)
     uint32_t i = 0;
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     /* 6 bytes to 8 characters per step, from one 8-byte load (2 bytes beyond
-     * are read, not used: hence i + 8 <= len) and into one 8-byte store */
-    for (; i + 8 <= len; i += 6) {
+     * are read, not used: hence 8 left) and into one 8-byte store. Counted as
+     * what is left (len - i, never negative), which cannot wrap as i + 8 can. */
+    for (; len - i >= 8; i += 6) {
         uint64_t w;
         memcpy(&w, s + i, 8);
         w = __builtin_bswap64(w); /* the bytes in reading order, most significant first */
@@ -46,7 +47,7 @@ static char *b64_encode(char *o, const unsigned char *s, uint32_t len)
         o += 8;
     }
 #endif
-    for (; i + 3 <= len; i += 3) {
+    for (; len - i >= 3; i += 3) {
         uint32_t v = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8 | s[i + 2];
         memcpy(o, &pairs[v >> 12], 2);
         memcpy(o + 2, &pairs[v & 4095], 2);

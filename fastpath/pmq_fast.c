@@ -128,6 +128,12 @@ static PyObject *fast_bind_message(PyObject *self, PyObject *const *args, Py_ssi
         return NULL;
     }
     PyTypeObject *type = (PyTypeObject *)args[0];
+    if (msg_type == type)
+        Py_RETURN_NONE;
+    if (msg_type) { /* one class for the process: a Message being built must keep its offsets */
+        PyErr_Format(PyExc_TypeError, "pymq._fast is bound to %s already", msg_type->tp_name);
+        return NULL;
+    }
     Py_ssize_t off[M_COUNT];
     for (int k = 0; k < M_COUNT; k++) {
         PyObject *d = PyObject_GetAttrString(args[0], msg_names[k]);
@@ -149,9 +155,9 @@ static PyObject *fast_bind_message(PyObject *self, PyObject *const *args, Py_ssi
             return NULL;
         }
     }
-    Py_INCREF(type);
-    Py_XSETREF(msg_type, type);
     memcpy(msg_off, off, sizeof off);
+    Py_INCREF(type);
+    msg_type = type;
     Py_RETURN_NONE;
 }
 
@@ -181,7 +187,7 @@ static PyObject *fast_publish1(PyObject *self, PyObject *const *args, Py_ssize_t
 }
 
 /* publish(ring, payloads: list or tuple of bytes, timeout_ns) -> seq of the
- * first or a negative code; None if an item is not bytes (the caller then
+ * last or a negative code; None if an item is not bytes (the caller then
  * converts them). One native call, all or none. */
 static PyObject *fast_publish(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
@@ -195,18 +201,20 @@ static PyObject *fast_publish(PyObject *self, PyObject *const *args, Py_ssize_t 
     if (!PyList_Check(seq) && !PyTuple_Check(seq))
         Py_RETURN_NONE;
     Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
-    if (count == 0 || (uint64_t)count > UINT32_MAX)
-        return PyLong_FromLong(count ? PMQ_ETOOBIG : PMQ_EINVAL);
+    if (count == 0)
+        return PyLong_FromLong(PMQ_EINVAL);
     PyObject **items = PySequence_Fast_ITEMS(seq);
     uint64_t total = 0;
-    for (Py_ssize_t i = 0; i < count; i++) {
+    int too_big = (uint64_t)count > UINT32_MAX;
+    for (Py_ssize_t i = 0; i < count; i++) { /* every type first, then sizes */
         if (!PyBytes_Check(items[i]))
             Py_RETURN_NONE;
         uint64_t len = (uint64_t)PyBytes_GET_SIZE(items[i]);
-        if (len > UINT32_MAX)
-            return PyLong_FromLong(PMQ_ETOOBIG);
+        too_big |= len > UINT32_MAX;
         total += len;
     }
+    if (too_big)
+        return PyLong_FromLong(PMQ_ETOOBIG);
     /* one contiguous copy: the GIL is released during the call, and the list
      * may change meanwhile in another thread */
     uint32_t *lens = PyMem_RawMalloc((size_t)count * sizeof *lens);
@@ -229,7 +237,8 @@ static PyObject *fast_publish(PyObject *self, PyObject *const *args, Py_ssize_t 
     Py_END_ALLOW_THREADS
     PyMem_RawFree(lens);
     PyMem_RawFree(data);
-    return PyLong_FromLongLong(rc);
+    /* the last seq, from the count copied: the list may have changed meanwhile */
+    return PyLong_FromLongLong(rc > 0 ? rc + (int64_t)count - 1 : rc);
 }
 
 /* The read's common part: args (ring, member, gen, batch, max, timeout_ns).
@@ -250,8 +259,13 @@ static int do_read(PyObject *const *args, Py_ssize_t n, const char *name, pmq_ba
     Py_BEGIN_ALLOW_THREADS
     rc = f_read((pmq_ring_t *)ring, member, gen, b, max, timeout);
     Py_END_ALLOW_THREADS
-    if (rc > 0 && (!b->buf || (uint32_t)rc > b->n)) {
+    if (rc > 0 && !b->buf) {
         PyErr_SetString(PyExc_ValueError, "a zero-copy batch has no payloads to return");
+        return BAD_ARGS;
+    }
+    if (rc > 0 && (uint32_t)rc > b->n) { /* another thread read into the same batch */
+        PyErr_SetString(PyExc_RuntimeError,
+                        "the batch was read concurrently: a subscription is not for several threads");
         return BAD_ARGS;
     }
     *out = b;
@@ -271,11 +285,16 @@ static PyObject *payload(const pmq_batch_t *b, uint32_t i)
 /* Record i of an ack group's read as a pymq.Message of subscription sub. */
 static PyObject *message(const pmq_batch_t *b, uint32_t i, PyObject *sub, PyObject *topic)
 {
-    PyObject *m = msg_type->tp_alloc(msg_type, 0);
-    if (!m)
+    PyObject *p = payload(b, i);
+    if (!p)
         return NULL;
+    PyObject *m = msg_type->tp_alloc(msg_type, 0); /* bind_message is one-shot: msg_off fits it */
+    if (!m) {
+        Py_DECREF(p);
+        return NULL;
+    }
     PyObject *v[M_COUNT];
-    v[M_PAYLOAD] = payload(b, i);
+    v[M_PAYLOAD] = p;
     v[M_ACK] = Py_NewRef(Py_None);
     v[M_TOPIC] = Py_NewRef(topic);
     v[M_SEQ] = PyLong_FromUnsignedLongLong(b->seqs[i]);
@@ -425,7 +444,7 @@ static PyObject *fast_ack_messages(PyObject *self, PyObject *const *args, Py_ssi
         if (SLOT(m, M_SETTLED) != Py_False)
             continue;
         unsigned long slot = PyLong_AsUnsignedLong(SLOT(m, M_SLOT));
-        unsigned long long seq = PyLong_AsUnsignedLongLong(SLOT(m, M_SEQ));
+        unsigned long long seq = PyErr_Occurred() ? 0 : PyLong_AsUnsignedLongLong(SLOT(m, M_SEQ));
         if (PyErr_Occurred() || slot > UINT32_MAX) { /* not ours: leave all to Python */
             PyErr_Clear();
             PyMem_RawFree(slots);
@@ -469,7 +488,7 @@ static PyMethodDef methods[] = {
     {"publish1", (PyCFunction)(void (*)(void))fast_publish1, METH_FASTCALL,
      "publish1(ring, payload, timeout_ns) -> seq or a negative code"},
     {"publish", (PyCFunction)(void (*)(void))fast_publish, METH_FASTCALL,
-     "publish(ring, list of bytes, timeout_ns) -> first seq, a negative code, or None "
+     "publish(ring, list of bytes, timeout_ns) -> last seq, a negative code, or None "
      "if an item is not bytes"},
     {"read", (PyCFunction)(void (*)(void))fast_read, METH_FASTCALL,
      "read(ring, member, gen, batch, max, timeout_ns) -> [bytes, ...] or a negative code"},

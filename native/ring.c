@@ -703,11 +703,12 @@ int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
         pmq_group_t *g = pmq_member_group(r, m, gen, &rc);
         if (!g)
             return rc;
-        if (!b->buf && !(g->flags & PMQ_GROUP_ACK))
+        int ack = (__atomic_load_n(&g->flags, __ATOMIC_RELAXED) & PMQ_GROUP_ACK) != 0; /* once */
+        if (!b->buf && !ack)
             return PMQ_EINVAL; /* zero-copy only where records stay until acked */
         uint64_t cur = 0, tail = 0;
         pmq_ack_snap_t snap;
-        if (g->flags & PMQ_GROUP_ACK)
+        if (ack)
             rc = pmq_ack_read(r, m, member, g, gen, b, max_count, &snap);
         else
             rc = plain_read(r, m, gen, g, b, max_count, &cur, &tail);
@@ -719,9 +720,9 @@ int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
             return PMQ_CLOSED;
         if (timeout_ns == 0)
             return PMQ_EMPTY;
-        if (!spun++ && spin_for_tail(h, (g->flags & PMQ_GROUP_ACK) ? snap.tail : tail, deadline))
+        if (!spun++ && spin_for_tail(h, ack ? snap.tail : tail, deadline))
             continue;
-        if (g->flags & PMQ_GROUP_ACK)
+        if (ack)
             rc = wait_for_ack(r, m, gen, g, &snap, deadline);
         else
             rc = wait_for_data(r, m, gen, g, cur, tail, deadline);

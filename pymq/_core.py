@@ -191,11 +191,12 @@ class Ring(_Mapped):
 
     def publish_list(self, payloads, timeout_ns: int) -> int | None:
         """Publish a list (or tuple) of bytes in one native call, all or none;
-        returns the seq of the first, or None if an item is not bytes."""
+        returns the seq of the last, or None if an item is not bytes."""
         rc = _fast.publish(self.addr, payloads, timeout_ns)
         if rc is None or rc > 0:
             return rc
-        return _wait_on(rc, timeout_ns, lambda left: _fast.publish(self.addr, payloads, left),
+        again = tuple(payloads)  # after a signal: what was checked, whatever the list does now
+        return _wait_on(rc, timeout_ns, lambda left: _fast.publish(self.addr, again, left),
                         self.topic)
 
     def publish_many(self, joined: bytes, lens, timeout_ns: int) -> int:

@@ -296,11 +296,11 @@ class Client:
             payloads = list(payloads)  # an iterator, say
         if not payloads:
             raise ValueError("publish_many needs at least one payload")
-        first = ring.publish_list(payloads, timeout_ns)  # bytes only, copied once in C
-        if first is None:
-            payloads = [p if type(p) is bytes else _as_bytes(p) for p in payloads]
-            first = ring.publish_list(payloads, timeout_ns)
-        return first + len(payloads) - 1
+        last = ring.publish_list(payloads, timeout_ns)  # bytes only, copied once in C
+        if last is None:
+            last = ring.publish_list([p if type(p) is bytes else _as_bytes(p) for p in payloads],
+                                     timeout_ns)
+        return last
 
     # -- subscribing ------------------------------------------------------------
 
