@@ -360,29 +360,17 @@ static PyObject *read_common(PyObject *const *args, Py_ssize_t n, const char *na
     return list;
 }
 
-static PyObject *fast_read(PyObject *self, PyObject *const *args, Py_ssize_t n)
-{
-    (void)self;
-    return read_common(args, n, "read", 0, payload);
-}
-
-static PyObject *fast_read1(PyObject *self, PyObject *const *args, Py_ssize_t n)
-{
-    (void)self;
-    return read_common(args, n, "read1", 1, payload);
-}
-
-static PyObject *fast_read_messages(PyObject *self, PyObject *const *args, Py_ssize_t n)
-{
-    (void)self;
-    return read_common(args, n, "read_messages", 0, NULL);
-}
-
-static PyObject *fast_read1_message(PyObject *self, PyObject *const *args, Py_ssize_t n)
-{
-    (void)self;
-    return read_common(args, n, "read1_message", 1, NULL);
-}
+/* The four reads' entry points: which result, one record or a list. */
+#define READ_ENTRY(fn, name, one, make)                                       \
+    static PyObject *fn(PyObject *self, PyObject *const *args, Py_ssize_t n) \
+    {                                                                         \
+        (void)self;                                                           \
+        return read_common(args, n, name, one, make);                         \
+    }
+READ_ENTRY(fast_read, "read", 0, payload)
+READ_ENTRY(fast_read1, "read1", 1, payload)
+READ_ENTRY(fast_read_messages, "read_messages", 0, NULL)
+READ_ENTRY(fast_read1_message, "read1_message", 1, NULL)
 
 /* ack1(ring, group, gen, slot, seq) -> 1 (acked), 0 (no longer pending) or a code */
 static PyObject *fast_ack1(PyObject *self, PyObject *const *args, Py_ssize_t n)
