@@ -72,17 +72,6 @@ def check(rc: int, context: str = "") -> int:
     raise exc(f"{context}: {text}" if context else text)
 
 
-def _wait_on(rc, timeout_ns: int, call, topic: str, least: int = 1):
-    """The slow path of a call that returned rc: after a signal (PMQ_EINTR; its
-    Python handler has run by now) call again for the time left of timeout_ns;
-    return the result (an int >= least, or the object a pymq._fast call
-    returns), raise for an error code."""
-    deadline = time.monotonic_ns() + timeout_ns
-    while rc == EINTR:
-        rc = call(-1 if timeout_ns < 0 else max(0, deadline - time.monotonic_ns()))
-    return check(rc, f"topic {topic!r}") if type(rc) is int and rc < least else rc
-
-
 def ns_size() -> int:
     return lib.pmq_ns_size()
 
@@ -178,9 +167,14 @@ class Ring(_Mapped):
         self.put1 = partial(_fast.publish1, self.addr)
 
     def finish(self, rc: int, timeout_ns: int, call):
-        """A hot call's slow path: retry call(timeout left) after a signal, or
-        raise for the error code rc."""
-        return _wait_on(rc, timeout_ns, call, self.topic)
+        """A call's slow path, after it returned the code rc: after a signal
+        (PMQ_EINTR; its Python handler has run by now) call(time left of
+        timeout_ns) again; return the result (a count or seq, or the object a
+        pymq._fast call returns), raise for an error code."""
+        deadline = time.monotonic_ns() + timeout_ns
+        while rc == EINTR:
+            rc = call(-1 if timeout_ns < 0 else max(0, deadline - time.monotonic_ns()))
+        return check(rc, f"topic {self.topic!r}") if type(rc) is int else rc
 
     # -- publishing ---------------------------------------------------------
 
@@ -196,18 +190,7 @@ class Ring(_Mapped):
         if rc is None or rc > 0:
             return rc
         again = tuple(payloads)  # after a signal: what was checked, whatever the list does now
-        return _wait_on(rc, timeout_ns, lambda left: _fast.publish(self.addr, again, left),
-                        self.topic)
-
-    def publish_many(self, joined: bytes, lens, timeout_ns: int) -> int:
-        """Publish payloads laid end to end in joined with lengths lens (an
-        array('I')); all or none. Returns the seq of the first."""
-        lens_ptr = ffi.from_buffer("uint32_t[]", lens)
-        rc = lib.pmq_ring_publish(self.h, joined, lens_ptr, len(lens), timeout_ns)
-        if rc > 0:
-            return rc
-        return _wait_on(rc, timeout_ns, lambda left: lib.pmq_ring_publish(
-            self.h, joined, lens_ptr, len(lens), left), self.topic)
+        return self.finish(rc, timeout_ns, partial(_fast.publish, self.addr, again))
 
     def test_stop_in_publish(self, data: bytes, phase: int) -> int:
         """Tests only: stop a publish part-way, keeping the mutex (then die)."""
@@ -423,5 +406,5 @@ class Reader(Batch):
         rc = lib.pmq_ring_read(h, self.member, self.gen, self.b, n, timeout_ns)
         if rc > 0:
             return rc
-        return _wait_on(rc, timeout_ns, lambda left: lib.pmq_ring_read(
-            h, self.member, self.gen, self.b, n, left), ring.topic)
+        return self.finish(rc, timeout_ns, lambda left: lib.pmq_ring_read(
+            h, self.member, self.gen, self.b, n, left))

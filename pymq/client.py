@@ -557,26 +557,17 @@ class AckSubscription(Subscription):
 
     def _settle_many(self, how: str, msgs) -> int:
         """One native call per subscription the messages came from."""
-        mine, others = [], {}
+        by_sub = {}
         for m in msgs:
-            sub = m._sub
-            if sub is not None and not m._settled:
-                if m._views:
-                    m._settle()
-                else:
-                    m._settled = True
-                if sub is self:  # the usual case: no dict per message
-                    mine.append(m)
-                else:
-                    others.setdefault(sub, []).append(m)
-        if mine:
-            others[self] = mine
+            if m._sub is not None and not m._settled:
+                m._settle()
+                by_sub.setdefault(m._sub, []).append(m)
         return sum(sub._ring.settle(how, sub._group, sub._group_gen,
                                     array("I", [m._slot for m in part]),
                                     array("Q", [m.seq for m in part]),
                                     array("I", [m.delivery_attempt for m in part])
                                     if how == "nack" else None)
-                   for sub, part in others.items())
+                   for sub, part in by_sub.items())
 
     def ack_many(self, msgs) -> int:
         """Ack many messages in one native call (per subscription they came
