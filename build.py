@@ -28,15 +28,16 @@ if os.environ.get("PYMQ_SANITIZE"):
     LDFLAGS += san
 
 
-def make_ffi(root):
-    """The builder, with paths relative to root (setuptools wants them relative)."""
+def cffi_module(root, name: str, cdef: str, folder: pathlib.Path, headers, sources):
+    """A cffi builder of module name from the C files of folder, with paths
+    relative to root (setuptools wants them relative)."""
     ffi = FFI()
-    ffi.cdef((NATIVE / "pmq_cdef.h").read_text())
+    ffi.cdef(cdef)
     ffi.set_source(
-        "pymq._native",
-        '#include "pmq_ring.h"\n#include "pmq_ns.h"\n',
-        sources=[os.path.relpath(NATIVE / s, root) for s in SOURCES],
-        include_dirs=[os.path.relpath(NATIVE, root)],
+        name,
+        "".join(f'#include "{h}"\n' for h in headers),
+        sources=[os.path.relpath(folder / s, root) for s in sources],
+        include_dirs=[os.path.relpath(folder, root)],
         extra_compile_args=CFLAGS,
         extra_link_args=LDFLAGS,
         libraries=["pthread"],
@@ -44,26 +45,21 @@ def make_ffi(root):
     return ffi
 
 
+def make_ffi(root):
+    """The builder of pymq._native: the ring."""
+    return cffi_module(root, "pymq._native", (NATIVE / "pmq_cdef.h").read_text(), NATIVE,
+                       ["pmq_ring.h", "pmq_ns.h"], SOURCES)
+
+
 def make_codec(root):
     """The builder of pymq._codec (declarations as in codec/pmq_jsonl.h)."""
-    ffi = FFI()
-    ffi.cdef("""
+    return cffi_module(root, "pymq._codec", """
         #define PMQ_JSONL_FRAME 80
         uint64_t pmq_jsonl_line_max(uint32_t len);
         int64_t pmq_jsonl_encode(const char *buf, uint64_t buflen, const uint64_t *offs,
                                  const uint32_t *lens, const uint64_t *seqs, const int64_t *ts_ns,
                                  uint32_t n, char *out, uint64_t out_cap, uint64_t *ends);
-    """)
-    ffi.set_source(
-        "pymq._codec",
-        '#include "pmq_jsonl.h"\n',
-        sources=[os.path.relpath(CODEC / "pmq_jsonl.c", root)],
-        include_dirs=[os.path.relpath(CODEC, root)],
-        extra_compile_args=CFLAGS,
-        extra_link_args=LDFLAGS,
-        libraries=["pthread"],
-    )
-    return ffi
+    """, CODEC, ["pmq_jsonl.h"], ["pmq_jsonl.c"])
 
 
 def fast_extension(root=None):

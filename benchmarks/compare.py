@@ -239,7 +239,7 @@ def _single_loop(recv, tup, ack, count, producers, nxt, crcs):
 def _batch_loop(recv_many, ack_many, count, size, nxt, crcs):
     """Batched receives until count messages; returns (received, disorder, first_bad, acked)."""
     unpack, crc32 = INDEX.unpack_from, zlib.crc32
-    small = size * BATCH <= 64 * KIB   # a larger join would be an mmap and page faults per batch
+    small = size * BATCH <= H.JOIN_MAX
     got, disorder, first_bad, acked = 0, 0, None, 0
     while got < count:
         msgs = recv_many()
@@ -248,13 +248,7 @@ def _batch_loop(recv_many, ack_many, count, size, nxt, crcs):
         first = unpack(items[0])[0]
         k, i0 = first >> SHIFT, first & MASK
         if i0 == nxt[k] and [unpack(p)[0] for p in items] == list(range(first, first + n)):
-            if small:
-                crcs[k] = crc32(b"".join(items), crcs[k])
-            else:
-                c = crcs[k]
-                for p in items:
-                    c = crc32(p, c)
-                crcs[k] = c
+            crcs[k] = H.crc_batch(items, crcs[k], small)
             nxt[k] = i0 + n
         else:  # several producers' messages in one batch, or out of order
             for p in items:

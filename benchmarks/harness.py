@@ -52,6 +52,19 @@ def payloads_crc(size: int, indices) -> int:
     return crc
 
 
+JOIN_MAX = 64 * 1024  # a larger b"".join would be an mmap, and page faults, per batch
+
+
+def crc_batch(items, crc: int, joined: bool) -> int:
+    """crc32 of a batch of payloads, in order, continuing crc: one call over
+    their join if joined (batches of at most JOIN_MAX bytes), else one per payload."""
+    if joined:
+        return zlib.crc32(b"".join(items), crc)
+    for p in items:
+        crc = zlib.crc32(p, crc)
+    return crc
+
+
 # -- clocks -------------------------------------------------------------------------
 
 

@@ -161,7 +161,7 @@ def subscriber(name, ntopics, size, count, mode, ready, go, conn) -> None:
             if not go.wait(START_TIMEOUT):
                 raise RuntimeError("no go signal")
             unpack, crc32 = INDEX.unpack_from, zlib.crc32
-            small = size * BATCH <= 64 * KiB
+            small = size * BATCH <= H.JOIN_MAX
             nxt = list(range(ntopics))          # next index expected on each topic
             crcs = [0] * ntopics
             got, disorder, first_bad, empty_polls = 0, 0, None, 0
@@ -194,13 +194,7 @@ def subscriber(name, ntopics, size, count, mode, ready, go, conn) -> None:
                             disorder += 1
                             first_bad = first_bad or (k, nxt[k], idx[:4])
                         nxt[k] += n * ntopics
-                        if small:
-                            crcs[k] = crc32(b"".join(items), crcs[k])
-                        else:
-                            c = crcs[k]
-                            for p in items:
-                                c = crc32(p, c)
-                            crcs[k] = c
+                        crcs[k] = H.crc_batch(items, crcs[k], small)
                         got += n
                         progress = True
                     if not progress:

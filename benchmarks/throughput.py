@@ -99,7 +99,7 @@ def subscriber(name, topic, size, batch, count, ready, go, conn) -> None:
             if not go.wait(START_TIMEOUT):
                 raise RuntimeError("no go signal")
             unpack, crc32 = INDEX.unpack_from, zlib.crc32
-            small = size * batch <= 64 * 1024
+            small = size * batch <= H.JOIN_MAX
             crc, got, disorder, first_bad = 0, 0, 0, None
             cs, cpu, t0 = ctx_switches(), cpu_ns(), clock_ns()
             if batch == 1:
@@ -119,11 +119,7 @@ def subscriber(name, topic, size, batch, count, ready, go, conn) -> None:
                     if idx != list(range(got, got + len(items))):
                         disorder += 1
                         first_bad = (got, idx) if first_bad is None else first_bad
-                    if small:
-                        crc = crc32(b"".join(items), crc)
-                    else:  # a 256 KiB join would be an mmap and page faults per batch
-                        for p in items:
-                            crc = crc32(p, crc)
+                    crc = H.crc_batch(items, crc, small)
                     got += len(items)
             t1 = clock_ns()
             out = H.measured(cpu, cs, t0, t1)
