@@ -162,11 +162,7 @@ class TopicLog:
         is skipped (or, with wait, waits for it). An fsync that failed is raised
         here, at the next batch."""
         if self._behind is not None and (wait or not self._behind.is_alive()):
-            self._behind.join()
-            self._behind = None
-        if self._behind_error is not None:
-            e, self._behind_error = self._behind_error, None
-            raise e
+            self._join_behind()
         if self._behind is not None:
             return
         fd = os.dup(self.fd)
@@ -184,6 +180,15 @@ class TopicLog:
         self._behind = threading.Thread(target=fsync, name="pymq-fsync", daemon=True)
         self._behind.start()
 
+    def _join_behind(self) -> None:
+        """Wait for the background fsync, if any; raise the error it met."""
+        if self._behind is not None:
+            self._behind.join()
+            self._behind = None
+        if self._behind_error is not None:
+            e, self._behind_error = self._behind_error, None
+            raise e
+
     def _write(self, view: memoryview) -> None:
         size = len(view)
         while view:
@@ -194,12 +199,7 @@ class TopicLog:
 
     def sync(self) -> None:
         """fsync now (after the background one, if any, has finished)."""
-        if self._behind is not None:
-            self._behind.join()
-            self._behind = None
-            if self._behind_error is not None:
-                e, self._behind_error = self._behind_error, None
-                raise e
+        self._join_behind()
         if self.fd is not None and self.unsynced:
             os.fsync(self.fd)
             self.fsyncs += 1
