@@ -53,17 +53,12 @@ static char *b64_encode(char *o, const unsigned char *s, uint32_t len)
         memcpy(o + 2, &pairs[v & 4095], 2);
         o += 4;
     }
-    if (len - i == 1) {
-        uint32_t v = (uint32_t)s[i] << 16;
+    if (len - i) { /* 1 or 2 bytes left: one group, padded */
+        int two = len - i == 2;
+        uint32_t v = (uint32_t)s[i] << 16 | (two ? (uint32_t)s[i + 1] << 8 : 0);
         o[0] = B64[v >> 18];
         o[1] = B64[v >> 12 & 63];
-        o[2] = o[3] = '=';
-        o += 4;
-    } else if (len - i == 2) {
-        uint32_t v = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8;
-        o[0] = B64[v >> 18];
-        o[1] = B64[v >> 12 & 63];
-        o[2] = B64[v >> 6 & 63];
+        o[2] = two ? B64[v >> 6 & 63] : '=';
         o[3] = '=';
         o += 4;
     }
