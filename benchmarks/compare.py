@@ -113,9 +113,6 @@ STREAM_CASES = [
 # ping-pong: payload bytes, warm-up round trips, measured round trips (full, quick)
 PINGPONG = ("B ping-pong 64 B", 64, (2_000, 20_000), (200, 2_000))
 SCENARIOS = ["A", "B", "C", "D", "E"]
-PERSIST_POLL_S = 0.0005             # scenario E: how often the parent polls the writer's group
-
-
 def persisted(case_key: str) -> bool:
     return case_key.startswith("E on")
 
@@ -435,12 +432,12 @@ def run_stream(ctx, case, impl: str, count: int, crc_cache: dict) -> dict:
             H.wait_event(ready, proc, f"producer {k}", START_TIMEOUT)
         H.wait_event(sub_warm, cons, "consumer (warm-up)", START_TIMEOUT)
         if persist:  # the writer has put the warm-up message on disk: it is running
-            wait_persisted(ch.broker, producers, START_TIMEOUT)
+            H.wait_persisted(ch.broker, "t", producers, START_TIMEOUT)
         go.set()
         budget = budget_s(count, size)
         c = H.receive(cons_conn, cons, "consumer", budget)
         if persist:
-            wait_persisted(ch.broker, count + producers, budget)
+            H.wait_persisted(ch.broker, "t", count + producers, budget)
             caught_up_ns = now_ns()
         ps = [H.receive(conn, proc, f"producer {k}", budget) for k, (proc, conn, _) in enumerate(prods)]
         H.finish(procs, START_TIMEOUT)
@@ -509,18 +506,6 @@ def run_stream(ctx, case, impl: str, count: int, crc_cache: dict) -> dict:
             "writer_after_consumer_s": (max(0, caught_up_ns - c["end_ns"]) / 1e9
                                         if caught_up_ns else None),
             "verified": True, **extra}
-
-
-def wait_persisted(broker, n: int, timeout: float) -> None:
-    """Until the persistence writer has written and acked n messages of topic "t"."""
-    deadline = time.monotonic() + timeout
-    while True:
-        g = broker.stats()["topics"]["t"]["groups"].get(pymq._core.PERSIST_GROUP)
-        if g is not None and g["acked"] >= n and g["lag"] == 0 and g["pending"] == 0:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the persistence writer did not write {n} messages in {timeout:g} s: {g}")
-        time.sleep(PERSIST_POLL_S)  # polling a figure another process moves: no event to wait on
 
 
 def count_log_lines(root: str, topic: str) -> int:

@@ -167,6 +167,26 @@ def leftovers(name: str) -> list[str]:
 # -- results ----------------------------------------------------------------------------------
 
 
+PERSIST_POLL_S = 0.0005  # how often the parent polls a persistence writer's group
+PERSIST_GROUP = "~persist"  # pymq._core.PERSIST_GROUP (harness does not import pymq at load)
+
+
+def wait_persisted(broker, topic: str, acked: int, timeout: float) -> int:
+    """Until the persistence writer of topic (its "~persist" group) has acked at
+    least `acked` messages and has none pending or unread; returns the number of
+    polls. Polling a figure another process moves: there is no event to wait on."""
+    deadline, polls = time.monotonic() + timeout, 0
+    while True:
+        g = broker.stats()["topics"][topic]["groups"].get(PERSIST_GROUP)
+        polls += 1
+        if g is not None and g["acked"] >= acked and g["lag"] == 0 and g["pending"] == 0:
+            return polls
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the persistence writer of {topic!r} did not catch up "
+                               f"({acked} acked) in {timeout:g} s: {g}")
+        time.sleep(PERSIST_POLL_S)
+
+
 def median(runs: list[dict], key: str):
     return statistics.median(r[key] for r in runs)
 

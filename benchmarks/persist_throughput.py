@@ -66,7 +66,6 @@ from pymq import _core, persistence  # noqa: E402
 RING_BYTES = 64 * 1024 * 1024
 BATCH = tp.BATCH
 PERSIST = _core.PERSIST_GROUP
-POLL_S = 0.0005
 DRAIN_TIMEOUT = 300.0
 
 # name, payload bytes, messages per call, default messages, --quick messages
@@ -146,16 +145,8 @@ def run_once(ctx, persist: bool, label_k: int, size: int, batch: int, count: int
             s = H.receive(sub_recv, sub, "subscriber", budget)
             caught_up_ns, polls = None, 0
             if persist:
-                deadline = time.monotonic() + DRAIN_TIMEOUT
-                while True:
-                    g = persist_group(broker, topic)
-                    polls += 1
-                    if g["lag"] == 0 and g["pending"] == 0:
-                        caught_up_ns = H.clock_ns()
-                        break
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"writer did not catch up in {DRAIN_TIMEOUT} s: {g}")
-                    time.sleep(POLL_S)
+                polls = H.wait_persisted(broker, topic, 0, DRAIN_TIMEOUT)
+                caught_up_ns = H.clock_ns()
             end_ns = max(s["end_ns"], caught_up_ns or 0)
             cpu1 = sup_cpu_s(sup)
             H.finish(procs, tp.START_TIMEOUT)
