@@ -28,6 +28,7 @@ import sys
 import time
 
 from . import __version__
+from .config import check_broker_name, check_group, check_topic
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -43,28 +44,21 @@ class Failure(Exception):
 
 # -- argument types -------------------------------------------------------------------
 
-def _broker_name(text: str) -> str:
-    from .config import check_broker_name
-    try:
-        return check_broker_name(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _checked(check):
+    """An argparse type from one of config's name checks: its ValueError is
+    the one-line usage error."""
+    def parse(text: str) -> str:
+        try:
+            return check(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = check.__name__
+    return parse
 
 
-def _topic(text: str) -> str:
-    from .config import check_topic
-    try:
-        return check_topic(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _group(text: str) -> str:
-    from .config import check_group
-    try:
-        return check_group(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+broker_name_arg = _checked(check_broker_name)  # also the demo's --name
+_topic = _checked(check_topic)
+_group = _checked(check_group)
 
 
 def _number(kind, least, want: str):
@@ -120,7 +114,7 @@ def _default_name() -> str:
 
 
 def _add_name(p: argparse.ArgumentParser, what: str = "broker name") -> None:
-    p.add_argument("--name", type=_broker_name, default=None, metavar="NAME",
+    p.add_argument("--name", type=broker_name_arg, default=None, metavar="NAME",
                    help=f"{what} (default: $PYMQ_NAME or 'pymq')")
 
 
@@ -279,7 +273,7 @@ def _add_source(p: argparse.ArgumentParser) -> None:
     where.add_argument("--admin", metavar="ADDR",
                        help="read from the admin server at ADDR (host:port or http://host:port; "
                             "default: $MQ_SERVICE_ENDPOINT, unless --name is given)")
-    where.add_argument("--name", type=_broker_name, default=None, metavar="NAME",
+    where.add_argument("--name", type=broker_name_arg, default=None, metavar="NAME",
                        help="read the shared memory of broker NAME on this machine directly "
                             "(default: $PYMQ_NAME or 'pymq', when no admin address is known)")
 
@@ -760,7 +754,7 @@ def build_parser() -> ArgumentParser:
     p = _sub(sub, "clean", "remove what a dead broker left in /dev/shm",
              "Remove the shared-memory segments and token files of a broker that is no longer "
              "running. Refuses (exit 1) when a live broker owns the name.")
-    p.add_argument("--name", type=_broker_name, default=_default_name(), metavar="NAME",
+    p.add_argument("--name", type=broker_name_arg, default=_default_name(), metavar="NAME",
                    help="broker name (default: $PYMQ_NAME or 'pymq')")
     p.set_defaults(func=cmd_clean)
 

@@ -454,6 +454,7 @@ def _settled(stats: dict) -> bool:
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The demo's options (shared with `pymq demo`)."""
+    from pymq.cli import broker_name_arg
     p.add_argument("--duration", type=_positive_float, default=15.0, metavar="SECONDS",
                    help="how long the streamers publish (default 15)")
     p.add_argument("--streamers", type=_count, default=4, metavar="N",
@@ -464,7 +465,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="messages per second per streamer; 0: as fast as possible (default 2000)")
     p.add_argument("--batch", type=_positive_int, default=1, metavar="N",
                    help="payloads per publish call (>1 uses publish_many; default 1)")
-    p.add_argument("--name", type=_broker_name, default=None, metavar="NAME",
+    p.add_argument("--name", type=broker_name_arg, default=None, metavar="NAME",
                    help="broker name (default: demo-<pid>)")
     p.add_argument("--ack-batch", type=_nonneg_int, default=0, metavar="N",
                    help="a collector acks (ack_many) once N processed messages are waiting; "
@@ -500,14 +501,6 @@ def _number(text: str, kind, ok, want: str):
 
 def _count(text: str) -> int:
     return _number(text, int, lambda v: 1 <= v <= MAX_PROCS, f"an integer from 1 to {MAX_PROCS}")
-
-
-def _broker_name(text: str) -> str:
-    from pymq.config import check_broker_name
-    try:
-        return check_broker_name(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive_int(text: str) -> int:
