@@ -25,7 +25,7 @@
 #include "pmq_ring.h"
 
 typedef int64_t (*publish1_fn)(pmq_ring_t *, const char *, uint32_t, int64_t);
-typedef int64_t (*publish_fn)(pmq_ring_t *, const char *, const uint32_t *, uint32_t, int64_t);
+typedef int64_t (*publish_fn)(pmq_ring_t *, const char *const *, const uint32_t *, uint32_t, int64_t);
 typedef int (*read_fn)(pmq_ring_t *, uint32_t, uint32_t, pmq_batch_t *, uint32_t, int64_t);
 typedef int (*ack_fn)(pmq_ring_t *, uint32_t, uint32_t, const uint32_t *, const uint64_t *,
                       uint32_t);
@@ -45,6 +45,10 @@ static const char *const msg_names[M_COUNT] = {
     "_sub", "_slot", "_pos", "_views", "_settled"};
 static PyTypeObject *msg_type;
 static Py_ssize_t msg_off[M_COUNT];
+static PyObject *msg_ack_general; /* the class's own ack (Python): every case but the common one */
+static PyObject *msg_check;       /* _core.check(rc, what): raises for a negative code */
+static PyObject *msg_ack_descr;   /* the ack that bind_message returns */
+static PyObject *str_ack1;        /* "_ack1": a subscription's bound ack1 */
 
 #define SLOT(obj, k) (*(PyObject **)((char *)(obj) + msg_off[k]))
 
@@ -117,11 +121,20 @@ static PyObject *fast_bind(PyObject *self, PyObject *const *args, Py_ssize_t n)
     Py_RETURN_NONE;
 }
 
-/* bind_message(Message): where each slot of the class lives. */
+static PyObject *message_ack(PyObject *m, PyObject *unused);
+
+static PyMethodDef message_ack_def = {
+    "ack", message_ack, METH_NOARGS,
+    "Acknowledge: the message will not be delivered to this group again.\n"
+    "Idempotent; a no-op on a message that needs no ack."};
+
+/* bind_message(Message, check): where each slot of the class lives; returns
+ * the method to install as Message.ack (the class's own ack stays its general
+ * path; check(rc, what) raises for a failed ack's code). */
 static PyObject *fast_bind_message(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
     (void)self;
-    if (!nargs_ok(n, 1, "bind_message"))
+    if (!nargs_ok(n, 2, "bind_message"))
         return NULL;
     if (!PyType_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "bind_message() takes a class");
@@ -129,7 +142,7 @@ static PyObject *fast_bind_message(PyObject *self, PyObject *const *args, Py_ssi
     }
     PyTypeObject *type = (PyTypeObject *)args[0];
     if (msg_type == type)
-        Py_RETURN_NONE;
+        return Py_NewRef(msg_ack_descr);
     if (msg_type) { /* one class for the process: a Message being built must keep its offsets */
         PyErr_Format(PyExc_TypeError, "pymq._fast is bound to %s already", msg_type->tp_name);
         return NULL;
@@ -155,9 +168,67 @@ static PyObject *fast_bind_message(PyObject *self, PyObject *const *args, Py_ssi
             return NULL;
         }
     }
+    PyObject *general = PyObject_GetAttrString(args[0], "ack");
+    if (!general)
+        return NULL;
+    if (!PyFunction_Check(general)) {
+        Py_DECREF(general);
+        PyErr_Format(PyExc_TypeError, "%s.ack is not a Python function", type->tp_name);
+        return NULL;
+    }
+    PyObject *descr = PyDescr_NewMethod(type, &message_ack_def);
+    str_ack1 = str_ack1 ? str_ack1 : PyUnicode_InternFromString("_ack1");
+    if (!descr || !str_ack1) {
+        Py_XDECREF(descr);
+        Py_DECREF(general);
+        return NULL;
+    }
     memcpy(msg_off, off, sizeof off);
-    Py_INCREF(type);
-    msg_type = type;
+    msg_ack_general = general;
+    msg_check = Py_NewRef(args[1]);
+    msg_ack_descr = descr;
+    msg_type = (PyTypeObject *)Py_NewRef(type);
+    return Py_NewRef(descr);
+}
+
+/* Message.ack: a pending delivery of an ack subscription, not viewed, is
+ * acked here, through its subscription's bound ack1 (one call, no Python
+ * frame); everything else (a message made by the user, settled, viewed) goes
+ * to the class's own ack. As that one: settled first, then acked; a negative
+ * code raises through check. */
+static PyObject *message_ack(PyObject *m, PyObject *unused)
+{
+    (void)unused;
+    PyObject *sub = SLOT(m, M_SUB), *slot = SLOT(m, M_SLOT), *seq = SLOT(m, M_SEQ);
+    if (!sub || sub == Py_None || SLOT(m, M_SETTLED) != Py_False || SLOT(m, M_VIEWS) != Py_None ||
+        !slot || !seq)
+        return PyObject_CallOneArg(msg_ack_general, m);
+    PyObject *ack1 = PyObject_GetAttr(sub, str_ack1);
+    if (!ack1)
+        return NULL;
+    PyObject *argv[2] = {Py_NewRef(slot), Py_NewRef(seq)};
+    Py_SETREF(SLOT(m, M_SETTLED), Py_NewRef(Py_True));
+    PyObject *rc = PyObject_Vectorcall(ack1, argv, 2, NULL);
+    Py_DECREF(ack1);
+    Py_DECREF(argv[0]);
+    Py_DECREF(argv[1]);
+    if (!rc)
+        return NULL;
+    long v = PyLong_Check(rc) ? PyLong_AsLong(rc) : 0;
+    if (v >= 0 || PyErr_Occurred()) {
+        Py_DECREF(rc);
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *topic = SLOT(m, M_TOPIC);
+    PyObject *what = PyUnicode_FromFormat("topic %R", topic ? topic : Py_None);
+    PyObject *out = what ? PyObject_CallFunctionObjArgs(msg_check, rc, what, NULL) : NULL;
+    Py_XDECREF(what);
+    Py_DECREF(rc);
+    if (!out)
+        return NULL;
+    Py_DECREF(out);
     Py_RETURN_NONE;
 }
 
@@ -188,7 +259,11 @@ static PyObject *fast_publish1(PyObject *self, PyObject *const *args, Py_ssize_t
 
 /* publish(ring, payloads: list or tuple of bytes, timeout_ns) -> seq of the
  * last or a negative code; None if an item is not bytes (the caller then
- * converts them). One native call, all or none. */
+ * converts them). One native call, all or none. The payloads are not copied
+ * here: the ring copies each from its bytes object, which cannot change, and
+ * a tuple of them (the list itself may change in another thread while the
+ * GIL is released) keeps them alive until it returns. */
+#define PUBLISH_STACK 64 /* parts and lengths of a batch this size live on the stack */
 static PyObject *fast_publish(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
     (void)self;
@@ -197,48 +272,53 @@ static PyObject *fast_publish(PyObject *self, PyObject *const *args, Py_ssize_t 
     if (!nargs_ok(n, 3, "publish") || !bound() || as_ptr(args[0], &ring) ||
         as_i64(args[2], &timeout))
         return NULL;
-    PyObject *seq = args[1];
-    if (!PyList_Check(seq) && !PyTuple_Check(seq))
+    if (!PyList_Check(args[1]) && !PyTuple_Check(args[1]))
         Py_RETURN_NONE;
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
-    if (count == 0)
-        return PyLong_FromLong(PMQ_EINVAL);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    uint64_t total = 0;
+    PyObject *held = PySequence_Tuple(args[1]); /* a tuple: the same one, referenced */
+    if (!held)
+        return NULL;
+    Py_ssize_t count = PyTuple_GET_SIZE(held);
+    PyObject *result = NULL;
+    const char *parts_stack[PUBLISH_STACK], **parts = parts_stack;
+    uint32_t lens_stack[PUBLISH_STACK], *lens = lens_stack;
     int too_big = (uint64_t)count > UINT32_MAX;
     for (Py_ssize_t i = 0; i < count; i++) { /* every type first, then sizes */
-        if (!PyBytes_Check(items[i]))
-            Py_RETURN_NONE;
-        uint64_t len = (uint64_t)PyBytes_GET_SIZE(items[i]);
-        too_big |= len > UINT32_MAX;
-        total += len;
+        PyObject *item = PyTuple_GET_ITEM(held, i);
+        if (!PyBytes_Check(item)) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        too_big |= (uint64_t)PyBytes_GET_SIZE(item) > UINT32_MAX;
     }
-    if (too_big)
-        return PyLong_FromLong(PMQ_ETOOBIG);
-    /* one contiguous copy: the GIL is released during the call, and the list
-     * may change meanwhile in another thread */
-    uint32_t *lens = PyMem_RawMalloc((size_t)count * sizeof *lens);
-    char *data = PyMem_RawMalloc(total ? (size_t)total : 1);
-    if (!lens || !data) {
-        PyMem_RawFree(lens);
-        PyMem_RawFree(data);
-        return PyErr_NoMemory();
+    if (count == 0 || too_big) {
+        result = PyLong_FromLong(count == 0 ? PMQ_EINVAL : PMQ_ETOOBIG);
+        goto done;
     }
-    uint64_t at = 0;
+    if (count > PUBLISH_STACK) {
+        parts = PyMem_RawMalloc((size_t)count * sizeof *parts);
+        lens = PyMem_RawMalloc((size_t)count * sizeof *lens);
+        if (!parts || !lens) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
     for (Py_ssize_t i = 0; i < count; i++) {
-        uint32_t len = (uint32_t)PyBytes_GET_SIZE(items[i]);
-        memcpy(data + at, PyBytes_AS_STRING(items[i]), len);
-        lens[i] = len;
-        at += len;
+        PyObject *item = PyTuple_GET_ITEM(held, i);
+        parts[i] = PyBytes_AS_STRING(item);
+        lens[i] = (uint32_t)PyBytes_GET_SIZE(item);
     }
     int64_t rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = f_publish((pmq_ring_t *)ring, data, lens, (uint32_t)count, timeout);
+    rc = f_publish((pmq_ring_t *)ring, parts, lens, (uint32_t)count, timeout);
     Py_END_ALLOW_THREADS
-    PyMem_RawFree(lens);
-    PyMem_RawFree(data);
-    /* the last seq, from the count copied: the list may have changed meanwhile */
-    return PyLong_FromLongLong(rc > 0 ? rc + (int64_t)count - 1 : rc);
+    result = PyLong_FromLongLong(rc > 0 ? rc + (int64_t)count - 1 : rc); /* the last seq */
+done:
+    if (parts != parts_stack)
+        PyMem_RawFree((void *)parts);
+    if (lens != lens_stack)
+        PyMem_RawFree(lens);
+    Py_DECREF(held);
+    return result;
 }
 
 /* The read's common part: args (ring, member, gen, batch, max, timeout_ns).
@@ -461,7 +541,8 @@ static PyMethodDef methods[] = {
      "bind(publish1, publish, read, group_ack, group_ack1): the addresses of pymq._native's "
      "functions"},
     {"bind_message", (PyCFunction)(void (*)(void))fast_bind_message, METH_FASTCALL,
-     "bind_message(Message): the class whose objects read_messages makes"},
+     "bind_message(Message, check): the class whose objects read_messages makes; returns the "
+     "method to install as its ack"},
     {"read_messages", (PyCFunction)(void (*)(void))fast_read_messages, METH_FASTCALL,
      "read_messages(ring, member, gen, batch, max, timeout_ns, sub, topic) -> [Message] or a "
      "negative code"},

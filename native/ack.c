@@ -89,7 +89,7 @@ static int group_recover(pmq_ring_t *r, pmq_group_t *g)
  * lock, see pmq_ack_group_free) is "gone", not "corrupt". */
 static int group_lock(pmq_ring_t *r, pmq_group_t *g, uint32_t gen, pmq_member_t *m, uint32_t mgen)
 {
-    int rc = pmq_mutex_lock(&g->lock, pmq_deadline_after(pmq_now_real(), ACK_LOCK_NS));
+    int rc = pmq_mutex_lock(&g->lock, ACK_LOCK_NS);
     if (rc == EOWNERDEAD) {
         rc = group_recover(r, g);
         pthread_mutex_consistent(&g->lock);

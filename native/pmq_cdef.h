@@ -114,7 +114,7 @@ typedef struct {
 } pmq_ns_t;
 
 uint32_t pmq_layout_version(void);
-int pmq_ring_restore(pmq_ring_t *r, const char *data, const uint32_t *lens,
+int pmq_ring_restore(pmq_ring_t *r, const char *const *parts, const uint32_t *lens,
                      const uint64_t *seqs, const int64_t *ts, uint32_t count);
 int pmq_group_restore(pmq_ring_t *r, const char *name, uint32_t flags, uint64_t position_seq,
                       const uint64_t *acked, uint32_t n_acked, int64_t ack_timeout_ns,
@@ -126,7 +126,7 @@ int64_t pmq_ring_test_stop_in_publish(pmq_ring_t *r, const char *data, uint32_t 
 uint64_t pmq_ring_size(const pmq_ring_params_t *p);
 int pmq_ring_init(void *base, uint64_t len, const pmq_ring_params_t *p);
 int pmq_ring_attach(pmq_ring_t *r, void *base, uint64_t len);
-int64_t pmq_ring_publish(pmq_ring_t *r, const char *data, const uint32_t *lens,
+int64_t pmq_ring_publish(pmq_ring_t *r, const char *const *parts, const uint32_t *lens,
                          uint32_t count, int64_t timeout_ns);
 int64_t pmq_ring_publish1(pmq_ring_t *r, const char *data, uint32_t len, int64_t timeout_ns);
 int pmq_group_join(pmq_ring_t *r, const char *name, uint32_t flags, int start,

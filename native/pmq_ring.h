@@ -343,13 +343,14 @@ int pmq_ring_init(void *base, uint64_t len, const pmq_ring_params_t *p);
  * PMQ_ECORRUPT (a field out of bounds). Never writes to the segment. */
 int pmq_ring_attach(pmq_ring_t *r, void *base, uint64_t len);
 
-/* Publish count payloads, laid end to end in data with lengths lens[], as one
- * atomic batch: all are committed or none. Waits up to timeout_ns for space
+/* Publish count payloads, parts[i] of lens[i] bytes each (wherever they lie:
+ * the caller's own buffers, copied once, into the ring), as one atomic batch:
+ * all are committed or none. Waits up to timeout_ns for space
  * (<0: for ever; 0: not at all). Returns the seq of the first (>= 1), or
  * PMQ_FULL on timeout, PMQ_ETOOBIG if a payload exceeds
  * max_msg or the batch exceeds capacity, PMQ_CLOSED, PMQ_EINTR, PMQ_ECORRUPT.
  * Safe to call from any number of processes at once. */
-int64_t pmq_ring_publish(pmq_ring_t *r, const char *data, const uint32_t *lens,
+int64_t pmq_ring_publish(pmq_ring_t *r, const char *const *parts, const uint32_t *lens,
                          uint32_t count, int64_t timeout_ns);
 
 /* One payload: the hot path of publish(). */
@@ -446,7 +447,7 @@ int pmq_member_info(pmq_ring_t *r, uint32_t i, uint64_t *owner, uint32_t *group,
 /* Append records with the given (increasing) seqs and publish times, as they
  * were before a restart; next_seq follows the last. All or none, no waiting:
  * PMQ_FULL if the ring has no room, PMQ_EINVAL for seqs below next_seq. */
-int pmq_ring_restore(pmq_ring_t *r, const char *data, const uint32_t *lens,
+int pmq_ring_restore(pmq_ring_t *r, const char *const *parts, const uint32_t *lens,
                      const uint64_t *seqs, const int64_t *ts, uint32_t count);
 
 /* Make a named group as it was durably recorded: its cursor at the first

@@ -37,10 +37,11 @@ void pmq_futex_wake_all(uint32_t *word);
 /* Initialise a robust, process-shared mutex. Returns 0 or -errno. */
 int pmq_mutex_init(pthread_mutex_t *m);
 
-/* Lock with an absolute CLOCK_REALTIME deadline in ns (< 0: no limit).
+/* Lock, waiting at most timeout_ns (< 0: no limit; the deadline is taken on
+ * CLOCK_REALTIME, for pthread_mutex_timedlock, only once the spin failed).
  * Returns 0, EOWNERDEAD (locked; the previous owner died; the caller must
  * repair and call pthread_mutex_consistent), -ETIMEDOUT, -ENOTRECOVERABLE,
  * or another -errno. */
-int pmq_mutex_lock(pthread_mutex_t *m, int64_t deadline_real_ns);
+int pmq_mutex_lock(pthread_mutex_t *m, int64_t timeout_ns);
 
 #endif

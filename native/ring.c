@@ -55,9 +55,9 @@ static int positions_ok(const pmq_ring_t *r)
            gate <= tail && h->next_seq >= 1 && h->next_seq < (1ULL << 62);
 }
 
-int pmq_ring_lock(pmq_ring_t *r, int64_t deadline_real_ns)
+int pmq_ring_lock(pmq_ring_t *r, int64_t timeout_ns)
 {
-    int rc = pmq_mutex_lock(&r->hdr->lock, deadline_real_ns);
+    int rc = pmq_mutex_lock(&r->hdr->lock, timeout_ns);
     if (rc == EOWNERDEAD) {
         rc = ring_recover(r);
         pthread_mutex_consistent(&r->hdr->lock);
@@ -82,7 +82,7 @@ int pmq_ring_lock(pmq_ring_t *r, int64_t deadline_real_ns)
 
 int pmq_ring_lock_admin(pmq_ring_t *r)
 {
-    return pmq_ring_lock(r, pmq_deadline_after(pmq_now_real(), PMQ_ADMIN_LOCK_NS));
+    return pmq_ring_lock(r, PMQ_ADMIN_LOCK_NS);
 }
 
 void pmq_ring_unlock(pmq_ring_t *r) { pthread_mutex_unlock(&r->hdr->lock); }
@@ -311,7 +311,7 @@ static void intent_end(pmq_ring_hdr_t *h)
 /* Write the batch from tail; the caller made room. Returns the new tail. */
 /* Records get seqs from seq on and the time now, or, when restoring, the
  * given seqs[] and ts[]. */
-static uint64_t write_records(pmq_ring_t *r, uint64_t pos, const char *data,
+static uint64_t write_records(pmq_ring_t *r, uint64_t pos, const char *const *parts,
                               const uint32_t *lens, uint32_t count, uint64_t seq,
                               const uint64_t *seqs, const int64_t *tss)
 {
@@ -327,8 +327,8 @@ static uint64_t write_records(pmq_ring_t *r, uint64_t pos, const char *data,
         pmq_rec_t rec = {.len = lens[i], .type = PMQ_REC_DATA, .seq = seqs ? seqs[i] : seq++,
                          .ts_ns = tss ? tss[i] : ts};
         memcpy(r->data + off, &rec, sizeof rec);
-        memcpy(r->data + off + PMQ_REC_HDR, data, lens[i]);
-        data += lens[i];
+        if (lens[i])
+            memcpy(r->data + off + PMQ_REC_HDR, parts[i], lens[i]);
         pos = skip_gap(r, pos + size);
     }
     return pos;
@@ -369,26 +369,39 @@ static int wait_for_space(pmq_ring_t *r, uint64_t target, int64_t deadline)
         left = PMQ_SPACE_SLICE_NS;
     if (pmq_futex_wait(&h->space_seq, seen, left) == -EINTR)
         return PMQ_EINTR;
-    int64_t relock = deadline < 0 ? -1 : pmq_deadline_after(pmq_now_real(), PMQ_RELOCK_GRACE_NS);
-    rc = pmq_ring_lock(r, relock);
+    rc = pmq_ring_lock(r, deadline < 0 ? -1 : PMQ_RELOCK_GRACE_NS);
     return rc == -ETIMEDOUT ? PMQ_FULL : rc;
 }
 
-int64_t pmq_ring_publish(pmq_ring_t *r, const char *data, const uint32_t *lens,
-                         uint32_t count, int64_t timeout_ns)
+/* Every part there, none over max_msg: 0, PMQ_EINVAL or PMQ_ETOOBIG; *bytes their sum. */
+static int parts_ok(const pmq_ring_t *r, const char *const *parts, const uint32_t *lens,
+                    uint32_t count, uint64_t *bytes)
 {
-    if (!r || !data || !lens || count == 0)
+    if (!parts || !lens || count == 0)
         return PMQ_EINVAL;
-    uint64_t bytes = 0;
+    *bytes = 0;
     for (uint32_t i = 0; i < count; i++) {
+        if (lens[i] && !parts[i])
+            return PMQ_EINVAL;
         if (lens[i] > r->max_msg)
             return PMQ_ETOOBIG;
-        bytes += lens[i];
+        *bytes += lens[i];
     }
+    return 0;
+}
+
+int64_t pmq_ring_publish(pmq_ring_t *r, const char *const *parts, const uint32_t *lens,
+                         uint32_t count, int64_t timeout_ns)
+{
+    uint64_t bytes;
+    int64_t bad = r ? parts_ok(r, parts, lens, count, &bytes) : PMQ_EINVAL;
+    if (bad)
+        return bad;
     pmq_ring_hdr_t *h = r->hdr;
-    int64_t deadline = pmq_deadline_after(pmq_now_mono(), timeout_ns);
-    int64_t lock_deadline = timeout_ns < 0 ? -1 : pmq_deadline_after(pmq_now_real(), timeout_ns + PMQ_RELOCK_GRACE_NS);
-    int rc = pmq_ring_lock(r, lock_deadline), waited = 0;
+    /* The timeout counts from the first wait for space (read then, once): a
+     * publish that finds room reads the clock only for its records' time. */
+    int64_t deadline = -1;
+    int rc = pmq_ring_lock(r, pmq_deadline_after(PMQ_RELOCK_GRACE_NS, timeout_ns)), waited = 0; /* timeout + grace */
     if (rc < 0) {
         if (rc != -ETIMEDOUT)
             return rc;
@@ -410,8 +423,10 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *data, const uint32_t *lens,
         if (rc == 0)
             break;
         if (rc == PMQ_FULL && timeout_ns != 0) {
-            if (!waited++)
+            if (!waited++) {
                 ADD_RLX(&h->publish_waits, 1);
+                deadline = pmq_deadline_after(pmq_now_mono(), timeout_ns);
+            }
             rc = wait_for_space(r, target, deadline);
             if (rc == 0)
                 continue; /* the mutex is held again */
@@ -429,7 +444,7 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *data, const uint32_t *lens,
     }
     uint64_t tail = h->tail, seq = h->next_seq, end;
     intent_begin(h, tail, plan_end(r, tail, lens, count), seq, seq + count);
-    end = write_records(r, tail, data, lens, count, seq, NULL, NULL);
+    end = write_records(r, tail, parts, lens, count, seq, NULL, NULL);
     h->next_seq = seq + count;
     h->published_bytes += bytes;
     STORE_REL(&h->tail, end); /* the commit: readers acquire tail */
@@ -440,14 +455,16 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *data, const uint32_t *lens,
     return (int64_t)seq;
 }
 
-int pmq_ring_restore(pmq_ring_t *r, const char *data, const uint32_t *lens,
+int pmq_ring_restore(pmq_ring_t *r, const char *const *parts, const uint32_t *lens,
                      const uint64_t *seqs, const int64_t *ts, uint32_t count)
 {
-    if (!r || !data || !lens || !seqs || !ts || count == 0)
-        return PMQ_EINVAL;
+    uint64_t bytes;
+    int bad = r ? parts_ok(r, parts, lens, count, &bytes) : PMQ_EINVAL;
+    if (bad || !seqs || !ts)
+        return bad ? bad : PMQ_EINVAL;
     for (uint32_t i = 0; i < count; i++)
-        if (lens[i] > r->max_msg || (i && seqs[i] <= seqs[i - 1]) || seqs[i] >= (1ULL << 62))
-            return lens[i] > r->max_msg ? PMQ_ETOOBIG : PMQ_EINVAL;
+        if ((i && seqs[i] <= seqs[i - 1]) || seqs[i] >= (1ULL << 62))
+            return PMQ_EINVAL;
     int rc = pmq_ring_lock_admin(r);
     if (rc < 0)
         return rc;
@@ -462,7 +479,7 @@ int pmq_ring_restore(pmq_ring_t *r, const char *data, const uint32_t *lens,
     if (rc == 0) {
         uint64_t next = seqs[count - 1] + 1;
         intent_begin(h, tail, end, h->next_seq, next);
-        write_records(r, tail, data, lens, count, 0, seqs, ts);
+        write_records(r, tail, parts, lens, count, 0, seqs, ts);
         h->next_seq = next;
         STORE_REL(&h->tail, end);
         intent_end(h);
@@ -473,7 +490,7 @@ int pmq_ring_restore(pmq_ring_t *r, const char *data, const uint32_t *lens,
 
 int64_t pmq_ring_publish1(pmq_ring_t *r, const char *data, uint32_t len, int64_t timeout_ns)
 {
-    return pmq_ring_publish(r, data, &len, 1, timeout_ns);
+    return pmq_ring_publish(r, &data, &len, 1, timeout_ns);
 }
 
 /* For tests of recovery only: run a publish of one payload up to `phase` and
@@ -493,7 +510,7 @@ int64_t pmq_ring_test_stop_in_publish(pmq_ring_t *r, const char *data, uint32_t 
                                      reclaim(r, end - r->capacity) < 0))
         return PMQ_FULL;
     intent_begin(h, tail, end, seq, seq + 1);
-    write_records(r, tail, data, &len, 1, seq, NULL, NULL);
+    write_records(r, tail, &data, &len, 1, seq, NULL, NULL);
     h->next_seq = seq + 1;
     if (phase == 2)
         STORE_REL(&h->tail, end);
@@ -669,10 +686,10 @@ static int plain_read(pmq_ring_t *r, pmq_member_t *m, uint32_t gen, pmq_group_t 
  * once per wait (a few microseconds of CPU per second of idleness). */
 #define PMQ_SPIN_NS (20LL * 1000)
 
-/* Poll tail for up to spin_ns (and not past the deadline): 1 if it moved. */
-static int spin_for_tail(pmq_ring_hdr_t *h, uint64_t tail, int64_t deadline)
+/* Poll tail for up to PMQ_SPIN_NS from now (and not past the deadline): 1 if it moved. */
+static int spin_for_tail(pmq_ring_hdr_t *h, uint64_t tail, int64_t now, int64_t deadline)
 {
-    int64_t until = pmq_now_mono() + PMQ_SPIN_NS;
+    int64_t until = now + PMQ_SPIN_NS;
     if (deadline >= 0 && deadline < until)
         until = deadline;
     for (uint32_t i = 1;; i++) {
@@ -696,7 +713,7 @@ int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
         max_count = INT32_MAX; /* the count is returned as an int */
     pmq_ring_hdr_t *h = r->hdr;
     pmq_member_t *m = &r->members[member];
-    int64_t deadline = pmq_deadline_after(pmq_now_mono(), timeout_ns);
+    int64_t deadline = -1; /* from when it first finds nothing: a read that finds records reads no clock */
     int spun = 0;
     for (;;) {
         int rc = 0;
@@ -720,8 +737,12 @@ int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
             return PMQ_CLOSED;
         if (timeout_ns == 0)
             return PMQ_EMPTY;
-        if (!spun++ && spin_for_tail(h, ack ? snap.tail : tail, deadline))
-            continue;
+        if (!spun++) { /* the first time it finds nothing: poll a while before sleeping */
+            int64_t now = pmq_now_mono();
+            deadline = pmq_deadline_after(now, timeout_ns);
+            if (spin_for_tail(h, ack ? snap.tail : tail, now, deadline))
+                continue;
+        }
         if (ack)
             rc = wait_for_ack(r, m, gen, g, &snap, deadline);
         else

@@ -89,10 +89,10 @@ static inline int wake_if_waiting(uint32_t *seq, uint32_t *waiters)
 /* Internal: "look again" (a lost race, or only padding read). */
 #define PMQ_RETRY (-1999)
 
-/* Lock the segment's mutex by an absolute CLOCK_REALTIME deadline (< 0: none),
+/* Lock the segment's mutex, waiting at most timeout_ns (< 0: no limit),
  * repairing the ring first if the last holder died. 0, -ETIMEDOUT or PMQ_ECORRUPT. */
-int pmq_ring_lock(pmq_ring_t *r, int64_t deadline_real_ns);
-/* The same with a generous deadline, for everything but publish. */
+int pmq_ring_lock(pmq_ring_t *r, int64_t timeout_ns);
+/* The same with a generous timeout, for everything but publish. */
 int pmq_ring_lock_admin(pmq_ring_t *r);
 void pmq_ring_unlock(pmq_ring_t *r);
 /* The lowest cursor of any live group, or tail. Mutex held. */

@@ -60,7 +60,7 @@ int pmq_mutex_init(pthread_mutex_t *m)
  * a futex sleep and wake-up (about 1 us of system calls on each side). */
 #define PMQ_LOCK_SPINS 64
 
-int pmq_mutex_lock(pthread_mutex_t *m, int64_t deadline_real_ns)
+int pmq_mutex_lock(pthread_mutex_t *m, int64_t timeout_ns)
 {
     int rc;
     for (int i = 0; i < PMQ_LOCK_SPINS; i++) {
@@ -71,12 +71,14 @@ int pmq_mutex_lock(pthread_mutex_t *m, int64_t deadline_real_ns)
             break; /* ENOTRECOVERABLE, say: the blocking call reports it */
         pmq_cpu_relax();
     }
-    if (deadline_real_ns < 0) {
+    if (timeout_ns < 0) {
         rc = pthread_mutex_lock(m);
-    } else {
+    } else { /* the clock is read only now: a lock got by spinning reads none */
+        int64_t now = pmq_now_real();
+        int64_t deadline = timeout_ns > INT64_MAX - now ? INT64_MAX : now + timeout_ns;
         struct timespec ts = {
-            .tv_sec = deadline_real_ns / 1000000000LL,
-            .tv_nsec = deadline_real_ns % 1000000000LL,
+            .tv_sec = deadline / 1000000000LL,
+            .tv_nsec = deadline % 1000000000LL,
         };
         rc = pthread_mutex_timedlock(m, &ts);
     }

@@ -23,7 +23,6 @@ from .errors import (BrokerClosed, Full, MessageTooLarge, MQError, SegmentMismat
 ffi, lib = _native.ffi, _native.lib
 _fast.bind(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, f))) for f in (
     "pmq_ring_publish1", "pmq_ring_publish", "pmq_ring_read", "pmq_group_ack", "pmq_group_ack1")))
-bind_message = _fast.bind_message  # the class whose objects Reader.get_messages makes
 
 LAYOUT_VERSION = 2
 if lib.pmq_layout_version() != LAYOUT_VERSION:  # a stale build beside new Python code
@@ -70,6 +69,13 @@ def check(rc: int, context: str = "") -> int:
         code = -rc
         raise OSError(code, f"{os.strerror(code)}{': ' + context if context else ''}")
     raise exc(f"{context}: {text}" if context else text)
+
+
+def bind_message(cls):
+    """Make cls (pymq.Message) the class whose objects Reader.get_messages
+    builds in C; returns the C ack to install as cls.ack (cls's own ack stays
+    its general path, for messages not received from an ack subscription)."""
+    return _fast.bind_message(cls, check)
 
 
 def ns_size() -> int:
@@ -263,7 +269,8 @@ class Ring(_Mapped):
     def restore(self, payloads: list[bytes], seqs, ts) -> None:
         """Append records with their old seqs and times (array('Q'), array('q'))."""
         lens = array("I", map(len, payloads))
-        check(lib.pmq_ring_restore(self.h, b"".join(payloads), ffi.from_buffer("uint32_t[]", lens),
+        bufs = [ffi.from_buffer(p) for p in payloads]  # alive until the call returns
+        check(lib.pmq_ring_restore(self.h, ffi.new("char *[]", bufs), ffi.from_buffer("uint32_t[]", lens),
                                    ffi.from_buffer("uint64_t[]", seqs),
                                    ffi.from_buffer("int64_t[]", ts), len(payloads)),
               f"topic {self.topic!r}: restore")

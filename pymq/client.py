@@ -136,7 +136,9 @@ class Message:
 # An ack subscription's reads make Messages in C (see _core.bind_message):
 # payload, topic, seq, delivery_attempt, publish_time (ts / 1e9), _ack None, _sub
 # the subscription, _slot and _pos of the delivery, _views None, _settled False.
-_core.bind_message(Message)
+# Message.ack becomes C too: the common case (such a message, pending, not
+# viewed) acks in one call; it hands every other case to the ack above.
+Message.ack = _core.bind_message(Message)
 
 
 class _Resources:
@@ -296,7 +298,7 @@ class Client:
             payloads = list(payloads)  # an iterator, say
         if not payloads:
             raise ValueError("publish_many needs at least one payload")
-        last = ring.publish_list(payloads, timeout_ns)  # bytes only, copied once in C
+        last = ring.publish_list(payloads, timeout_ns)  # bytes only: the ring copies from each
         if last is None:
             last = ring.publish_list([p if type(p) is bytes else _as_bytes(p) for p in payloads],
                                      timeout_ns)
@@ -536,8 +538,7 @@ class AckSubscription(Subscription):
         r = self._reader or self._closed()
         timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
         m = r.get1_message(timeout_ns, self, self.topic)
-        return m if type(m) is Message else r.finish(
-            m, timeout_ns, lambda left: r.get1_message(left, self, self.topic))
+        return m if type(m) is Message else self._finish(m, timeout_ns, r.get1_message)
 
     def get_many(self, max_count: int, timeout: float | None = None) -> list[Message]:
         """1..max_count messages in one native call (redeliveries first)."""
@@ -548,8 +549,13 @@ class AckSubscription(Subscription):
         r, n = self._reader or self._closed(), self._many(max_count)
         timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
         got = r.get_messages(n, timeout_ns, self, self.topic)
-        return got if type(got) is list else r.finish(
-            got, timeout_ns, lambda left: r.get_messages(n, left, self, self.topic))
+        return got if type(got) is list else self._finish(got, timeout_ns, partial(r.get_messages, n))
+
+    def _finish(self, rc, timeout_ns: int, read):
+        """get's and get_many's slow path (Ring.finish): read(time left, self,
+        topic) again after a signal, or raise for rc. Apart from them, so that
+        their hot path makes no closure cells."""
+        return self._ring.finish(rc, timeout_ns, lambda left: read(left, self, self.topic))
 
     def _from_disk(self, seq, ts, payload) -> Message:
         """A message replayed from disk: history, so its ack is a no-op."""

@@ -289,6 +289,42 @@ def test_messages_made_in_c_carry_every_field_and_ack_many_takes_the_general_pat
     assert (g["delivered"], g["acked"], g["pending"]) == (len(msgs), len(msgs), 0)
 
 
+def test_message_ack_in_c_acks_once_and_raises_for_a_failed_ack(make_broker):
+    """Message.ack is C (pymq._fast): a received, pending, unviewed message is
+    acked through its subscription's bound ack1, once; a code it returns
+    raises the documented exception; every other message takes the Python ack."""
+    from pymq import _core
+    broker = make_broker(ack_timeout=3600)
+    sub = broker.subscribe_with_ack("t", group="g")
+    broker.publish_many("t", [b"a", b"b"])
+    a, b = sub.get(timeout=5), sub.get(timeout=5)
+    assert type(pymq.Message.__dict__["ack"]).__name__ == "method_descriptor"
+    a.ack()
+    a.ack()  # idempotent: settled, no second native ack
+    g = group_stats(broker, "t", "g")
+    assert (g["acked"], g["pending"]) == (1, 1)
+
+    class Failing:  # a subscription whose ack1 reports a corrupt segment
+        topic = "t"
+        calls = []
+
+        def _ack1(self, slot, seq):
+            self.calls.append((slot, seq))
+            return _core.lib.PMQ_ECORRUPT
+
+    m = pymq.Message(b"x", topic="t", seq=7)
+    m._sub, m._slot, m._pos = Failing(), 3, 0
+    with pytest.raises(pymq.SegmentMismatch, match="topic 't': corrupt segment"):
+        m.ack()
+    assert Failing.calls == [(3, 7)] and m._settled  # settled before the call, as in Python
+    m.ack()  # settled: nothing more
+    assert Failing.calls == [(3, 7)]
+    b.view()  # viewed: the Python ack releases the view, then acks
+    b.ack()
+    g = group_stats(broker, "t", "g")
+    assert (g["acked"], g["pending"]) == (2, 0)
+
+
 def test_stale_nack_does_not_take_a_delivery_from_its_new_holder(make_broker):
     broker = make_broker(ack_timeout=3600)
     a1 = broker.subscribe_with_ack("t", group="g")
