@@ -21,6 +21,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <time.h>
 
 #include "pmq_ring.h"
 
@@ -30,12 +31,14 @@ typedef int (*read_fn)(pmq_ring_t *, uint32_t, uint32_t, pmq_batch_t *, uint32_t
 typedef int (*ack_fn)(pmq_ring_t *, uint32_t, uint32_t, const uint32_t *, const uint64_t *,
                       uint32_t);
 typedef int (*ack1_fn)(pmq_ring_t *, uint32_t, uint32_t, uint32_t, uint64_t);
+typedef int (*claim_fn)(pmq_ring_t *, uint32_t, uint32_t, const pmq_batch_t *);
 
 static publish1_fn f_publish1;
 static publish_fn f_publish;
 static read_fn f_read;
 static ack_fn f_ack;
 static ack1_fn f_ack1;
+static claim_fn f_claim;
 
 /* pymq.Message's slots, in this order (bind_message checks every name). */
 enum { M_PAYLOAD, M_ACK, M_TOPIC, M_SEQ, M_ATTEMPT, M_TIME, M_SUB, M_SLOT, M_POS, M_VIEWS,
@@ -96,21 +99,21 @@ static int nargs_ok(Py_ssize_t n, Py_ssize_t want, const char *name)
 
 static int bound(void)
 {
-    if (f_publish1 && f_publish && f_read && f_ack && f_ack1)
+    if (f_publish1 && f_publish && f_read && f_ack && f_ack1 && f_claim)
         return 1;
     PyErr_SetString(PyExc_RuntimeError, "pymq._fast is not bound to pymq._native");
     return 0;
 }
 
-/* bind(publish1, publish, read, group_ack, group_ack1): the addresses of
- * pymq._native's functions. */
+/* bind(publish1, publish, read, group_ack, group_ack1, claim): the addresses
+ * of pymq._native's functions. */
 static PyObject *fast_bind(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
     (void)self;
-    void *p[5];
-    if (!nargs_ok(n, 5, "bind"))
+    void *p[6];
+    if (!nargs_ok(n, 6, "bind"))
         return NULL;
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 6; i++)
         if (as_ptr(args[i], &p[i]))
             return NULL;
     f_publish1 = (publish1_fn)p[0];
@@ -118,6 +121,7 @@ static PyObject *fast_bind(PyObject *self, PyObject *const *args, Py_ssize_t n)
     f_read = (read_fn)p[2];
     f_ack = (ack_fn)p[3];
     f_ack1 = (ack1_fn)p[4];
+    f_claim = (claim_fn)p[5];
     Py_RETURN_NONE;
 }
 
@@ -321,51 +325,27 @@ done:
     return result;
 }
 
-/* The read's common part: args (ring, member, gen, batch, max, timeout_ns).
- * Returns the count (>= 1) or a negative code, or BAD_ARGS with an exception
- * set. */
-#define BAD_ARGS (INT32_MIN)
-static int do_read(PyObject *const *args, Py_ssize_t n, const char *name, pmq_batch_t **out)
-{
-    void *ring, *batch;
-    uint32_t member, gen, max;
-    int64_t timeout;
-    if (!nargs_ok(n, 6, name) || !bound() || as_ptr(args[0], &ring) || as_u32(args[1], &member) ||
-        as_u32(args[2], &gen) || as_ptr(args[3], &batch) || as_u32(args[4], &max) ||
-        as_i64(args[5], &timeout))
-        return BAD_ARGS;
-    pmq_batch_t *b = batch;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = f_read((pmq_ring_t *)ring, member, gen, b, max, timeout);
-    Py_END_ALLOW_THREADS
-    if (rc > 0 && !b->buf) {
-        PyErr_SetString(PyExc_ValueError, "a zero-copy batch has no payloads to return");
-        return BAD_ARGS;
-    }
-    if (rc > 0 && (uint32_t)rc > b->n) { /* another thread read into the same batch */
-        PyErr_SetString(PyExc_RuntimeError,
-                        "the batch was read concurrently: a subscription is not for several threads");
-        return BAD_ARGS;
-    }
-    *out = b;
-    return rc;
-}
+/* Where a filled batch's offsets point: its buffer, or (zero-copy) the ring's data area. */
+typedef struct {
+    const char *base;
+    uint64_t len;
+} source_t;
 
-/* Payload i of a filled batch as bytes (offsets checked against the buffer). */
-static PyObject *payload(const pmq_batch_t *b, uint32_t i)
+/* Payload i of a filled batch as bytes (offset and length checked against the source). */
+static PyObject *payload(source_t src, const pmq_batch_t *b, uint32_t i)
 {
-    if (b->offs[i] > b->buflen || b->lens[i] > b->buflen - b->offs[i]) {
+    if (b->offs[i] > src.len || b->lens[i] > src.len - b->offs[i]) {
         PyErr_SetString(PyExc_ValueError, "a record lies outside the read buffer");
         return NULL;
     }
-    return PyBytes_FromStringAndSize(b->buf + b->offs[i], (Py_ssize_t)b->lens[i]);
+    return PyBytes_FromStringAndSize(src.base + b->offs[i], (Py_ssize_t)b->lens[i]);
 }
 
 /* Record i of an ack group's read as a pymq.Message of subscription sub. */
-static PyObject *message(const pmq_batch_t *b, uint32_t i, PyObject *sub, PyObject *topic)
+static PyObject *message(source_t src, const pmq_batch_t *b, uint32_t i, PyObject *sub,
+                         PyObject *topic)
 {
-    PyObject *p = payload(b, i);
+    PyObject *p = payload(src, b, i);
     if (!p)
         return NULL;
     PyObject *m = msg_type->tp_alloc(msg_type, 0); /* bind_message is one-shot: msg_off fits it */
@@ -400,12 +380,19 @@ static PyObject *message(const pmq_batch_t *b, uint32_t i, PyObject *sub, PyObje
 /* read(ring, member, gen, batch, max, timeout_ns) -> [payload bytes, ...] or a
  * negative code. read1(...) with max 1 -> the payload bytes or a code.
  * read_messages(ring, member, gen, batch, max, timeout_ns, sub, topic) ->
- * [Message, ...]; read1_message(...) -> a Message. */
+ * [Message, ...]; read1_message(...) -> a Message.
+ *
+ * With a zero-copy batch (buf NULL) a plain group's read is a peek: the
+ * payloads are copied once, from the ring straight into their bytes objects,
+ * and then claimed (pmq_ring_claim, with the GIL held: a CAS). A lost claim
+ * means another member took them and the copies may be torn: they are
+ * dropped and the read starts again (after a first lost claim, within what
+ * is left of the timeout from then). */
 static PyObject *read_common(PyObject *const *args, Py_ssize_t n, const char *name, int one,
-                             PyObject *(*make)(const pmq_batch_t *, uint32_t))
+                             int messages)
 {
     PyObject *sub = NULL, *topic = NULL;
-    if (!make) { /* messages: two more arguments */
+    if (messages) { /* two more arguments */
         if (n != 8) {
             PyErr_Format(PyExc_TypeError, "%s() takes 8 arguments (%zd given)", name, n);
             return NULL;
@@ -418,39 +405,79 @@ static PyObject *read_common(PyObject *const *args, Py_ssize_t n, const char *na
         topic = args[7];
         n = 6;
     }
-    pmq_batch_t *b = NULL;
-    int rc = do_read(args, n, name, &b);
-    if (rc == BAD_ARGS)
+    void *ring, *batch;
+    uint32_t member, gen, max;
+    int64_t timeout, deadline = -1;
+    if (!nargs_ok(n, 6, name) || !bound() || as_ptr(args[0], &ring) || as_u32(args[1], &member) ||
+        as_u32(args[2], &gen) || as_ptr(args[3], &batch) || as_u32(args[4], &max) ||
+        as_i64(args[5], &timeout))
         return NULL;
-    if (rc <= 0)
-        return PyLong_FromLong(rc);
-    if (one)
-        return make ? make(b, 0) : message(b, 0, sub, topic);
-    PyObject *list = PyList_New(rc);
-    if (!list)
-        return NULL;
-    for (int i = 0; i < rc; i++) {
-        PyObject *item = make ? make(b, (uint32_t)i) : message(b, (uint32_t)i, sub, topic);
-        if (!item) {
-            Py_DECREF(list);
+    pmq_ring_t *r = ring;
+    pmq_batch_t *b = batch;
+    for (;;) {
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = f_read(r, member, gen, b, max, timeout);
+        Py_END_ALLOW_THREADS
+        if (rc <= 0)
+            return PyLong_FromLong(rc);
+        if ((uint32_t)rc > b->n) { /* another thread read into the same batch */
+            PyErr_SetString(PyExc_RuntimeError,
+                            "the batch was read concurrently: a subscription is not for several threads");
             return NULL;
         }
-        PyList_SET_ITEM(list, i, item);
+        int peek = b->claim_to != 0;
+        if (!b->buf && !peek) {
+            PyErr_SetString(PyExc_ValueError, "a zero-copy read of an ack group has no payloads to return");
+            return NULL;
+        }
+        source_t src = b->buf ? (source_t){b->buf, b->buflen}
+                              : (source_t){(const char *)r->data, r->capacity};
+        PyObject *out = one ? NULL : PyList_New(rc);
+        if (!one && !out)
+            return NULL;
+        for (int i = 0; i < (one ? 1 : rc); i++) {
+            PyObject *item = messages ? message(src, b, (uint32_t)i, sub, topic)
+                                      : payload(src, b, (uint32_t)i);
+            if (!item) {
+                Py_XDECREF(out);
+                return NULL;
+            }
+            if (one)
+                out = item;
+            else
+                PyList_SET_ITEM(out, i, item);
+        }
+        if (!peek)
+            return out;
+        int taken = f_claim(r, member, gen, b);
+        if (taken > 0)
+            return out;
+        Py_DECREF(out);
+        if (taken < 0)
+            return PyLong_FromLong(taken);
+        if (timeout > 0) { /* lost to another member: read again, within the time left */
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            int64_t now = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+            if (deadline < 0)
+                deadline = timeout > INT64_MAX - now ? INT64_MAX : now + timeout;
+            timeout = deadline > now ? deadline - now : 0;
+        }
     }
-    return list;
 }
 
 /* The four reads' entry points: which result, one record or a list. */
-#define READ_ENTRY(fn, name, one, make)                                       \
+#define READ_ENTRY(fn, name, one, messages)                                   \
     static PyObject *fn(PyObject *self, PyObject *const *args, Py_ssize_t n) \
     {                                                                         \
         (void)self;                                                           \
-        return read_common(args, n, name, one, make);                         \
+        return read_common(args, n, name, one, messages);                     \
     }
-READ_ENTRY(fast_read, "read", 0, payload)
-READ_ENTRY(fast_read1, "read1", 1, payload)
-READ_ENTRY(fast_read_messages, "read_messages", 0, NULL)
-READ_ENTRY(fast_read1_message, "read1_message", 1, NULL)
+READ_ENTRY(fast_read, "read", 0, 0)
+READ_ENTRY(fast_read1, "read1", 1, 0)
+READ_ENTRY(fast_read_messages, "read_messages", 0, 1)
+READ_ENTRY(fast_read1_message, "read1_message", 1, 1)
 
 /* ack1(ring, group, gen, slot, seq) -> 1 (acked), 0 (no longer pending) or a code */
 static PyObject *fast_ack1(PyObject *self, PyObject *const *args, Py_ssize_t n)
@@ -538,8 +565,8 @@ static PyObject *fast_ack_messages(PyObject *self, PyObject *const *args, Py_ssi
 
 static PyMethodDef methods[] = {
     {"bind", (PyCFunction)(void (*)(void))fast_bind, METH_FASTCALL,
-     "bind(publish1, publish, read, group_ack, group_ack1): the addresses of pymq._native's "
-     "functions"},
+     "bind(publish1, publish, read, group_ack, group_ack1, claim): the addresses of "
+     "pymq._native's functions"},
     {"bind_message", (PyCFunction)(void (*)(void))fast_bind_message, METH_FASTCALL,
      "bind_message(Message, check): the class whose objects read_messages makes; returns the "
      "method to install as its ack"},

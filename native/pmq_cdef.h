@@ -59,6 +59,7 @@ typedef struct {
     uint64_t *offs, *seqs, *pos;
     uint32_t *lens, *slots, *attempts;
     int64_t *ts;
+    uint64_t claim_from, claim_to;
     ...;
 } pmq_batch_t;
 
@@ -138,6 +139,7 @@ int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
                   uint32_t max_count, int64_t timeout_ns);
 int pmq_ring_read1(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
                    int64_t timeout_ns);
+int pmq_ring_claim(pmq_ring_t *r, uint32_t member, uint32_t gen, const pmq_batch_t *b);
 int pmq_group_ack(pmq_ring_t *r, uint32_t group, uint32_t group_gen, const uint32_t *slots,
                   const uint64_t *seqs, uint32_t n);
 int pmq_group_ack1(pmq_ring_t *r, uint32_t group, uint32_t group_gen, uint32_t slot, uint64_t seq);

@@ -294,9 +294,12 @@ typedef struct pmq_ring {
  * record, its offset in buf, length, seq and publish time; for an ack group
  * also its position in the ring (for zero-copy views), pending slot (to ack
  * it) and delivery attempt. Python allocates all of it once per subscription.
- * Zero-copy, for an ack group only (its records stay in the ring until acked):
- * buf NULL, buflen a budget of payload bytes, and offs[i] the payload's offset
- * in the ring's data area instead of in buf. */
+ * Zero-copy: buf NULL, buflen a budget of payload bytes, and offs[i] the
+ * payload's offset in the ring's data area instead of in buf. For an ack
+ * group the records stay in the ring until acked; for a plain group the read
+ * is a peek: nothing is taken until pmq_ring_claim(claim_from -> claim_to)
+ * succeeds after the caller copied them (until then another member may take
+ * them, and the space be reused: a failed claim means the copy is void). */
 typedef struct pmq_batch {
     char *buf;
     uint64_t buflen;
@@ -306,6 +309,7 @@ typedef struct pmq_batch {
     uint64_t *offs, *seqs, *pos;
     uint32_t *lens, *slots, *attempts;
     int64_t *ts;
+    uint64_t claim_from, claim_to; /* a plain group's peek: the cursor move to claim (else 0) */
 } pmq_batch_t;
 
 /* Totals and one group's figures, filled by pmq_ring_stats. */
@@ -389,6 +393,11 @@ int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
  * b->buf), or an error as pmq_ring_read. */
 int pmq_ring_read1(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
                    int64_t timeout_ns);
+
+/* Take what a plain group's zero-copy read (a peek) returned, once copied.
+ * Returns the count; 0 if another member took them first (the copy is void:
+ * read again); PMQ_GONE; or PMQ_EINVAL for a batch that holds no peek. */
+int pmq_ring_claim(pmq_ring_t *r, uint32_t member, uint32_t gen, const pmq_batch_t *b);
 
 /* Acknowledge n deliveries of group `group` (of generation group_gen), each
  * named by the slot and seq its read gave. An ack of a delivery already acked

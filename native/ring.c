@@ -634,8 +634,36 @@ static int wait_for_ack(pmq_ring_t *r, pmq_member_t *m, uint32_t gen, pmq_group_
     return sleep_on_data(h, seen, deadline);
 }
 
-/* A plain group's claim: copy, then CAS the cursor. Returns the count, 0 to
- * look again, or an error. *cur_out and *tail_out say what it saw. */
+/* Take the records of b, read from cur up to next, for a plain group: CAS its
+ * cursor. The count, PMQ_RETRY (another member took them first, or they were
+ * only padding: look again), or an error. */
+static int plain_claim(pmq_ring_t *r, pmq_member_t *m, uint32_t gen, pmq_group_t *g,
+                       uint64_t cur, uint64_t next, const pmq_batch_t *b)
+{
+    pmq_ring_hdr_t *h = r->hdr;
+    int rc = 0;
+    if (!__atomic_compare_exchange_n(&g->cursor, &cur, next, 0, __ATOMIC_SEQ_CST,
+                                     __ATOMIC_RELAXED))
+        return PMQ_RETRY; /* lost the race: the copy is discarded */
+    /* A member removed while it copied (its group freed, the space reused)
+     * must not return the copy: the CAS then hit a freed slot, whose cursor
+     * was poisoned, or a reused one (see group.c). */
+    if (pmq_member_group(r, m, gen, &rc) != g)
+        return rc;
+    if (next >= LOAD_SC(&h->space_target))
+        wake_if_waiting(&h->space_seq, &h->space_waiters);
+    if (b->n == 0)
+        return PMQ_RETRY; /* only padding */
+    ADD_RLX(&g->delivered, (uint64_t)b->n);
+    ADD_RLX(&g->delivered_bytes, b->bytes);
+    ADD_RLX(&m->delivered, (uint64_t)b->n);
+    return (int)b->n;
+}
+
+/* A plain group's read: copy, then claim (CAS the cursor); or, zero-copy
+ * (b->buf NULL), a peek: the records' places and the claim to make once the
+ * caller copied them. Returns the count, PMQ_RETRY, 0 for nothing there, or an
+ * error. *cur_out and *tail_out say what it saw. */
 static int plain_read(pmq_ring_t *r, pmq_member_t *m, uint32_t gen, pmq_group_t *g,
                       pmq_batch_t *b, uint32_t max, uint64_t *cur_out, uint64_t *tail_out)
 {
@@ -662,22 +690,26 @@ static int plain_read(pmq_ring_t *r, pmq_member_t *m, uint32_t gen, pmq_group_t 
             ADD_RLX(&h->corrupt, 1);
         return rc;
     }
-    if (!__atomic_compare_exchange_n(&g->cursor, &cur, next, 0, __ATOMIC_SEQ_CST,
-                                     __ATOMIC_RELAXED))
-        return PMQ_RETRY; /* lost the race: the copy is discarded */
-    /* A member removed while it copied (its group freed, the space reused)
-     * must not return the copy: the CAS then hit a freed slot, whose cursor
-     * was poisoned, or a reused one (see group.c). */
-    if (pmq_member_group(r, m, gen, &rc) != g)
+    if (!b->buf && rc > 0) { /* a peek: the caller copies, then claims (pmq_ring_claim) */
+        b->claim_from = cur;
+        b->claim_to = next;
         return rc;
-    if (next >= LOAD_SC(&h->space_target))
-        wake_if_waiting(&h->space_seq, &h->space_waiters);
-    if (rc == 0)
-        return PMQ_RETRY; /* only padding */
-    ADD_RLX(&g->delivered, (uint64_t)rc);
-    ADD_RLX(&g->delivered_bytes, b->bytes);
-    ADD_RLX(&m->delivered, (uint64_t)rc);
-    return rc;
+    }
+    return plain_claim(r, m, gen, g, cur, next, b);
+}
+
+int pmq_ring_claim(pmq_ring_t *r, uint32_t member, uint32_t gen, const pmq_batch_t *b)
+{
+    if (!r || member >= r->max_members || !b || b->claim_to <= b->claim_from ||
+        b->claim_to - b->claim_from > r->capacity || b->claim_to > LOAD_ACQ(&r->hdr->tail))
+        return PMQ_EINVAL;
+    pmq_member_t *m = &r->members[member];
+    int rc = 0;
+    pmq_group_t *g = pmq_member_group(r, m, gen, &rc);
+    if (!g)
+        return rc;
+    rc = plain_claim(r, m, gen, g, b->claim_from, b->claim_to, b);
+    return rc == PMQ_RETRY ? 0 : rc;
 }
 
 /* How long a reader that finds nothing polls tail before it sleeps. A reader
@@ -721,9 +753,8 @@ int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
         if (!g)
             return rc;
         int ack = (__atomic_load_n(&g->flags, __ATOMIC_RELAXED) & PMQ_GROUP_ACK) != 0; /* once */
-        if (!b->buf && !ack)
-            return PMQ_EINVAL; /* zero-copy only where records stay until acked */
         uint64_t cur = 0, tail = 0;
+        b->claim_from = b->claim_to = 0;
         pmq_ack_snap_t snap;
         if (ack)
             rc = pmq_ack_read(r, m, member, g, gen, b, max_count, &snap);

@@ -22,7 +22,8 @@ from .errors import (BrokerClosed, Full, MessageTooLarge, MQError, SegmentMismat
 
 ffi, lib = _native.ffi, _native.lib
 _fast.bind(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, f))) for f in (
-    "pmq_ring_publish1", "pmq_ring_publish", "pmq_ring_read", "pmq_group_ack", "pmq_group_ack1")))
+    "pmq_ring_publish1", "pmq_ring_publish", "pmq_ring_read", "pmq_group_ack", "pmq_group_ack1",
+    "pmq_ring_claim")))
 
 LAYOUT_VERSION = 2
 if lib.pmq_layout_version() != LAYOUT_VERSION:  # a stale build beside new Python code
@@ -361,11 +362,19 @@ class Batch:
         self.pos = ffi.new("uint64_t[]", max_batch)
         self.slots = ffi.new("uint32_t[]", max_batch)
         self.attempts = ffi.new("uint32_t[]", max_batch)
-        b = self.b = ffi.new("pmq_batch_t *")
-        b.buf, b.buflen, b.max = self.buf, buflen, max_batch
+        self.b = self._batch(self.buf)
+        # the same arrays, no buffer: a plain group's fast reads (Reader.get1,
+        # get_payloads) peek, copy each payload once from the ring into its
+        # bytes, then claim (pymq._fast, pmq_ring_claim)
+        self.zb = self._batch(ffi.NULL)
+        self.view = None if zero_copy else ffi.buffer(self.buf)
+
+    def _batch(self, buf):
+        b = ffi.new("pmq_batch_t *")
+        b.buf, b.buflen, b.max = buf, self.buflen, self.max_batch
         b.offs, b.lens, b.seqs, b.ts = self.offs, self.lens, self.seqs, self.ts
         b.pos, b.slots, b.attempts = self.pos, self.slots, self.attempts
-        self.view = None if zero_copy else ffi.buffer(self.buf)
+        return b
 
     def payloads(self):
         """A context giving (char pointer, length): where offs point."""
@@ -388,9 +397,10 @@ class Reader(Batch):
         #   get1(timeout_ns) -> bytes; get_payloads(n, timeout_ns) -> [bytes];
         #   an ack group's get1_message(timeout_ns, sub, topic) -> Message and
         #   get_messages(n, timeout_ns, sub, topic) -> [Message] (see bind_message)
+        peek = (ring.addr, member, gen, int(ffi.cast("uintptr_t", self.zb)))
         fixed = (ring.addr, member, gen, int(ffi.cast("uintptr_t", self.b)))
-        self.get1 = partial(_fast.read1, *fixed, 1)
-        self.get_payloads = partial(_fast.read, *fixed)
+        self.get1 = partial(_fast.read1, *peek, 1)
+        self.get_payloads = partial(_fast.read, *peek)
         self.get1_message = partial(_fast.read1_message, *fixed, 1)
         self.get_messages = partial(_fast.read_messages, *fixed)
         self.finish = ring.finish

@@ -53,12 +53,38 @@ def test_round_trips_one_record():
     assert read_all(rd) == [(1, b"hello")]
 
 
-def test_zero_copy_reads_point_into_the_ring_for_an_ack_group_only():
+def test_a_plain_groups_zero_copy_read_is_a_peek_taken_only_by_its_claim():
+    """Zero-copy (buf NULL), a plain group's read takes nothing: it says where
+    the records are and which cursor move claims them; pmq_ring_claim makes
+    the move, unless another member of the group took them first (0: the
+    copy is void)."""
     ring, mem = plain_ring(capacity=8192, max_msg=1024)
-    plain = ring.join("", 0, LATEST, 0, owner=1)
-    with pytest.raises(ValueError):  # a plain group's records may be overwritten once read
-        _core.Reader(ring, plain.member, plain.member_gen, 16, 4096, zero_copy=True).read(16, 0)
-    ring.leave(plain.member, plain.member_gen)
+    a = ring.join("w", 0, LATEST, 0, owner=1)
+    b = ring.join("w", 0, LATEST, 0, owner=1)
+    ra = _core.Reader(ring, a.member, a.member_gen, 16, 4096, zero_copy=True)
+    rb = _core.Reader(ring, b.member, b.member_gen, 16, 4096)
+    lib = _core.lib
+    assert lib.pmq_ring_claim(ring.h, a.member, a.member_gen, ra.b) == lib.PMQ_EINVAL  # no peek
+    ring.publish_list([b"one", b"two"], 0)
+    for _ in range(2):  # a peek moves nothing: the same records again
+        assert ra.read(16, 0) == 2
+        with ra.payloads() as (base, _):
+            assert [bytes(_core.ffi.buffer(base + ra.offs[i], ra.lens[i])) for i in range(2)] == [
+                b"one", b"two"]
+        assert ra.b.claim_to > ra.b.claim_from
+    assert lib.pmq_ring_claim(ring.h, a.member, a.member_gen, ra.b) == 2
+    with pytest.raises(pymq.Timeout):
+        ra.read(16, 0)
+    ring.publish_list([b"three"], 0)
+    assert ra.read(16, 0) == 1  # a peeks; b takes it meanwhile; a's claim then fails
+    assert rb.read(16, 0) == 1
+    assert lib.pmq_ring_claim(ring.h, a.member, a.member_gen, ra.b) == 0
+    g = [x for x in ring.stats()["groups_detail"] if x["name"] == "w"][0]
+    assert (g["delivered"], g["lag"]) == (3, 0)
+
+
+def test_zero_copy_reads_of_an_ack_group_point_into_the_ring():
+    ring, mem = plain_ring(capacity=8192, max_msg=1024)
     j = ring.join("g", _core.GROUP_ACK, LATEST, 0, owner=1, ack_timeout_ns=10**12, max_retries=3)
     rd = _core.Reader(ring, j.member, j.member_gen, 64, 700, zero_copy=True)
     for round_ in range(8):  # about 12 KiB through the 8 KiB ring: across the wrap

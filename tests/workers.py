@@ -75,6 +75,27 @@ def group_member(name, topic, group, out_q, ready_evt, stop_evt, batch=16):
     c.close()
 
 
+def racing_member(name, topic, group, out_q, ready_evt, stop_evt):
+    """A member of a group that alternates get() and get_many(3) (a plain
+    group's fast reads: peek, copy, claim) until stop_evt and idle; reports
+    (pid, [(pub, i), ...]), every payload's crc checked (parse_payload)."""
+    c = pymq.connect(name)
+    sub = c.subscribe(topic, group=group)
+    ready_evt.set()
+    got, n = [], 0
+    while True:
+        n += 1
+        try:
+            items = [sub.get(timeout=0.2)] if n % 2 else sub.get_many(3, timeout=0.2)
+        except pymq.Timeout:
+            if stop_evt.is_set():
+                break
+            continue
+        got.extend(parse_payload(p) for p in items)
+    out_q.put((os.getpid(), got))
+    c.close()
+
+
 def subscriber_then_hang(name, topic, ready_evt, group=None):
     """Subscribe, read nothing, wait to be killed."""
     c = pymq.connect(name)
