@@ -4,7 +4,7 @@ one small interface, so that compare.py runs the same measured loops on each.
 Each transport is used the way its documentation shows, in its fastest
 configuration that still hands the receiver a `bytes` object per message:
 
-  pymq         Client.publish / Subscription.get (64 MiB ring, as throughput.py);
+  pymq         Client.publish / Subscription.get (an 8 MiB ring: the default);
                batched: publish_many / get_many(64)
   mp.Queue     multiprocessing.Queue (spawn context), put / get (pickles each
                object: no bytes-only API); batched: put / get of a list of 64
@@ -12,7 +12,7 @@ configuration that still hands the receiver a `bytes` object per message:
                pickling); batched: send / recv of a list of 64 (pickled); with
                several producers, one pipe each and multiprocessing.connection.wait
                (the documented way; several writers on one Connection is not)
-  faster-fifo  faster_fifo.Queue(64 MiB, loads=bytes, dumps=bytes): its custom
+  faster-fifo  faster_fifo.Queue(8 MiB, loads=bytes, dumps=bytes): its custom
                serializer hooks, so no pickling; put / get; batched: put_many /
                get_many(max_messages_to_get=64)
   pyzmq        PUSH -> PULL over ipc:// (a socket in a fresh temporary folder),
@@ -38,7 +38,13 @@ import queue as _queue
 import shutil
 import tempfile
 
-RING_BYTES = 64 * 1024 * 1024       # pymq ring per topic, and faster-fifo's buffer
+# pymq's ring per topic (its default, BrokerConfig.ring_bytes) and faster-fifo's
+# buffer, the same for both. A buffer that fits the last-level cache (32 MiB on
+# the machine of docs/benchmarks.md) keeps the data the producer writes and the
+# consumer reads in cache; 64 MiB (used before 2026-11-27 11:00) sent every lap
+# of the buffer through DRAM: 4 KiB single-call runs went from 0.78 M to
+# 1.3-1.6 M msg/s with the smaller ring (the Versions section says more).
+RING_BYTES = 8 * 1024 * 1024
 RECV_TIMEOUT = 30.0                  # a consumer that waits longer than this fails the run
 MQ_MAX_MESSAGES = 10                 # posix mqueue depth: fs.mqueue.msg_max (Linux default)
 ZMQ_HWM = 10_000                     # zmq high-water marks, in messages (default 1000)
