@@ -2,13 +2,15 @@
  *
  * pymq._native (cffi) is the binding of the ring; a cffi call costs about
  * 130 ns with publish1's four arguments, more than the ring's own work, and the
- * received payload is copied twice (ring -> read buffer -> bytes slice made in
+ * received payload was copied twice (ring -> read buffer -> bytes slice made in
  * Python). These few calls take their Python arguments directly
- * (METH_FASTCALL), build the received bytes (and lists of them) in C, and
+ * (METH_FASTCALL), build the received bytes (and lists of them) in C, straight
+ * from the ring for a plain group (peek, copy, claim: see read_common), and
  * call the very functions of pymq._native through pointers that pymq/_core.py
  * hands over once (bind), so the ring's code exists once. Only _core uses it.
  *
- * Every call releases the GIL around the native call, which may wait. Errors
+ * Every call releases the GIL around the native call that may wait (the
+ * claim, a CAS, keeps it). Errors
  * of the ring come back as its negative codes, for _core.check to raise; an
  * argument of the wrong type is a TypeError. Nothing here reads shared memory:
  * the native calls do, bounds-checked, and fill the caller's pmq_batch_t.
