@@ -10,10 +10,11 @@
  * hands over once (bind), so the ring's code exists once. Only _core uses it.
  *
  * Every call releases the GIL around the native call that may wait (the
- * claim, a CAS, keeps it). Errors
- * of the ring come back as its negative codes, for _core.check to raise; an
- * argument of the wrong type is a TypeError. Nothing here reads shared memory:
- * the native calls do, bounds-checked, and fill the caller's pmq_batch_t.
+ * claim, a CAS, keeps it). Errors of the ring come back as its negative codes,
+ * for _core.check to raise; an argument of the wrong type is a TypeError. The
+ * native calls read shared memory, bounds-checked, and fill the caller's
+ * pmq_batch_t; the only shared memory read here is a payload copied from the
+ * offset and length a read returned, checked again against the data area.
  *
  * An ack subscription's reads build pymq.Message objects here: bind_message()
  * finds, once, where each of Message's __slots__ lives in the object (its
