@@ -111,8 +111,8 @@ def test_racing_members_of_a_group_in_a_small_ring_get_each_message_once_and_who
     total, q, stop, members = 4000, ctx.Queue(), ctx.Event(), []
     for _ in range(3):
         ready = ctx.Event()
-        members.append(_start(ctx.Process(target=workers.racing_member,
-                                          args=(name, "t", "g", q, ready, stop))))
+        members.append(_start(ctx.Process(target=workers.group_member,
+                                          args=(name, "t", "g", q, ready, stop, 3, True))))
         assert ready.wait(30)
     join_all([_start(ctx.Process(target=workers.publisher, args=(name, "t", k, total // 2, 1500, 4)))
               for k in range(2)])

@@ -57,28 +57,10 @@ def collector(name, topic, group, expected_total, out_q, ready_evt, batch=64, st
     c.close()
 
 
-def group_member(name, topic, group, out_q, ready_evt, stop_evt, batch=16):
-    """A member of a group that reads until stop_evt is set and the topic is idle."""
-    c = pymq.connect(name)
-    sub = c.subscribe(topic, group=group)
-    ready_evt.set()
-    got = []
-    while True:
-        try:
-            items = sub.get_many(batch, timeout=0.2)
-        except pymq.Timeout:
-            if stop_evt.is_set():
-                break
-            continue
-        got.extend(parse_payload(p) for p in items)
-    out_q.put((os.getpid(), got))
-    c.close()
-
-
-def racing_member(name, topic, group, out_q, ready_evt, stop_evt):
-    """A member of a group that alternates get() and get_many(3) (a plain
-    group's fast reads: peek, copy, claim) until stop_evt and idle; reports
-    (pid, [(pub, i), ...]), every payload's crc checked (parse_payload)."""
+def group_member(name, topic, group, out_q, ready_evt, stop_evt, batch=16, alternate=False):
+    """A member of a group that reads until stop_evt is set and the topic is idle;
+    get_many(batch), or, with alternate, get() and get_many(batch) in turn.
+    Reports (pid, [(pub, i), ...]), every payload's crc checked (parse_payload)."""
     c = pymq.connect(name)
     sub = c.subscribe(topic, group=group)
     ready_evt.set()
@@ -86,7 +68,7 @@ def racing_member(name, topic, group, out_q, ready_evt, stop_evt):
     while True:
         n += 1
         try:
-            items = [sub.get(timeout=0.2)] if n % 2 else sub.get_many(3, timeout=0.2)
+            items = [sub.get(timeout=0.2)] if alternate and n % 2 else sub.get_many(batch, timeout=0.2)
         except pymq.Timeout:
             if stop_evt.is_set():
                 break
