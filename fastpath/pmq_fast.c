@@ -389,8 +389,8 @@ static PyObject *message(source_t src, const pmq_batch_t *b, uint32_t i, PyObjec
  * payloads are copied once, from the ring straight into their bytes objects,
  * and then claimed (pmq_ring_claim, with the GIL held: a CAS). A lost claim
  * means another member took them and the copies may be torn: they are
- * dropped and the read starts again (after a first lost claim, within what
- * is left of the timeout from then). */
+ * dropped and the read starts again, within what is left of the timeout (the
+ * deadline the read took if it waited, else one taken now). */
 static PyObject *read_common(PyObject *const *args, Py_ssize_t n, const char *name, int one,
                              int messages)
 {
@@ -463,7 +463,9 @@ static PyObject *read_common(PyObject *const *args, Py_ssize_t n, const char *na
             struct timespec ts;
             clock_gettime(CLOCK_MONOTONIC, &ts);
             int64_t now = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-            if (deadline < 0)
+            if (b->deadline >= 0)
+                deadline = b->deadline; /* this read waited: its deadline stands */
+            else if (deadline < 0)
                 deadline = timeout > INT64_MAX - now ? INT64_MAX : now + timeout;
             timeout = deadline > now ? deadline - now : 0;
         }

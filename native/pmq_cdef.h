@@ -60,6 +60,7 @@ typedef struct {
     uint32_t *lens, *slots, *attempts;
     int64_t *ts;
     uint64_t claim_from, claim_to;
+    int64_t deadline;
     ...;
 } pmq_batch_t;
 

@@ -310,6 +310,7 @@ typedef struct pmq_batch {
     uint32_t *lens, *slots, *attempts;
     int64_t *ts;
     uint64_t claim_from, claim_to; /* a plain group's peek: the cursor move to claim (else 0) */
+    int64_t deadline; /* CLOCK_MONOTONIC ns by which a read that had to wait gives up (else -1) */
 } pmq_batch_t;
 
 /* Totals and one group's figures, filled by pmq_ring_stats. */

@@ -747,6 +747,7 @@ int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
     pmq_member_t *m = &r->members[member];
     int64_t deadline = -1; /* from when it first finds nothing: a read that finds records reads no clock */
     int spun = 0;
+    b->deadline = -1;
     for (;;) {
         int rc = 0;
         pmq_group_t *g = pmq_member_group(r, m, gen, &rc);
@@ -770,7 +771,7 @@ int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
             return PMQ_EMPTY;
         if (!spun++) { /* the first time it finds nothing: poll a while before sleeping */
             int64_t now = pmq_now_mono();
-            deadline = pmq_deadline_after(now, timeout_ns);
+            b->deadline = deadline = pmq_deadline_after(now, timeout_ns);
             if (spin_for_tail(h, ack ? snap.tail : tail, now, deadline))
                 continue;
         }
