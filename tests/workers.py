@@ -57,10 +57,13 @@ def collector(name, topic, group, expected_total, out_q, ready_evt, batch=64, st
     c.close()
 
 
-def group_member(name, topic, group, out_q, ready_evt, stop_evt, batch=16, alternate=False):
+def group_member(name, topic, group, out_q, ready_evt, stop_evt, batch=16, alternate=False,
+                 first_q=None, hold_evt=None):
     """A member of a group that reads until stop_evt is set and the topic is idle;
     get_many(batch), or, with alternate, get() and get_many(batch) in turn.
-    Reports (pid, [(pub, i), ...]), every payload's crc checked (parse_payload)."""
+    Reports (pid, [(pub, i), ...]), every payload's crc checked (parse_payload).
+    With first_q: after its first read it puts its pid there and waits for
+    hold_evt, so that the group's other members must take the next messages."""
     c = pymq.connect(name)
     sub = c.subscribe(topic, group=group)
     ready_evt.set()
@@ -74,6 +77,10 @@ def group_member(name, topic, group, out_q, ready_evt, stop_evt, batch=16, alter
                 break
             continue
         got.extend(parse_payload(p) for p in items)
+        if first_q is not None and len(got) == len(items):  # the first read
+            first_q.put(os.getpid())
+            if not hold_evt.wait(30):
+                raise RuntimeError("never released")
     out_q.put((os.getpid(), got))
     c.close()
 
