@@ -57,6 +57,15 @@ def collector(name, topic, group, expected_total, out_q, ready_evt, batch=64, st
     c.close()
 
 
+def hold_after_first(first_q, hold_evt):
+    """After a member's first read: report its pid on first_q (if given) and wait
+    for hold_evt, so that its group's other members must take the next messages."""
+    if first_q is not None:
+        first_q.put(os.getpid())
+        if not hold_evt.wait(30):
+            raise RuntimeError("never released")
+
+
 def group_member(name, topic, group, out_q, ready_evt, stop_evt, batch=16, alternate=False,
                  first_q=None, hold_evt=None):
     """A member of a group that reads until stop_evt is set and the topic is idle;
@@ -77,10 +86,8 @@ def group_member(name, topic, group, out_q, ready_evt, stop_evt, batch=16, alter
                 break
             continue
         got.extend(parse_payload(p) for p in items)
-        if first_q is not None and len(got) == len(items):  # the first read
-            first_q.put(os.getpid())
-            if not hold_evt.wait(30):
-                raise RuntimeError("never released")
+        if len(got) == len(items):
+            hold_after_first(first_q, hold_evt)
     out_q.put((os.getpid(), got))
     c.close()
 
@@ -115,9 +122,10 @@ def own_broker_then_hang(name, topic, ready_evt):
 
 
 def ack_member(name, topic, group, out_q, ready_evt, stop_evt, batch=16, nack_every=0,
-               ack_timeout_hint=None):
+               ack_timeout_hint=None, first_q=None, hold_evt=None):
     """An ack group member: read, ack (nack every nack_every-th first delivery),
-    until stop_evt and idle. Reports (pid, [(pub, i, seq, attempt), ...])."""
+    until stop_evt and idle. Reports (pid, [(pub, i, seq, attempt), ...]).
+    first_q, hold_evt: as group_member's."""
     c = pymq.connect(name)
     sub = c.subscribe_with_ack(topic, group=group)
     ready_evt.set()
@@ -139,6 +147,8 @@ def ack_member(name, topic, group, out_q, ready_evt, stop_evt, batch=16, nack_ev
             got.append((pub, i, m.seq, m.delivery_attempt))
             keep.append(m)
         sub.ack_many(keep)
+        if k == len(msgs):
+            hold_after_first(first_q, hold_evt)
     out_q.put((os.getpid(), got))
     c.close()
 
