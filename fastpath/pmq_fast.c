@@ -210,13 +210,17 @@ static PyObject *message_ack(PyObject *m, PyObject *unused)
     if (!sub || sub == Py_None || SLOT(m, M_SETTLED) != Py_False || SLOT(m, M_VIEWS) != Py_None ||
         !slot || !seq)
         return PyObject_CallOneArg(msg_ack_general, m);
-    PyObject *ack1 = PyObject_GetAttr(sub, str_ack1);
-    if (!ack1)
-        return NULL;
+    /* held: the attribute look-up may run code that rebinds the message's slots */
     PyObject *argv[2] = {Py_NewRef(slot), Py_NewRef(seq)};
-    Py_SETREF(SLOT(m, M_SETTLED), Py_NewRef(Py_True));
-    PyObject *rc = PyObject_Vectorcall(ack1, argv, 2, NULL);
-    Py_DECREF(ack1);
+    Py_INCREF(sub);
+    PyObject *ack1 = PyObject_GetAttr(sub, str_ack1);
+    Py_DECREF(sub);
+    PyObject *rc = NULL;
+    if (ack1) {
+        Py_SETREF(SLOT(m, M_SETTLED), Py_NewRef(Py_True));
+        rc = PyObject_Vectorcall(ack1, argv, 2, NULL);
+        Py_DECREF(ack1);
+    }
     Py_DECREF(argv[0]);
     Py_DECREF(argv[1]);
     if (!rc)
@@ -228,8 +232,9 @@ static PyObject *message_ack(PyObject *m, PyObject *unused)
             return NULL;
         Py_RETURN_NONE;
     }
-    PyObject *topic = SLOT(m, M_TOPIC);
-    PyObject *what = PyUnicode_FromFormat("topic %R", topic ? topic : Py_None);
+    PyObject *topic = Py_NewRef(SLOT(m, M_TOPIC) ? SLOT(m, M_TOPIC) : Py_None);
+    PyObject *what = PyUnicode_FromFormat("topic %R", topic);
+    Py_DECREF(topic);
     PyObject *out = what ? PyObject_CallFunctionObjArgs(msg_check, rc, what, NULL) : NULL;
     Py_XDECREF(what);
     Py_DECREF(rc);

@@ -87,9 +87,10 @@ static int group_recover(pmq_ring_t *r, pmq_group_t *g)
  * when m is given, m must still be its member): else PMQ_GONE, unlocked. The
  * identity is checked before the window, so a group freed meanwhile (under its
  * lock, see pmq_ack_group_free) is "gone", not "corrupt". */
-static int group_lock(pmq_ring_t *r, pmq_group_t *g, uint32_t gen, pmq_member_t *m, uint32_t mgen)
+static int group_lock(pmq_ring_t *r, pmq_group_t *g, uint32_t gen, pmq_member_t *m, uint32_t mgen,
+                      int64_t *blocked_since)
 {
-    int rc = pmq_mutex_lock(&g->lock, ACK_LOCK_NS);
+    int rc = pmq_mutex_lock(&g->lock, ACK_LOCK_NS, blocked_since);
     if (rc == EOWNERDEAD) {
         rc = group_recover(r, g);
         pthread_mutex_consistent(&g->lock);
@@ -125,7 +126,7 @@ static pmq_group_t *lock_named(pmq_ring_t *r, uint32_t gi, uint32_t gen, int *rc
     *rc = PMQ_GONE;
     if (!is_ack_group(r, g) || g->gen != gen)
         return NULL;
-    *rc = group_lock(r, g, gen, NULL, 0);
+    *rc = group_lock(r, g, gen, NULL, 0, NULL);
     return *rc < 0 ? NULL : g;
 }
 
@@ -219,7 +220,7 @@ int pmq_ack_read(pmq_ring_t *r, pmq_member_t *m, uint32_t mi, pmq_group_t *g, ui
 {
     if (!b->pos || !b->slots || !b->attempts)
         return PMQ_EINVAL;
-    int rc = group_lock(r, g, g->gen, m, gen); /* left, reaped or freed while we waited: GONE */
+    int rc = group_lock(r, g, g->gen, m, gen, &snap->blocked_since); /* left, reaped or freed while we waited: GONE */
     if (rc < 0)
         return rc;
     uint64_t tail = LOAD_ACQ(&r->hdr->tail), old_floor = g->floor;
@@ -420,7 +421,7 @@ int pmq_group_take_dead(pmq_ring_t *r, uint32_t gi, pmq_batch_t *b, uint32_t max
 int pmq_ack_window(pmq_ring_t *r, pmq_group_t *g, uint64_t *first_seq, uint64_t *acked,
                    uint32_t max)
 {
-    int rc = group_lock(r, g, g->gen, NULL, 0);
+    int rc = group_lock(r, g, g->gen, NULL, 0, NULL);
     if (rc < 0)
         return rc;
     uint32_t k = 0;
@@ -497,7 +498,7 @@ int pmq_ack_group_free(pmq_ring_t *r, pmq_group_t *g)
     /* Under the group's lock: whoever held it to work on this group finishes
      * first, and whoever takes it next finds the group gone (group_lock), so
      * nobody writes to the table after it goes to another group. */
-    int rc = group_lock(r, g, g->gen, NULL, 0);
+    int rc = group_lock(r, g, g->gen, NULL, 0, NULL);
     if (rc < 0 && rc != PMQ_ECORRUPT)
         return rc; /* not freed: the caller keeps the table out of use */
     STORE_REL(&g->state, PMQ_SLOT_FREE);
@@ -510,7 +511,7 @@ int pmq_ack_group_free(pmq_ring_t *r, pmq_group_t *g)
 
 void pmq_ack_member_gone(pmq_ring_t *r, pmq_group_t *g, uint32_t mi)
 {
-    if (!(g->flags & PMQ_GROUP_ACK) || group_lock(r, g, g->gen, NULL, 0) < 0)
+    if (!(g->flags & PMQ_GROUP_ACK) || group_lock(r, g, g->gen, NULL, 0, NULL) < 0)
         return;
     int k = 0;
     for (uint64_t n = g->pend_head; n < g->pend_tail; n++) {

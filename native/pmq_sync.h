@@ -39,9 +39,12 @@ int pmq_mutex_init(pthread_mutex_t *m);
 
 /* Lock, waiting at most timeout_ns (< 0: no limit; the deadline is taken on
  * CLOCK_REALTIME, for pthread_mutex_timedlock, only once the spin failed).
+ * blocked_since (may be NULL): set, if the spin failed, to CLOCK_MONOTONIC
+ * when the blocking wait began, so that a caller can count that wait against
+ * a timeout of its own; untouched when the spin got the lock.
  * Returns 0, EOWNERDEAD (locked; the previous owner died; the caller must
  * repair and call pthread_mutex_consistent), -ETIMEDOUT, -ENOTRECOVERABLE,
  * or another -errno. */
-int pmq_mutex_lock(pthread_mutex_t *m, int64_t timeout_ns);
+int pmq_mutex_lock(pthread_mutex_t *m, int64_t timeout_ns, int64_t *blocked_since);
 
 #endif

@@ -55,9 +55,9 @@ static int positions_ok(const pmq_ring_t *r)
            gate <= tail && h->next_seq >= 1 && h->next_seq < (1ULL << 62);
 }
 
-int pmq_ring_lock(pmq_ring_t *r, int64_t timeout_ns)
+int pmq_ring_lock(pmq_ring_t *r, int64_t timeout_ns, int64_t *blocked_since)
 {
-    int rc = pmq_mutex_lock(&r->hdr->lock, timeout_ns);
+    int rc = pmq_mutex_lock(&r->hdr->lock, timeout_ns, blocked_since);
     if (rc == EOWNERDEAD) {
         rc = ring_recover(r);
         pthread_mutex_consistent(&r->hdr->lock);
@@ -82,7 +82,7 @@ int pmq_ring_lock(pmq_ring_t *r, int64_t timeout_ns)
 
 int pmq_ring_lock_admin(pmq_ring_t *r)
 {
-    return pmq_ring_lock(r, PMQ_ADMIN_LOCK_NS);
+    return pmq_ring_lock(r, PMQ_ADMIN_LOCK_NS, NULL);
 }
 
 void pmq_ring_unlock(pmq_ring_t *r) { pthread_mutex_unlock(&r->hdr->lock); }
@@ -369,7 +369,7 @@ static int wait_for_space(pmq_ring_t *r, uint64_t target, int64_t deadline)
         left = PMQ_SPACE_SLICE_NS;
     if (pmq_futex_wait(&h->space_seq, seen, left) == -EINTR)
         return PMQ_EINTR;
-    rc = pmq_ring_lock(r, deadline < 0 ? -1 : PMQ_RELOCK_GRACE_NS);
+    rc = pmq_ring_lock(r, deadline < 0 ? -1 : PMQ_RELOCK_GRACE_NS, NULL);
     return rc == -ETIMEDOUT ? PMQ_FULL : rc;
 }
 
@@ -398,10 +398,12 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *const *parts, const uint32_t
     if (bad)
         return bad;
     pmq_ring_hdr_t *h = r->hdr;
-    /* The timeout counts from the first wait for space (read then, once): a
-     * publish that finds room reads the clock only for its records' time. */
-    int64_t deadline = -1;
-    int rc = pmq_ring_lock(r, pmq_deadline_after(PMQ_RELOCK_GRACE_NS, timeout_ns)), waited = 0; /* timeout + grace */
+    /* The timeout counts from the call, but the clock is read only when the
+     * lock's spin fails (blocked_since) or at the first wait for space: a
+     * publish that gets the lock and finds room reads it only for its records' time. */
+    int64_t deadline = -1, blocked_since = -1;
+    int rc = pmq_ring_lock(r, pmq_deadline_after(PMQ_RELOCK_GRACE_NS, timeout_ns), &blocked_since),
+        waited = 0; /* timeout + grace */
     if (rc < 0) {
         if (rc != -ETIMEDOUT)
             return rc;
@@ -425,7 +427,8 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *const *parts, const uint32_t
         if (rc == PMQ_FULL && timeout_ns != 0) {
             if (!waited++) {
                 ADD_RLX(&h->publish_waits, 1);
-                deadline = pmq_deadline_after(pmq_now_mono(), timeout_ns);
+                deadline = pmq_deadline_after(blocked_since >= 0 ? blocked_since : pmq_now_mono(),
+                                              timeout_ns);
             }
             rc = wait_for_space(r, target, deadline);
             if (rc == 0)
@@ -708,6 +711,8 @@ int pmq_ring_claim(pmq_ring_t *r, uint32_t member, uint32_t gen, const pmq_batch
     pmq_group_t *g = pmq_member_group(r, m, gen, &rc);
     if (!g)
         return rc;
+    if (__atomic_load_n(&g->flags, __ATOMIC_RELAXED) & PMQ_GROUP_ACK)
+        return PMQ_EINVAL; /* an ack group's cursor moves under its lock only */
     rc = plain_claim(r, m, gen, g, b->claim_from, b->claim_to, b);
     return rc == PMQ_RETRY ? 0 : rc;
 }
@@ -756,7 +761,7 @@ int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
         int ack = (__atomic_load_n(&g->flags, __ATOMIC_RELAXED) & PMQ_GROUP_ACK) != 0; /* once */
         uint64_t cur = 0, tail = 0;
         b->claim_from = b->claim_to = 0;
-        pmq_ack_snap_t snap;
+        pmq_ack_snap_t snap = {.blocked_since = -1};
         if (ack)
             rc = pmq_ack_read(r, m, member, g, gen, b, max_count, &snap);
         else
@@ -771,7 +776,9 @@ int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
             return PMQ_EMPTY;
         if (!spun++) { /* the first time it finds nothing: poll a while before sleeping */
             int64_t now = pmq_now_mono();
-            b->deadline = deadline = pmq_deadline_after(now, timeout_ns);
+            /* an ack read that waited for its group's lock counts that wait */
+            int64_t start = ack && snap.blocked_since >= 0 ? snap.blocked_since : now;
+            b->deadline = deadline = pmq_deadline_after(start, timeout_ns);
             if (spin_for_tail(h, ack ? snap.tail : tail, now, deadline))
                 continue;
         }

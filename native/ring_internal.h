@@ -90,8 +90,9 @@ static inline int wake_if_waiting(uint32_t *seq, uint32_t *waiters)
 #define PMQ_RETRY (-1999)
 
 /* Lock the segment's mutex, waiting at most timeout_ns (< 0: no limit),
- * repairing the ring first if the last holder died. 0, -ETIMEDOUT or PMQ_ECORRUPT. */
-int pmq_ring_lock(pmq_ring_t *r, int64_t timeout_ns);
+ * repairing the ring first if the last holder died. 0, -ETIMEDOUT or PMQ_ECORRUPT.
+ * blocked_since (may be NULL): as pmq_mutex_lock's. */
+int pmq_ring_lock(pmq_ring_t *r, int64_t timeout_ns, int64_t *blocked_since);
 /* The same with a generous timeout, for everything but publish. */
 int pmq_ring_lock_admin(pmq_ring_t *r);
 void pmq_ring_unlock(pmq_ring_t *r);
@@ -115,6 +116,7 @@ int pmq_batch_add(const pmq_ring_t *r, uint64_t pos, const pmq_rec_t *rec, pmq_b
 typedef struct pmq_ack_snap {
     uint64_t tail, pend_head;
     uint32_t ready;
+    int64_t blocked_since; /* when its wait for the group's lock began (see pmq_mutex_lock), or untouched */
 } pmq_ack_snap_t;
 /* Claim for a member of an ack group (takes the group's lock, never sleeps):
  * the count, 0 when there is nothing for it, or an error. */

@@ -60,7 +60,7 @@ int pmq_mutex_init(pthread_mutex_t *m)
  * a futex sleep and wake-up (about 1 us of system calls on each side). */
 #define PMQ_LOCK_SPINS 64
 
-int pmq_mutex_lock(pthread_mutex_t *m, int64_t timeout_ns)
+int pmq_mutex_lock(pthread_mutex_t *m, int64_t timeout_ns, int64_t *blocked_since)
 {
     int rc;
     for (int i = 0; i < PMQ_LOCK_SPINS; i++) {
@@ -71,6 +71,8 @@ int pmq_mutex_lock(pthread_mutex_t *m, int64_t timeout_ns)
             break; /* ENOTRECOVERABLE, say: the blocking call reports it */
         pmq_cpu_relax();
     }
+    if (blocked_since)
+        *blocked_since = pmq_now_mono();
     if (timeout_ns < 0) {
         rc = pthread_mutex_lock(m);
     } else { /* the clock is read only now: a lock got by spinning reads none */

@@ -348,8 +348,10 @@ class Ring(_Mapped):
 
 class Batch:
     """Buffers one native read fills (pmq_batch_t): Python allocates, C fills.
-    zero_copy (a Reader of an ack group only): no payload buffer; offs are
-    offsets in the ring's data area, buflen a budget of payload bytes."""
+    zero_copy (a Reader of an ack group only: Reader.read refuses a plain
+    group's): no payload buffer; offs are offsets in the ring's data area,
+    buflen a budget of payload bytes. Whatever zero_copy, zb is the same arrays
+    without the buffer, for the fast reads' peeks (Reader.get1, get_payloads)."""
 
     def __init__(self, max_batch: int, buflen: int, zero_copy: bool = False):
         self.max_batch = max_batch
@@ -421,6 +423,9 @@ class Reader(Batch):
         h = ring.h
         n = min(max_count, self.max_batch)
         rc = lib.pmq_ring_read(h, self.member, self.gen, self.b, n, timeout_ns)
+        if rc > 0 and self.b.claim_to:  # a plain group's zero-copy read: a peek, nothing taken
+            raise ValueError("a zero-copy Reader is for an ack group (a plain group's records "
+                             "may be overwritten once read)")
         if rc > 0:
             return rc
         return self.finish(rc, timeout_ns, lambda left: lib.pmq_ring_read(

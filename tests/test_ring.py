@@ -64,23 +64,35 @@ def test_a_plain_groups_zero_copy_read_is_a_peek_taken_only_by_its_claim():
     ra = _core.Reader(ring, a.member, a.member_gen, 16, 4096, zero_copy=True)
     rb = _core.Reader(ring, b.member, b.member_gen, 16, 4096)
     lib = _core.lib
+
+    def peek():
+        return lib.pmq_ring_read(ring.h, a.member, a.member_gen, ra.b, 16, 0)
+
     assert lib.pmq_ring_claim(ring.h, a.member, a.member_gen, ra.b) == lib.PMQ_EINVAL  # no peek
     ring.publish_list([b"one", b"two"], 0)
+    with pytest.raises(ValueError):  # Reader.read does not peek: it would never move on
+        ra.read(16, 0)
     for _ in range(2):  # a peek moves nothing: the same records again
-        assert ra.read(16, 0) == 2
+        assert peek() == 2
         with ra.payloads() as (base, _):
             assert [bytes(_core.ffi.buffer(base + ra.offs[i], ra.lens[i])) for i in range(2)] == [
                 b"one", b"two"]
         assert ra.b.claim_to > ra.b.claim_from
     assert lib.pmq_ring_claim(ring.h, a.member, a.member_gen, ra.b) == 2
-    with pytest.raises(pymq.Timeout):
-        ra.read(16, 0)
+    assert peek() == lib.PMQ_EMPTY
     ring.publish_list([b"three"], 0)
-    assert ra.read(16, 0) == 1  # a peeks; b takes it meanwhile; a's claim then fails
+    assert peek() == 1  # a peeks; b takes it meanwhile; a's claim then fails
     assert rb.read(16, 0) == 1
     assert lib.pmq_ring_claim(ring.h, a.member, a.member_gen, ra.b) == 0
     g = [x for x in ring.stats()["groups_detail"] if x["name"] == "w"][0]
     assert (g["delivered"], g["lag"]) == (3, 0)
+    k = ring.join("k", _core.GROUP_ACK, LATEST, 0, owner=1, ack_timeout_ns=10**12, max_retries=3)
+    rk = _core.Reader(ring, k.member, k.member_gen, 16, 4096, zero_copy=True)
+    ring.publish_list([b"four"], 0)
+    assert rk.read(16, 0) == 1 and rk.b.claim_to == 0  # an ack group's read takes, no claim
+    rk.b.claim_from, rk.b.claim_to = rk.pos[0], ring.stats()["tail"]  # a valid range, yet:
+    assert rk.b.claim_from < rk.b.claim_to
+    assert lib.pmq_ring_claim(ring.h, k.member, k.member_gen, rk.b) == lib.PMQ_EINVAL  # ack group
 
 
 def test_zero_copy_reads_of_an_ack_group_point_into_the_ring():
