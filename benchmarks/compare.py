@@ -65,6 +65,7 @@ anything behind is an error (non-zero).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -337,89 +338,85 @@ def unpack_index(p) -> int:
 # -- the child processes: ping-pong (B) -------------------------------------------------
 
 
+@contextlib.contextmanager
+def _pingpong_ends(impl, recv_handle, send_handle, bound, connect, ready, go):
+    """One side of ping-pong: open its receiving end and signal `bound`; once
+    the other side's is there too (`connect`), open the sending end, signal
+    `ready` and wait for `go`. Yields (receiver, sender); closes both after."""
+    r = peers.open_receiver(impl, recv_handle, 1)
+    try:
+        bound.set()
+        if not connect.wait(START_TIMEOUT):
+            raise RuntimeError("no connect signal")
+        s = peers.open_sender(impl, send_handle, 0)
+        try:
+            ready.set()
+            if not go.wait(START_TIMEOUT):
+                raise RuntimeError("no go signal")
+            yield r, s
+        finally:
+            s.close()
+    finally:
+        r.close()
+
+
 def pinger(impl, handles, size, warmup, rounds, bound, connect, ready, go, conn) -> None:
     """Send payload j, wait for its echo; time each round trip."""
     with H.child(conn):
-        r = peers.open_receiver(impl, handles[1], 1)
-        try:
-            bound.set()
-            if not connect.wait(START_TIMEOUT):
-                raise RuntimeError("no connect signal")
-            s = peers.open_sender(impl, handles[0], 0)
-            try:
-                ready.set()
-                if not go.wait(START_TIMEOUT):
-                    raise RuntimeError("no go signal")
-                fill, pack, topic, tup = H.filler(size), INDEX.pack, s.topic, r.recv_tuple
-                send, recv = s.send, r.recv
-                lat = array("q", bytes(8 * rounds))
-                bad, first_bad = 0, None
-                flt, cs, cpu = minflt(), H.ctx_switches(), H.cpu_ns()
-                t_start = now_ns()
-                for j in range(warmup + rounds):
-                    p = pack(j) + fill
-                    if topic is not None:
-                        t0 = now_ns()
-                        send(topic, p)
-                        q = recv()
-                        t1 = now_ns()
-                    else:
-                        t0 = now_ns()
-                        send(p)
-                        q = recv()
-                        t1 = now_ns()
-                        if tup:
-                            q = q[0]
-                    if q != p:
-                        bad += 1
-                        first_bad = (j, q[:8]) if first_bad is None else first_bad
-                    if j >= warmup:
-                        lat[j - warmup] = t1 - t0
-                t_end = now_ns()
-                out = H.measured(cpu, cs, t_start, t_end)
-                out.update(rtt_ns=lat.tobytes(), bad=bad, first_bad=repr(first_bad),
-                           minflt=minflt() - flt, extra=r.extra())
-            finally:
-                s.close()
-        finally:
-            r.close()
+        with _pingpong_ends(impl, handles[1], handles[0], bound, connect, ready, go) as (r, s):
+            fill, pack, topic, tup = H.filler(size), INDEX.pack, s.topic, r.recv_tuple
+            send, recv = s.send, r.recv
+            lat = array("q", bytes(8 * rounds))
+            bad, first_bad = 0, None
+            flt, cs, cpu = minflt(), H.ctx_switches(), H.cpu_ns()
+            t_start = now_ns()
+            for j in range(warmup + rounds):
+                p = pack(j) + fill
+                if topic is not None:
+                    t0 = now_ns()
+                    send(topic, p)
+                    q = recv()
+                    t1 = now_ns()
+                else:
+                    t0 = now_ns()
+                    send(p)
+                    q = recv()
+                    t1 = now_ns()
+                    if tup:
+                        q = q[0]
+                if q != p:
+                    bad += 1
+                    first_bad = (j, q[:8]) if first_bad is None else first_bad
+                if j >= warmup:
+                    lat[j - warmup] = t1 - t0
+            t_end = now_ns()
+            out = H.measured(cpu, cs, t_start, t_end)
+            out.update(rtt_ns=lat.tobytes(), bad=bad, first_bad=repr(first_bad),
+                       minflt=minflt() - flt, extra=r.extra())
         conn.send(out)
 
 
 def ponger(impl, handles, size, total, bound, connect, ready, go, conn) -> None:
     """Echo every payload back; check order and crc32 of the stream."""
     with H.child(conn):
-        r = peers.open_receiver(impl, handles[0], 1)
-        try:
-            bound.set()
-            if not connect.wait(START_TIMEOUT):
-                raise RuntimeError("no connect signal")
-            s = peers.open_sender(impl, handles[1], 0)
-            try:
-                ready.set()
-                if not go.wait(START_TIMEOUT):
-                    raise RuntimeError("no go signal")
-                unpack, crc32, topic, tup = INDEX.unpack_from, zlib.crc32, s.topic, r.recv_tuple
-                send, recv = s.send, r.recv
-                crc, disorder = 0, 0
-                flt, cs, cpu, t0 = minflt(), H.ctx_switches(), H.cpu_ns(), now_ns()
-                for j in range(total):
-                    p = recv()
-                    if tup:
-                        p = p[0]
-                    if topic is not None:
-                        send(topic, p)
-                    else:
-                        send(p)
-                    if unpack(p)[0] != j:
-                        disorder += 1
-                    crc = crc32(p, crc)
-                out = H.measured(cpu, cs, t0, now_ns())
-                out.update(crc=crc, disorder=disorder, minflt=minflt() - flt)
-            finally:
-                s.close()
-        finally:
-            r.close()
+        with _pingpong_ends(impl, handles[0], handles[1], bound, connect, ready, go) as (r, s):
+            unpack, crc32, topic, tup = INDEX.unpack_from, zlib.crc32, s.topic, r.recv_tuple
+            send, recv = s.send, r.recv
+            crc, disorder = 0, 0
+            flt, cs, cpu, t0 = minflt(), H.ctx_switches(), H.cpu_ns(), now_ns()
+            for j in range(total):
+                p = recv()
+                if tup:
+                    p = p[0]
+                if topic is not None:
+                    send(topic, p)
+                else:
+                    send(p)
+                if unpack(p)[0] != j:
+                    disorder += 1
+                crc = crc32(p, crc)
+            out = H.measured(cpu, cs, t0, now_ns())
+            out.update(crc=crc, disorder=disorder, minflt=minflt() - flt)
         conn.send(out)
 
 
