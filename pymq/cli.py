@@ -26,75 +26,14 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Callable, Sequence
+
+import pymq
 
 from . import __version__
-from .config import check_broker_name, check_group, check_topic
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with usage errors on one line (exit status 2)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
-
-class Failure(Exception):
-    """A command failed: its message is the one line printed (exit status 1)."""
-
-
-# -- argument types -------------------------------------------------------------------
-
-def _checked(check):
-    """An argparse type from one of config's name checks: its ValueError is
-    the one-line usage error."""
-    def parse(text: str) -> str:
-        try:
-            return check(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-    parse.__name__ = check.__name__
-    return parse
-
-
-broker_name_arg = _checked(check_broker_name)  # also the demo's --name
-_topic = _checked(check_topic)
-_group = _checked(check_group)
-
-
-def _number(kind, least, want: str):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or value != value or value < least:  # value != value: NaN
-            raise argparse.ArgumentTypeError(f"{text!r} is not {want}")
-        return value
-    return parse
-
-
-_positive_int = _number(int, 1, "an integer >= 1")
-_nonneg_int = _number(int, 0, "an integer >= 0")
-_nonneg_float = _number(float, 0, "a number >= 0")
-_positive_float = _number(float, 1e-3, "a number >= 0.001")
-
-
-def _port(text: str) -> int:
-    value = _nonneg_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0..65535)")
-    return value
-
-
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-
-
-def _size(text: str) -> int:
-    """Bytes: 65536, 64K, 64KiB, 8M, 8MiB, 1G (binary units)."""
-    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)(?:i?[bB])?\s*", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 65536, 64K, 8MiB)")
-    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+from .cliutil import (ArgumentParser, Failure, StopSignals, broker_name_arg, bytes_text,
+                      count_text, group_arg, nonneg_float, nonneg_int, port_arg, positive_float,
+                      positive_int, run_main, size_arg, table, topic_arg)
 
 
 def _start(text: str):
@@ -118,69 +57,9 @@ def _add_name(p: argparse.ArgumentParser, what: str = "broker name") -> None:
                    help=f"{what} (default: $PYMQ_NAME or 'pymq')")
 
 
-# -- helpers ----------------------------------------------------------------------------
-
-class _StopSignals:
-    """SIGINT and SIGTERM set a flag instead of raising at a random place
-    (in the middle of Broker() or between a read and its ack, say)."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self.saved = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.saved[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self.saved.items():
-            signal.signal(sig, handler)
-
-    def _handler(self, signum, frame):
-        if self.received is None:
-            self.received = signum
-
-    def __bool__(self) -> bool:
-        return self.received is not None
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.received).name if self.received else ""
-
-    def sleep(self, seconds: float) -> None:
-        """Sleep, but wake within 0.1 s of a signal."""
-        deadline = time.monotonic() + seconds
-        while not self:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(left, 0.1))
-
-
-def _connect(name: str):
+def _connect(name: str) -> pymq.Client:
     import pymq
     return pymq.connect(name)
-
-
-def _count(n: int, what: str = "message", plural: str | None = None) -> str:
-    return f"{n:,} {what if n == 1 else plural or what + 's'}"
-
-
-def _bytes(n: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
-
-
-def _table(header: list[str], rows: list[list], left: int = 1) -> list[str]:
-    """Lines of a plain-text table; the first `left` columns are left-aligned."""
-    cells = [header] + [[c if isinstance(c, str) else f"{c:,}" for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return ["  ".join(c.ljust(w) if i < left else c.rjust(w)
-                      for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-            for r in cells]
 
 
 # -- where figures come from: the admin server, or shared memory ------------------------
@@ -290,13 +169,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # Before anything is created: a SIGTERM during start-up closes the broker
     # as soon as it stands, instead of killing the process half-way.
-    with _StopSignals() as stop:
+    with StopSignals() as stop:
         overrides = {f: getattr(args, f) for f in _SERVE_FIELDS if getattr(args, f) is not None}
         cfg = pymq.BrokerConfig.from_env(**overrides)
         broker = pymq.Broker(cfg)
         try:
             where = (f"broker {cfg.name!r} serving in /dev/shm (pid {os.getpid()}, supervisor "
-                     f"pid {broker.supervisor_pid}, ring {_bytes(cfg.ring_capacity)} per topic)")
+                     f"pid {broker.supervisor_pid}, ring {bytes_text(cfg.ring_capacity)} per topic)")
             if broker.admin_port is not None:
                 host = f"[{cfg.admin_host}]" if ":" in cfg.admin_host else cfg.admin_host
                 where += f"; admin http://{host}:{broker.admin_port}/"
@@ -312,25 +191,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     _add_name(p, "broker name: its segments are /dev/shm/pymq.NAME.*")
-    p.add_argument("--admin-port", type=_port, default=None, metavar="PORT",
+    p.add_argument("--admin-port", type=port_arg, default=None, metavar="PORT",
                    help="serve the HTTP admin endpoints (/health, /stats, /metrics) on PORT; "
                         "0 picks a free port (default: $PYMQ_ADMIN_PORT, else none)")
     p.add_argument("--admin-host", default=None, metavar="HOST",
                    help="address the admin server binds (default: $PYMQ_ADMIN_HOST or "
                         "127.0.0.1; 0.0.0.0 for Kubernetes probes)")
-    p.add_argument("--ring-bytes", type=_size, default=None, metavar="SIZE",
+    p.add_argument("--ring-bytes", type=size_arg, default=None, metavar="SIZE",
                    help="data bytes of each topic's ring, rounded up to a power of two "
                         "(e.g. 64K, 8M; default: $PYMQ_RING_BYTES or 8 MiB)")
-    p.add_argument("--max-message-bytes", type=_size, default=None, metavar="SIZE",
+    p.add_argument("--max-message-bytes", type=size_arg, default=None, metavar="SIZE",
                    help="largest payload accepted (default: $PYMQ_MAX_MESSAGE_BYTES or 1 MiB, "
                         "at most half the ring)")
-    p.add_argument("--ack-timeout", type=_positive_float, default=None, metavar="SECONDS",
+    p.add_argument("--ack-timeout", type=positive_float, default=None, metavar="SECONDS",
                    help="seconds before an unacked delivery is redelivered "
                         "(default: $PYMQ_ACK_TIMEOUT or 30)")
-    p.add_argument("--max-retries", type=_nonneg_int, default=None, metavar="N",
+    p.add_argument("--max-retries", type=nonneg_int, default=None, metavar="N",
                    help="redeliveries after the first delivery, then dead-letter to TOPIC.dlq "
                         "(default: $PYMQ_MAX_RETRIES or 3)")
-    p.add_argument("--publish-timeout", type=_nonneg_float, default=None, metavar="SECONDS",
+    p.add_argument("--publish-timeout", type=nonneg_float, default=None, metavar="SECONDS",
                    help="seconds publish waits for ring space before pymq.Full "
                         "(default: $PYMQ_PUBLISH_TIMEOUT or 5)")
     p.add_argument("--persistence", dest="persistence_enabled", default=None,
@@ -346,7 +225,7 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
 def _ring_use(t: dict) -> str:
     cap = t.get("ring_bytes_capacity") or 0
     used = t.get("ring_bytes_used", 0)
-    return f"{100 * used / cap:.1f}% of {_bytes(cap)}" if cap else "-"
+    return f"{100 * used / cap:.1f}% of {bytes_text(cap)}" if cap else "-"
 
 
 def _topic_rows(topics: dict) -> list[list]:
@@ -371,17 +250,17 @@ def stats_text(stats: dict | None, topics: dict) -> str:
         ago = f", last sweep {max(0.0, time.time() - sweep):.1f} s ago" if sweep else ""
         lines.append(f"broker {stats.get('broker')!r}: owner pid {stats.get('owner_pid')}, "
                      f"supervisor pid {sup.get('pid')} (restarts {sup.get('restarts', 0)}"
-                     f"{ago}); {_count(len(topics), 'topic')}, reaped "
-                     f"{_count(stats.get('reaped_processes', 0), 'process', 'processes')}")
+                     f"{ago}); {count_text(len(topics), 'topic')}, reaped "
+                     f"{count_text(stats.get('reaped_processes', 0), 'process', 'processes')}")
     if not topics:
         lines.append("no topics")
         return "\n".join(lines)
-    lines += [""] + _table(["TOPIC", "PUBLISHED", "DELIVERED", "ACKED", "REDELIVERED",
+    lines += [""] + table(["TOPIC", "PUBLISHED", "DELIVERED", "ACKED", "REDELIVERED",
                             "DEAD-LETTERED", "DEPTH", "RING USE", "WAITS", "REFUSALS"],
                            _topic_rows(topics))
     groups = _group_rows(topics)
     if groups:
-        lines += [""] + _table(["TOPIC", "GROUP", "MEMBERS", "ACK", "POSITION", "LAG", "PENDING",
+        lines += [""] + table(["TOPIC", "GROUP", "MEMBERS", "ACK", "POSITION", "LAG", "PENDING",
                                 "DELIVERED", "ACKED", "REDELIVERED", "DEAD-LETTERED"],
                                groups, left=2)
     return "\n".join(lines)
@@ -471,10 +350,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
                         seq = client.publish_many(args.topic, batch, timeout=args.timeout)
                         count += len(batch)
         except (MQError, Failure) as e:
-            done = f" (after {_count(count)}, last seq {seq})" if count else ""
+            done = f" (after {count_text(count)}, last seq {seq})" if count else ""
             raise Failure(f"{e}{done}") from None
     last = f" (last seq {seq})" if count > 1 else f" (seq {seq})" if count else ""
-    print(f"published {_count(count)} to {args.topic!r}{last}")
+    print(f"published {count_text(count)} to {args.topic!r}{last}")
     return 0
 
 
@@ -502,7 +381,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     name = args.name or _default_name()
     out = sys.stdout
     got, ended = 0, None
-    with _StopSignals() as stop, _connect(name) as client:
+    with StopSignals() as stop, _connect(name) as client:
         if args.group is not None:  # (the library only says "invalid argument")
             g = client.stats()["topics"].get(args.topic, {}).get("groups", {}).get(args.group)
             if g is not None and g["ack"] != args.ack:
@@ -539,9 +418,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 got += len(batch)
                 idle_since = time.monotonic()
     if args.count is not None and got < args.count and not stop:
-        raise Failure(f"{ended}: received {got:,} of {_count(args.count)}")
+        raise Failure(f"{ended}: received {got:,} of {count_text(args.count)}")
     if ended and not stop:
-        print(f"pymq tail: {ended}; received {_count(got)}", file=sys.stderr)
+        print(f"pymq tail: {ended}; received {count_text(got)}", file=sys.stderr)
     return 0
 
 
@@ -563,7 +442,7 @@ def top_text(stats: dict, prev: dict | None, dt: float) -> list[str]:
              f"{100 * t['ring_bytes_used'] / max(1, t['ring_bytes_capacity']):.1f}%",
              t["published"], t["publish_waits"], t["publish_refusals"]]
             for topic, t in topics.items()]
-    lines = _table(["TOPIC", "PUBLISHED/S", "DELIVERED/S", "DEPTH", "RING USE", "PUBLISHED",
+    lines = table(["TOPIC", "PUBLISHED/S", "DELIVERED/S", "DEPTH", "RING USE", "PUBLISHED",
                     "WAITS", "REFUSALS"], rows)
     groups = []
     for topic, t in topics.items():
@@ -574,7 +453,7 @@ def top_text(stats: dict, prev: dict | None, dt: float) -> list[str]:
                            _rate(g, before, "acked", dt) if g["ack"] else "-",
                            g["redelivered"], g["dead_lettered"]])
     if groups:
-        lines += [""] + _table(["TOPIC", "GROUP", "MEMBERS", "LAG", "PENDING", "DELIVERED/S",
+        lines += [""] + table(["TOPIC", "GROUP", "MEMBERS", "LAG", "PENDING", "DELIVERED/S",
                                 "ACKED/S", "REDELIVERED", "DEAD-LETTERED"], groups, left=2)
     return lines
 
@@ -583,7 +462,7 @@ def cmd_top(args: argparse.Namespace) -> int:
     source = _Source(args)
     tty = sys.stdout.isatty()
     prev, prev_t, shown = None, 0.0, 0
-    with _StopSignals() as stop:
+    with StopSignals() as stop:
         while not stop and (args.iterations is None or shown < args.iterations):
             if shown:
                 stop.sleep(args.interval)
@@ -686,7 +565,7 @@ def build_parser() -> ArgumentParser:
              "when no admin address is known, from shared memory on this machine.",
              "examples:\n  pymq stats --name telemetry\n  pymq stats gpu-telemetry --json\n"
              "  MQ_SERVICE_ENDPOINT=127.0.0.1:8080 pymq stats")
-    p.add_argument("topic", nargs="?", type=_topic, metavar="TOPIC",
+    p.add_argument("topic", nargs="?", type=topic_arg, metavar="TOPIC",
                    help="only this topic (exit 1 if the broker has no such topic)")
     p.add_argument("--json", action="store_true",
                    help="print the JSON of GET /stats (or /stats/TOPIC) instead of a table")
@@ -699,10 +578,10 @@ def build_parser() -> ArgumentParser:
              "count and the last seq.",
              "examples:\n  pymq publish gpu-telemetry 'GPU utilization: 85%'\n"
              "  seq 1000 | pymq publish numbers -")
-    p.add_argument("topic", type=_topic, metavar="TOPIC")
+    p.add_argument("topic", type=topic_arg, metavar="TOPIC")
     p.add_argument("message", nargs="?", metavar="MESSAGE|-",
                    help="the payload (UTF-8), or '-' for the lines of stdin")
-    p.add_argument("--timeout", type=_nonneg_float, default=None, metavar="SECONDS",
+    p.add_argument("--timeout", type=nonneg_float, default=None, metavar="SECONDS",
                    help="how long to wait for ring space before failing with Full "
                         "(default: the broker's publish_timeout)")
     _add_name(p)
@@ -715,18 +594,18 @@ def build_parser() -> ArgumentParser:
              "messages did not arrive.",
              "examples:\n  pymq tail gpu-telemetry\n"
              "  pymq tail gpu-telemetry --group archiver --ack --count 10 --start earliest")
-    p.add_argument("topic", type=_topic, metavar="TOPIC")
-    p.add_argument("--group", type=_group, default=None, metavar="GROUP",
+    p.add_argument("topic", type=topic_arg, metavar="TOPIC")
+    p.add_argument("--group", type=group_arg, default=None, metavar="GROUP",
                    help="join the named group (competing with its other members; durable) "
                         "instead of a group of its own")
     p.add_argument("--ack", action="store_true",
                    help="at-least-once: print 'seq=N attempt=A PAYLOAD' and ack each message "
                         "once printed")
-    p.add_argument("--count", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--count", type=positive_int, default=None, metavar="N",
                    help="stop after N messages (never takes more from the group)")
     p.add_argument("--start", type=_start, default="latest", metavar="earliest|latest|SEQ",
                    help="where a new group starts (default: latest)")
-    p.add_argument("--timeout", type=_nonneg_float, default=None, metavar="SECONDS",
+    p.add_argument("--timeout", type=nonneg_float, default=None, metavar="SECONDS",
                    help="stop when no message arrived for SECONDS")
     _add_name(p)
     p.set_defaults(func=cmd_tail)
@@ -737,9 +616,9 @@ def build_parser() -> ArgumentParser:
              "screen on a terminal, prints one block per refresh otherwise. Reads like 'stats'.",
              "examples:\n  pymq top --name telemetry\n  pymq top --admin 127.0.0.1:8080 "
              "--interval 5")
-    p.add_argument("--interval", type=_positive_float, default=1.0, metavar="SECONDS",
+    p.add_argument("--interval", type=positive_float, default=1.0, metavar="SECONDS",
                    help="seconds between refreshes (default: 1)")
-    p.add_argument("--iterations", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--iterations", type=positive_int, default=None, metavar="N",
                    help="stop after N refreshes (default: until Ctrl-C)")
     _add_source(p)
     p.set_defaults(func=cmd_top)
@@ -767,35 +646,18 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """`pymq ARGS...`; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"] and argv[1:2] not in (["-h"], ["--help"]):
         return cmd_bench(argparse.Namespace(args=argv[1:]))  # its options are compare.py's
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "func", None) is None:
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
         print("pymq: error: a command is required (see 'pymq --help')", file=sys.stderr)
         return 2
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print(f"pymq {args.command}: interrupted", file=sys.stderr)
-        return 1
-    except BrokenPipeError:  # e.g. `pymq ... | head`: stop quietly
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except OSError:
-            pass
-        return 1
-    except Exception as e:  # one readable line, never a traceback
-        if os.environ.get("PYMQ_DEBUG"):
-            raise
-        from .errors import MQError
-        text = str(e) if isinstance(e, (Failure, MQError, OSError, ValueError)) and str(e) else \
-            f"{type(e).__name__}: {e}"
-        print(f"pymq {args.command}: error: {text}", file=sys.stderr)
-        return 1
+    return run_main(f"pymq {args.command}", lambda: func(args))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,7 @@
-"""The command line (pymq/cli.py) and the demo it runs."""
+"""The command line (pymq/cli.py): every command in a process of its own."""
 
 import json
 import os
-import queue
 import re
 import signal
 import subprocess
@@ -13,61 +12,9 @@ import time
 import pytest
 
 import pymq
+from clirun import CLEAN_ENV, Running, one_line_error, pymq_cli
 from helpers import wait_for
 from pymq import cli, segments
-
-# Where the CLI would look unless told: not the environment of whoever runs the tests.
-CLEAN_ENV = {k: v for k, v in os.environ.items()
-             if k not in ("MQ_SERVICE_ENDPOINT", "PYMQ_DEBUG", "PYMQ_ADMIN_TOKEN")
-             and not (k.startswith("PYMQ_") and k != "PYMQ_EXPECT_SANITIZED")}
-
-
-def pymq_cli(*args, timeout=120, env=None, input=None):
-    return subprocess.run([sys.executable, "-m", "pymq", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**CLEAN_ENV, **(env or {})}, input=input)
-
-
-class Running:
-    """`python -m pymq ARGS` in the background, its stdout lines in a queue."""
-
-    def __init__(self, *args, env=None):
-        self.proc = subprocess.Popen([sys.executable, "-m", "pymq", *args], text=True,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env={**CLEAN_ENV, **(env or {})})
-        self.lines = queue.Queue()
-        self.out = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def line(self, timeout=30):
-        line = self.lines.get(timeout=timeout)
-        assert line is not None, "it ended: " + self.proc.stderr.read()
-        self.out.append(line)
-        return line
-
-    def stop(self, sig=signal.SIGTERM, timeout=30):
-        """Send sig; (exit status, the rest of stdout, stderr)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.wait(timeout)
-
-    def wait(self, timeout=30):
-        rc = self.proc.wait(timeout)
-        self.reader.join(timeout)
-        rest = []
-        while (line := self.lines.get()) is not None:
-            rest.append(line)
-        return rc, "".join(rest), self.proc.stderr.read()
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture
@@ -93,16 +40,6 @@ def connect_when_up(name, timeout=30):
     return wait_for(attempt, timeout)
 
 
-def one_line_error(r, *words):
-    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
-
-
 def group_figures(name, topic, group):
     with pymq.connect(name) as c:
         return c.stats()["topics"][topic]["groups"][group]
@@ -111,38 +48,6 @@ def group_figures(name, topic, group):
 def group_count(name, topic):
     with pymq.connect(name) as c:
         return len(c.stats()["topics"].get(topic, {}).get("groups", {}))
-
-
-def test_demo_balances_and_leaves_nothing(name):
-    r = pymq_cli("demo", "--duration", "2", "--name", name, "--rate", "500")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "RESULT: balanced" in r.stdout
-    assert "dashboard: http://127.0.0.1:" in r.stdout  # the admin server runs with it
-    assert segments.namespace_entries(name) == []
-
-
-def test_demo_balances_under_backpressure_with_refusals(name):
-    env = {"PYMQ_RING_BYTES": "65536", "PYMQ_MAX_MESSAGE_BYTES": "4096",
-           "PYMQ_PUBLISH_TIMEOUT": "0.0005"}
-    r = pymq_cli("demo", "--duration", "2", "--name", name, "--rate", "0", "--batch", "8", env=env)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "RESULT: balanced" in r.stdout
-
-
-def test_demo_balances_when_every_first_delivery_is_nacked(name):
-    # each message comes back once (delivery_attempt 2) and is processed then
-    r = pymq_cli("demo", "--duration", "1", "--name", name, "--rate", "500",
-                 "--nack-rate", "1", "--ack-batch", "7")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "RESULT: balanced" in r.stdout
-    groups = [line for line in r.stdout.splitlines() if line.startswith("  broker stats: acked")]
-    assert len(groups) == 2
-    for line in groups:
-        figures = {k: int(v.replace(",", "")) for k, v in re.findall(r"(\w+) ([\d,]+)", line)}
-        acked = figures["acked"]
-        assert acked > 0 and figures["nacked"] == figures["redelivered"] == acked, line
-        assert figures["dead_lettered"] == figures["pending"] == 0, line
-    assert segments.namespace_entries(name) == []
 
 
 def test_help_and_usage_errors():
@@ -646,9 +551,7 @@ def test_payload_text():
     assert cli.payload_text(b"a\nb") == repr(b"a\nb")
 
 
-def test_admin_addresses_and_sizes():
+def test_admin_addresses():
     assert cli._admin_url("127.0.0.1:8080") == "http://127.0.0.1:8080"
     assert cli._admin_url("http://mq:8080/") == "http://mq:8080"
     assert cli._admin_url(":8080") == cli._admin_url("8080") == "http://127.0.0.1:8080"
-    assert cli._size("65536") == 65536 and cli._size("64K") == cli._size("64KiB") == 65536
-    assert cli._size("8M") == cli._size("8mb") == 8 << 20
