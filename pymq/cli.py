@@ -27,6 +27,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pymq
 
@@ -222,47 +223,68 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
 
 # -- stats ----------------------------------------------------------------------------
 
-def _ring_use(t: dict) -> str:
+WIDTH = 100  # columns that `pymq stats` fits, for realistic names and figures
+
+Figures = dict[str, Any]  # a part of GET /stats (Client.stats())
+
+
+def _ring_use(t: Figures) -> str:
     cap = t.get("ring_bytes_capacity") or 0
-    used = t.get("ring_bytes_used", 0)
-    return f"{100 * used / cap:.1f}% of {bytes_text(cap)}" if cap else "-"
+    return f"{100 * t.get('ring_bytes_used', 0) / cap:.1f}%" if cap else "-"
 
 
-def _topic_rows(topics: dict) -> list[list]:
-    return [[topic, t["published"], t["delivered"], t["acked"], t["redelivered"],
-             t["dead_lettered"], t["depth"], _ring_use(t), t["publish_waits"],
-             t["publish_refusals"]]
+def _rings(topics: Figures) -> str:
+    """', rings of 8.0 MiB' (or '64.0 KiB to 8.0 MiB'): the capacity of the topics' rings."""
+    caps = sorted({t["ring_bytes_capacity"] for t in topics.values()
+                   if t.get("ring_bytes_capacity")})
+    if not caps:
+        return ""
+    return ", rings of " + " to ".join(bytes_text(c) for c in dict.fromkeys((caps[0], caps[-1])))
+
+
+# Ten columns of seven-digit counts do not fit 100 columns: each table leaves
+# out what the other shows (a topic's redeliveries and dead letters are its
+# groups'; a dead letter is also a message of TOPIC.dlq) and the group's
+# position (its lag says how far behind it is); --json has every figure.
+TOPIC_COLUMNS = ["TOPIC", "PUBLISHED", "DELIVERED", "ACKED", "DEPTH", "RING USE", "WAITS",
+                 "REFUSALS"]
+GROUP_COLUMNS = ["TOPIC", "GROUP", "MEMBERS", "ACK", "LAG", "PENDING", "DELIVERED", "ACKED",
+                 "REDELIV", "DLQ"]
+
+
+def _topic_rows(topics: Figures) -> list[list[str | int]]:
+    return [[topic, t["published"], t["delivered"], t["acked"], t["depth"], _ring_use(t),
+             t["publish_waits"], t["publish_refusals"]]
             for topic, t in topics.items()]
 
 
-def _group_rows(topics: dict) -> list[list]:
-    return [[topic, group, g["members"], "ack" if g["ack"] else "-", g["position"], g["lag"],
-             g["pending"], g["delivered"], g["acked"], g["redelivered"], g["dead_lettered"]]
+def _group_rows(topics: Figures) -> list[list[str | int]]:
+    return [[topic, group, g["members"], "ack" if g["ack"] else "-", g["lag"], g["pending"],
+             g["delivered"], g["acked"], g["redelivered"], g["dead_lettered"]]
             for topic, t in topics.items() for group, g in t.get("groups", {}).items()]
 
 
-def stats_text(stats: dict | None, topics: dict) -> str:
-    """The readable form of GET /stats (stats), or of some of its topics."""
+def stats_text(stats: Figures | None, topics: Figures) -> str:
+    """The readable form of GET /stats (stats), or of some of its topics: lines
+    of at most WIDTH characters unless names are very long (counts that would
+    not fit are shown compact, '1.23M'; --json has them exact)."""
     lines = []
     if stats is not None:
         sup = stats.get("supervisor", {})
         sweep = sup.get("last_sweep")
         ago = f", last sweep {max(0.0, time.time() - sweep):.1f} s ago" if sweep else ""
-        lines.append(f"broker {stats.get('broker')!r}: owner pid {stats.get('owner_pid')}, "
-                     f"supervisor pid {sup.get('pid')} (restarts {sup.get('restarts', 0)}"
-                     f"{ago}); {count_text(len(topics), 'topic')}, reaped "
+        lines.append(f"broker {stats.get('broker')!r}: {count_text(len(topics), 'topic')}"
+                     f"{_rings(topics)}, owner pid {stats.get('owner_pid')}, reaped "
                      f"{count_text(stats.get('reaped_processes', 0), 'process', 'processes')}")
+        lines.append(f"supervisor pid {sup.get('pid')}: "
+                     f"{count_text(sup.get('restarts', 0), 'restart')}{ago}")
     if not topics:
         lines.append("no topics")
         return "\n".join(lines)
-    lines += [""] + table(["TOPIC", "PUBLISHED", "DELIVERED", "ACKED", "REDELIVERED",
-                            "DEAD-LETTERED", "DEPTH", "RING USE", "WAITS", "REFUSALS"],
-                           _topic_rows(topics))
+    lines += [""] + table(TOPIC_COLUMNS, _topic_rows(topics), width=WIDTH)
     groups = _group_rows(topics)
     if groups:
-        lines += [""] + table(["TOPIC", "GROUP", "MEMBERS", "ACK", "POSITION", "LAG", "PENDING",
-                                "DELIVERED", "ACKED", "REDELIVERED", "DEAD-LETTERED"],
-                               groups, left=2)
+        lines += [""] + table(GROUP_COLUMNS, groups, left=2, width=WIDTH)
     return "\n".join(lines)
 
 
@@ -439,7 +461,7 @@ def top_text(stats: dict, prev: dict | None, dt: float) -> list[str]:
         return ["no topics"]
     rows = [[topic, _rate(t, old.get(topic), "published", dt),
              _rate(t, old.get(topic), "delivered", dt), t["depth"],
-             f"{100 * t['ring_bytes_used'] / max(1, t['ring_bytes_capacity']):.1f}%",
+             _ring_use(t),
              t["published"], t["publish_waits"], t["publish_refusals"]]
             for topic, t in topics.items()]
     lines = table(["TOPIC", "PUBLISHED/S", "DELIVERED/S", "DEPTH", "RING USE", "PUBLISHED",
@@ -559,9 +581,11 @@ def build_parser() -> ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = _sub(sub, "stats", "print a broker's figures (a table, or JSON)",
-             "Print a broker's figures: per topic published, delivered, acked, redelivered, "
-             "dead-lettered, depth, ring use, publisher waits and refusals, then per group. "
-             "Read from the admin server (--admin or $MQ_SERVICE_ENDPOINT) or, with --name or "
+             "Print a broker's figures: per topic published, delivered and acked (summed over "
+             "its groups), depth, ring use, publisher waits and refusals; per group members, "
+             "kind (ack or not), lag, pending, delivered, acked, redelivered (REDELIV) and "
+             "dead-lettered (DLQ). The tables fit 100 columns: a count that would not fit is "
+             "shown to three digits (1.23M); --json has every figure, exact. Read from the admin server (--admin or $MQ_SERVICE_ENDPOINT) or, with --name or "
              "when no admin address is known, from shared memory on this machine.",
              "examples:\n  pymq stats --name telemetry\n  pymq stats gpu-telemetry --json\n"
              "  MQ_SERVICE_ENDPOINT=127.0.0.1:8080 pymq stats")
