@@ -14,7 +14,12 @@ read the admin server at --admin or $MQ_SERVICE_ENDPOINT when one is given
 
 Exit status: 0 ok, 1 failure, 2 usage error. Every error is one readable line
 on stderr, never a traceback (set PYMQ_DEBUG=1 to see the traceback of an
-unexpected one).
+unexpected one). SIGINT (Ctrl-C) or SIGTERM asks the commands that run until
+stopped (serve, tail, top) to stop: they finish what they hold (serve closes
+its broker, tail acks what it printed and unsubscribes), say so on one line
+(serve on stdout, tail on stderr; top's screen is its output) and exit 0. It
+interrupts the others (stats, publish, clean, bench): 'interrupted', exit 1.
+The demo stops early and still accounts for everything (see pymq.demo).
 """
 
 from __future__ import annotations
@@ -439,9 +444,11 @@ def cmd_tail(args: argparse.Namespace) -> int:
                     sub.ack_many(batch)
                 got += len(batch)
                 idle_since = time.monotonic()
-    if args.count is not None and got < args.count and not stop:
+    if stop:  # asked to stop: exit 0, as serve and top do, and say so as serve does
+        ended = stop.name
+    elif args.count is not None and got < args.count:
         raise Failure(f"{ended}: received {got:,} of {count_text(args.count)}")
-    if ended and not stop:
+    if ended:  # on stderr: stdout is the messages'
         print(f"pymq tail: {ended}; received {count_text(got)}", file=sys.stderr)
     return 0
 
@@ -614,8 +621,9 @@ def build_parser() -> ArgumentParser:
     p = _sub(sub, "tail", "print a topic's messages as they arrive",
              "Subscribe to TOPIC and print each message on a line: UTF-8 text, or the repr of "
              "binary payloads. Ends after --count messages, after --timeout seconds without a "
-             "message, on Ctrl-C or SIGTERM, or when the broker closes. Exit 1 if --count "
-             "messages did not arrive.",
+             "message, on Ctrl-C or SIGTERM (exit 0, like serve and top), or when the broker "
+             "closes; but for --count, one line on stderr says how it ended. Exit 1 if "
+             "--timeout or the broker's closing ended it before --count messages arrived.",
              "examples:\n  pymq tail gpu-telemetry\n"
              "  pymq tail gpu-telemetry --group archiver --ack --count 10 --start earliest")
     p.add_argument("topic", type=topic_arg, metavar="TOPIC")

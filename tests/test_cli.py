@@ -518,7 +518,52 @@ def test_tail_ends_with_exit_0_on_a_signal(name, make_broker, running, sig):
     assert tail.line() == "one\n"
     rc, out, err = tail.stop(sig)
     assert rc == 0 and "Traceback" not in err, err
+    assert err == f"pymq tail: {sig.name}; received 1 message\n"
     wait_for(lambda: group_count(name, "t") == 0)  # it unsubscribed
+
+
+@pytest.fixture
+def second_name(name):
+    """Another broker name, for a broker a test runs besides; nothing of it is left."""
+    yield name + "x"
+    left = segments.namespace_entries(name + "x")
+    segments.remove_namespace(name + "x")
+    assert left == [], f"left in /dev/shm: {left}"
+
+
+def test_ctrl_c_stops_tail_as_it_stops_serve_and_top(name, second_name, make_broker, running):
+    """A real SIGINT to each long-running command while messages flow: each
+    exits 0 without a traceback; tail acked every message it printed and took
+    no more."""
+    broker = make_broker()
+    broker.subscribe_with_ack("t", group="g").close()  # durable: its figures outlive tail
+    flowing = threading.Event()
+
+    def publish():
+        while not flowing.is_set():
+            broker.publish_many("t", [b"m"] * 10)
+            time.sleep(0.002)
+
+    pump = threading.Thread(target=publish)
+    pump.start()
+    try:
+        tail = running("tail", "t", "--group", "g", "--ack", "--name", name)
+        top = running("top", "--interval", "0.2", "--name", name)
+        serve = running("serve", "--name", second_name)
+        for r in (tail, top, serve):
+            r.line()  # running: a message printed, a screen shown, the broker serving
+        results = {cmd: r.stop(signal.SIGINT) for cmd, r in
+                   (("tail", tail), ("top", top), ("serve", serve))}
+    finally:
+        flowing.set()
+        pump.join()
+    for cmd, (rc, out, err) in results.items():
+        assert rc == 0 and "Traceback" not in err, (cmd, rc, err)
+    assert "SIGINT: closing broker" in results["serve"][1]
+    printed = len(tail.out) + len(results["tail"][1].splitlines())
+    assert results["tail"][2] == f"pymq tail: SIGINT; received {printed:,} messages\n"
+    g = group_figures(name, "t", "g")
+    assert g["members"] == 0 and g["delivered"] == g["acked"] == printed and g["pending"] == 0
 
 
 def test_tail_ends_when_the_broker_closes(name, make_broker, running):
