@@ -43,7 +43,10 @@ test-sanitize: $(DEPS)
 	  PYTHONMALLOC=malloc PYMQ_EXPECT_SANITIZED=1 $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider \
 	  $(CURDIR)/tests
 
-# pip install . on a clean venv builds the native core (PEP 517) and works.
+# pip install . on a clean venv builds the native core (PEP 517) and works; the
+# installed command line too: its demo package is there, `pymq bench --quick`
+# runs (and exits 0: every payload checked, nothing left), and `pymq bench
+# --compare`, which needs a source checkout, says so (exit 1) instead.
 test-wheel: $(DEPS)
 	rm -rf build/wheel && $(BIN)/pip wheel -q --no-deps -w build/wheel .
 	$(PYTHON) -m venv build/wheel/venv
@@ -52,6 +55,9 @@ test-wheel: $(DEPS)
 	  b = pymq.Broker(pymq.BrokerConfig(name='wheel%d' % os.getpid())); s = b.subscribe('t'); \
 	  b.publish('t', b'ok'); assert s.get(timeout=5) == b'ok'; b.close(); \
 	  print('pip install . works:', pymq.__file__)"
+	cd build/wheel && venv/bin/python -c "import pymq.demo.__main__, pymq.bench"
+	cd build/wheel && venv/bin/pymq bench --quick
+	cd build/wheel && ! venv/bin/pymq bench --compare 2> compare.err && grep -q "source checkout" compare.err
 
 # Headless Chromium for the admin dashboard test (tests/test_admin.py); installed
 # with apt when running as root, else the test skips.

@@ -80,7 +80,7 @@ def test_clean_removes_a_dead_brokers_segments_and_refuses_a_live_one(name, ctx)
 
 # -- help and usage -------------------------------------------------------------------
 
-COMMANDS = ("serve", "stats", "publish", "tail", "top", "demo", "clean")
+COMMANDS = ("serve", "stats", "publish", "tail", "top", "demo", "bench", "clean")
 
 
 @pytest.mark.parametrize("command", COMMANDS)
