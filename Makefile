@@ -55,7 +55,7 @@ test-wheel: $(DEPS)
 	  b = pymq.Broker(pymq.BrokerConfig(name='wheel%d' % os.getpid())); s = b.subscribe('t'); \
 	  b.publish('t', b'ok'); assert s.get(timeout=5) == b'ok'; b.close(); \
 	  print('pip install . works:', pymq.__file__)"
-	cd build/wheel && venv/bin/python -c "import pymq.demo.__main__, pymq.bench"
+	cd build/wheel && venv/bin/python -c "import pymq.demo.__main__, pymq.bench, pymq.logfmt"
 	cd build/wheel && venv/bin/pymq bench --quick
 	cd build/wheel && ! venv/bin/pymq bench --compare 2> compare.err && grep -q "source checkout" compare.err
 
