@@ -27,23 +27,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
-import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pymq
 
-from . import __version__
-from .cliutil import (ArgumentParser, Failure, StopSignals, broker_name_arg, bytes_text,
+from . import __version__, logfmt
+from .cliutil import (ArgumentParser, Failure, StopSignals, broker_name_arg, bytes_text, checked,
                       count_text, group_arg, nonneg_float, nonneg_int, port_arg, positive_float,
                       positive_int, run_main, size_arg, table, topic_arg)
 
+log = logging.getLogger(__name__)  # "pymq.cli": what serve logs of its own
 
-def _start(text: str):
+Figures = dict[str, Any]  # GET /stats (Client.stats()), or a part of it
+
+
+def _start(text: str) -> str | int:
     if text in ("earliest", "latest"):
         return text
     try:
@@ -88,43 +92,54 @@ class _Source:
     Client.stats() from shared memory (connecting anew each time, so that a
     restarted broker is seen as such)."""
 
-    def __init__(self, args: argparse.Namespace):
-        admin = args.admin
+    def __init__(self, args: argparse.Namespace) -> None:
+        admin: str | None = args.admin
         if admin is None and args.name is None:
             admin = os.environ.get("MQ_SERVICE_ENDPOINT") or None
         self.url = _admin_url(admin) if admin is not None else None
-        self.name = args.name or _default_name()
+        self.name: str = args.name or _default_name()
 
     def describe(self) -> str:
         return f"admin server {self.url}" if self.url else f"broker {self.name!r}"
 
-    def stats(self) -> dict:
+    def stats(self) -> Figures:
         if self.url is None:
             with _connect(self.name) as client:
-                return client.stats()
-        status, data = self._get("/stats")
-        if status != 200:
-            raise self._answer_error("/stats", status, data)
-        return data
+                stats: Figures = client.stats()
+                return stats
+        return self._get(self.url, "/stats")
 
-    def topic(self, topic: str) -> dict:
+    def topic(self, topic: str) -> Figures:
         """One topic's figures; Failure if the broker has no such topic."""
         if self.url is None:
-            figures = self.stats()["topics"].get(topic)
+            figures: Figures | None = self.stats()["topics"].get(topic)
             if figures is None:
                 raise Failure(f"broker {self.name!r} has no topic {topic!r}")
             return figures
-        status, data = self._get(f"/stats/{topic}")
-        if status == 404:
-            raise Failure(f"the broker at {self.url} has no topic {topic!r}")
+        return self._get(self.url, f"/stats/{topic}",
+                         f"the broker at {self.url} has no topic {topic!r}")
+
+    def _get(self, url: str, path: str, not_found: str | None = None) -> Figures:
+        """GET url + path: the JSON object it answers with (200). Failure, saying
+        why, for any other answer (404: not_found, if given) or none."""
+        status, data = self._request(url + path)
+        if status == 404 and not_found:
+            raise Failure(not_found)
         if status != 200:
-            raise self._answer_error(f"/stats/{topic}", status, data)
+            detail = data.get("error") if isinstance(data, dict) else None
+            hint = " (set PYMQ_ADMIN_TOKEN)" if status == 401 else ""
+            raise Failure(f"the admin server at {url} answered GET {path} with {status}"
+                          + (f": {detail}" if detail else "") + hint)
+        if not isinstance(data, dict):
+            raise Failure(f"the admin server at {url} answered {path} with something that is "
+                          "not a JSON object")
         return data
 
-    def _get(self, path: str) -> tuple[int, object]:
+    def _request(self, url: str) -> tuple[int, Any]:
+        """(status, the JSON of the body, or None if it is not JSON)."""
         import urllib.error
         import urllib.request
-        request = urllib.request.Request(self.url + path, headers={"Accept": "application/json"})
+        request = urllib.request.Request(url, headers={"Accept": "application/json"})
         token = os.environ.get("PYMQ_ADMIN_TOKEN")
         if token:
             request.add_header("Authorization", f"Bearer {token}")
@@ -142,16 +157,7 @@ class _Source:
         try:
             return status, json.loads(body)
         except ValueError:
-            if status == 200:
-                raise Failure(f"the admin server at {self.url} answered {path} with "
-                              "something that is not JSON") from None
             return status, None
-
-    def _answer_error(self, path: str, status: int, data) -> Failure:
-        detail = data.get("error") if isinstance(data, dict) else None
-        hint = " (set PYMQ_ADMIN_TOKEN)" if status == 401 else ""
-        return Failure(f"the admin server at {self.url} answered GET {path} with {status}"
-                       + (f": {detail}" if detail else "") + hint)
 
 
 def _add_source(p: argparse.ArgumentParser) -> None:
@@ -171,28 +177,50 @@ _SERVE_FIELDS = ("name", "ring_bytes", "max_message_bytes", "ack_timeout", "max_
                  "admin_port")
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import pymq
+def _configure_logging(args: argparse.Namespace) -> None:
+    """serve's handler on the "pymq" logger: --log-level and --log-format, else
+    PYMQ_LOG_LEVEL and PYMQ_LOG_FORMAT (a bad one: ValueError, exit 1, as for
+    the other PYMQ_* variables). Exported, for the supervisor process."""
+    environ = dict(os.environ)
+    if args.log_level is not None:
+        environ[logfmt.LEVEL_ENV] = args.log_level
+    if args.log_format is not None:
+        environ[logfmt.FORMAT_ENV] = args.log_format
+    level, fmt = logfmt.from_env(environ)
+    logfmt.configure(level, fmt)
+    logfmt.export(level, fmt)
 
+
+def cmd_serve(args: argparse.Namespace) -> int:
     # Before anything is created: a SIGTERM during start-up closes the broker
     # as soon as it stands, instead of killing the process half-way.
     with StopSignals() as stop:
+        _configure_logging(args)
         overrides = {f: getattr(args, f) for f in _SERVE_FIELDS if getattr(args, f) is not None}
         cfg = pymq.BrokerConfig.from_env(**overrides)
         broker = pymq.Broker(cfg)
         try:
+            fields: dict[str, object] = {"broker": cfg.name, "pid": os.getpid(),
+                                         "supervisor_pid": broker.supervisor_pid,
+                                         "ring_bytes": cfg.ring_capacity}
             where = (f"broker {cfg.name!r} serving in /dev/shm (pid {os.getpid()}, supervisor "
                      f"pid {broker.supervisor_pid}, ring {bytes_text(cfg.ring_capacity)} per topic)")
             if broker.admin_port is not None:
                 host = f"[{cfg.admin_host}]" if ":" in cfg.admin_host else cfg.admin_host
-                where += f"; admin http://{host}:{broker.admin_port}/"
+                fields["admin_url"] = f"http://{host}:{broker.admin_port}/"
+                where += f"; admin {fields['admin_url']}"
+            # the status lines on stdout, as before; the same events as log records
             print(f"pymq serve: {where}; SIGTERM or Ctrl-C to stop", flush=True)
+            log.info("broker %r serving", cfg.name, extra=fields)
             while not stop:
                 stop.sleep(3600)
             print(f"pymq serve: {stop.name}: closing broker {cfg.name!r}", flush=True)
+            log.info("%s: closing broker %r", stop.name, cfg.name,
+                     extra={"broker": cfg.name, "signal": stop.name})
         finally:
             broker.close()
         print(f"pymq serve: broker {cfg.name!r} closed", flush=True)
+        log.info("broker %r closed", cfg.name, extra={"broker": cfg.name})
     return 0
 
 
@@ -225,13 +253,18 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
                         "durable groups on restart (default: $PYMQ_PERSISTENCE_ENABLED or off)")
     p.add_argument("--persistence-dir", default=None, metavar="DIR",
                    help="where persistence writes (default: $PYMQ_PERSISTENCE_DIR or /data/mq)")
+    p.add_argument("--log-level", type=checked(logfmt.check_level), default=None,
+                   metavar="LEVEL", help="least level of the log records written to stderr: "
+                   "DEBUG, INFO, WARNING, ERROR (default: $PYMQ_LOG_LEVEL or INFO)")
+    p.add_argument("--log-format", type=checked(logfmt.check_format), default=None,
+                   metavar="text|json", help="text: a line per record; json: an object per "
+                   "line (time, level, logger, message and the record's fields) for log "
+                   "collectors (default: $PYMQ_LOG_FORMAT or text)")
 
 
 # -- stats ----------------------------------------------------------------------------
 
 WIDTH = 100  # columns that `pymq stats` fits, for realistic names and figures
-
-Figures = dict[str, Any]  # a part of GET /stats (Client.stats())
 
 
 def _ring_use(t: Figures) -> str:
@@ -316,7 +349,7 @@ def _too_large(what: str, limit: int) -> Failure:
     return Failure(f"{what} is larger than the broker's max_message_bytes ({limit:,} bytes)")
 
 
-def _lines(fd: int, limit: int):
+def _lines(fd: int, limit: int) -> Iterator[list[bytes]]:
     """Lists of the complete lines (without the newline) of what arrives on
     fd, as it arrives; a last line without a newline counts too. At a line
     longer than limit: the lines before it, then Failure (before that line is
@@ -338,7 +371,7 @@ def _lines(fd: int, limit: int):
         number += len(lines)
 
 
-def _batches(lines: list[bytes], max_bytes: int):
+def _batches(lines: list[bytes], max_bytes: int) -> Iterator[list[bytes]]:
     """Runs of lines for one publish_many each: at most BATCH_COUNT lines and
     about max_bytes (a batch must fit the ring)."""
     start, size = 0, 0
@@ -456,13 +489,13 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 # -- top ------------------------------------------------------------------------------
 
-def _rate(now: dict | None, before: dict | None, key: str, dt: float) -> str:
+def _rate(now: Figures | None, before: Figures | None, key: str, dt: float) -> str:
     if before is None or now is None or dt <= 0 or now[key] < before[key]:
         return "-"  # no earlier figure, or a different topic or group since
     return f"{(now[key] - before[key]) / dt:,.0f}"
 
 
-def top_text(stats: dict, prev: dict | None, dt: float) -> list[str]:
+def top_text(stats: Figures, prev: Figures | None, dt: float) -> list[str]:
     topics = stats.get("topics", {})
     old = (prev or {}).get("topics", {})
     if not topics:
@@ -549,13 +582,14 @@ def cmd_clean(args: argparse.Namespace) -> int:
 class _Formatter(argparse.HelpFormatter):
     """Descriptions wrapped; texts of several lines (examples) kept as written."""
 
-    def _fill_text(self, text, width, indent):
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
         if "\n" in text:
             return "".join(indent + line for line in text.splitlines(keepends=True))
         return super()._fill_text(text, width, indent)
 
 
-def _sub(sub, name: str, help: str, description: str, epilog: str | None = None):
+def _sub(sub: argparse._SubParsersAction[ArgumentParser], name: str, help: str,
+         description: str, epilog: str | None = None) -> ArgumentParser:
     return sub.add_parser(name, help=help, description=description, epilog=epilog,
                           formatter_class=_Formatter)
 

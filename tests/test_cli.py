@@ -226,6 +226,47 @@ def test_serve_with_an_admin_port_prints_its_url(name, running, how):
     assert segments.namespace_entries(name) == []
 
 
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_serve_log_format_json_writes_json_lines_on_stderr(name, running, how):
+    if how == "flag":
+        serve = running("serve", "--name", name, "--log-format", "json")
+    else:
+        serve = running("serve", "--name", name, env={"PYMQ_LOG_FORMAT": "json"})
+    assert "serving" in serve.line()  # stdout keeps its status lines
+    rc, out, err = serve.stop(signal.SIGTERM)
+    assert rc == 0, err
+    records = [json.loads(line) for line in err.splitlines()]  # every line: one object
+    for r in records:
+        assert {"time", "level", "logger", "message"} <= set(r), r
+    assert [(r["level"], r["logger"], r["message"]) for r in records] == [
+        ("INFO", "pymq.cli", f"broker {name!r} serving"),
+        ("INFO", "pymq.cli", f"SIGTERM: closing broker {name!r}"),
+        ("INFO", "pymq.cli", f"broker {name!r} closed")]
+    assert records[0]["broker"] == name and records[0]["pid"] == serve.proc.pid
+    assert records[0]["supervisor_pid"] > 0 and records[1]["signal"] == "SIGTERM"
+    assert segments.namespace_entries(name) == []
+
+
+def test_serve_logs_text_at_info_by_default_and_as_little_as_asked(name, running):
+    serve = running("serve", "--name", name)
+    serve.line()
+    rc, out, err = serve.stop(signal.SIGTERM)
+    assert rc == 0 and re.search(r"Z INFO pymq\.cli: broker '\w+' serving broker=", err), err
+    assert len(err.splitlines()) == 3
+    serve = running("serve", "--name", name, "--log-level", "warning",
+                    env={"PYMQ_LOG_FORMAT": "json"})
+    serve.line()
+    rc, out, err = serve.stop(signal.SIGTERM)
+    assert rc == 0 and err == ""
+
+
+def test_serve_says_which_log_setting_is_wrong(name):
+    r = pymq_cli("serve", "--name", name, "--log-format", "xml")
+    assert r.returncode == 2 and "'xml' is not a log format (text or json)" in r.stderr
+    one_line_error(pymq_cli("serve", "--name", name, env={"PYMQ_LOG_LEVEL": "loud"}),
+                   "PYMQ_LOG_LEVEL: 'loud' is not a log level")
+
+
 def test_serve_refuses_a_name_that_a_live_broker_owns(name, make_broker):
     make_broker()
     r = pymq_cli("serve", "--name", name)
