@@ -21,6 +21,13 @@ its broker, tail acks what it printed and unsubscribes), say so on one line
 (serve on stdout, tail on stderr; top's screen is its output) and exit 0. It
 interrupts the others (stats, publish, clean, bench): 'interrupted', exit 1.
 The demo stops early and still accounts for everything (see pymq.demo).
+
+`serve` logs through the "pymq" logger to stderr: --log-level, --log-format
+text|json (or PYMQ_LOG_LEVEL, PYMQ_LOG_FORMAT; pymq.logfmt).
+
+This module owns the parser and the commands. What it shares with the demo
+and the benchmark (argument types, one-line errors, the stop-signal handler,
+tables) is pymq.cliutil; the demo is pymq.demo, the benchmark pymq.bench.
 """
 
 from __future__ import annotations
@@ -69,7 +76,6 @@ def _add_name(p: argparse.ArgumentParser, what: str = "broker name") -> None:
 
 
 def _connect(name: str) -> pymq.Client:
-    import pymq
     return pymq.connect(name)
 
 
