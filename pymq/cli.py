@@ -210,7 +210,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                          "supervisor_pid": broker.supervisor_pid,
                                          "ring_bytes": cfg.ring_capacity}
             where = (f"broker {cfg.name!r} serving in /dev/shm (pid {os.getpid()}, supervisor "
-                     f"pid {broker.supervisor_pid}, ring {bytes_text(cfg.ring_capacity)} per topic)")
+                     f"pid {broker.supervisor_pid}, ring {bytes_text(cfg.ring_capacity)} "
+                     "per topic)")
             if broker.admin_port is not None:
                 host = f"[{cfg.admin_host}]" if ":" in cfg.admin_host else cfg.admin_host
                 fields["admin_url"] = f"http://{host}:{broker.admin_port}/"
@@ -627,7 +628,8 @@ def build_parser() -> ArgumentParser:
              "its groups), depth, ring use, publisher waits and refusals; per group members, "
              "kind (ack or not), lag, pending, delivered, acked, redelivered (REDELIV) and "
              "dead-lettered (DLQ). The tables fit 100 columns: a count that would not fit is "
-             "shown to three digits (1.23M); --json has every figure, exact. Read from the admin server (--admin or $MQ_SERVICE_ENDPOINT) or, with --name or "
+             "shown to three digits (1.23M); --json has every figure, exact. Read from the "
+             "admin server (--admin or $MQ_SERVICE_ENDPOINT) or, with --name or "
              "when no admin address is known, from shared memory on this machine.",
              "examples:\n  pymq stats --name telemetry\n  pymq stats gpu-telemetry --json\n"
              "  MQ_SERVICE_ENDPOINT=127.0.0.1:8080 pymq stats")

@@ -35,7 +35,8 @@ class Gpu:
         rng = self.rng
         self.util = min(100.0, max(0.0, self.util + rng.uniform(-3, 3)))
         self.mem = min(MEM_TOTAL_MIB, max(1024, self.mem + rng.randint(-256, 256)))
-        self.temp = min(95.0, max(30.0, self.temp + (self.util - 60) * 0.01 + rng.uniform(-0.5, 0.5)))
+        self.temp = min(95.0, max(30.0, self.temp + (self.util - 60) * 0.01
+                                  + rng.uniform(-0.5, 0.5)))
         power = 60 + self.util * 3.4 + rng.uniform(-5, 5)
         return round(self.util, 1), self.mem, round(self.temp, 1), round(power, 1)
 
