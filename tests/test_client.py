@@ -64,8 +64,9 @@ def test_bad_inputs_raise_documented_errors_and_broker_keeps_working(broker):
         broker.subscribe("t", start="middle")
     with pytest.raises(ValueError):
         broker.subscribe("t", start=0)
-    with pytest.raises(pymq.InvalidTopic):
+    with pytest.raises(pymq.InvalidName) as bad_group:
         broker.subscribe("t", group="no/slash")
+    assert not isinstance(bad_group.value, pymq.InvalidTopic)
     sub = broker.subscribe("t")
     with pytest.raises(ValueError):
         sub.get(timeout=-1)
@@ -89,12 +90,13 @@ def test_topic_name_rules(broker):
 def test_connect_to_missing_broker_raises_broker_not_found():
     with pytest.raises(pymq.BrokerNotFound):
         pymq.connect("no-such-broker-here")
-    with pytest.raises(pymq.InvalidTopic):
+    with pytest.raises(pymq.InvalidName) as bad:
         pymq.connect("bad name")
+    assert not isinstance(bad.value, pymq.InvalidTopic)
 
 
 def test_second_broker_of_a_live_name_is_refused(broker, name):
-    with pytest.raises(pymq.MQError, match="already running"):
+    with pytest.raises(pymq.BrokerExists, match="already running"):
         pymq.Broker(pymq.BrokerConfig(name=name))
     broker.publish("t", b"still serving")
 
@@ -228,7 +230,7 @@ def test_config_from_env():
         pymq.BrokerConfig.from_env({"PYMQ_MAX_RETRIES": "many"})
     with pytest.raises(ValueError):
         pymq.BrokerConfig(ring_bytes=4096, max_message_bytes=4096)
-    with pytest.raises(pymq.InvalidTopic):
+    with pytest.raises(pymq.InvalidName):
         pymq.BrokerConfig(name="x" * 33)
     assert pymq.BrokerConfig(ring_bytes=5000, max_message_bytes=100).ring_capacity == 8192
     assert pymq.BrokerConfig().max_message_bytes == 1024 * 1024
