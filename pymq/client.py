@@ -2,11 +2,14 @@
 
 A Client attaches to a running broker's namespace and to one segment per topic
 it uses (creating a topic's segment on first use). Publishing and receiving
-are native calls on shared memory; the supervisor is never on the hot path.
+are native calls on shared memory; the supervisor is never on the hot path
+(deleting a topic or a group asks it, through pymq/control.py).
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
 import os
 import threading
 import time
@@ -16,9 +19,10 @@ from functools import partial
 
 import posix_ipc
 
-from . import _core, segments
-from .config import BrokerConfig, check_group, check_topic
-from .errors import BrokerClosed, BrokerNotFound, MQError, SegmentMismatch, SubscriptionClosed
+from . import _core, control, segments
+from .config import BrokerConfig, check_broker_name, check_group, check_topic, default_name
+from .errors import (BrokerClosed, BrokerNotFound, GroupKindMismatch, MessageTooLarge, MQError,
+                     SegmentMismatch, SubscriptionClosed)
 
 READ_BATCH = 1024          # most records one native read returns
 READ_BUFFER = 256 * 1024   # bytes of a subscription's read buffer (at least max_message_bytes)
@@ -32,8 +36,8 @@ def _timeout_ns(timeout) -> int:
     ns = _TIMEOUTS.get(timeout)
     if ns is not None:
         return ns
-    if timeout < 0:
-        raise ValueError(f"timeout must be >= 0 or None, not {timeout!r}")
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout >= 0:
+        raise ValueError(f"timeout must be a number >= 0 or None, not {timeout!r}")
     ns = int(timeout * 1e9)
     if len(_TIMEOUTS) < 256:
         _TIMEOUTS[timeout] = ns
@@ -168,7 +172,13 @@ class _Resources:
 class Client:
     """A connection to a running broker. Broker shares this interface."""
 
-    def __init__(self, name: str = "pymq", *, _token=None):
+    def __init__(self, name: str | None = None, *, _token=None):
+        """Attach to the running broker `name` (None: $PYMQ_NAME, else "pymq").
+
+        Raises InvalidName for a bad name, BrokerNotFound if no broker of that
+        name runs, SegmentMismatch if its namespace is of another layout or
+        corrupt."""
+        name = check_broker_name(default_name() if name is None else name)
         self._res = _Resources()
         self._finalizer = weakref.finalize(self, self._res.close)
         self._lock = threading.Lock()
@@ -195,6 +205,7 @@ class Client:
 
     @property
     def config(self) -> BrokerConfig:
+        """The BrokerConfig in force (read from the broker's shared memory)."""
         return self._config
 
     def close(self) -> None:
@@ -213,7 +224,7 @@ class Client:
             raise BrokerClosed("this client is closed")
         ns = self._res.ns
         if ns is None or ns.hdr.closed:
-            raise BrokerClosed(f"broker {self.name!r} is closed")
+            raise BrokerClosed(f"broker {self.name!r} is closed (or was replaced by a new one)")
 
     # -- topics -----------------------------------------------------------------
 
@@ -231,6 +242,13 @@ class Client:
                     self._topics[topic] = ts
             return ts
 
+    def _forget(self, topic: str, ring: _core.Ring | None = None) -> None:
+        """Drop the cached ring of a deleted topic (only that one, if given:
+        another thread may have opened the new topic already)."""
+        with self._lock:
+            if ring is None or self._topics.get(topic) is ring:
+                self._topics.pop(topic, None)
+
     def _attach_or_create(self, topic: str, create: bool) -> _core.Ring | None:
         shm_name = segments.topic_shm_name(self.name, topic)
         deadline = time.monotonic() + READY_TIMEOUT
@@ -244,11 +262,16 @@ class Client:
                 if seg is None:
                     continue  # another process created it first: attach to theirs
             try:
-                return _core.Ring(seg, topic)
+                ring = _core.Ring(seg, topic)
             except _core.SegmentNotReady:
-                if time.monotonic() > deadline:
-                    raise SegmentMismatch(f"topic {topic!r}: segment never became ready") from None
-                time.sleep(0.001)
+                ring = None
+            if ring is not None and ring.closed != _core.CLOSED_DELETED:
+                return ring
+            if ring is not None:
+                ring.release()  # deleted, not unlinked yet: its name is about to go
+            if time.monotonic() > deadline:
+                raise SegmentMismatch(f"topic {topic!r}: segment never became ready") from None
+            time.sleep(0.001)
 
     def _create_topic(self, shm_name: str) -> segments.Segment | None:
         cfg = self._config
@@ -281,28 +304,58 @@ class Client:
     def publish(self, topic: str, payload, timeout: float | None = None) -> int:
         """Publish one message (bytes-like or Message); returns its seq.
 
-        Waits up to timeout (default: config.publish_timeout) for ring space,
-        then raises pymq.Full."""
-        ring = self._topics.get(topic) or self._ring(topic)
+        Waits up to timeout (default: config.publish_timeout) for ring space.
+        Raises Full when there was none in time, MessageTooLarge for a payload
+        over max_message_bytes, TypeError for a payload that is not bytes-like,
+        InvalidTopic, BrokerClosed. A call that fails creates nothing (not even
+        the topic)."""
         if type(payload) is not bytes:
             payload = _as_bytes(payload)
+        ring = self._topics.get(topic) or self._ring_for(topic, (payload,))
         timeout_ns = self._publish_timeout_ns if timeout is None else _timeout_ns(timeout)
         seq = ring.put1(payload, timeout_ns)
-        return seq if seq > 0 else ring.finish(seq, timeout_ns, partial(ring.put1, payload))
+        if seq > 0:
+            return seq
+        try:
+            return ring.finish(seq, timeout_ns, partial(ring.put1, payload), len(payload))
+        except _core.TopicDeleted:  # deleted under us: publish to the topic anew
+            self._forget(topic, ring)
+            return self.publish(topic, payload, timeout)
 
     def publish_many(self, topic: str, payloads, timeout: float | None = None) -> int:
-        """Publish a batch in one native call, all or none; returns the last seq."""
-        ring = self._ring(topic)
-        timeout_ns = self._publish_timeout_ns if timeout is None else _timeout_ns(timeout)
+        """Publish a batch in one native call, all or none; returns the last seq.
+
+        Raises as publish(); also ValueError for an empty batch, and
+        MessageTooLarge for a batch larger than the ring."""
         if type(payloads) is not list and type(payloads) is not tuple:
             payloads = list(payloads)  # an iterator, say
         if not payloads:
             raise ValueError("publish_many needs at least one payload")
-        last = ring.publish_list(payloads, timeout_ns)  # bytes only: the ring copies from each
-        if last is None:
-            last = ring.publish_list([p if type(p) is bytes else _as_bytes(p) for p in payloads],
-                                     timeout_ns)
+        ring = self._topics.get(topic)
+        if ring is None:
+            payloads = [p if type(p) is bytes else _as_bytes(p) for p in payloads]
+            ring = self._ring_for(topic, payloads)
+        timeout_ns = self._publish_timeout_ns if timeout is None else _timeout_ns(timeout)
+        try:
+            last = ring.publish_list(payloads, timeout_ns)  # bytes only: the ring copies from each
+            if last is None:
+                last = ring.publish_list([p if type(p) is bytes else _as_bytes(p) for p in payloads],
+                                         timeout_ns)
+        except _core.TopicDeleted:
+            self._forget(topic, ring)
+            return self.publish_many(topic, payloads, timeout)
         return last
+
+    def _ring_for(self, topic: str, payloads) -> _core.Ring:
+        """The topic's ring for a first publish to it, once the payloads (bytes)
+        are known to fit: a publish that must fail creates no topic."""
+        check_topic(topic)
+        limit = self._config.max_message_bytes
+        big = max(map(len, payloads))
+        if big > limit:
+            raise MessageTooLarge(f"topic {topic!r}: a payload of {big:,} bytes is over "
+                                  f"max_message_bytes ({limit:,})")
+        return self._ring(topic)
 
     # -- subscribing ------------------------------------------------------------
 
@@ -310,8 +363,14 @@ class Client:
         """Subscribe to topic; yields payload bytes, each once per group.
         Without group: a group of its own (fan-out). With group: compete with
         the group's other members (each message to one); a named group is
-        durable. start ("latest", "earliest" or a seq) applies when the group
-        is created."""
+        durable: it keeps its position, and holds messages, while it has no
+        member (see delete_group). start ("latest", "earliest" or a seq >= 1)
+        applies when the group is created.
+
+        Raises InvalidTopic, InvalidName (group), ValueError (start),
+        GroupKindMismatch if the group was made by subscribe_with_ack(),
+        LimitExceeded when the topic has no room for another subscription,
+        BrokerClosed."""
         return self._subscribe(Subscription, topic, group, start, 0)
 
     def subscribe_with_ack(self, topic: str, group: str | None = None,
@@ -320,10 +379,14 @@ class Client:
         not acked within config.ack_timeout is redelivered (delivery_attempt + 1)
         to a live member of the group; after config.max_retries redeliveries it
         goes to the topic '{topic}.dlq'. A member that dies has its unacked
-        messages redelivered at once."""
+        messages redelivered at once.
+
+        Raises as subscribe() (GroupKindMismatch if the group was made by
+        subscribe())."""
         return self._subscribe(AckSubscription, topic, group, start, _core.GROUP_ACK)
 
     def _subscribe(self, cls, topic, group, start, flags):
+        check_topic(topic)
         if group is not None:
             check_group(group)
         if isinstance(start, str):
@@ -344,8 +407,8 @@ class Client:
                 raise
             want, other = (("subscribe_with_ack", "subscribe") if flags else
                            ("subscribe", "subscribe_with_ack"))
-            raise ValueError(f"group {group!r} of topic {topic!r} was made by {other}(): "
-                             f"it cannot be joined with {want}()") from None
+            raise GroupKindMismatch(f"group {group!r} of topic {topic!r} was made by {other}(): "
+                                    f"it cannot be joined with {want}()") from None
         buflen = max(READ_BUFFER, ring.max_msg + _core.REC_HDR)
         reader = _core.Reader(ring, joined.member, joined.member_gen, READ_BATCH, buflen)
         sub = cls(self, topic, group, reader, joined.group, joined.group_gen)
@@ -356,18 +419,51 @@ class Client:
             want = 1 if mode == _core.START["earliest"] else seq
             if want < first_in_ring:
                 from .persistence import replay
-                sub._replay = replay(cfg.persistence_dir, topic, want, first_in_ring)
+                sub._backlog = _Backlog(source=map(sub._from_disk,
+                                                   replay(cfg.persistence_dir, topic, want,
+                                                          first_in_ring)))
         with self._lock:
             self._res.subs.add(sub)
         return sub
 
+    # -- deleting ----------------------------------------------------------------
+
+    def delete_group(self, topic: str, group: str) -> None:
+        """Delete a named group and its position: its members get
+        SubscriptionClosed at their next call, an ack group's pending
+        deliveries go with it, and it no longer holds messages back. With
+        persistence, its recorded position goes too (a restart does not bring
+        it back).
+
+        Raises InvalidTopic, InvalidName, TopicNotFound, GroupNotFound,
+        BrokerClosed, BrokerUnavailable (the supervisor did not answer)."""
+        check_topic(topic)
+        check_group(group)
+        self._check_open()
+        control.request(self.name, "delete_group", topic=topic, group=group)
+
+    def delete_topic(self, topic: str, keep_files: bool = True) -> None:
+        """Delete a topic: its subscriptions get SubscriptionClosed, its
+        messages go, and a later publish makes the topic anew. Its segment's
+        memory is freed once no process has it mapped. With persistence, its
+        log is kept (moved aside to '{persistence_dir}/.deleted.{topic}.{ns}',
+        which no restart restores) or, with keep_files=False, removed.
+
+        Raises InvalidTopic, TopicNotFound, BrokerClosed, BrokerUnavailable."""
+        check_topic(topic)
+        self._check_open()
+        control.request(self.name, "delete_topic", topic=topic, keep_files=bool(keep_files))
+        self._forget(topic)
+
     # -- figures ---------------------------------------------------------------
 
     def topics(self) -> list[str]:
+        """The topics that exist (have a segment)."""
         return segments.topic_names(self.name)
 
     def stats(self) -> dict:
-        """Broker-wide figures and one entry per topic (the same dict as GET /stats)."""
+        """Broker-wide figures and one entry per topic (the same dict as GET
+        /stats). Raises BrokerClosed for a closed client."""
         ns = self._res.ns
         if ns is None:
             raise BrokerClosed("this client is closed")
@@ -376,10 +472,13 @@ class Client:
         for topic in self.topics():
             try:
                 ring = self._topics.get(topic) or self._open_topic(topic, create=False)
+                if ring is not None and ring.closed == _core.CLOSED_DELETED:
+                    self._forget(topic, ring)
+                    ring = self._open_topic(topic, create=False)
+                if ring is not None:
+                    topics[topic] = topic_stats(ring.stats())
             except (MQError, ValueError):
-                continue  # being created or removed right now
-            if ring is not None:
-                topics[topic] = topic_stats(ring.stats())
+                continue  # being created, removed or deleted right now
         return {
             "broker": self.name,
             "owner_pid": hdr.owner_pid,
@@ -399,12 +498,16 @@ ACK_FIGURES = ("acked", "nacked", "redelivered", "dead_lettered", "timeouts", "p
 def topic_stats(s: dict) -> dict:
     """The public figures of one topic from a Ring.stats() dict."""
     groups = {}
+    now = time.time()
     for g in s["groups_detail"]:
         key = g["name"] if not g["anonymous"] else f"anon-{g['index']}"
         groups[key] = {"members": g["members"], "anonymous": g["anonymous"], "ack": g["ack"],
                        "position": g["position"], "lag": g["lag"],
                        "delivered": g["delivered"], "delivered_bytes": g["delivered_bytes"],
+                       "idle_seconds": round(max(0.0, now - g["idle_since"]), 3)
+                       if g["idle_since"] and not g["members"] else None,
                        **{k: g[k] for k in ACK_FIGURES}}
+    anon = [g for g in groups.values() if g["anonymous"]]
     return {
         "published": s["published"],
         "published_bytes": s["published_bytes"],
@@ -419,16 +522,49 @@ def topic_stats(s: dict) -> dict:
         "expired": s["expired"],
         "lock_recoveries": s["recoveries"],
         "corrupt": s["corrupt"],
+        # every anonymous subscription together, counting those gone: one
+        # bounded set of figures however many come and go
+        "anonymous": {"members": sum(g["members"] for g in anon),
+                      "delivered": s["anon_delivered"] + sum(g["delivered"] for g in anon),
+                      "delivered_bytes": s["anon_delivered_bytes"]
+                      + sum(g["delivered_bytes"] for g in anon)},
         "groups": groups,
     }
+
+
+class _Backlog:
+    """What a subscription hands out before it reads the ring again: what its
+    start= replays from disk (source, read lazily), or what its own iteration
+    read ahead (items). Nothing in it is lost to the caller: the next get,
+    get_many or iteration takes it first."""
+
+    __slots__ = ("items", "source")
+
+    def __init__(self, items=(), source=None):
+        self.items = collections.deque(items)
+        self.source = source
+
+    def take(self, n: int) -> list:
+        """Up to n items; [] once it is empty."""
+        items = self.items
+        if len(items) < n and self.source is not None:
+            more = list(itertools.islice(self.source, n - len(items)))
+            if not more:
+                self.source = None
+            items.extend(more)
+        return [items.popleft() for _ in range(min(n, len(items)))]
 
 
 class Subscription:
     """Receives a topic's messages for one member of a group.
 
-    Iterate it, or call get()/get_many(). It ends (iteration stops) when
-    unsubscribed or when the broker closes. Not for concurrent use by several
-    threads: give each thread its own subscription.
+    Iterate it, or call get()/get_many(). Iteration ends when unsubscribed or
+    when the broker closes, and leaving it early loses and strands nothing:
+    a named group's member and an ack subscription take one message at a time
+    from the ring as it is asked for; an anonymous subscription (the only one
+    that receives every message) reads ahead, and what it read ahead goes to
+    its next get, get_many or loop. Not for concurrent use by several threads:
+    give each thread its own subscription.
     """
 
     def __init__(self, client: Client, topic: str, group: str | None, reader: _core.Reader,
@@ -442,64 +578,75 @@ class Subscription:
         self._group_gen = group_gen
         self._ack1 = self._ring.acker(group_index, group_gen)
 
-    # An anonymous subscription iterates in big batches; a group member in
-    # small ones, so that its peers share the work.
-    _iter_batch = READ_BATCH
-    _replay = None  # (seq, ts_ns, payload) from disk, before the ring (start= replay)
+    _backlog: _Backlog | None = None
 
-    def _replayed(self, n: int) -> list:
-        """Up to n records replayed from disk; [] once they are all delivered."""
-        out = []
-        for rec in self._replay:
-            out.append(rec)
-            if len(out) >= n:
-                break
-        if not out:
-            self._replay = None
-        return out
+    def _from_disk(self, rec):
+        """A record (seq, ts_ns, payload) replayed from disk, as get() gives it."""
+        return rec[2]
+
+    def _taken(self, n: int) -> list:
+        """Up to n items of the backlog; [] (and no backlog) once it is empty."""
+        got = self._backlog.take(n)
+        if not got:
+            self._backlog = None
+        return got
 
     def _closed(self):
         raise SubscriptionClosed(f"subscription to {self.topic!r} is closed")
 
     def _many(self, max_count) -> int:
         """max_count checked, and capped at what one read returns."""
-        if not isinstance(max_count, int) or max_count < 1:
+        if not isinstance(max_count, int) or isinstance(max_count, bool) or max_count < 1:
             raise ValueError(f"max_count must be an int >= 1, not {max_count!r}")
         return min(max_count, READ_BATCH)
 
     def get(self, timeout: float | None = None) -> bytes:
-        """The next payload; waits up to timeout (None: for ever), then raises pymq.Timeout."""
-        if self._replay is not None:
-            old = self._replayed(1)
+        """The next payload; waits up to timeout seconds (None: for ever).
+
+        Raises Timeout when nothing arrived in time, SubscriptionClosed
+        (unsubscribed, reaped, its group or topic deleted), BrokerClosed,
+        ValueError for a bad timeout."""
+        if self._backlog is not None:
+            old = self._taken(1)
             if old:
-                return old[0][2]
+                return old[0]
         r = self._reader or self._closed()
         timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
         p = r.get1(timeout_ns)
         return p if type(p) is bytes else r.finish(p, timeout_ns, r.get1)
 
     def get_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
-        """1..max_count payloads in one native call; waits like get()."""
-        if self._replay is not None and isinstance(max_count, int) and max_count >= 1:
-            old = self._replayed(max_count)
+        """1..max_count payloads in one native call; waits like get() and
+        raises as get() (and ValueError for a bad max_count)."""
+        n = self._many(max_count)
+        if self._backlog is not None:
+            old = self._taken(n)
             if old:
-                return [p for _, _, p in old]
-        r, n = self._reader or self._closed(), self._many(max_count)
+                return old
+        r = self._reader or self._closed()
         timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
         got = r.get_payloads(n, timeout_ns)
         return got if type(got) is list else r.finish(got, timeout_ns, partial(r.get_payloads, n))
 
+    def _read_ahead(self) -> bool:
+        """Whether iteration may read ahead: only a group of its own, whose
+        messages nobody else would get."""
+        return self.group is None
+
     def __iter__(self):
-        batch_size = self._iter_batch if self.group is None else 16
+        ahead = self._read_ahead()
         while True:
             try:
-                batch = self.get_many(batch_size)
+                if ahead and self._backlog is None:
+                    self._backlog = _Backlog(self.get_many(READ_BATCH))
+                item = self.get()
             except (SubscriptionClosed, BrokerClosed):
                 return
-            yield from batch
+            yield item
 
     def _leave(self) -> None:
         r, self._reader = self._reader, None
+        self._backlog = None
         if r is not None:
             try:
                 r.ring.leave(r.member, r.gen)
@@ -525,28 +672,34 @@ class Subscription:
 class AckSubscription(Subscription):
     """An at-least-once subscription: get()/get_many()/iteration give
     pymq.Message objects to ack() (or nack()); ack_many() acks a batch in one
-    native call."""
+    native call. Iteration takes one delivery at a time, so leaving a loop
+    leaves nothing pending."""
 
-    _iter_batch = 64
+    def _read_ahead(self) -> bool:
+        return False  # what it read ahead would be pending, its ack clock running
 
     def get(self, timeout: float | None = None) -> Message:
-        """The next message; waits up to timeout (None: for ever), then raises pymq.Timeout."""
-        if self._replay is not None:
-            old = self._replayed(1)
+        """The next message; waits up to timeout seconds (None: for ever).
+
+        Raises as Subscription.get()."""
+        if self._backlog is not None:
+            old = self._taken(1)
             if old:
-                return self._from_disk(*old[0])
+                return old[0]
         r = self._reader or self._closed()
         timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
         m = r.get1_message(timeout_ns, self, self.topic)
         return m if type(m) is Message else self._finish(m, timeout_ns, r.get1_message)
 
     def get_many(self, max_count: int, timeout: float | None = None) -> list[Message]:
-        """1..max_count messages in one native call (redeliveries first)."""
-        if self._replay is not None and isinstance(max_count, int) and max_count >= 1:
-            old = self._replayed(max_count)
+        """1..max_count messages in one native call (redeliveries first);
+        raises as get()."""
+        n = self._many(max_count)
+        if self._backlog is not None:
+            old = self._taken(n)
             if old:
-                return [self._from_disk(*rec) for rec in old]
-        r, n = self._reader or self._closed(), self._many(max_count)
+                return old
+        r = self._reader or self._closed()
         timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
         got = r.get_messages(n, timeout_ns, self, self.topic)
         return got if type(got) is list else self._finish(got, timeout_ns, partial(r.get_messages, n))
@@ -557,8 +710,9 @@ class AckSubscription(Subscription):
         their hot path makes no closure cells."""
         return self._ring.finish(rc, timeout_ns, lambda left: read(left, self, self.topic))
 
-    def _from_disk(self, seq, ts, payload) -> Message:
+    def _from_disk(self, rec) -> Message:
         """A message replayed from disk: history, so its ack is a no-op."""
+        seq, ts, payload = rec
         return Message(payload, topic=self.topic, seq=seq, publish_time=ts / 1e9)
 
     def _settle_many(self, how: str, msgs) -> int:
@@ -577,7 +731,8 @@ class AckSubscription(Subscription):
 
     def ack_many(self, msgs) -> int:
         """Ack many messages in one native call (per subscription they came
-        from); returns how many were still waiting for their ack."""
+        from); returns how many were still waiting for their ack. Raises
+        SegmentMismatch for a corrupt segment."""
         if type(msgs) is list:  # the usual case, all this subscription's: done in C
             n = self._ring.ack_messages(self._group, self._group_gen, self, msgs)
             if n is not None:
@@ -585,11 +740,29 @@ class AckSubscription(Subscription):
         return self._settle_many("ack", msgs)
 
     def nack_many(self, msgs) -> int:
-        """Redeliver many messages now (dead-letter those out of retries)."""
+        """Redeliver many messages now (dead-letter those out of retries);
+        returns how many were requeued."""
         return self._settle_many("nack", msgs)
 
 
-def connect(name: str = "pymq") -> Client:
-    """Attach to the running broker `name`; raises pymq.BrokerNotFound if none."""
-    from .config import check_broker_name
-    return Client(check_broker_name(name))
+def connect(name: str | None = None, *, wait: float = 0.0) -> Client:
+    """Attach to the running broker `name` (None: $PYMQ_NAME, else "pymq").
+
+    wait: seconds to wait for a broker that is starting (containers of a pod
+    start in any order). Raises BrokerNotFound if none runs (after wait),
+    InvalidName for a bad name, SegmentMismatch for a namespace of another
+    layout."""
+    name = check_broker_name(default_name() if name is None else name)
+    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not wait >= 0:
+        raise ValueError(f"wait must be a number >= 0, not {wait!r}")
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return Client(name)
+        except BrokerNotFound:
+            if time.monotonic() >= deadline:
+                if wait:
+                    raise BrokerNotFound(f"no broker named {name!r} started within "
+                                         f"{wait:g} s") from None
+                raise
+        time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
