@@ -16,7 +16,13 @@ import weakref
 from array import array
 from functools import partial
 
-from . import _fast, _native
+import sys
+
+if not sys.platform.startswith("linux"):
+    raise ImportError(f"pymq runs on Linux only, not {sys.platform}: it needs futexes, robust "
+                      "process-shared mutexes and a /dev/shm tmpfs")
+
+from . import _fast, _native  # noqa: E402
 from .errors import (BrokerClosed, Full, GroupNotFound, LimitExceeded, MessageTooLarge, MQError,
                      NativeError, SegmentMismatch, SubscriptionClosed, Timeout)
 
@@ -78,9 +84,11 @@ def _seconds(ns: int | None) -> str:
 
 
 def error(rc: int, context: str = "", *, timeout_ns: int | None = None, size: int | None = None,
-          max_msg: int | None = None, capacity: int | None = None) -> Exception:
+          largest: int | None = None, max_msg: int | None = None,
+          capacity: int | None = None) -> Exception:
     """The exception for the negative code rc, its message naming what is known:
-    the time waited, the size asked for, the limit it met."""
+    the time waited, the size asked for (size: all of it; largest: its largest
+    payload), the limit it met."""
     where = f"{context}: " if context else ""
     if rc == lib.PMQ_EMPTY:
         return Timeout(f"{where}nothing arrived within {_seconds(timeout_ns)}")
@@ -90,9 +98,10 @@ def error(rc: int, context: str = "", *, timeout_ns: int | None = None, size: in
         return Full(f"{where}no ring space{need} within {_seconds(timeout_ns)}{cap}: "
                     "a group is behind, or has no member and holds every message")
     if rc == lib.PMQ_ETOOBIG:
-        if size is not None and max_msg is not None and size > max_msg:
-            return MessageTooLarge(f"{where}a payload of {size:,} bytes is over max_message_bytes "
-                                   f"({max_msg:,})")
+        largest = size if largest is None else largest
+        if largest is not None and max_msg is not None and largest > max_msg:
+            return MessageTooLarge(f"{where}a payload of {largest:,} bytes is over "
+                                   f"max_message_bytes ({max_msg:,})")
         total = f"a batch of {size:,} bytes" if size is not None else "the batch"
         cap = f" ({capacity:,} bytes)" if capacity else ""
         return MessageTooLarge(f"{where}{total} does not fit the ring{cap}")
@@ -212,19 +221,20 @@ class Ring(_Mapped):
         # negative code for finish()
         self.put1 = partial(_fast.publish1, self.addr)
 
-    def finish(self, rc: int, timeout_ns: int, call, size: int | None = None):
+    def finish(self, rc: int, timeout_ns: int, call, size: int | None = None,
+               largest: int | None = None):
         """A call's slow path, after it returned the code rc: after a signal
         (PMQ_EINTR; its Python handler has run by now) call(time left of
         timeout_ns) again; return the result (a count or seq, or the object a
-        pymq._fast call returns), raise for an error code (size: the bytes a
-        publish asked for, for its message)."""
+        pymq._fast call returns), raise for an error code (size, largest: the
+        bytes a publish asked for and its largest payload, for the message)."""
         deadline = time.monotonic_ns() + timeout_ns
         while rc == EINTR:
             rc = call(-1 if timeout_ns < 0 else max(0, deadline - time.monotonic_ns()))
         if type(rc) is not int or rc >= 0:
             return rc
         raise error(rc, f"topic {self.topic!r}", timeout_ns=timeout_ns, size=size,
-                    max_msg=self.max_msg, capacity=self.capacity)
+                    largest=largest, max_msg=self.max_msg, capacity=self.capacity)
 
     # -- publishing ---------------------------------------------------------
 
@@ -240,7 +250,8 @@ class Ring(_Mapped):
         if rc is None or rc > 0:
             return rc
         again = tuple(payloads)  # after a signal: what was checked, whatever the list does now
-        return self.finish(rc, timeout_ns, partial(_fast.publish, self.addr, again))
+        return self.finish(rc, timeout_ns, partial(_fast.publish, self.addr, again),
+                           sum(map(len, again)), max(map(len, again)))
 
     def test_stop_in_publish(self, data: bytes, phase: int) -> int:
         """Tests only: stop a publish part-way, keeping the mutex (then die)."""

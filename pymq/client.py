@@ -311,8 +311,8 @@ class Client:
         the topic)."""
         if type(payload) is not bytes:
             payload = _as_bytes(payload)
-        ring = self._topics.get(topic) or self._ring_for(topic, (payload,))
         timeout_ns = self._publish_timeout_ns if timeout is None else _timeout_ns(timeout)
+        ring = self._topics.get(topic) or self._ring_for(topic, (payload,))
         seq = ring.put1(payload, timeout_ns)
         if seq > 0:
             return seq
@@ -331,11 +331,11 @@ class Client:
             payloads = list(payloads)  # an iterator, say
         if not payloads:
             raise ValueError("publish_many needs at least one payload")
+        timeout_ns = self._publish_timeout_ns if timeout is None else _timeout_ns(timeout)
         ring = self._topics.get(topic)
         if ring is None:
             payloads = [p if type(p) is bytes else _as_bytes(p) for p in payloads]
             ring = self._ring_for(topic, payloads)
-        timeout_ns = self._publish_timeout_ns if timeout is None else _timeout_ns(timeout)
         try:
             last = ring.publish_list(payloads, timeout_ns)  # bytes only: the ring copies from each
             if last is None:
@@ -458,16 +458,15 @@ class Client:
     # -- figures ---------------------------------------------------------------
 
     def topics(self) -> list[str]:
-        """The topics that exist (have a segment)."""
+        """The topics that exist (have a segment). Raises BrokerClosed."""
+        self._check_open()
         return segments.topic_names(self.name)
 
     def stats(self) -> dict:
         """Broker-wide figures and one entry per topic (the same dict as GET
-        /stats). Raises BrokerClosed for a closed client."""
-        ns = self._res.ns
-        if ns is None:
-            raise BrokerClosed("this client is closed")
-        hdr = ns.hdr
+        /stats). Raises BrokerClosed."""
+        self._check_open()
+        hdr = self._res.ns.hdr
         topics = {}
         for topic in self.topics():
             try:
@@ -741,7 +740,8 @@ class AckSubscription(Subscription):
 
     def nack_many(self, msgs) -> int:
         """Redeliver many messages now (dead-letter those out of retries);
-        returns how many were requeued."""
+        returns how many were requeued. Raises SegmentMismatch for a corrupt
+        segment."""
         return self._settle_many("nack", msgs)
 
 

@@ -6,7 +6,9 @@ one JSON object on one line, {"op": ..., ...}; the answer is one JSON object
 on one line, {"ok": true, ...} or {"ok": false, "error": CLASS, "message":
 TEXT}, CLASS being the name of a pymq exception (or OSError with "errno").
 One request per connection. Only processes of the same user (or root) are
-served (SO_PEERCRED).
+served (SO_PEERCRED). A request carries its deadline on CLOCK_MONOTONIC (one
+clock for every process of the machine): one that waited past it (the
+supervisor was frozen, say, and the client gave up) is not carried out late.
 
 Requests (pymq/supervisor.py carries them out, one at a time):
 
@@ -74,7 +76,7 @@ def request(name: str, op: str, timeout: float = DEFAULT_TIMEOUT, **args: Any) -
     BrokerUnavailable when nobody answers within timeout (or the supervisor
     failed in a way that has no class of its own)."""
     deadline = time.monotonic() + timeout
-    line = json.dumps({"op": op, **args}).encode() + b"\n"
+    line = json.dumps({"op": op, "deadline": time.monotonic() + timeout, **args}).encode() + b"\n"
     last = "no supervisor"
     while True:
         try:
@@ -149,6 +151,8 @@ class ControlServer:
             with conn:
                 try:
                     self._one(conn)
+                except OSError as e:  # the client gave up or went away
+                    log.info("control socket: a client went away before its answer: %s", e)
                 except Exception:  # a broken peer must never stop the server
                     log.exception("control socket: a request failed")
 
@@ -163,6 +167,10 @@ class ControlServer:
         except (OSError, ValueError) as e:
             answer: dict[str, Any] = {"ok": False, "error": "MQError", "message": f"bad request: {e}"}
         else:
+            deadline = req.get("deadline")
+            if isinstance(deadline, (int, float)) and time.monotonic() > deadline:
+                log.info("control socket: %r came after its deadline; not carried out", req["op"])
+                return
             answer = self._answer(req)
         conn.settimeout(IO_TIMEOUT)
         conn.sendall(json.dumps(answer).encode() + b"\n")

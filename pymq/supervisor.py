@@ -41,7 +41,7 @@ from . import _core, control, segments
 from .config import check_group, check_topic
 from .errors import GroupNotFound, MQError, TopicNotFound
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pymq.supervisor")  # not __name__: it runs as __main__
 
 DEAD_BATCH = 256        # dead deliveries moved to a .dlq topic per call
 SWEEP_INTERVAL = 0.05   # seconds between sweeps
