@@ -13,6 +13,7 @@ import contextlib
 import os
 import time
 import weakref
+from typing import Any
 from array import array
 from functools import partial
 
@@ -119,7 +120,7 @@ def check(rc: int, context: str = "", **detail) -> int:
     raise error(rc, context, **detail)
 
 
-def bind_message(cls):
+def bind_message(cls: type) -> Any:
     """Make cls (pymq.Message) the class whose objects Reader.get_messages
     builds in C; returns the C ack to install as cls.ack (cls's own ack stays
     its general path, for messages not received from an ack subscription)."""
@@ -185,7 +186,7 @@ class Namespace(_Mapped):
                                   config, len(config)), "namespace")
         return cls(seg)
 
-    def __init__(self, seg):
+    def __init__(self, seg: Any) -> None:
         super().__init__(seg)
         rc = lib.pmq_ns_attach(self._ptr, self._len)
         if rc < 0:

@@ -16,6 +16,9 @@ import threading
 import time
 import weakref
 
+from collections.abc import Callable
+from typing import IO, Any
+
 import posix_ipc
 
 from . import _core, control, segments
@@ -31,7 +34,7 @@ SUPERVISOR_START_TIMEOUT = 15.0
 STARTING_GRACE = 5.0  # seconds a namespace may take to become ready
 
 
-def remove_stale(name: str, before_remove=None) -> list[str]:
+def remove_stale(name: str, before_remove: Callable[[str], None] | None = None) -> list[str]:
     """Remove what a dead broker of this name left, and return it.
 
     BrokerExists if a broker of that name is alive or still starting;
@@ -81,7 +84,7 @@ def check_persistence_dir(path: str) -> None:
         raise PersistenceError(e.errno, f"persistence_dir {path!r}: {e.strerror or e}") from None
 
 
-def _flush_stale(name: str, cfg) -> None:
+def _flush_stale(name: str, cfg: BrokerConfig) -> None:
     """Before a dead broker's segments go: what its writer had not yet put on
     disk, and its groups' live positions (see persistence.flush_stale_ring)."""
     from . import persistence
@@ -101,11 +104,11 @@ class _Supervision:
     """The Broker's side of its supervisor: start it, restart it, stop it.
     Holds no reference to the Broker, so that a finalizer can use it."""
 
-    def __init__(self, name: str, res):
+    def __init__(self, name: str, res: Any):
         self.name = name
-        self.res = res
+        self.res = res  # client._Resources (no import cycle at run time)
         self.owner_pid = os.getpid()
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.stopping = threading.Event()
         self.watcher: threading.Thread | None = None
 
@@ -141,6 +144,7 @@ class _Supervision:
         backoff = 0.05
         while not self.stopping.is_set():
             proc = self.proc
+            assert proc is not None  # start() spawned it
             proc.wait()
             ns = self.res.ns
             if self.stopping.is_set() or ns is None:
@@ -205,14 +209,14 @@ class _Supervision:
         segments.remove_namespace(self.name)
 
 
-def _attach_ring(name: str, topic: str):
+def _attach_ring(name: str, topic: str) -> _core.Ring | None:
     try:
         return _core.Ring(segments.Segment.attach(segments.topic_shm_name(name, topic)), topic)
     except (posix_ipc.ExistentialError, MQError):
         return None  # gone, or never made ready: removed with the namespace
 
 
-def _pump_logs(pipe) -> None:
+def _pump_logs(pipe: IO[bytes]) -> None:
     """Hand the supervisor's log records (JSON lines) to this process's
     loggers of the same names, until the pipe ends."""
     with pipe:
@@ -297,7 +301,8 @@ class Broker(Client):
             raise ValueError(f"admin port must be in 0..65535, not {port}")
         self._check_open()
         try:
-            return control.request(self.name, "admin", timeout, port=port)["port"]
+            bound: int = control.request(self.name, "admin", timeout, port=port)["port"]
+            return bound
         except OSError as e:
             raise OSError(e.errno, f"admin server cannot listen on {self.config.admin_host}:"
                                    f"{port}: {e.strerror}") from None

@@ -15,7 +15,9 @@ import threading
 import time
 import weakref
 from array import array
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
+from typing import Any, Generic, TypeVar, Union
 
 import posix_ipc
 
@@ -29,10 +31,10 @@ READ_BUFFER = 256 * 1024   # bytes of a subscription's read buffer (at least max
 READY_TIMEOUT = 5.0        # seconds to wait for another process to finish creating a segment
 
 
-_TIMEOUTS: dict = {None: -1}  # timeouts seen (a few distinct values in a program) -> ns
+_TIMEOUTS: dict[float | None, int] = {None: -1}  # timeouts seen (a few in a program) -> ns
 
 
-def _timeout_ns(timeout) -> int:
+def _timeout_ns(timeout: float | None) -> int:
     ns = _TIMEOUTS.get(timeout)
     if ns is not None:
         return ns
@@ -44,8 +46,8 @@ def _timeout_ns(timeout) -> int:
     return ns
 
 
-def _as_bytes(payload):
-    """The payload as something cffi passes as `const char *` without a copy."""
+def _as_bytes(payload: object) -> bytes:
+    """The payload as bytes (the ring copies from a bytes object's own buffer)."""
     if isinstance(payload, bytes):
         return payload
     if isinstance(payload, Message):
@@ -53,7 +55,7 @@ def _as_bytes(payload):
     if isinstance(payload, (bytearray, memoryview)) or hasattr(payload, "__buffer__"):
         return bytes(payload)
     try:
-        return bytes(memoryview(payload))
+        return bytes(memoryview(payload))  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(f"payload must be bytes-like or pymq.Message, "
                         f"not {type(payload).__name__}") from None
@@ -71,17 +73,20 @@ class Message:
     __slots__ = ("payload", "_ack", "topic", "seq", "delivery_attempt", "publish_time",
                  "_sub", "_slot", "_pos", "_views", "_settled")
 
-    def __init__(self, payload, ack=None, *, topic=None, seq=None, delivery_attempt=1,
-                 publish_time=None):
+    def __init__(self, payload: bytes, ack: Callable[[], object] | None = None, *,
+                 topic: str | None = None, seq: int | None = None, delivery_attempt: int = 1,
+                 publish_time: float | None = None):
         self.payload = payload
         self._ack = ack
         self.topic = topic
         self.seq = seq
         self.delivery_attempt = delivery_attempt
         self.publish_time = publish_time
-        self._sub = None
-        self._views = None
+        self._sub: AckSubscription | None = None
+        self._views: list[memoryview] | None = None
         self._settled = False
+        self._slot = 0
+        self._pos = 0
 
     def ack(self) -> None:
         """Acknowledge: the message will not be delivered to this group again.
@@ -108,14 +113,15 @@ class Message:
         """A read-only memoryview of the payload in shared memory (zero-copy).
         It is valid while this delivery is pending: until it is acked or nacked
         (then the view is released), and not after its ack timeout passed and
-        another member got and acked it, nor after the subscription closed."""
+        another member got and acked it, nor after the subscription closed.
+        Raises ValueError once it was acked or the subscription closed."""
         if self._sub is None:
             return memoryview(self.payload).toreadonly()
         if self._settled:
             raise ValueError("the message was acked: its view is no longer valid")
         if self._sub._reader is None:
             raise ValueError("the subscription is closed: the message may be redelivered elsewhere")
-        mv = self._sub._ring.view(self._pos, len(self.payload))
+        mv: memoryview = self._sub._ring.view(self._pos, len(self.payload))
         if self._views is None:
             self._views = []
         self._views.append(mv)
@@ -142,19 +148,24 @@ class Message:
 # the subscription, _slot and _pos of the delivery, _views None, _settled False.
 # Message.ack becomes C too: the common case (such a message, pending, not
 # viewed) acks in one call; it hands every other case to the ack above.
-Message.ack = _core.bind_message(Message)
+Message.ack = _core.bind_message(Message)  # type: ignore[method-assign]
+
+
+Payload = Union[bytes, bytearray, memoryview, Message]  # or anything with the buffer protocol
+T = TypeVar("T")
+_Sub = TypeVar("_Sub", bound="Subscription[Any]")
 
 
 class _Resources:
     """What a Client owns, kept apart from it so that a finalizer can free it.
     Mappings are unmapped when their last user (a Subscription, say) lets go."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.pid = os.getpid()
-        self.ns = None
+        self.ns: _core.Namespace | None = None
         self.topics: dict[str, _core.Ring] = {}
-        self.subs: set = set()
-        self.token = None
+        self.subs: set[Subscription[Any]] = set()
+        self.token: segments.Token | None = None
 
     def close(self) -> None:
         if os.getpid() != self.pid:  # a forked copy: the subscriptions are the parent's
@@ -172,7 +183,7 @@ class _Resources:
 class Client:
     """A connection to a running broker. Broker shares this interface."""
 
-    def __init__(self, name: str | None = None, *, _token=None):
+    def __init__(self, name: str | None = None, *, _token: segments.Token | None = None):
         """Attach to the running broker `name` (None: $PYMQ_NAME, else "pymq").
 
         Raises InvalidName for a bad name, BrokerNotFound if no broker of that
@@ -213,10 +224,10 @@ class Client:
         self._closed = True
         self._finalizer()
 
-    def __enter__(self):
+    def __enter__(self) -> "Client":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def _check_open(self) -> None:
@@ -229,7 +240,9 @@ class Client:
     # -- topics -----------------------------------------------------------------
 
     def _ring(self, topic: str) -> _core.Ring:
-        return self._topics.get(topic) or self._open_topic(topic, create=True)
+        ring = self._topics.get(topic) or self._open_topic(topic, create=True)
+        assert ring is not None  # create=True: made, or an exception
+        return ring
 
     def _open_topic(self, topic: str, create: bool) -> _core.Ring | None:
         check_topic(topic)
@@ -258,9 +271,10 @@ class Client:
             except posix_ipc.ExistentialError:
                 if not create:
                     return None
-                seg = self._create_topic(shm_name)
-                if seg is None:
+                made = self._create_topic(shm_name)
+                if made is None:
                     continue  # another process created it first: attach to theirs
+                seg = made
             try:
                 ring = _core.Ring(seg, topic)
             except _core.SegmentNotReady:
@@ -275,6 +289,7 @@ class Client:
 
     def _create_topic(self, shm_name: str) -> segments.Segment | None:
         cfg = self._config
+        assert cfg.max_message_bytes is not None  # set by BrokerConfig.__post_init__
         params = _core.ring_params(cfg.ring_capacity, cfg.max_message_bytes,
                                    os.getpid(), segments.start_stamp(), cfg.persistence_enabled)
         try:
@@ -287,7 +302,8 @@ class Client:
             seg.close()
             segments.unlink(shm_name)  # ours, never made ready: nobody attached
             raise
-        if self._res.ns.hdr.closed:  # the broker closed while we created it
+        ns = self._res.ns
+        if ns is None or ns.hdr.closed:  # the broker closed while we created it
             seg.close()
             segments.unlink(shm_name)
             raise BrokerClosed(f"broker {self.name!r} is closed")
@@ -301,7 +317,7 @@ class Client:
 
     # -- publishing -------------------------------------------------------------
 
-    def publish(self, topic: str, payload, timeout: float | None = None) -> int:
+    def publish(self, topic: str, payload: Payload, timeout: float | None = None) -> int:
         """Publish one message (bytes-like or Message); returns its seq.
 
         Waits up to timeout (default: config.publish_timeout) for ring space.
@@ -313,44 +329,50 @@ class Client:
             payload = _as_bytes(payload)
         timeout_ns = self._publish_timeout_ns if timeout is None else _timeout_ns(timeout)
         ring = self._topics.get(topic) or self._ring_for(topic, (payload,))
-        seq = ring.put1(payload, timeout_ns)
+        seq: int = ring.put1(payload, timeout_ns)
         if seq > 0:
             return seq
         try:
-            return ring.finish(seq, timeout_ns, partial(ring.put1, payload), len(payload))
+            done: int = ring.finish(seq, timeout_ns, partial(ring.put1, payload), len(payload))
+            return done
         except _core.TopicDeleted:  # deleted under us: publish to the topic anew
             self._forget(topic, ring)
             return self.publish(topic, payload, timeout)
 
-    def publish_many(self, topic: str, payloads, timeout: float | None = None) -> int:
+    def publish_many(self, topic: str, payloads: Iterable[Payload],
+                     timeout: float | None = None) -> int:
         """Publish a batch in one native call, all or none; returns the last seq.
 
         Raises as publish(); also ValueError for an empty batch, and
         MessageTooLarge for a batch larger than the ring."""
         if type(payloads) is not list and type(payloads) is not tuple:
             payloads = list(payloads)  # an iterator, say
+        assert isinstance(payloads, (list, tuple))
         if not payloads:
             raise ValueError("publish_many needs at least one payload")
         timeout_ns = self._publish_timeout_ns if timeout is None else _timeout_ns(timeout)
         ring = self._topics.get(topic)
         if ring is None:
-            payloads = [p if type(p) is bytes else _as_bytes(p) for p in payloads]
-            ring = self._ring_for(topic, payloads)
+            checked = [p if type(p) is bytes else _as_bytes(p) for p in payloads]
+            ring = self._ring_for(topic, checked)
+            payloads = checked
         try:
             last = ring.publish_list(payloads, timeout_ns)  # bytes only: the ring copies from each
             if last is None:
                 last = ring.publish_list([p if type(p) is bytes else _as_bytes(p) for p in payloads],
                                          timeout_ns)
+            assert last is not None  # every item is bytes now
         except _core.TopicDeleted:
             self._forget(topic, ring)
             return self.publish_many(topic, payloads, timeout)
         return last
 
-    def _ring_for(self, topic: str, payloads) -> _core.Ring:
+    def _ring_for(self, topic: str, payloads: Iterable[bytes]) -> _core.Ring:
         """The topic's ring for a first publish to it, once the payloads (bytes)
         are known to fit: a publish that must fail creates no topic."""
         check_topic(topic)
         limit = self._config.max_message_bytes
+        assert limit is not None
         big = max(map(len, payloads))
         if big > limit:
             raise MessageTooLarge(f"topic {topic!r}: a payload of {big:,} bytes is over "
@@ -359,7 +381,8 @@ class Client:
 
     # -- subscribing ------------------------------------------------------------
 
-    def subscribe(self, topic: str, group: str | None = None, start="latest") -> "Subscription":
+    def subscribe(self, topic: str, group: str | None = None,
+                  start: str | int = "latest") -> "Subscription[bytes]":
         """Subscribe to topic; yields payload bytes, each once per group.
         Without group: a group of its own (fan-out). With group: compete with
         the group's other members (each message to one); a named group is
@@ -371,10 +394,10 @@ class Client:
         GroupKindMismatch if the group was made by subscribe_with_ack(),
         LimitExceeded when the topic has no room for another subscription,
         BrokerClosed."""
-        return self._subscribe(Subscription, topic, group, start, 0)
+        return self._subscribe(Subscription[bytes], topic, group, start, 0)
 
     def subscribe_with_ack(self, topic: str, group: str | None = None,
-                           start="latest") -> "AckSubscription":
+                           start: str | int = "latest") -> "AckSubscription":
         """Subscribe with at-least-once delivery; yields pymq.Message. A message
         not acked within config.ack_timeout is redelivered (delivery_attempt + 1)
         to a live member of the group; after config.max_retries redeliveries it
@@ -385,10 +408,12 @@ class Client:
         subscribe())."""
         return self._subscribe(AckSubscription, topic, group, start, _core.GROUP_ACK)
 
-    def _subscribe(self, cls, topic, group, start, flags):
+    def _subscribe(self, cls: Callable[..., _Sub], topic: str, group: str | None,
+                   start: str | int, flags: int) -> _Sub:
         check_topic(topic)
         if group is not None:
             check_group(group)
+        seq: int
         if isinstance(start, str):
             if start not in _core.START:
                 raise ValueError(f"start must be 'latest', 'earliest' or a seq, not {start!r}")
@@ -416,11 +441,11 @@ class Client:
             # What the ring no longer holds comes from disk first (it was written
             # there before the ring let it go).
             first_in_ring = ring.group_position(joined.group)[0]
-            want = 1 if mode == _core.START["earliest"] else seq
-            if want < first_in_ring:
+            since = 1 if mode == _core.START["earliest"] else seq
+            if since < first_in_ring:
                 from .persistence import replay
                 sub._backlog = _Backlog(source=map(sub._from_disk,
-                                                   replay(cfg.persistence_dir, topic, want,
+                                                   replay(cfg.persistence_dir, topic, since,
                                                           first_in_ring)))
         with self._lock:
             self._res.subs.add(sub)
@@ -462,10 +487,11 @@ class Client:
         self._check_open()
         return segments.topic_names(self.name)
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """Broker-wide figures and one entry per topic (the same dict as GET
         /stats). Raises BrokerClosed."""
         self._check_open()
+        assert self._res.ns is not None
         hdr = self._res.ns.hdr
         topics = {}
         for topic in self.topics():
@@ -494,7 +520,7 @@ class Client:
 ACK_FIGURES = ("acked", "nacked", "redelivered", "dead_lettered", "timeouts", "pending")
 
 
-def topic_stats(s: dict) -> dict:
+def topic_stats(s: dict[str, Any]) -> dict[str, Any]:
     """The public figures of one topic from a Ring.stats() dict."""
     groups = {}
     now = time.time()
@@ -539,11 +565,11 @@ class _Backlog:
 
     __slots__ = ("items", "source")
 
-    def __init__(self, items=(), source=None):
-        self.items = collections.deque(items)
+    def __init__(self, items: Iterable[Any] = (), source: Iterator[Any] | None = None):
+        self.items: collections.deque[Any] = collections.deque(items)
         self.source = source
 
-    def take(self, n: int) -> list:
+    def take(self, n: int) -> list[Any]:
         """Up to n items; [] once it is empty."""
         items = self.items
         if len(items) < n and self.source is not None:
@@ -554,7 +580,7 @@ class _Backlog:
         return [items.popleft() for _ in range(min(n, len(items)))]
 
 
-class Subscription:
+class Subscription(Generic[T]):
     """Receives a topic's messages for one member of a group.
 
     Iterate it, or call get()/get_many(). Iteration ends when unsubscribed or
@@ -571,7 +597,7 @@ class Subscription:
         self.topic = topic
         self.group = group
         self._client = client
-        self._reader = reader
+        self._reader: _core.Reader | None = reader
         self._ring = reader.ring
         self._group = group_index
         self._group_gen = group_gen
@@ -579,27 +605,30 @@ class Subscription:
 
     _backlog: _Backlog | None = None
 
-    def _from_disk(self, rec):
+    def _from_disk(self, rec: tuple[int, int, bytes]) -> Any:
         """A record (seq, ts_ns, payload) replayed from disk, as get() gives it."""
         return rec[2]
 
-    def _taken(self, n: int) -> list:
+    def _taken(self, n: int) -> list[T]:
         """Up to n items of the backlog; [] (and no backlog) once it is empty."""
-        got = self._backlog.take(n)
+        got = self._backlog.take(n) if self._backlog is not None else []
         if not got:
             self._backlog = None
         return got
 
-    def _closed(self):
-        raise SubscriptionClosed(f"subscription to {self.topic!r} is closed")
+    def _open_reader(self) -> _core.Reader:
+        r = self._reader
+        if r is None:
+            raise SubscriptionClosed(f"subscription to {self.topic!r} is closed")
+        return r
 
-    def _many(self, max_count) -> int:
+    def _many(self, max_count: int) -> int:
         """max_count checked, and capped at what one read returns."""
         if not isinstance(max_count, int) or isinstance(max_count, bool) or max_count < 1:
             raise ValueError(f"max_count must be an int >= 1, not {max_count!r}")
         return min(max_count, READ_BATCH)
 
-    def get(self, timeout: float | None = None) -> bytes:
+    def get(self, timeout: float | None = None) -> T:
         """The next payload; waits up to timeout seconds (None: for ever).
 
         Raises Timeout when nothing arrived in time, SubscriptionClosed
@@ -609,12 +638,12 @@ class Subscription:
             old = self._taken(1)
             if old:
                 return old[0]
-        r = self._reader or self._closed()
+        r = self._reader or self._open_reader()
         timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
-        p = r.get1(timeout_ns)
-        return p if type(p) is bytes else r.finish(p, timeout_ns, r.get1)
+        p: Any = r.get1(timeout_ns)
+        return p if type(p) is bytes else r.finish(p, timeout_ns, r.get1)  # type: ignore[return-value]
 
-    def get_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
+    def get_many(self, max_count: int, timeout: float | None = None) -> list[T]:
         """1..max_count payloads in one native call; waits like get() and
         raises as get() (and ValueError for a bad max_count)."""
         n = self._many(max_count)
@@ -622,9 +651,9 @@ class Subscription:
             old = self._taken(n)
             if old:
                 return old
-        r = self._reader or self._closed()
+        r = self._reader or self._open_reader()
         timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
-        got = r.get_payloads(n, timeout_ns)
+        got: Any = r.get_payloads(n, timeout_ns)
         return got if type(got) is list else r.finish(got, timeout_ns, partial(r.get_payloads, n))
 
     def _read_ahead(self) -> bool:
@@ -632,7 +661,7 @@ class Subscription:
         messages nobody else would get."""
         return self.group is None
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[T]:
         ahead = self._read_ahead()
         while True:
             try:
@@ -661,14 +690,14 @@ class Subscription:
 
     close = unsubscribe
 
-    def __enter__(self):
+    def __enter__(self) -> "Subscription[T]":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.unsubscribe()
 
 
-class AckSubscription(Subscription):
+class AckSubscription(Subscription[Message]):
     """An at-least-once subscription: get()/get_many()/iteration give
     pymq.Message objects to ack() (or nack()); ack_many() acks a batch in one
     native call. Iteration takes one delivery at a time, so leaving a loop
@@ -685,9 +714,9 @@ class AckSubscription(Subscription):
             old = self._taken(1)
             if old:
                 return old[0]
-        r = self._reader or self._closed()
+        r = self._reader or self._open_reader()
         timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
-        m = r.get1_message(timeout_ns, self, self.topic)
+        m: Any = r.get1_message(timeout_ns, self, self.topic)
         return m if type(m) is Message else self._finish(m, timeout_ns, r.get1_message)
 
     def get_many(self, max_count: int, timeout: float | None = None) -> list[Message]:
@@ -698,25 +727,26 @@ class AckSubscription(Subscription):
             old = self._taken(n)
             if old:
                 return old
-        r = self._reader or self._closed()
+        r = self._reader or self._open_reader()
         timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
-        got = r.get_messages(n, timeout_ns, self, self.topic)
-        return got if type(got) is list else self._finish(got, timeout_ns, partial(r.get_messages, n))
+        got: Any = r.get_messages(n, timeout_ns, self, self.topic)
+        return got if type(got) is list else self._finish(got, timeout_ns,
+                                                          partial(r.get_messages, n))
 
-    def _finish(self, rc, timeout_ns: int, read):
+    def _finish(self, rc: int, timeout_ns: int, read: Callable[..., Any]) -> Any:
         """get's and get_many's slow path (Ring.finish): read(time left, self,
         topic) again after a signal, or raise for rc. Apart from them, so that
         their hot path makes no closure cells."""
         return self._ring.finish(rc, timeout_ns, lambda left: read(left, self, self.topic))
 
-    def _from_disk(self, rec) -> Message:
+    def _from_disk(self, rec: tuple[int, int, bytes]) -> Message:
         """A message replayed from disk: history, so its ack is a no-op."""
         seq, ts, payload = rec
         return Message(payload, topic=self.topic, seq=seq, publish_time=ts / 1e9)
 
-    def _settle_many(self, how: str, msgs) -> int:
+    def _settle_many(self, how: str, msgs: Iterable[Message]) -> int:
         """One native call per subscription the messages came from."""
-        by_sub = {}
+        by_sub: dict[AckSubscription, list[Message]] = {}
         for m in msgs:
             if m._sub is not None and not m._settled:
                 m._settle()
@@ -728,17 +758,17 @@ class AckSubscription(Subscription):
                                     if how == "nack" else None)
                    for sub, part in by_sub.items())
 
-    def ack_many(self, msgs) -> int:
+    def ack_many(self, msgs: Iterable[Message]) -> int:
         """Ack many messages in one native call (per subscription they came
         from); returns how many were still waiting for their ack. Raises
         SegmentMismatch for a corrupt segment."""
         if type(msgs) is list:  # the usual case, all this subscription's: done in C
-            n = self._ring.ack_messages(self._group, self._group_gen, self, msgs)
+            n: int | None = self._ring.ack_messages(self._group, self._group_gen, self, msgs)
             if n is not None:
                 return n
         return self._settle_many("ack", msgs)
 
-    def nack_many(self, msgs) -> int:
+    def nack_many(self, msgs: Iterable[Message]) -> int:
         """Redeliver many messages now (dead-letter those out of retries);
         returns how many were requeued. Raises SegmentMismatch for a corrupt
         segment."""

@@ -6,6 +6,8 @@ import dataclasses
 import json
 import os
 import re
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 from .errors import InvalidName, InvalidTopic
 
@@ -49,7 +51,7 @@ def check_group(group: str) -> str:
     return group
 
 
-def default_name(environ=None) -> str:
+def default_name(environ: Mapping[str, str] | None = None) -> str:
     """The broker name when none is given: $PYMQ_NAME, else "pymq"."""
     return (os.environ if environ is None else environ).get("PYMQ_NAME") or "pymq"
 
@@ -63,7 +65,7 @@ def _bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
-def _kind(f: dataclasses.Field) -> tuple[type, bool]:
+def _kind(f: "dataclasses.Field[Any]") -> tuple[type, bool]:
     """A field's value type, and whether it may be None (from its annotation:
     "int", "float | None", ...)."""
     names = [t.strip() for t in str(f.type).split("|")]
@@ -139,13 +141,15 @@ class BrokerConfig:
         """ring_bytes rounded up to a power of two: the data bytes of each topic's ring."""
         return 1 << (self.ring_bytes - 1).bit_length()
 
-    _PARSERS = {bool: _bool, int: int, float: float, str: str}
+    _PARSERS: ClassVar[dict[type, Callable[[str], Any]]] = {bool: _bool, int: int, float: float,
+                                                         str: str}
 
     @classmethod
-    def from_env(cls, environ=None, **overrides) -> "BrokerConfig":
+    def from_env(cls, environ: Mapping[str, str] | None = None,
+                 **overrides: Any) -> "BrokerConfig":
         """Defaults, then PYMQ_<FIELD> variables, then keyword overrides."""
         environ = os.environ if environ is None else environ
-        values = {}
+        values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             raw = environ.get("PYMQ_" + f.name.upper())
             if raw is None:
