@@ -7,7 +7,7 @@ DEPS   := $(VENV)/.deps-installed
 NATIVE := pymq/.native-built
 SAN    := build/sanitize
 
-.PHONY: all build demo test test-unit test-sanitize test-wheel bench bench-quick bench-throughput bench-micro clean chromium
+.PHONY: all build demo test test-unit test-types test-sanitize test-wheel bench bench-quick bench-throughput bench-micro clean chromium
 
 all: build
 
@@ -26,7 +26,11 @@ build: $(NATIVE)
 demo: build
 	$(PY) -m pymq.demo
 
-test: test-wheel test-sanitize test-unit
+test: test-types test-wheel test-sanitize test-unit
+
+# The public modules pass mypy --strict (files and settings: [tool.mypy] in pyproject.toml).
+test-types: build
+	$(BIN)/mypy
 
 test-unit: build chromium
 	$(PY) -m pytest -q tests benchmarks --benchmark-disable
@@ -54,6 +58,7 @@ test-wheel: $(DEPS)
 	cd build/wheel && venv/bin/python -c "import pymq, os; \
 	  b = pymq.Broker(pymq.BrokerConfig(name='wheel%d' % os.getpid())); s = b.subscribe('t'); \
 	  b.publish('t', b'ok'); assert s.get(timeout=5) == b'ok'; b.close(); \
+	  assert os.path.exists(os.path.join(os.path.dirname(pymq.__file__), 'py.typed')); \
 	  print('pip install . works:', pymq.__file__)"
 	cd build/wheel && venv/bin/python -c "import pymq.demo.__main__, pymq.bench, pymq.logfmt"
 	cd build/wheel && venv/bin/pymq bench --quick

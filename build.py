@@ -11,6 +11,11 @@ PYMQ_SANITIZE=1 to build with AddressSanitizer and UndefinedBehaviorSanitizer.
 import os
 import shutil
 import pathlib
+import sys
+
+if not sys.platform.startswith("linux"):
+    sys.exit(f"pymq builds and runs on Linux only, not {sys.platform}: its native core needs "
+             "futexes, robust process-shared mutexes and a /dev/shm tmpfs")
 
 from cffi import FFI
 

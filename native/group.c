@@ -17,6 +17,10 @@
  * again with the very same cursor value. */
 static void free_group(pmq_ring_t *r, pmq_group_t *g)
 {
+    if (g->flags & PMQ_GROUP_ANON) { /* its figures live on in the topic's totals */
+        ADD_RLX(&r->hdr->anon_delivered, LOAD_ACQ(&g->delivered));
+        ADD_RLX(&r->hdr->anon_delivered_bytes, LOAD_ACQ(&g->delivered_bytes));
+    }
     /* An ack group is freed under its own lock; if that cannot be had, its
      * pending table stays taken until the next recount. */
     if (!(g->flags & PMQ_GROUP_ACK) || pmq_ack_group_free(r, g) < 0)
@@ -126,6 +130,7 @@ static int new_group(pmq_ring_t *r, const char *name, uint32_t flags, int start,
     strncpy(g->name, name, sizeof g->name - 1);
     g->delivered = g->delivered_bytes = 0;
     g->created_ns = (uint64_t)pmq_now_real();
+    g->idle_since_ns = (int64_t)g->created_ns; /* no member yet */
     g->start_seq = first_seq;
     STORE_SC(&g->cursor, cursor);
     if ((flags & PMQ_GROUP_ACK) && (rc = pmq_ack_group_init(r, g, ack_timeout_ns, max_retries)) < 0)
@@ -225,6 +230,7 @@ int pmq_group_join(pmq_ring_t *r, const char *name, uint32_t flags, int start,
         m->delivered = 0;
         __atomic_store_n(&m->gen, m->gen + 1, __ATOMIC_RELAXED);
         g->members++;
+        g->idle_since_ns = 0;
         STORE_REL(&m->state, PMQ_SLOT_ACTIVE);
         *out = (pmq_join_t){.member = (uint32_t)mi, .member_gen = m->gen,
                             .group = (uint32_t)gi, .group_gen = g->gen, .created = created};
@@ -245,10 +251,39 @@ static void remove_member(pmq_ring_t *r, pmq_member_t *m)
         return;
     if (g->members > 0)
         g->members--;
+    if (g->members == 0)
+        g->idle_since_ns = pmq_now_real();
     if ((g->flags & PMQ_GROUP_ANON) && g->members == 0)
         free_group(r, g);
     else
         pmq_ack_member_gone(r, g, (uint32_t)(m - r->members));
+}
+
+int pmq_group_delete(pmq_ring_t *r, const char *name)
+{
+    if (!r || !name || !name[0] || strnlen(name, PMQ_NAME_MAX - 16) >= PMQ_NAME_MAX - 16)
+        return PMQ_EINVAL;
+    int rc = pmq_ring_lock_admin(r);
+    if (rc < 0)
+        return rc;
+    int gi = find_group(r, name);
+    if (gi < 0) {
+        pmq_ring_unlock(r);
+        return PMQ_NOTFOUND;
+    }
+    pmq_group_t *g = &r->groups[gi];
+    /* Its members first (state stored last, so a recount after a death here
+     * finds them gone), then the group: its cursor poisoned, its table freed. */
+    for (uint32_t i = 0; i < r->max_members; i++) {
+        pmq_member_t *m = &r->members[i];
+        if (m->state == PMQ_SLOT_ACTIVE && m->group == (uint32_t)gi && m->group_gen == g->gen)
+            STORE_REL(&m->state, PMQ_SLOT_FREE);
+    }
+    g->members = 0;
+    free_group(r, g);
+    pmq_ring_unlock(r);
+    pmq_ring_wake_all(r); /* its readers return PMQ_GONE; publishers may have room now */
+    return 0;
 }
 
 int pmq_member_leave(pmq_ring_t *r, uint32_t member, uint32_t gen)
@@ -307,6 +342,7 @@ static void group_figures(pmq_ring_t *r, uint32_t i, pmq_group_stats_t *o)
     o->cursor = pos;
     o->delivered = g->delivered;
     o->delivered_bytes = g->delivered_bytes;
+    o->idle_since_ns = g->idle_since_ns;
     o->cursor_seq = h->next_seq;
     if (pos >= h->head && pos <= h->tail) /* else corrupt: pmq_ring_gate reports it */
         seek_seq(r, pos, 0, &at, &o->cursor_seq);
@@ -337,6 +373,8 @@ int pmq_ring_stats(pmq_ring_t *r, pmq_ring_stats_t *o, pmq_group_stats_t *groups
     o->recoveries = h->recoveries;
     o->wakeups = h->wakeups;
     o->corrupt = h->corrupt;
+    o->anon_delivered = h->anon_delivered;
+    o->anon_delivered_bytes = h->anon_delivered_bytes;
     o->closed = h->closed;
     o->max_msg = r->max_msg;
     for (uint32_t i = 0; i < r->max_groups; i++) {

@@ -23,7 +23,7 @@ int pmq_ns_init(void *base, uint64_t len, int32_t owner_pid, uint64_t owner_star
     ns->owner_start = owner_start;
     ns->owner_token = owner_token;
     ns->created_ns = pmq_now_real();
-    ns->admin_request = ns->admin_port = -1;
+    ns->admin_port = -1;
     ns->config_len = config_len;
     if (config_len)
         memcpy(ns->config, config, config_len);
@@ -40,8 +40,8 @@ int pmq_ns_attach(void *base, uint64_t len)
         return ns->magic == 0 || ns->magic == PMQ_NS_MAGIC ? PMQ_NOTREADY : PMQ_EVERSION;
     if (ns->magic != PMQ_NS_MAGIC || ns->version != PMQ_NS_VERSION)
         return PMQ_EVERSION;
-    if (ns->seg_len != len || ns->config_len > PMQ_NS_CONFIG_MAX || ns->admin_request < -1 ||
-        ns->admin_request > 65535)
+    if (ns->seg_len != len || ns->config_len > PMQ_NS_CONFIG_MAX || ns->admin_port < -1 ||
+        ns->admin_port > 65535)
         return PMQ_ECORRUPT;
     return 0;
 }

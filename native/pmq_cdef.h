@@ -24,6 +24,10 @@
 #define PMQ_EINTR ...
 #define PMQ_EINVAL ...
 #define PMQ_EBUFSMALL ...
+#define PMQ_DELETED ...
+#define PMQ_NOTFOUND ...
+#define PMQ_CLOSED_BROKER ...
+#define PMQ_CLOSED_DELETED ...
 
 #define PMQ_START_LATEST ...
 #define PMQ_START_EARLIEST ...
@@ -83,6 +87,7 @@ typedef struct {
     uint64_t capacity, head, tail, gate_min, next_seq;
     uint64_t published, published_bytes, publish_waits, publish_full;
     uint64_t expired, recoveries, wakeups, corrupt;
+    uint64_t anon_delivered, anon_delivered_bytes;
     uint32_t groups, members, closed, max_msg;
     ...;
 } pmq_ring_stats_t;
@@ -91,6 +96,7 @@ typedef struct {
     char name[...];
     uint32_t index, flags, members, gen;
     uint64_t cursor, delivered, delivered_bytes, lag, cursor_seq;
+    int64_t idle_since_ns;
     uint64_t acked, nacked, redelivered, dead_lettered, timeouts;
     uint32_t pending, ready, dead, max_retries;
     ...;
@@ -108,8 +114,7 @@ typedef struct {
     int64_t created_ns;
     uint64_t reaped_processes;
     uint64_t reaped_members;
-    int32_t admin_request, admin_port, admin_errno;
-    uint32_t admin_seq, admin_done;
+    int32_t admin_port;
     uint32_t config_len;
     char config[...];
     ...;
@@ -153,7 +158,8 @@ int pmq_group_take_dead(pmq_ring_t *r, uint32_t group, pmq_batch_t *b, uint32_t 
 int pmq_group_dead_lettered(pmq_ring_t *r, uint32_t group, uint32_t group_gen,
                             const uint32_t *slots, const uint64_t *seqs, uint32_t n);
 void pmq_ring_wake_all(pmq_ring_t *r);
-void pmq_ring_close(pmq_ring_t *r);
+int pmq_ring_close(pmq_ring_t *r, uint32_t why);
+int pmq_group_delete(pmq_ring_t *r, const char *name);
 int pmq_ring_stats(pmq_ring_t *r, pmq_ring_stats_t *out, pmq_group_stats_t *groups,
                    uint32_t max_groups);
 int pmq_member_info(pmq_ring_t *r, uint32_t i, uint64_t *owner, uint32_t *group, int32_t *pid);

@@ -13,7 +13,8 @@
  *   +------------+--------+--------+----------+-----------------------------+
  *
  * Every field has a single writer: the owning Broker process, except what the
- * supervisor stores (heartbeat, reaping counters, admin_port/errno/done).
+ * supervisor stores (heartbeat, reaping counters, admin_port). Requests to
+ * the supervisor do not go through here: see pymq/control.py.
  */
 #ifndef PMQ_NS_H
 #define PMQ_NS_H
@@ -21,7 +22,7 @@
 #include <stdint.h>
 
 #define PMQ_NS_MAGIC 0x3130534e514d5950ULL /* "PYMQNS01" little-endian */
-#define PMQ_NS_VERSION 2u
+#define PMQ_NS_VERSION 3u
 #define PMQ_NS_CONFIG_MAX 4096
 
 typedef struct pmq_ns {
@@ -40,16 +41,13 @@ typedef struct pmq_ns {
     int64_t created_ns;
     uint64_t reaped_processes;  /* dead processes whose subscriptions were removed */
     uint64_t reaped_members;    /* subscriptions removed with them */
-    int32_t admin_request;      /* port the admin server should listen on: -1 none, 0 any */
-    int32_t admin_port;         /* port it listens on (the supervisor's answer); -1 none */
-    int32_t admin_errno;        /* why it could not listen (errno), else 0 */
-    uint32_t admin_seq;         /* bumped by the Broker with every request */
-    uint32_t admin_done;        /* set to admin_seq by the supervisor once answered */
+    int32_t admin_port;         /* port the admin server listens on, -1 none: stored by the
+                                   supervisor, so that a restarted one serves it again */
     uint32_t config_len;        /* bytes of config used, <= PMQ_NS_CONFIG_MAX */
     char config[PMQ_NS_CONFIG_MAX];
 } pmq_ns_t;
 
-_Static_assert(sizeof(pmq_ns_t) == 120 + PMQ_NS_CONFIG_MAX, "namespace header size");
+_Static_assert(sizeof(pmq_ns_t) == 104 + PMQ_NS_CONFIG_MAX, "namespace header size");
 
 /* Bytes of a namespace segment. */
 uint64_t pmq_ns_size(void);

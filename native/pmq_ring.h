@@ -54,7 +54,7 @@
 #include <stdint.h>
 
 #define PMQ_RING_MAGIC     0x31474e52514d5950ULL /* "PYMQRNG1" little-endian */
-#define PMQ_LAYOUT_VERSION 2u
+#define PMQ_LAYOUT_VERSION 3u
 #define PMQ_READY          0x52454459u           /* stored last by init */
 #define PMQ_CACHE_LINE     64
 #define PMQ_HDR_SIZE       4096
@@ -80,6 +80,13 @@
 #define PMQ_EINTR     (-1010) /* a signal interrupted a wait; retry */
 #define PMQ_EINVAL    (-1011) /* bad argument */
 #define PMQ_EBUFSMALL (-1012) /* the next record does not fit the caller's buffer */
+#define PMQ_DELETED   (-1013) /* the topic was deleted (its segment goes once unmapped) */
+#define PMQ_NOTFOUND  (-1014) /* no such group */
+
+/* pmq_ring_hdr_t.closed */
+#define PMQ_OPEN           0u
+#define PMQ_CLOSED_BROKER  1u /* the broker closed */
+#define PMQ_CLOSED_DELETED 2u /* the topic was deleted */
 
 #define PMQ_REC_DATA 1u
 #define PMQ_REC_PAD  2u
@@ -131,7 +138,8 @@ typedef struct pmq_group {
     uint64_t delivered_bytes;
     uint64_t created_ns;
     uint64_t start_seq;             /* seq at the cursor when the group was made */
-    uint8_t pad2[PMQ_CACHE_LINE - 32];
+    int64_t idle_since_ns;          /* CLOCK_REALTIME when it last had no member; 0 while it has */
+    uint8_t pad2[PMQ_CACHE_LINE - 40];
     /* line 3: an ack group's own robust mutex, taken to claim, redeliver, ack,
      * nack and sweep (never by publishers: they only read the floor) */
     pthread_mutex_t lock;
@@ -198,7 +206,8 @@ typedef struct pmq_ring_hdr {
     uint64_t creator_start;   /* creator's start time, ms since the epoch */
     int64_t created_ns;
     uint32_t max_ack_groups;  /* pending tables */
-    uint32_t pad1a;
+    uint32_t closed;          /* PMQ_OPEN, or why it closed: stored once, under the mutex,
+                                 and read-mostly, so readers may load it on every read */
     uint8_t pad1[2 * PMQ_CACHE_LINE - 112];
 
     /* lines 2-3: the mutex (40 bytes on glibc x86_64) and the commit intent */
@@ -215,7 +224,7 @@ typedef struct pmq_ring_hdr {
     uint64_t head;            /* oldest retained record */
     uint64_t gate;            /* lower bound of every live group's cursor */
     uint64_t next_seq;        /* seq of the next record */
-    uint32_t closed;          /* set by the broker before it unlinks */
+    uint32_t pad5b;
     uint32_t group_hint;      /* where the search for a free group slot starts */
     uint32_t ptables_used;    /* bit i: pending table i belongs to a live ack group */
     uint32_t pad5a;
@@ -243,7 +252,9 @@ typedef struct pmq_ring_hdr {
     uint64_t recoveries;      /* EOWNERDEAD recoveries */
     uint64_t wakeups;         /* futex wakes issued by publishers */
     uint64_t corrupt;         /* corruption detected */
-    uint8_t pad8[2 * PMQ_CACHE_LINE - 56];
+    uint64_t anon_delivered;  /* deliveries to anonymous groups since freed (their figures */
+    uint64_t anon_delivered_bytes; /* go here when they go, so the totals never fall) */
+    uint8_t pad8[2 * PMQ_CACHE_LINE - 72];
 } pmq_ring_hdr_t;
 
 _Static_assert(sizeof(pmq_rec_t) == 24, "record header is 24 bytes");
@@ -318,6 +329,7 @@ typedef struct pmq_ring_stats {
     uint64_t capacity, head, tail, gate_min, next_seq;
     uint64_t published, published_bytes, publish_waits, publish_full;
     uint64_t expired, recoveries, wakeups, corrupt;
+    uint64_t anon_delivered, anon_delivered_bytes; /* of anonymous groups gone */
     uint32_t groups, members, closed, max_msg;
 } pmq_ring_stats_t;
 
@@ -325,6 +337,7 @@ typedef struct pmq_group_stats {
     char name[PMQ_NAME_MAX];
     uint32_t index, flags, members, gen;
     uint64_t cursor, delivered, delivered_bytes, lag, cursor_seq;
+    int64_t idle_since_ns;
     uint64_t acked, nacked, redelivered, dead_lettered, timeouts;
     uint32_t pending, ready, dead, max_retries;
 } pmq_group_stats_t;
@@ -376,6 +389,11 @@ int pmq_group_join(pmq_ring_t *r, const char *name, uint32_t flags, int start,
  * goes with its last member; a named group stays (durable). What an ack
  * member had in flight is redelivered to the group's other members at once. */
 int pmq_member_leave(pmq_ring_t *r, uint32_t member, uint32_t gen);
+
+/* Delete the named group: its members are removed (their reads and acks
+ * then give PMQ_GONE), what an ack group had pending goes with it, and its
+ * cursor no longer holds publishers back. 0, PMQ_NOTFOUND or PMQ_EINVAL. */
+int pmq_group_delete(pmq_ring_t *r, const char *name);
 
 /* Remove every member owned by `owner` (a dead process). Returns how many. */
 int pmq_ring_reap(pmq_ring_t *r, uint64_t owner);
@@ -438,8 +456,11 @@ int pmq_group_dead_lettered(pmq_ring_t *r, uint32_t group, uint32_t group_gen,
 /* Wake every waiter (readers and publishers) of this segment. */
 void pmq_ring_wake_all(pmq_ring_t *r);
 
-/* Mark closed (readers and publishers then return PMQ_CLOSED) and wake all. */
-void pmq_ring_close(pmq_ring_t *r);
+/* Mark closed, why (PMQ_CLOSED_BROKER or PMQ_CLOSED_DELETED), under the
+ * mutex, and wake all: publishers then return PMQ_CLOSED or PMQ_DELETED, and
+ * readers too once they have read what was there. A close that finds the
+ * ring closed already keeps the first reason. 0, or an error of the lock. */
+int pmq_ring_close(pmq_ring_t *r, uint32_t why);
 
 /* The ring's figures and those of up to max_groups live groups, in one locked
  * snapshot (published never trails delivered). Returns how many groups it

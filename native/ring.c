@@ -222,10 +222,27 @@ void pmq_ring_wake_all(pmq_ring_t *r)
     wake(&r->hdr->space_seq, &r->hdr->space_waiters);
 }
 
-void pmq_ring_close(pmq_ring_t *r)
+int pmq_ring_close(pmq_ring_t *r, uint32_t why)
 {
-    STORE_SC(&r->hdr->closed, 1);
+    if (!r || (why != PMQ_CLOSED_BROKER && why != PMQ_CLOSED_DELETED))
+        return PMQ_EINVAL;
+    /* Under the mutex: a publish either committed before (and is part of what
+     * closed) or sees the mark; none is accepted after this returns. Even a
+     * lock that cannot be had (a corrupt segment) does not keep the mark off. */
+    int rc = pmq_ring_lock_admin(r);
+    uint32_t open = PMQ_OPEN;
+    __atomic_compare_exchange_n(&r->hdr->closed, &open, why, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
+    if (rc == 0)
+        pmq_ring_unlock(r);
     pmq_ring_wake_all(r);
+    return rc < 0 ? rc : 0;
+}
+
+/* PMQ_CLOSED or PMQ_DELETED for a closed ring, else 0. */
+static int closed_code(const pmq_ring_t *r)
+{
+    uint32_t why = LOAD_ACQ(&r->hdr->closed);
+    return why == PMQ_OPEN ? 0 : why == PMQ_CLOSED_DELETED ? PMQ_DELETED : PMQ_CLOSED;
 }
 
 /* ---- publishing --------------------------------------------------------- */
@@ -411,9 +428,9 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *const *parts, const uint32_t
         return PMQ_FULL;
     }
     for (;;) {
-        if (LOAD_ACQ(&h->closed)) {
+        if ((rc = closed_code(r)) != 0) {
             pmq_ring_unlock(r);
-            return PMQ_CLOSED;
+            return rc;
         }
         uint64_t tail = h->tail, end = plan_end(r, tail, lens, count);
         if (end - tail > r->capacity) {
@@ -770,8 +787,8 @@ int pmq_ring_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
             continue;
         if (rc != 0)
             return rc;
-        if (LOAD_ACQ(&h->closed))
-            return PMQ_CLOSED;
+        if ((rc = closed_code(r)) != 0)
+            return rc;
         if (timeout_ns == 0)
             return PMQ_EMPTY;
         if (!spun++) { /* the first time it finds nothing: poll a while before sleeping */

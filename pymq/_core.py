@@ -13,66 +13,114 @@ import contextlib
 import os
 import time
 import weakref
+from typing import Any
 from array import array
 from functools import partial
 
-from . import _fast, _native
-from .errors import (BrokerClosed, Full, MessageTooLarge, MQError, SegmentMismatch,
-                     SubscriptionClosed, Timeout)
+import sys
+
+if not sys.platform.startswith("linux"):
+    raise ImportError(f"pymq runs on Linux only, not {sys.platform}: it needs futexes, robust "
+                      "process-shared mutexes and a /dev/shm tmpfs")
+
+from . import _fast, _native  # noqa: E402
+from .errors import (BrokerClosed, Full, GroupNotFound, LimitExceeded, MessageTooLarge, MQError,
+                     NativeError, SegmentMismatch, SubscriptionClosed, Timeout)
 
 ffi, lib = _native.ffi, _native.lib
 _fast.bind(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, f))) for f in (
     "pmq_ring_publish1", "pmq_ring_publish", "pmq_ring_read", "pmq_group_ack", "pmq_group_ack1",
     "pmq_ring_claim")))
 
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 if lib.pmq_layout_version() != LAYOUT_VERSION:  # a stale build beside new Python code
     raise ImportError(f"pymq._native has layout {lib.pmq_layout_version()}, "
                       f"this pymq expects {LAYOUT_VERSION}: rebuild it (make build)")
 
 EINTR = lib.PMQ_EINTR
 EMPTY = lib.PMQ_EMPTY
+DELETED = lib.PMQ_DELETED
 NOTREADY = lib.PMQ_NOTREADY
 START = {"latest": lib.PMQ_START_LATEST, "earliest": lib.PMQ_START_EARLIEST}
 START_SEQ = lib.PMQ_START_SEQ
 REC_HDR = lib.PMQ_REC_HDR
 GROUP_ACK = lib.PMQ_GROUP_ACK
+CLOSED_BROKER = lib.PMQ_CLOSED_BROKER
+CLOSED_DELETED = lib.PMQ_CLOSED_DELETED
 PERSIST_GROUP = "~persist"  # PMQ_PERSIST_GROUP: the persistence writer's ack group
 ACK_GROUPS = 16       # pending tables per topic: ack groups it can have
 PENDING_CAP = 1024    # deliveries in flight per ack group
+
 
 class SegmentNotReady(SegmentMismatch):
     """The segment exists but its creator has not finished initialising it."""
 
 
+class TopicDeleted(SubscriptionClosed):
+    """The topic was deleted: a subscription of it is closed; a publisher opens
+    the topic anew (the client catches this one)."""
+
+
 _ERRORS = {
-    lib.PMQ_EMPTY: (Timeout, "nothing arrived within the timeout"),
-    lib.PMQ_FULL: (Full, "no ring space within the timeout"),
     lib.PMQ_CLOSED: (BrokerClosed, "the broker is closed"),
-    lib.PMQ_GONE: (SubscriptionClosed, "the subscription is closed"),
-    lib.PMQ_ETOOBIG: (MessageTooLarge, "payload or batch too large"),
+    lib.PMQ_GONE: (SubscriptionClosed, "the subscription is closed (unsubscribed, reaped, or its "
+                                       "group deleted)"),
+    lib.PMQ_DELETED: (TopicDeleted, "the topic was deleted"),
     lib.PMQ_ECORRUPT: (SegmentMismatch, "corrupt segment: a length, offset or count out of bounds"),
     lib.PMQ_EVERSION: (SegmentMismatch, "segment of another magic or layout version"),
     lib.PMQ_NOTREADY: (SegmentNotReady, "segment not initialised yet"),
-    lib.PMQ_ENOSLOT: (MQError, "the topic has no room for another subscription (64 groups, "
-                              "256 subscriptions, 16 ack groups)"),
+    lib.PMQ_ENOSLOT: (LimitExceeded, f"the topic has no room for another subscription (at most "
+                                     f"{lib.PMQ_MAX_GROUPS} groups, {lib.PMQ_MAX_MEMBERS} "
+                                     f"subscriptions and {ACK_GROUPS} ack groups per topic)"),
+    lib.PMQ_NOTFOUND: (GroupNotFound, "no such group"),
     lib.PMQ_EINVAL: (ValueError, "invalid argument"),
-    lib.PMQ_EBUFSMALL: (MQError, "record larger than the read buffer"),
+    lib.PMQ_EBUFSMALL: (SegmentMismatch, "a record larger than max_message_bytes"),
 }
 
 
-def check(rc: int, context: str = "") -> int:
-    """Return rc if it is not an error code, else raise the matching exception."""
-    if rc >= 0:
-        return rc
+def _seconds(ns: int | None) -> str:
+    if ns is None or ns < 0:
+        return "for ever"
+    return f"{ns / 1e9:g} s"
+
+
+def error(rc: int, context: str = "", *, timeout_ns: int | None = None, size: int | None = None,
+          largest: int | None = None, max_msg: int | None = None,
+          capacity: int | None = None) -> Exception:
+    """The exception for the negative code rc, its message naming what is known:
+    the time waited, the size asked for (size: all of it; largest: its largest
+    payload), the limit it met."""
+    where = f"{context}: " if context else ""
+    if rc == lib.PMQ_EMPTY:
+        return Timeout(f"{where}nothing arrived within {_seconds(timeout_ns)}")
+    if rc == lib.PMQ_FULL:
+        need = f" for {size:,} bytes" if size is not None else ""
+        cap = f" (ring capacity {capacity:,} bytes)" if capacity else ""
+        return Full(f"{where}no ring space{need} within {_seconds(timeout_ns)}{cap}: "
+                    "a group is behind, or has no member and holds every message")
+    if rc == lib.PMQ_ETOOBIG:
+        largest = size if largest is None else largest
+        if largest is not None and max_msg is not None and largest > max_msg:
+            return MessageTooLarge(f"{where}a payload of {largest:,} bytes is over "
+                                   f"max_message_bytes ({max_msg:,})")
+        total = f"a batch of {size:,} bytes" if size is not None else "the batch"
+        cap = f" ({capacity:,} bytes)" if capacity else ""
+        return MessageTooLarge(f"{where}{total} does not fit the ring{cap}")
     exc, text = _ERRORS.get(rc, (None, None))
     if exc is None:
         code = -rc
-        raise OSError(code, f"{os.strerror(code)}{': ' + context if context else ''}")
-    raise exc(f"{context}: {text}" if context else text)
+        return NativeError(code, f"{where}{os.strerror(code)}")
+    return exc(f"{where}{text}")
 
 
-def bind_message(cls):
+def check(rc: int, context: str = "", **detail) -> int:
+    """Return rc if it is not an error code, else raise the matching exception."""
+    if rc >= 0:
+        return rc
+    raise error(rc, context, **detail)
+
+
+def bind_message(cls: type) -> Any:
     """Make cls (pymq.Message) the class whose objects Reader.get_messages
     builds in C; returns the C ack to install as cls.ack (cls's own ack stays
     its general path, for messages not received from an ack subscription)."""
@@ -138,7 +186,7 @@ class Namespace(_Mapped):
                                   config, len(config)), "namespace")
         return cls(seg)
 
-    def __init__(self, seg):
+    def __init__(self, seg: Any) -> None:
         super().__init__(seg)
         rc = lib.pmq_ns_attach(self._ptr, self._len)
         if rc < 0:
@@ -168,20 +216,26 @@ class Ring(_Mapped):
             self.release()
             check(rc, f"topic {topic!r}")
         self.max_msg = self.h.max_msg
+        self.capacity = self.h.capacity
         self.addr = int(ffi.cast("uintptr_t", self.h))  # the handle, for pymq._fast
         # the hot path, bound once: put1(payload: bytes, timeout_ns) -> seq, or a
         # negative code for finish()
         self.put1 = partial(_fast.publish1, self.addr)
 
-    def finish(self, rc: int, timeout_ns: int, call):
+    def finish(self, rc: int, timeout_ns: int, call, size: int | None = None,
+               largest: int | None = None):
         """A call's slow path, after it returned the code rc: after a signal
         (PMQ_EINTR; its Python handler has run by now) call(time left of
         timeout_ns) again; return the result (a count or seq, or the object a
-        pymq._fast call returns), raise for an error code."""
+        pymq._fast call returns), raise for an error code (size, largest: the
+        bytes a publish asked for and its largest payload, for the message)."""
         deadline = time.monotonic_ns() + timeout_ns
         while rc == EINTR:
             rc = call(-1 if timeout_ns < 0 else max(0, deadline - time.monotonic_ns()))
-        return check(rc, f"topic {self.topic!r}") if type(rc) is int else rc
+        if type(rc) is not int or rc >= 0:
+            return rc
+        raise error(rc, f"topic {self.topic!r}", timeout_ns=timeout_ns, size=size,
+                    largest=largest, max_msg=self.max_msg, capacity=self.capacity)
 
     # -- publishing ---------------------------------------------------------
 
@@ -197,7 +251,8 @@ class Ring(_Mapped):
         if rc is None or rc > 0:
             return rc
         again = tuple(payloads)  # after a signal: what was checked, whatever the list does now
-        return self.finish(rc, timeout_ns, partial(_fast.publish, self.addr, again))
+        return self.finish(rc, timeout_ns, partial(_fast.publish, self.addr, again),
+                           sum(map(len, again)), max(map(len, again)))
 
     def test_stop_in_publish(self, data: bytes, phase: int) -> int:
         """Tests only: stop a publish part-way, keeping the mutex (then die)."""
@@ -327,7 +382,7 @@ class Ring(_Mapped):
         out = {name: getattr(s, name) for name in (
             "capacity", "head", "tail", "gate_min", "next_seq", "published", "published_bytes",
             "publish_waits", "publish_full", "expired", "recoveries", "wakeups", "corrupt",
-            "groups", "members", "closed", "max_msg")}
+            "anon_delivered", "anon_delivered_bytes", "groups", "members", "closed", "max_msg")}
         out["groups_detail"] = [{
             "index": g.index, "name": ffi.string(g.name).decode("utf-8", "replace"),
             "anonymous": bool(g.flags & lib.PMQ_GROUP_ANON), "members": g.members,
@@ -335,15 +390,25 @@ class Ring(_Mapped):
             "lag": g.lag, "position": g.cursor_seq, "ack": bool(g.flags & lib.PMQ_GROUP_ACK),
             "acked": g.acked, "nacked": g.nacked, "redelivered": g.redelivered,
             "dead_lettered": g.dead_lettered, "timeouts": g.timeouts, "pending": g.pending,
-            "ready": g.ready, "dead": g.dead} for g in (groups[i] for i in range(n))]
+            "ready": g.ready, "dead": g.dead, "idle_since": g.idle_since_ns / 1e9}
+            for g in (groups[i] for i in range(n))]
         return out
 
-    def close_ring(self) -> None:
-        """Mark the segment closed and wake everyone (the Broker, before unlinking)."""
-        lib.pmq_ring_close(self.h)
+    def close_ring(self, deleted: bool = False) -> None:
+        """Mark the segment closed (the Broker, before unlinking) or deleted (a
+        topic deletion) and wake everyone: publishers then get BrokerClosed
+        (or TopicDeleted), and readers too once they read what was there. The
+        mark is made even when the lock cannot be had (a corrupt segment)."""
+        lib.pmq_ring_close(self.h, CLOSED_DELETED if deleted else CLOSED_BROKER)
 
-    def wake_all(self) -> None:
-        lib.pmq_ring_wake_all(self.h)
+    @property
+    def closed(self) -> int:
+        """0 while open, else CLOSED_BROKER or CLOSED_DELETED."""
+        return self.h.hdr.closed
+
+    def delete_group(self, name: str) -> None:
+        """Delete a named group (GroupNotFound if there is none)."""
+        check(lib.pmq_group_delete(self.h, name.encode()), f"topic {self.topic!r}, group {name!r}")
 
 
 class Batch:

@@ -7,6 +7,8 @@ segments of a dead predecessor of the same name.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -14,12 +16,17 @@ import threading
 import time
 import weakref
 
+from collections.abc import Callable
+from typing import IO, Any
+
 import posix_ipc
 
-from . import _core, segments
+from . import _core, control, segments
 from .client import Client
 from .config import BrokerConfig
-from .errors import MQError
+from .errors import BrokerExists, MQError, PersistenceError, SegmentMismatch, SupervisorFailed
+
+log = logging.getLogger(__name__)
 
 SUPERVISOR_START_TIMEOUT = 15.0
 
@@ -27,29 +34,30 @@ SUPERVISOR_START_TIMEOUT = 15.0
 STARTING_GRACE = 5.0  # seconds a namespace may take to become ready
 
 
-def remove_stale(name: str, before_remove=None) -> list[str]:
+def remove_stale(name: str, before_remove: Callable[[str], None] | None = None) -> list[str]:
     """Remove what a dead broker of this name left, and return it.
 
-    MQError if a broker of that name is alive or still starting, or if the
-    namespace is unreadable while live processes hold tokens in it."""
+    BrokerExists if a broker of that name is alive or still starting;
+    SegmentMismatch if the namespace is unreadable while live processes hold
+    tokens in it."""
     shm_name = segments.ns_shm_name(name)
     try:
         ns = _core.Namespace(segments.Segment.attach(shm_name))
     except (posix_ipc.ExistentialError, _core.SegmentNotReady):
         ns = None  # missing, or being created right now
         if segments.age(shm_name) < STARTING_GRACE:
-            raise MQError(f"a broker named {name!r} is starting") from None
+            raise BrokerExists(f"a broker named {name!r} is starting") from None
     except MQError:  # corrupt: its owner cannot be told, so any live token holds it
         ns = None
         live = [t for t in segments.token_files(name) if segments.token_alive(t)]
         if live:
-            raise MQError(f"the namespace of {name!r} is unreadable and {len(live)} live "
-                          f"process(es) hold tokens in it; stop them first") from None
+            raise SegmentMismatch(f"the namespace of {name!r} is unreadable and {len(live)} live "
+                                  f"process(es) hold tokens in it; stop them first") from None
     if ns is not None:
         owner, pid = ns.hdr.owner_token, ns.hdr.owner_pid
         if segments.token_alive(segments.token_path(name, owner)):
             ns.release()
-            raise MQError(f"a broker named {name!r} is already running (pid {pid})")
+            raise BrokerExists(f"a broker named {name!r} is already running (pid {pid})")
         # Clients still attached to the dead broker's segments learn that it is
         # gone (BrokerClosed) instead of talking on into unlinked memory.
         ns.hdr.closed = 1
@@ -66,21 +74,17 @@ def remove_stale(name: str, before_remove=None) -> list[str]:
 
 def check_persistence_dir(path: str) -> None:
     """The persistence folder exists (made, 0700, if only it is missing) and is
-    writable; else a clear MQError at start, not a failing writer later."""
+    writable; else a clear PersistenceError at start, not a failing writer later."""
     from .persistence import ensure_dir
     try:
         ensure_dir(path)
         if not os.access(path, os.W_OK | os.X_OK):
             raise PermissionError(13, "not writable")
     except OSError as e:
-        raise MQError(f"persistence_dir {path!r}: {e.strerror or e}") from None
+        raise PersistenceError(e.errno, f"persistence_dir {path!r}: {e.strerror or e}") from None
 
 
-def _log(msg: str) -> None:
-    print(f"pymq: {msg}", file=sys.stderr, flush=True)
-
-
-def _flush_stale(name: str, cfg) -> None:
+def _flush_stale(name: str, cfg: BrokerConfig) -> None:
     """Before a dead broker's segments go: what its writer had not yet put on
     disk, and its groups' live positions (see persistence.flush_stale_ring)."""
     from . import persistence
@@ -89,9 +93,9 @@ def _flush_stale(name: str, cfg) -> None:
         if ring is None:
             continue
         try:
-            persistence.flush_stale_ring(ring, cfg.persistence_dir, cfg, _log)
+            persistence.flush_stale_ring(ring, cfg.persistence_dir, cfg)
         except (MQError, OSError) as e:
-            _log(f"topic {topic!r}: cannot recover from the dead broker's shared memory: {e}")
+            log.error("topic %r: cannot recover from the dead broker's shared memory: %s", topic, e)
         finally:
             ring.release()
 
@@ -100,11 +104,11 @@ class _Supervision:
     """The Broker's side of its supervisor: start it, restart it, stop it.
     Holds no reference to the Broker, so that a finalizer can use it."""
 
-    def __init__(self, name: str, res):
+    def __init__(self, name: str, res: Any):
         self.name = name
-        self.res = res
+        self.res = res  # client._Resources (no import cycle at run time)
         self.owner_pid = os.getpid()
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.stopping = threading.Event()
         self.watcher: threading.Thread | None = None
 
@@ -117,35 +121,42 @@ class _Supervision:
     def _spawn(self) -> None:
         hdr = self.res.ns.hdr
         beat = hdr.supervisor_beat_ns
+        # Its stdout is a pipe of its log records (supervisor.PipeHandler),
+        # handed to this process's loggers by a thread of their own.
         proc = subprocess.Popen([sys.executable, "-m", "pymq.supervisor", self.name],
-                                stdin=subprocess.DEVNULL, close_fds=True)
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, close_fds=True)
+        threading.Thread(target=_pump_logs, args=(proc.stdout,), daemon=True,
+                         name=f"pymq-{self.name}-supervisor-log").start()
         self.proc = proc
         hdr.supervisor_pid = proc.pid
         deadline = time.monotonic() + SUPERVISOR_START_TIMEOUT
         while hdr.supervisor_beat_ns == beat:  # its first sweep says it is serving
             if proc.poll() is not None:
-                raise MQError(f"supervisor of {self.name!r} exited at start ({proc.returncode})")
+                raise SupervisorFailed(f"supervisor of {self.name!r} exited at start "
+                                       f"({proc.returncode})")
             if time.monotonic() > deadline:
                 proc.kill()
-                raise MQError(f"supervisor of {self.name!r} did not start")
+                raise SupervisorFailed(f"supervisor of {self.name!r} did not start within "
+                                       f"{SUPERVISOR_START_TIMEOUT:g} s")
             time.sleep(0.005)
 
     def _watch(self) -> None:
         backoff = 0.05
         while not self.stopping.is_set():
             proc = self.proc
+            assert proc is not None  # start() spawned it
             proc.wait()
             ns = self.res.ns
             if self.stopping.is_set() or ns is None:
                 return
             ns.hdr.supervisor_restarts += 1
-            print(f"pymq: supervisor of {self.name!r} (pid {proc.pid}) exited with "
-                  f"{proc.returncode}; restarting it", file=sys.stderr)
+            log.warning("supervisor of %r (pid %d) exited with %s; restarting it", self.name,
+                        proc.pid, proc.returncode)
             try:
                 self._spawn()
                 backoff = 0.05
             except MQError as e:
-                print(f"pymq: {e}; retrying in {backoff:.2f}s", file=sys.stderr)
+                log.error("%s; retrying in %.2f s", e, backoff)
                 if self.stopping.wait(backoff):
                     return
                 backoff = min(backoff * 2, 2.0)
@@ -166,8 +177,7 @@ class _Supervision:
                 if all(g is None or (g["lag"] == 0 and g["pending"] == 0) for g in groups):
                     return
                 time.sleep(0.01)
-            print(f"pymq: persistence of {self.name!r} did not drain in {timeout:g} s",
-                  file=sys.stderr)
+            log.error("persistence of %r did not drain in %g s", self.name, timeout)
         finally:
             client.close()
 
@@ -187,7 +197,7 @@ class _Supervision:
                     ring.close_ring()  # readers and publishers get BrokerClosed
         proc = self.proc
         if proc is not None:
-            proc.terminate()
+            proc.terminate()  # its log pipe ends with it: the pump thread ends
             try:
                 proc.wait(5)
             except subprocess.TimeoutExpired:
@@ -199,18 +209,41 @@ class _Supervision:
         segments.remove_namespace(self.name)
 
 
-def _attach_ring(name: str, topic: str):
+def _attach_ring(name: str, topic: str) -> _core.Ring | None:
     try:
         return _core.Ring(segments.Segment.attach(segments.topic_shm_name(name, topic)), topic)
     except (posix_ipc.ExistentialError, MQError):
         return None  # gone, or never made ready: removed with the namespace
 
 
+def _pump_logs(pipe: IO[bytes]) -> None:
+    """Hand the supervisor's log records (JSON lines) to this process's
+    loggers of the same names, until the pipe ends."""
+    with pipe:
+        for line in pipe:
+            try:
+                fields = json.loads(line)
+                rec = logging.makeLogRecord({k: fields[k] for k in (
+                    "name", "levelno", "levelname", "msg", "created", "process", "threadName",
+                    "exc_text") if k in fields})
+            except (ValueError, KeyError, TypeError):
+                continue  # cut short (a line over PIPE_BUF), or not ours
+            logger = logging.getLogger(rec.name)
+            if logger.isEnabledFor(rec.levelno):
+                logger.handle(rec)
+
+
 class Broker(Client):
     """Creates the namespace `config.name` and starts its supervisor process."""
 
     def __init__(self, config: BrokerConfig | None = None):
-        cfg = config if config is not None else BrokerConfig()
+        """config: the settings; None takes them from the environment
+        (BrokerConfig.from_env(): PYMQ_NAME, PYMQ_RING_BYTES, ...).
+
+        Raises BrokerExists if a live broker owns the name, PersistenceError
+        for an unusable persistence_dir, StorageFull if /dev/shm has no room
+        for the namespace, SupervisorFailed if the supervisor cannot start."""
+        cfg = config if config is not None else BrokerConfig.from_env()
         if not isinstance(cfg, BrokerConfig):
             raise TypeError(f"config must be a BrokerConfig, not {type(cfg).__name__}")
         flush = None
@@ -223,7 +256,7 @@ class Broker(Client):
         try:
             if cfg.persistence_enabled:  # before the namespace exists: no client races it
                 from . import persistence
-                self.restored = [persistence.restore_topic(cfg.name, t, cfg, _log)
+                self.restored = [persistence.restore_topic(cfg.name, t, cfg)
                                  for t in persistence.topics_on_disk(cfg.persistence_dir)]
             seg = segments.Segment.create(segments.ns_shm_name(cfg.name), _core.ns_size())
             ns = _core.Namespace.init(seg, os.getpid(), segments.start_stamp(), token.value,
@@ -254,8 +287,12 @@ class Broker(Client):
     def start_admin_server(self, port: int | str = 0, timeout: float = 15.0) -> int:
         """Have the supervisor serve the HTTP admin endpoints on admin_host:port
         (int or str, as in the seed; 0 picks a free port). Returns the bound
-        port; OSError if it cannot listen. Calling it again moves the server;
-        a restarted supervisor serves on the same port again."""
+        port. Calling it again moves the server; a restarted supervisor serves
+        on the same port again.
+
+        Raises ValueError for a bad port, OSError if it cannot listen there
+        (the server stays where it was), BrokerClosed, and BrokerUnavailable
+        if the supervisor does not answer within timeout."""
         try:
             port = int(port)
         except (TypeError, ValueError):
@@ -263,19 +300,12 @@ class Broker(Client):
         if not 0 <= port <= 65535:
             raise ValueError(f"admin port must be in 0..65535, not {port}")
         self._check_open()
-        hdr = self._res.ns.hdr
-        hdr.admin_request = port
-        seq = hdr.admin_seq + 1
-        hdr.admin_seq = seq
-        deadline = time.monotonic() + timeout
-        while hdr.admin_done != seq:  # the supervisor answers within a sweep
-            if time.monotonic() > deadline:
-                raise MQError("the supervisor did not start the admin server in time")
-            time.sleep(0.01)
-        if hdr.admin_errno:
-            raise OSError(hdr.admin_errno, f"admin server cannot listen on "
-                          f"{self.config.admin_host}:{port}: {os.strerror(hdr.admin_errno)}")
-        return hdr.admin_port
+        try:
+            bound: int = control.request(self.name, "admin", timeout, port=port)["port"]
+            return bound
+        except OSError as e:
+            raise OSError(e.errno, f"admin server cannot listen on {self.config.admin_host}:"
+                                   f"{port}: {e.strerror}") from None
 
     @property
     def admin_port(self) -> int | None:

@@ -2,46 +2,52 @@
 
 A Client attaches to a running broker's namespace and to one segment per topic
 it uses (creating a topic's segment on first use). Publishing and receiving
-are native calls on shared memory; the supervisor is never on the hot path.
+are native calls on shared memory; the supervisor is never on the hot path
+(deleting a topic or a group asks it, through pymq/control.py).
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
 import os
 import threading
 import time
 import weakref
 from array import array
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
+from typing import Any, Generic, TypeVar, Union
 
 import posix_ipc
 
-from . import _core, segments
-from .config import BrokerConfig, check_group, check_topic
-from .errors import BrokerClosed, BrokerNotFound, MQError, SegmentMismatch, SubscriptionClosed
+from . import _core, control, segments
+from .config import BrokerConfig, check_broker_name, check_group, check_topic, default_name
+from .errors import (BrokerClosed, BrokerNotFound, GroupKindMismatch, MessageTooLarge, MQError,
+                     SegmentMismatch, SubscriptionClosed)
 
 READ_BATCH = 1024          # most records one native read returns
 READ_BUFFER = 256 * 1024   # bytes of a subscription's read buffer (at least max_message_bytes)
 READY_TIMEOUT = 5.0        # seconds to wait for another process to finish creating a segment
 
 
-_TIMEOUTS: dict = {None: -1}  # timeouts seen (a few distinct values in a program) -> ns
+_TIMEOUTS: dict[float | None, int] = {None: -1}  # timeouts seen (a few in a program) -> ns
 
 
-def _timeout_ns(timeout) -> int:
+def _timeout_ns(timeout: float | None) -> int:
     ns = _TIMEOUTS.get(timeout)
     if ns is not None:
         return ns
-    if timeout < 0:
-        raise ValueError(f"timeout must be >= 0 or None, not {timeout!r}")
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout >= 0:
+        raise ValueError(f"timeout must be a number >= 0 or None, not {timeout!r}")
     ns = int(timeout * 1e9)
     if len(_TIMEOUTS) < 256:
         _TIMEOUTS[timeout] = ns
     return ns
 
 
-def _as_bytes(payload):
-    """The payload as something cffi passes as `const char *` without a copy."""
+def _as_bytes(payload: object) -> bytes:
+    """The payload as bytes (the ring copies from a bytes object's own buffer)."""
     if isinstance(payload, bytes):
         return payload
     if isinstance(payload, Message):
@@ -49,7 +55,7 @@ def _as_bytes(payload):
     if isinstance(payload, (bytearray, memoryview)) or hasattr(payload, "__buffer__"):
         return bytes(payload)
     try:
-        return bytes(memoryview(payload))
+        return bytes(memoryview(payload))  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(f"payload must be bytes-like or pymq.Message, "
                         f"not {type(payload).__name__}") from None
@@ -67,17 +73,20 @@ class Message:
     __slots__ = ("payload", "_ack", "topic", "seq", "delivery_attempt", "publish_time",
                  "_sub", "_slot", "_pos", "_views", "_settled")
 
-    def __init__(self, payload, ack=None, *, topic=None, seq=None, delivery_attempt=1,
-                 publish_time=None):
+    def __init__(self, payload: bytes, ack: Callable[[], object] | None = None, *,
+                 topic: str | None = None, seq: int | None = None, delivery_attempt: int = 1,
+                 publish_time: float | None = None):
         self.payload = payload
         self._ack = ack
         self.topic = topic
         self.seq = seq
         self.delivery_attempt = delivery_attempt
         self.publish_time = publish_time
-        self._sub = None
-        self._views = None
+        self._sub: AckSubscription | None = None
+        self._views: list[memoryview] | None = None
         self._settled = False
+        self._slot = 0
+        self._pos = 0
 
     def ack(self) -> None:
         """Acknowledge: the message will not be delivered to this group again.
@@ -104,14 +113,15 @@ class Message:
         """A read-only memoryview of the payload in shared memory (zero-copy).
         It is valid while this delivery is pending: until it is acked or nacked
         (then the view is released), and not after its ack timeout passed and
-        another member got and acked it, nor after the subscription closed."""
+        another member got and acked it, nor after the subscription closed.
+        Raises ValueError once it was acked or the subscription closed."""
         if self._sub is None:
             return memoryview(self.payload).toreadonly()
         if self._settled:
             raise ValueError("the message was acked: its view is no longer valid")
         if self._sub._reader is None:
             raise ValueError("the subscription is closed: the message may be redelivered elsewhere")
-        mv = self._sub._ring.view(self._pos, len(self.payload))
+        mv: memoryview = self._sub._ring.view(self._pos, len(self.payload))
         if self._views is None:
             self._views = []
         self._views.append(mv)
@@ -138,19 +148,24 @@ class Message:
 # the subscription, _slot and _pos of the delivery, _views None, _settled False.
 # Message.ack becomes C too: the common case (such a message, pending, not
 # viewed) acks in one call; it hands every other case to the ack above.
-Message.ack = _core.bind_message(Message)
+Message.ack = _core.bind_message(Message)  # type: ignore[method-assign]
+
+
+Payload = Union[bytes, bytearray, memoryview, Message]  # or anything with the buffer protocol
+T = TypeVar("T")
+_Sub = TypeVar("_Sub", bound="Subscription[Any]")
 
 
 class _Resources:
     """What a Client owns, kept apart from it so that a finalizer can free it.
     Mappings are unmapped when their last user (a Subscription, say) lets go."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.pid = os.getpid()
-        self.ns = None
+        self.ns: _core.Namespace | None = None
         self.topics: dict[str, _core.Ring] = {}
-        self.subs: set = set()
-        self.token = None
+        self.subs: set[Subscription[Any]] = set()
+        self.token: segments.Token | None = None
 
     def close(self) -> None:
         if os.getpid() != self.pid:  # a forked copy: the subscriptions are the parent's
@@ -168,7 +183,13 @@ class _Resources:
 class Client:
     """A connection to a running broker. Broker shares this interface."""
 
-    def __init__(self, name: str = "pymq", *, _token=None):
+    def __init__(self, name: str | None = None, *, _token: segments.Token | None = None):
+        """Attach to the running broker `name` (None: $PYMQ_NAME, else "pymq").
+
+        Raises InvalidName for a bad name, BrokerNotFound if no broker of that
+        name runs, SegmentMismatch if its namespace is of another layout or
+        corrupt."""
+        name = check_broker_name(default_name() if name is None else name)
         self._res = _Resources()
         self._finalizer = weakref.finalize(self, self._res.close)
         self._lock = threading.Lock()
@@ -195,6 +216,7 @@ class Client:
 
     @property
     def config(self) -> BrokerConfig:
+        """The BrokerConfig in force (read from the broker's shared memory)."""
         return self._config
 
     def close(self) -> None:
@@ -202,10 +224,10 @@ class Client:
         self._closed = True
         self._finalizer()
 
-    def __enter__(self):
+    def __enter__(self) -> "Client":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def _check_open(self) -> None:
@@ -213,12 +235,14 @@ class Client:
             raise BrokerClosed("this client is closed")
         ns = self._res.ns
         if ns is None or ns.hdr.closed:
-            raise BrokerClosed(f"broker {self.name!r} is closed")
+            raise BrokerClosed(f"broker {self.name!r} is closed (or was replaced by a new one)")
 
     # -- topics -----------------------------------------------------------------
 
     def _ring(self, topic: str) -> _core.Ring:
-        return self._topics.get(topic) or self._open_topic(topic, create=True)
+        ring = self._topics.get(topic) or self._open_topic(topic, create=True)
+        assert ring is not None  # create=True: made, or an exception
+        return ring
 
     def _open_topic(self, topic: str, create: bool) -> _core.Ring | None:
         check_topic(topic)
@@ -231,6 +255,13 @@ class Client:
                     self._topics[topic] = ts
             return ts
 
+    def _forget(self, topic: str, ring: _core.Ring | None = None) -> None:
+        """Drop the cached ring of a deleted topic (only that one, if given:
+        another thread may have opened the new topic already)."""
+        with self._lock:
+            if ring is None or self._topics.get(topic) is ring:
+                self._topics.pop(topic, None)
+
     def _attach_or_create(self, topic: str, create: bool) -> _core.Ring | None:
         shm_name = segments.topic_shm_name(self.name, topic)
         deadline = time.monotonic() + READY_TIMEOUT
@@ -240,18 +271,25 @@ class Client:
             except posix_ipc.ExistentialError:
                 if not create:
                     return None
-                seg = self._create_topic(shm_name)
-                if seg is None:
+                made = self._create_topic(shm_name)
+                if made is None:
                     continue  # another process created it first: attach to theirs
+                seg = made
             try:
-                return _core.Ring(seg, topic)
+                ring = _core.Ring(seg, topic)
             except _core.SegmentNotReady:
-                if time.monotonic() > deadline:
-                    raise SegmentMismatch(f"topic {topic!r}: segment never became ready") from None
-                time.sleep(0.001)
+                ring = None
+            if ring is not None and ring.closed != _core.CLOSED_DELETED:
+                return ring
+            if ring is not None:
+                ring.release()  # deleted, not unlinked yet: its name is about to go
+            if time.monotonic() > deadline:
+                raise SegmentMismatch(f"topic {topic!r}: segment never became ready") from None
+            time.sleep(0.001)
 
     def _create_topic(self, shm_name: str) -> segments.Segment | None:
         cfg = self._config
+        assert cfg.max_message_bytes is not None  # set by BrokerConfig.__post_init__
         params = _core.ring_params(cfg.ring_capacity, cfg.max_message_bytes,
                                    os.getpid(), segments.start_stamp(), cfg.persistence_enabled)
         try:
@@ -264,7 +302,8 @@ class Client:
             seg.close()
             segments.unlink(shm_name)  # ours, never made ready: nobody attached
             raise
-        if self._res.ns.hdr.closed:  # the broker closed while we created it
+        ns = self._res.ns
+        if ns is None or ns.hdr.closed:  # the broker closed while we created it
             seg.close()
             segments.unlink(shm_name)
             raise BrokerClosed(f"broker {self.name!r} is closed")
@@ -278,54 +317,103 @@ class Client:
 
     # -- publishing -------------------------------------------------------------
 
-    def publish(self, topic: str, payload, timeout: float | None = None) -> int:
+    def publish(self, topic: str, payload: Payload, timeout: float | None = None) -> int:
         """Publish one message (bytes-like or Message); returns its seq.
 
-        Waits up to timeout (default: config.publish_timeout) for ring space,
-        then raises pymq.Full."""
-        ring = self._topics.get(topic) or self._ring(topic)
+        Waits up to timeout (default: config.publish_timeout) for ring space.
+        Raises Full when there was none in time, MessageTooLarge for a payload
+        over max_message_bytes, TypeError for a payload that is not bytes-like,
+        InvalidTopic, BrokerClosed. A call that fails creates nothing (not even
+        the topic)."""
         if type(payload) is not bytes:
             payload = _as_bytes(payload)
         timeout_ns = self._publish_timeout_ns if timeout is None else _timeout_ns(timeout)
-        seq = ring.put1(payload, timeout_ns)
-        return seq if seq > 0 else ring.finish(seq, timeout_ns, partial(ring.put1, payload))
+        ring = self._topics.get(topic) or self._ring_for(topic, (payload,))
+        seq: int = ring.put1(payload, timeout_ns)
+        if seq > 0:
+            return seq
+        try:
+            done: int = ring.finish(seq, timeout_ns, partial(ring.put1, payload), len(payload))
+            return done
+        except _core.TopicDeleted:  # deleted under us: publish to the topic anew
+            self._forget(topic, ring)
+            return self.publish(topic, payload, timeout)
 
-    def publish_many(self, topic: str, payloads, timeout: float | None = None) -> int:
-        """Publish a batch in one native call, all or none; returns the last seq."""
-        ring = self._ring(topic)
-        timeout_ns = self._publish_timeout_ns if timeout is None else _timeout_ns(timeout)
+    def publish_many(self, topic: str, payloads: Iterable[Payload],
+                     timeout: float | None = None) -> int:
+        """Publish a batch in one native call, all or none; returns the last seq.
+
+        Raises as publish(); also ValueError for an empty batch, and
+        MessageTooLarge for a batch larger than the ring."""
         if type(payloads) is not list and type(payloads) is not tuple:
             payloads = list(payloads)  # an iterator, say
+        assert isinstance(payloads, (list, tuple))
         if not payloads:
             raise ValueError("publish_many needs at least one payload")
-        last = ring.publish_list(payloads, timeout_ns)  # bytes only: the ring copies from each
-        if last is None:
-            last = ring.publish_list([p if type(p) is bytes else _as_bytes(p) for p in payloads],
-                                     timeout_ns)
+        timeout_ns = self._publish_timeout_ns if timeout is None else _timeout_ns(timeout)
+        ring = self._topics.get(topic)
+        if ring is None:
+            checked = [p if type(p) is bytes else _as_bytes(p) for p in payloads]
+            ring = self._ring_for(topic, checked)
+            payloads = checked
+        try:
+            last = ring.publish_list(payloads, timeout_ns)  # bytes only: the ring copies from each
+            if last is None:
+                last = ring.publish_list([p if type(p) is bytes else _as_bytes(p) for p in payloads],
+                                         timeout_ns)
+            assert last is not None  # every item is bytes now
+        except _core.TopicDeleted:
+            self._forget(topic, ring)
+            return self.publish_many(topic, payloads, timeout)
         return last
+
+    def _ring_for(self, topic: str, payloads: Iterable[bytes]) -> _core.Ring:
+        """The topic's ring for a first publish to it, once the payloads (bytes)
+        are known to fit: a publish that must fail creates no topic."""
+        check_topic(topic)
+        limit = self._config.max_message_bytes
+        assert limit is not None
+        big = max(map(len, payloads))
+        if big > limit:
+            raise MessageTooLarge(f"topic {topic!r}: a payload of {big:,} bytes is over "
+                                  f"max_message_bytes ({limit:,})")
+        return self._ring(topic)
 
     # -- subscribing ------------------------------------------------------------
 
-    def subscribe(self, topic: str, group: str | None = None, start="latest") -> "Subscription":
+    def subscribe(self, topic: str, group: str | None = None,
+                  start: str | int = "latest") -> "Subscription[bytes]":
         """Subscribe to topic; yields payload bytes, each once per group.
         Without group: a group of its own (fan-out). With group: compete with
         the group's other members (each message to one); a named group is
-        durable. start ("latest", "earliest" or a seq) applies when the group
-        is created."""
-        return self._subscribe(Subscription, topic, group, start, 0)
+        durable: it keeps its position, and holds messages, while it has no
+        member (see delete_group). start ("latest", "earliest" or a seq >= 1)
+        applies when the group is created.
+
+        Raises InvalidTopic, InvalidName (group), ValueError (start),
+        GroupKindMismatch if the group was made by subscribe_with_ack(),
+        LimitExceeded when the topic has no room for another subscription,
+        BrokerClosed."""
+        return self._subscribe(Subscription[bytes], topic, group, start, 0)
 
     def subscribe_with_ack(self, topic: str, group: str | None = None,
-                           start="latest") -> "AckSubscription":
+                           start: str | int = "latest") -> "AckSubscription":
         """Subscribe with at-least-once delivery; yields pymq.Message. A message
         not acked within config.ack_timeout is redelivered (delivery_attempt + 1)
         to a live member of the group; after config.max_retries redeliveries it
         goes to the topic '{topic}.dlq'. A member that dies has its unacked
-        messages redelivered at once."""
+        messages redelivered at once.
+
+        Raises as subscribe() (GroupKindMismatch if the group was made by
+        subscribe())."""
         return self._subscribe(AckSubscription, topic, group, start, _core.GROUP_ACK)
 
-    def _subscribe(self, cls, topic, group, start, flags):
+    def _subscribe(self, cls: Callable[..., _Sub], topic: str, group: str | None,
+                   start: str | int, flags: int) -> _Sub:
+        check_topic(topic)
         if group is not None:
             check_group(group)
+        seq: int
         if isinstance(start, str):
             if start not in _core.START:
                 raise ValueError(f"start must be 'latest', 'earliest' or a seq, not {start!r}")
@@ -344,8 +432,8 @@ class Client:
                 raise
             want, other = (("subscribe_with_ack", "subscribe") if flags else
                            ("subscribe", "subscribe_with_ack"))
-            raise ValueError(f"group {group!r} of topic {topic!r} was made by {other}(): "
-                             f"it cannot be joined with {want}()") from None
+            raise GroupKindMismatch(f"group {group!r} of topic {topic!r} was made by {other}(): "
+                                    f"it cannot be joined with {want}()") from None
         buflen = max(READ_BUFFER, ring.max_msg + _core.REC_HDR)
         reader = _core.Reader(ring, joined.member, joined.member_gen, READ_BATCH, buflen)
         sub = cls(self, topic, group, reader, joined.group, joined.group_gen)
@@ -353,33 +441,69 @@ class Client:
             # What the ring no longer holds comes from disk first (it was written
             # there before the ring let it go).
             first_in_ring = ring.group_position(joined.group)[0]
-            want = 1 if mode == _core.START["earliest"] else seq
-            if want < first_in_ring:
+            since = 1 if mode == _core.START["earliest"] else seq
+            if since < first_in_ring:
                 from .persistence import replay
-                sub._replay = replay(cfg.persistence_dir, topic, want, first_in_ring)
+                sub._backlog = _Backlog(source=map(sub._from_disk,
+                                                   replay(cfg.persistence_dir, topic, since,
+                                                          first_in_ring)))
         with self._lock:
             self._res.subs.add(sub)
         return sub
 
+    # -- deleting ----------------------------------------------------------------
+
+    def delete_group(self, topic: str, group: str) -> None:
+        """Delete a named group and its position: its members get
+        SubscriptionClosed at their next call, an ack group's pending
+        deliveries go with it, and it no longer holds messages back. With
+        persistence, its recorded position goes too (a restart does not bring
+        it back).
+
+        Raises InvalidTopic, InvalidName, TopicNotFound, GroupNotFound,
+        BrokerClosed, BrokerUnavailable (the supervisor did not answer)."""
+        check_topic(topic)
+        check_group(group)
+        self._check_open()
+        control.request(self.name, "delete_group", topic=topic, group=group)
+
+    def delete_topic(self, topic: str, keep_files: bool = True) -> None:
+        """Delete a topic: its subscriptions get SubscriptionClosed, its
+        messages go, and a later publish makes the topic anew. Its segment's
+        memory is freed once no process has it mapped. With persistence, its
+        log is kept (moved aside to '{persistence_dir}/.deleted.{topic}.{ns}',
+        which no restart restores) or, with keep_files=False, removed.
+
+        Raises InvalidTopic, TopicNotFound, BrokerClosed, BrokerUnavailable."""
+        check_topic(topic)
+        self._check_open()
+        control.request(self.name, "delete_topic", topic=topic, keep_files=bool(keep_files))
+        self._forget(topic)
+
     # -- figures ---------------------------------------------------------------
 
     def topics(self) -> list[str]:
+        """The topics that exist (have a segment). Raises BrokerClosed."""
+        self._check_open()
         return segments.topic_names(self.name)
 
-    def stats(self) -> dict:
-        """Broker-wide figures and one entry per topic (the same dict as GET /stats)."""
-        ns = self._res.ns
-        if ns is None:
-            raise BrokerClosed("this client is closed")
-        hdr = ns.hdr
+    def stats(self) -> dict[str, Any]:
+        """Broker-wide figures and one entry per topic (the same dict as GET
+        /stats). Raises BrokerClosed."""
+        self._check_open()
+        assert self._res.ns is not None
+        hdr = self._res.ns.hdr
         topics = {}
         for topic in self.topics():
             try:
                 ring = self._topics.get(topic) or self._open_topic(topic, create=False)
+                if ring is not None and ring.closed == _core.CLOSED_DELETED:
+                    self._forget(topic, ring)
+                    ring = self._open_topic(topic, create=False)
+                if ring is not None:
+                    topics[topic] = topic_stats(ring.stats())
             except (MQError, ValueError):
-                continue  # being created or removed right now
-            if ring is not None:
-                topics[topic] = topic_stats(ring.stats())
+                continue  # being created, removed or deleted right now
         return {
             "broker": self.name,
             "owner_pid": hdr.owner_pid,
@@ -396,15 +520,19 @@ class Client:
 ACK_FIGURES = ("acked", "nacked", "redelivered", "dead_lettered", "timeouts", "pending")
 
 
-def topic_stats(s: dict) -> dict:
+def topic_stats(s: dict[str, Any]) -> dict[str, Any]:
     """The public figures of one topic from a Ring.stats() dict."""
     groups = {}
+    now = time.time()
     for g in s["groups_detail"]:
         key = g["name"] if not g["anonymous"] else f"anon-{g['index']}"
         groups[key] = {"members": g["members"], "anonymous": g["anonymous"], "ack": g["ack"],
                        "position": g["position"], "lag": g["lag"],
                        "delivered": g["delivered"], "delivered_bytes": g["delivered_bytes"],
+                       "idle_seconds": round(max(0.0, now - g["idle_since"]), 3)
+                       if g["idle_since"] and not g["members"] else None,
                        **{k: g[k] for k in ACK_FIGURES}}
+    anon = [g for g in groups.values() if g["anonymous"]]
     return {
         "published": s["published"],
         "published_bytes": s["published_bytes"],
@@ -419,16 +547,49 @@ def topic_stats(s: dict) -> dict:
         "expired": s["expired"],
         "lock_recoveries": s["recoveries"],
         "corrupt": s["corrupt"],
+        # every anonymous subscription together, counting those gone: one
+        # bounded set of figures however many come and go
+        "anonymous": {"members": sum(g["members"] for g in anon),
+                      "delivered": s["anon_delivered"] + sum(g["delivered"] for g in anon),
+                      "delivered_bytes": s["anon_delivered_bytes"]
+                      + sum(g["delivered_bytes"] for g in anon)},
         "groups": groups,
     }
 
 
-class Subscription:
+class _Backlog:
+    """What a subscription hands out before it reads the ring again: what its
+    start= replays from disk (source, read lazily), or what its own iteration
+    read ahead (items). Nothing in it is lost to the caller: the next get,
+    get_many or iteration takes it first."""
+
+    __slots__ = ("items", "source")
+
+    def __init__(self, items: Iterable[Any] = (), source: Iterator[Any] | None = None):
+        self.items: collections.deque[Any] = collections.deque(items)
+        self.source = source
+
+    def take(self, n: int) -> list[Any]:
+        """Up to n items; [] once it is empty."""
+        items = self.items
+        if len(items) < n and self.source is not None:
+            more = list(itertools.islice(self.source, n - len(items)))
+            if not more:
+                self.source = None
+            items.extend(more)
+        return [items.popleft() for _ in range(min(n, len(items)))]
+
+
+class Subscription(Generic[T]):
     """Receives a topic's messages for one member of a group.
 
-    Iterate it, or call get()/get_many(). It ends (iteration stops) when
-    unsubscribed or when the broker closes. Not for concurrent use by several
-    threads: give each thread its own subscription.
+    Iterate it, or call get()/get_many(). Iteration ends when unsubscribed or
+    when the broker closes, and leaving it early loses and strands nothing:
+    a named group's member and an ack subscription take one message at a time
+    from the ring as it is asked for; an anonymous subscription (the only one
+    that receives every message) reads ahead, and what it read ahead goes to
+    its next get, get_many or loop. Not for concurrent use by several threads:
+    give each thread its own subscription.
     """
 
     def __init__(self, client: Client, topic: str, group: str | None, reader: _core.Reader,
@@ -436,70 +597,84 @@ class Subscription:
         self.topic = topic
         self.group = group
         self._client = client
-        self._reader = reader
+        self._reader: _core.Reader | None = reader
         self._ring = reader.ring
         self._group = group_index
         self._group_gen = group_gen
         self._ack1 = self._ring.acker(group_index, group_gen)
 
-    # An anonymous subscription iterates in big batches; a group member in
-    # small ones, so that its peers share the work.
-    _iter_batch = READ_BATCH
-    _replay = None  # (seq, ts_ns, payload) from disk, before the ring (start= replay)
+    _backlog: _Backlog | None = None
 
-    def _replayed(self, n: int) -> list:
-        """Up to n records replayed from disk; [] once they are all delivered."""
-        out = []
-        for rec in self._replay:
-            out.append(rec)
-            if len(out) >= n:
-                break
-        if not out:
-            self._replay = None
-        return out
+    def _from_disk(self, rec: tuple[int, int, bytes]) -> Any:
+        """A record (seq, ts_ns, payload) replayed from disk, as get() gives it."""
+        return rec[2]
 
-    def _closed(self):
-        raise SubscriptionClosed(f"subscription to {self.topic!r} is closed")
+    def _taken(self, n: int) -> list[T]:
+        """Up to n items of the backlog; [] (and no backlog) once it is empty."""
+        got = self._backlog.take(n) if self._backlog is not None else []
+        if not got:
+            self._backlog = None
+        return got
 
-    def _many(self, max_count) -> int:
+    def _open_reader(self) -> _core.Reader:
+        r = self._reader
+        if r is None:
+            raise SubscriptionClosed(f"subscription to {self.topic!r} is closed")
+        return r
+
+    def _many(self, max_count: int) -> int:
         """max_count checked, and capped at what one read returns."""
-        if not isinstance(max_count, int) or max_count < 1:
+        if not isinstance(max_count, int) or isinstance(max_count, bool) or max_count < 1:
             raise ValueError(f"max_count must be an int >= 1, not {max_count!r}")
         return min(max_count, READ_BATCH)
 
-    def get(self, timeout: float | None = None) -> bytes:
-        """The next payload; waits up to timeout (None: for ever), then raises pymq.Timeout."""
-        if self._replay is not None:
-            old = self._replayed(1)
-            if old:
-                return old[0][2]
-        r = self._reader or self._closed()
-        timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
-        p = r.get1(timeout_ns)
-        return p if type(p) is bytes else r.finish(p, timeout_ns, r.get1)
+    def get(self, timeout: float | None = None) -> T:
+        """The next payload; waits up to timeout seconds (None: for ever).
 
-    def get_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
-        """1..max_count payloads in one native call; waits like get()."""
-        if self._replay is not None and isinstance(max_count, int) and max_count >= 1:
-            old = self._replayed(max_count)
+        Raises Timeout when nothing arrived in time, SubscriptionClosed
+        (unsubscribed, reaped, its group or topic deleted), BrokerClosed,
+        ValueError for a bad timeout."""
+        if self._backlog is not None:
+            old = self._taken(1)
             if old:
-                return [p for _, _, p in old]
-        r, n = self._reader or self._closed(), self._many(max_count)
+                return old[0]
+        r = self._reader or self._open_reader()
         timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
-        got = r.get_payloads(n, timeout_ns)
+        p: Any = r.get1(timeout_ns)
+        return p if type(p) is bytes else r.finish(p, timeout_ns, r.get1)  # type: ignore[return-value]
+
+    def get_many(self, max_count: int, timeout: float | None = None) -> list[T]:
+        """1..max_count payloads in one native call; waits like get() and
+        raises as get() (and ValueError for a bad max_count)."""
+        n = self._many(max_count)
+        if self._backlog is not None:
+            old = self._taken(n)
+            if old:
+                return old
+        r = self._reader or self._open_reader()
+        timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
+        got: Any = r.get_payloads(n, timeout_ns)
         return got if type(got) is list else r.finish(got, timeout_ns, partial(r.get_payloads, n))
 
-    def __iter__(self):
-        batch_size = self._iter_batch if self.group is None else 16
+    def _read_ahead(self) -> bool:
+        """Whether iteration may read ahead: only a group of its own, whose
+        messages nobody else would get."""
+        return self.group is None
+
+    def __iter__(self) -> Iterator[T]:
+        ahead = self._read_ahead()
         while True:
             try:
-                batch = self.get_many(batch_size)
+                if ahead and self._backlog is None:
+                    self._backlog = _Backlog(self.get_many(READ_BATCH))
+                item = self.get()
             except (SubscriptionClosed, BrokerClosed):
                 return
-            yield from batch
+            yield item
 
     def _leave(self) -> None:
         r, self._reader = self._reader, None
+        self._backlog = None
         if r is not None:
             try:
                 r.ring.leave(r.member, r.gen)
@@ -515,55 +690,63 @@ class Subscription:
 
     close = unsubscribe
 
-    def __enter__(self):
+    def __enter__(self) -> "Subscription[T]":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.unsubscribe()
 
 
-class AckSubscription(Subscription):
+class AckSubscription(Subscription[Message]):
     """An at-least-once subscription: get()/get_many()/iteration give
     pymq.Message objects to ack() (or nack()); ack_many() acks a batch in one
-    native call."""
+    native call. Iteration takes one delivery at a time, so leaving a loop
+    leaves nothing pending."""
 
-    _iter_batch = 64
+    def _read_ahead(self) -> bool:
+        return False  # what it read ahead would be pending, its ack clock running
 
     def get(self, timeout: float | None = None) -> Message:
-        """The next message; waits up to timeout (None: for ever), then raises pymq.Timeout."""
-        if self._replay is not None:
-            old = self._replayed(1)
+        """The next message; waits up to timeout seconds (None: for ever).
+
+        Raises as Subscription.get()."""
+        if self._backlog is not None:
+            old = self._taken(1)
             if old:
-                return self._from_disk(*old[0])
-        r = self._reader or self._closed()
+                return old[0]
+        r = self._reader or self._open_reader()
         timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
-        m = r.get1_message(timeout_ns, self, self.topic)
+        m: Any = r.get1_message(timeout_ns, self, self.topic)
         return m if type(m) is Message else self._finish(m, timeout_ns, r.get1_message)
 
     def get_many(self, max_count: int, timeout: float | None = None) -> list[Message]:
-        """1..max_count messages in one native call (redeliveries first)."""
-        if self._replay is not None and isinstance(max_count, int) and max_count >= 1:
-            old = self._replayed(max_count)
+        """1..max_count messages in one native call (redeliveries first);
+        raises as get()."""
+        n = self._many(max_count)
+        if self._backlog is not None:
+            old = self._taken(n)
             if old:
-                return [self._from_disk(*rec) for rec in old]
-        r, n = self._reader or self._closed(), self._many(max_count)
+                return old
+        r = self._reader or self._open_reader()
         timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
-        got = r.get_messages(n, timeout_ns, self, self.topic)
-        return got if type(got) is list else self._finish(got, timeout_ns, partial(r.get_messages, n))
+        got: Any = r.get_messages(n, timeout_ns, self, self.topic)
+        return got if type(got) is list else self._finish(got, timeout_ns,
+                                                          partial(r.get_messages, n))
 
-    def _finish(self, rc, timeout_ns: int, read):
+    def _finish(self, rc: int, timeout_ns: int, read: Callable[..., Any]) -> Any:
         """get's and get_many's slow path (Ring.finish): read(time left, self,
         topic) again after a signal, or raise for rc. Apart from them, so that
         their hot path makes no closure cells."""
         return self._ring.finish(rc, timeout_ns, lambda left: read(left, self, self.topic))
 
-    def _from_disk(self, seq, ts, payload) -> Message:
+    def _from_disk(self, rec: tuple[int, int, bytes]) -> Message:
         """A message replayed from disk: history, so its ack is a no-op."""
+        seq, ts, payload = rec
         return Message(payload, topic=self.topic, seq=seq, publish_time=ts / 1e9)
 
-    def _settle_many(self, how: str, msgs) -> int:
+    def _settle_many(self, how: str, msgs: Iterable[Message]) -> int:
         """One native call per subscription the messages came from."""
-        by_sub = {}
+        by_sub: dict[AckSubscription, list[Message]] = {}
         for m in msgs:
             if m._sub is not None and not m._settled:
                 m._settle()
@@ -575,21 +758,41 @@ class AckSubscription(Subscription):
                                     if how == "nack" else None)
                    for sub, part in by_sub.items())
 
-    def ack_many(self, msgs) -> int:
+    def ack_many(self, msgs: Iterable[Message]) -> int:
         """Ack many messages in one native call (per subscription they came
-        from); returns how many were still waiting for their ack."""
+        from); returns how many were still waiting for their ack. Raises
+        SegmentMismatch for a corrupt segment."""
         if type(msgs) is list:  # the usual case, all this subscription's: done in C
-            n = self._ring.ack_messages(self._group, self._group_gen, self, msgs)
+            n: int | None = self._ring.ack_messages(self._group, self._group_gen, self, msgs)
             if n is not None:
                 return n
         return self._settle_many("ack", msgs)
 
-    def nack_many(self, msgs) -> int:
-        """Redeliver many messages now (dead-letter those out of retries)."""
+    def nack_many(self, msgs: Iterable[Message]) -> int:
+        """Redeliver many messages now (dead-letter those out of retries);
+        returns how many were requeued. Raises SegmentMismatch for a corrupt
+        segment."""
         return self._settle_many("nack", msgs)
 
 
-def connect(name: str = "pymq") -> Client:
-    """Attach to the running broker `name`; raises pymq.BrokerNotFound if none."""
-    from .config import check_broker_name
-    return Client(check_broker_name(name))
+def connect(name: str | None = None, *, wait: float = 0.0) -> Client:
+    """Attach to the running broker `name` (None: $PYMQ_NAME, else "pymq").
+
+    wait: seconds to wait for a broker that is starting (containers of a pod
+    start in any order). Raises BrokerNotFound if none runs (after wait),
+    InvalidName for a bad name, SegmentMismatch for a namespace of another
+    layout."""
+    name = check_broker_name(default_name() if name is None else name)
+    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not wait >= 0:
+        raise ValueError(f"wait must be a number >= 0, not {wait!r}")
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return Client(name)
+        except BrokerNotFound:
+            if time.monotonic() >= deadline:
+                if wait:
+                    raise BrokerNotFound(f"no broker named {name!r} started within "
+                                         f"{wait:g} s") from None
+                raise
+        time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))

@@ -6,8 +6,10 @@ import dataclasses
 import json
 import os
 import re
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
-from .errors import InvalidTopic
+from .errors import InvalidName, InvalidTopic
 
 TOPIC_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,199}")
 BROKER_RE = re.compile(r"[A-Za-z0-9_\-]{1,32}")
@@ -35,16 +37,23 @@ def check_topic(topic: str) -> str:
 
 
 def check_broker_name(name: str) -> str:
+    """Return name if it is a valid broker name, else raise InvalidName."""
     if not isinstance(name, str) or not BROKER_RE.fullmatch(name):
-        raise InvalidTopic(f"invalid broker name {name!r}: 1 to 32 characters of A-Z a-z 0-9 _ -")
+        raise InvalidName(f"invalid broker name {name!r}: 1 to 32 characters of A-Z a-z 0-9 _ -")
     return name
 
 
 def check_group(group: str) -> str:
+    """Return group if it is a valid group name, else raise InvalidName."""
     if not isinstance(group, str) or not GROUP_RE.fullmatch(group):
-        raise InvalidTopic(f"invalid group name {group!r}: 1 to 47 characters of "
-                           "A-Z a-z 0-9 . _ -, not starting with '.'")
+        raise InvalidName(f"invalid group name {group!r}: 1 to 47 characters of "
+                          "A-Z a-z 0-9 . _ -, not starting with '.'")
     return group
+
+
+def default_name(environ: Mapping[str, str] | None = None) -> str:
+    """The broker name when none is given: $PYMQ_NAME, else "pymq"."""
+    return (os.environ if environ is None else environ).get("PYMQ_NAME") or "pymq"
 
 
 def _bool(text: str) -> bool:
@@ -56,9 +65,12 @@ def _bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
-def _optional_int(text: str) -> int | None:
-    text = text.strip()
-    return None if text in ("", "none") else int(text)
+def _kind(f: "dataclasses.Field[Any]") -> tuple[type, bool]:
+    """A field's value type, and whether it may be None (from its annotation:
+    "int", "float | None", ...)."""
+    names = [t.strip() for t in str(f.type).split("|")]
+    base = {"bool": bool, "int": int, "float": float, "str": str}[names[0]]
+    return base, "None" in names
 
 
 @dataclasses.dataclass
@@ -81,6 +93,10 @@ class BrokerConfig:
     persistence_retention_seconds: float = 7 * 24 * 3600.0
     persistence_fsync: str = "interval"            # never | interval | always
     persistence_fsync_interval: float = 1.0
+    # named groups with no member: reported on /health past this many seconds
+    # (None: never), and deleted then when group_idle_expire is set
+    group_idle_timeout: float | None = None
+    group_idle_expire: bool = False
 
     def __post_init__(self) -> None:
         check_broker_name(self.name)
@@ -110,6 +126,13 @@ class BrokerConfig:
             value = getattr(self, field)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{field} must be a number > 0, not {value!r}")
+        if self.group_idle_timeout is not None and (
+                not isinstance(self.group_idle_timeout, (int, float))
+                or isinstance(self.group_idle_timeout, bool) or not self.group_idle_timeout > 0):
+            raise ValueError(f"group_idle_timeout must be a number > 0 or None, "
+                             f"not {self.group_idle_timeout!r}")
+        if self.group_idle_expire and self.group_idle_timeout is None:
+            raise ValueError("group_idle_expire needs a group_idle_timeout")
         if self.admin_port is not None and not 0 <= int(self.admin_port) <= 65535:
             raise ValueError(f"admin_port must be in 0..65535, not {self.admin_port!r}")
 
@@ -118,20 +141,24 @@ class BrokerConfig:
         """ring_bytes rounded up to a power of two: the data bytes of each topic's ring."""
         return 1 << (self.ring_bytes - 1).bit_length()
 
-    _PARSERS = {bool: _bool, int: int, float: float, str: str}
+    _PARSERS: ClassVar[dict[type, Callable[[str], Any]]] = {bool: _bool, int: int, float: float,
+                                                         str: str}
 
     @classmethod
-    def from_env(cls, environ=None, **overrides) -> "BrokerConfig":
+    def from_env(cls, environ: Mapping[str, str] | None = None,
+                 **overrides: Any) -> "BrokerConfig":
         """Defaults, then PYMQ_<FIELD> variables, then keyword overrides."""
         environ = os.environ if environ is None else environ
-        values = {}
+        values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             raw = environ.get("PYMQ_" + f.name.upper())
             if raw is None:
                 continue
-            parse = _optional_int if f.default is None else cls._PARSERS[type(f.default)]
+            base, optional = _kind(f)
             try:
-                values[f.name] = parse(raw)
+                text = raw.strip()
+                values[f.name] = None if optional and text.lower() in ("", "none") \
+                    else cls._PARSERS[base](text)
             except ValueError as e:
                 raise ValueError(f"PYMQ_{f.name.upper()}={raw!r}: {e}") from None
         values.update(overrides)
@@ -151,10 +178,11 @@ class BrokerConfig:
             f = names.get(key)
             if f is None:
                 raise ValueError(f"unknown config field {key!r}")
-            want = type(f.default) if f.default is not None else (int, type(None))
-            if want is float:
-                want = (int, float)
-            if not isinstance(value, want) or (isinstance(value, bool) and want is not bool):
+            base, optional = _kind(f)
+            if value is None and optional:
+                continue
+            want = (int, float) if base is float else base
+            if not isinstance(value, want) or (isinstance(value, bool) and base is not bool):
                 raise ValueError(f"config field {key!r} has the wrong type")
         return cls(**data)
 

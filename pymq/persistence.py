@@ -21,16 +21,19 @@ from __future__ import annotations
 
 import binascii
 import json
+import logging
 import os
+import shutil
 import threading
 import time
 from array import array
 from bisect import bisect_right
 
 from . import _codec, _core
-from .errors import BrokerClosed, MQError, SubscriptionClosed, Timeout
+from .errors import BrokerClosed, MQError, PersistenceError, SubscriptionClosed, Timeout
 
-FSYNC_POLICIES = ("never", "interval", "always")
+log = logging.getLogger(__name__)
+
 BATCH = 1024          # records a writer takes per native read
 SUFFIX = ".jsonl"
 
@@ -58,7 +61,7 @@ class Lines:
                                           b.seqs + first, b.ts + first, n - first, self.out,
                                           self.cap, self.ends)
         if got <= 0:  # a record outside the buffer, or one line bigger than the whole buffer
-            raise MQError(f"cannot encode record seq {b.seqs[first]} for the log")
+            raise PersistenceError(f"cannot encode record seq {b.seqs[first]} for the log")
         return got
 
     def write_to(self, log: "TopicLog", n: int) -> None:
@@ -233,10 +236,9 @@ class Writer(threading.Thread):
     """Moves one topic's records from its ring to its log, as a member of the
     topic's "~persist" ack group."""
 
-    def __init__(self, client, topic: str, cfg, log):
+    def __init__(self, client, topic: str, cfg):
         super().__init__(daemon=True, name=f"pymq-persist-{topic}")
         self.topic = topic
-        self.log_fn = log
         self.log = TopicLog(cfg.persistence_dir, topic, cfg)
         ring = client._ring(topic)
         joined = ring.join(_core.PERSIST_GROUP, _core.GROUP_ACK, _core.START["earliest"], 0,
@@ -255,16 +257,16 @@ class Writer(threading.Thread):
         try:
             while not self.stopping.is_set():
                 self.step(timeout_ns=200_000_000)
-        except BrokerClosed:
-            pass  # the broker drained persistence before closing
+        except (BrokerClosed, _core.TopicDeleted):
+            pass  # the broker drained persistence before closing; a deleted topic is done
         except (SubscriptionClosed, MQError) as e:
             if not self.stopping.is_set():
                 self.error = e
-                self.log_fn(f"persistence of {self.topic!r} stopped: {e}")
+                log.error("persistence of %r stopped: %s", self.topic, e)
         except OSError as e:
             self.error = e
-            self.log_fn(f"persistence of {self.topic!r} stopped: cannot write "
-                        f"{self.log.dir}: {e.strerror}")
+            log.error("persistence of %r stopped: cannot write %s: %s", self.topic, self.log.dir,
+                      e.strerror)
         finally:
             self.log.close()
 
@@ -341,7 +343,7 @@ def read_checkpoint(root: str, topic: str) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise MQError(f"{path}: unreadable group positions: {e}") from None
+        raise PersistenceError(f"{path}: unreadable group positions: {e}") from None
 
 
 # -- reading the log back ------------------------------------------------------------
@@ -424,7 +426,7 @@ def topics_on_disk(root: str) -> list[str]:
     return out
 
 
-def flush_stale_ring(ring: _core.Ring, root: str, cfg, log) -> None:
+def flush_stale_ring(ring: _core.Ring, root: str, cfg) -> None:
     """A dead broker's ring (crash, shared memory intact): append what its
     writer had not yet put on disk, and record its groups' live positions,
     which are newer than the last checkpoint."""
@@ -453,10 +455,11 @@ def flush_stale_ring(ring: _core.Ring, root: str, cfg, log) -> None:
         tl.close()
     write_checkpoint(root, topic, state, fsync=True)
     if written:
-        log(f"recovered {written} record(s) of {topic!r} from the dead broker's shared memory")
+        log.warning("recovered %d record(s) of %r from the dead broker's shared memory", written,
+                    topic)
 
 
-def restore_topic(name: str, topic: str, cfg, log) -> dict:
+def restore_topic(name: str, topic: str, cfg) -> dict:
     """Make the topic's segment again from its log and group positions, before
     any client can attach: records from the oldest position any durable group
     still needs, with their old seqs; groups where they were. Returns figures."""
@@ -481,7 +484,7 @@ def restore_topic(name: str, topic: str, cfg, log) -> dict:
                 ring.restore([r[2] for r in chunk], array("Q", (r[0] for r in chunk)),
                              array("q", (r[1] for r in chunk)))
             except MQError as e:
-                raise MQError(f"topic {topic!r}: {len(records) - i} unacked message(s) from "
+                raise PersistenceError(f"topic {topic!r}: {len(records) - i} unacked message(s) from "
                               f"disk do not fit the ring ({e}); raise ring_bytes") from None
         for g in state["groups"]:
             acked = sorted(s for s in g["acked"] if s > g["position"])
@@ -493,7 +496,25 @@ def restore_topic(name: str, topic: str, cfg, log) -> dict:
     finally:
         ring.release()
     for p in report.problems:
-        log(p)
+        log.warning("%s", p)
     return {"topic": topic, "records": len(records), "groups": len(state["groups"]),
             "next_seq": next_seq, "corrupt": report.corrupt, "torn": report.torn,
             "duplicates": report.duplicates}
+
+
+DELETED_PREFIX = ".deleted."
+
+
+def remove_topic_files(root: str, topic: str, keep: bool) -> str | None:
+    """A deleted topic's log: kept (renamed to .deleted.<topic>.<ns>, which no
+    restart restores, since no topic name starts with '.') or removed. Returns
+    where it was kept, or None."""
+    d = topic_dir(root, topic)
+    if not os.path.isdir(d):
+        return None
+    if not keep:
+        shutil.rmtree(d)
+        return None
+    kept = os.path.join(root, f"{DELETED_PREFIX}{topic}.{time.time_ns()}")
+    os.rename(d, kept)
+    return kept

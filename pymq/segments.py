@@ -26,7 +26,7 @@ import time
 import posix_ipc
 import psutil
 
-from .errors import MQError
+from .errors import StorageFull
 
 SHM_DIR = "/dev/shm"
 # Populate the page tables at mmap time: no page fault on the hot path later.
@@ -64,8 +64,9 @@ class Segment:
             try:
                 os.posix_fallocate(shm.fd, 0, size)  # tmpfs reserves now: no SIGBUS later
             except OSError as e:
-                raise MQError(f"cannot reserve {size} bytes in {SHM_DIR} for {shm_name}: "
-                              f"{e.strerror} (is /dev/shm full or too small?)") from e
+                raise StorageFull(e.errno, f"cannot reserve {size:,} bytes in {SHM_DIR} for "
+                                  f"{shm_name}: {e.strerror} (is /dev/shm full or too "
+                                  "small?)") from e
             mm = mmap.mmap(shm.fd, size, flags=MAP_FLAGS)
         except BaseException:
             shm.unlink()  # ours: nobody else can have attached a segment not yet ready

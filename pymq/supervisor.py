@@ -7,33 +7,46 @@ dies. Each sweep it
   back) and what an ack member had in flight is redelivered at once;
 - redelivers deliveries of ack groups whose ack timeout passed, and publishes
   those out of retries to '{topic}.dlq' (then frees them);
+- runs a persistence writer per topic and records group positions;
+- reports named groups with no member for longer than group_idle_timeout, and
+  deletes them when group_idle_expire is set;
 - removes topic segments whose creator died before making them ready;
-- stores a heartbeat. It holds no state that a restart
-would lose: everything it needs is in shared memory and the token files.
+- stores a heartbeat.
+It also answers requests on its control socket (pymq/control.py: the admin
+server, deletions), one at a time and never during a sweep. It holds no state
+that a restart would lose: everything it needs is in shared memory, the token
+files and the namespace header (the admin port it serves).
+
+It logs through logging.getLogger("pymq.supervisor"); its records go, as JSON
+lines on its stdout, to the Broker's process, which hands them to the logger of
+the same name there (so the application chooses where they go).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import select
 import signal
 import sys
 import threading
 import time
 from array import array
+from typing import Any
 
 import posix_ipc
 
-from . import _core, segments
-from .errors import MQError
+from . import _core, control, segments
+from .config import check_group, check_topic
+from .errors import GroupNotFound, MQError, TopicNotFound
+
+log = logging.getLogger("pymq.supervisor")  # not __name__: it runs as __main__
 
 DEAD_BATCH = 256        # dead deliveries moved to a .dlq topic per call
-
 SWEEP_INTERVAL = 0.05   # seconds between sweeps
+IDLE_INTERVAL = 1.0     # seconds between looks for idle groups
 UNREADY_GRACE = 5.0     # seconds a segment may stay uninitialised before removal
-
-
-def log(msg: str) -> None:
-    print(f"pymq supervisor [{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
 
 
 class Supervisor:
@@ -42,14 +55,18 @@ class Supervisor:
         self.ns = _core.Namespace(segments.Segment.attach(segments.ns_shm_name(name)))
         self.rings: dict[str, _core.Ring] = {}
         self._rings_lock = threading.Lock()
+        self.lock = threading.Lock()  # a sweep, or one control request: never both
         self.stop = False
         self._client = None
         self._dead_batch = None
         self.admin = None
+        self.control = None
         self._errors: dict = {}
         self.writers: dict = {}
         self._checkpoints: dict = {}
         self._last_checkpoint = 0.0
+        self._last_idle = 0.0
+        self.idle: list[dict] = []  # named groups idle past group_idle_timeout (last look)
 
     def owner_alive(self) -> bool:
         return segments.token_alive(segments.token_path(self.name, self.ns.hdr.owner_token))
@@ -62,6 +79,9 @@ class Supervisor:
 
     def _ring(self, topic: str) -> _core.Ring | None:
         ring = self.rings.get(topic)
+        if ring is not None and ring.closed == _core.CLOSED_DELETED:
+            self._forget(topic)  # deleted by a client: a new one may stand there now
+            ring = None
         if ring is None:
             shm_name = segments.topic_shm_name(self.name, topic)
             try:
@@ -78,9 +98,19 @@ class Supervisor:
             self.rings[topic] = ring
         return ring
 
+    def _forget(self, topic: str) -> None:
+        """Let go of a topic's ring (deleted): the cached handles, its writer."""
+        self.rings.pop(topic, None)
+        w = self.writers.pop(topic, None)
+        if w is not None:
+            w.stop()
+        self._checkpoints.pop(topic, None)
+        if self._client is not None:
+            self._client._forget(topic)
+
     def _remove_if_abandoned(self, shm_name: str) -> None:
         if UNREADY_GRACE < segments.age(shm_name) < float("inf"):
-            log(f"removing {shm_name}: never initialised (its creator died)")
+            log.warning("removing %s: never initialised (its creator died)", shm_name)
             segments.unlink(shm_name)
 
     def reap(self) -> None:
@@ -98,7 +128,8 @@ class Supervisor:
             hdr.reaped_members += removed  # first: a reader that sees the process counted
             hdr.reaped_processes += 1     # sees its subscriptions counted too
             if removed:
-                log(f"reaped {removed} subscription(s) of dead process {dead.info.get('pid')}")
+                log.info("reaped %d subscription(s) of dead process %s", removed,
+                         dead.info.get("pid"))
             dead.release()
 
     def redeliver(self) -> None:
@@ -129,7 +160,7 @@ class Supervisor:
         """Log a failure once, not on every sweep while it lasts."""
         if self._errors.get(key) != msg:
             self._errors[key] = msg
-            log(msg)
+            log.warning("%s", msg)
 
     def dead_letter(self, ring: _core.Ring, group: int) -> int:
         """Publish a batch of the group's dead deliveries to '{topic}.dlq', then
@@ -150,7 +181,7 @@ class Supervisor:
                                 array("I", (batch.slots[i] for i in range(start, end))),
                                 array("Q", (batch.seqs[i] for i in range(start, end))))
         if done:
-            log(f"dead-lettered {done} message(s) of {ring.topic!r} to {dlq!r}")
+            log.warning("dead-lettered %d message(s) of %r to %r", done, ring.topic, dlq)
         return n
 
     def dead_batch(self, ring: _core.Ring) -> _core.Batch:
@@ -165,32 +196,85 @@ class Supervisor:
             self._client = Client(self.name)
         return self._client
 
+    # -- requests (pymq/control.py) ------------------------------------------------
+
+    def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Carry out one control request; the fields of the answer."""
+        op = req["op"]
+        with self.lock:
+            if op == "ping":
+                return {"pid": os.getpid()}
+            if op == "admin":
+                port = req.get("port")
+                if port is not None and (not isinstance(port, int) or not 0 <= port <= 65535):
+                    raise ValueError(f"bad port {port!r}")
+                return {"port": self.serve_admin(port)}
+            if op == "delete_topic":
+                self.delete_topic(check_topic(req["topic"]), bool(req.get("keep_files", True)))
+                return {}
+            if op == "delete_group":
+                self.delete_group(check_topic(req["topic"]), check_group(req["group"]))
+                return {}
+        raise ValueError(f"unknown request {op!r}")
+
+    def delete_topic(self, topic: str, keep_files: bool) -> None:
+        """Mark the topic's ring deleted (publishers then open the topic anew,
+        its subscribers are closed), unlink its segment (its memory goes when
+        the last process unmaps it), stop its writer, and keep or remove its log."""
+        ring = self.ring(topic)
+        if ring is None:
+            raise TopicNotFound(f"broker {self.name!r} has no topic {topic!r}")
+        ring.close_ring(deleted=True)
+        segments.unlink(segments.topic_shm_name(self.name, topic))
+        with self._rings_lock:
+            self._forget(topic)
+        cfg = self.client().config
+        if cfg.persistence_enabled:
+            from .persistence import remove_topic_files
+            kept = remove_topic_files(cfg.persistence_dir, topic, keep_files)
+            if kept:
+                log.info("topic %r deleted; its log kept in %s", topic, kept)
+                return
+        log.info("topic %r deleted", topic)
+
+    def delete_group(self, topic: str, group: str) -> None:
+        ring = self.ring(topic)
+        if ring is None:
+            raise TopicNotFound(f"broker {self.name!r} has no topic {topic!r}")
+        try:
+            ring.delete_group(group)
+        except GroupNotFound:
+            raise GroupNotFound(f"topic {topic!r} has no group {group!r}") from None
+        log.info("group %r of topic %r deleted", group, topic)
+        self.checkpoint(force=True)  # a restart must not bring it back
+
     # -- the admin server --------------------------------------------------------
 
-    def serve_admin(self) -> None:
-        """Start, move or stop the admin server as the Broker asked (admin_seq),
-        and bring it back on its port after a restart of the supervisor."""
+    def serve_admin(self, port: int | None) -> int | None:
+        """Serve the admin endpoints on port (0: any free one), moving them
+        if they are served elsewhere; None stops them. Returns the bound port.
+        An OSError (the port is taken, say) leaves the server as it was. The
+        port is stored in the namespace, so that a restarted supervisor serves
+        it again."""
+        from .admin import AdminServer
         hdr = self.ns.hdr
-        seq = hdr.admin_seq
-        if seq == hdr.admin_done and (self.admin is not None or hdr.admin_port < 0):
-            return
-        port = hdr.admin_request if seq != hdr.admin_done else hdr.admin_port
+        if port is None:
+            if self.admin is not None:
+                self.admin.close()
+                self.admin = None
+            hdr.admin_port = -1
+            return None
+        cfg = self.client().config
+        if self.admin is not None and port in (0, self.admin.port):
+            self.admin.close()  # its own port: let it go first
+            self.admin = None
+        new = AdminServer(self, cfg.admin_host, port, os.environ.get("PYMQ_ADMIN_TOKEN") or None)
         if self.admin is not None:
             self.admin.close()
-            self.admin = None
-        hdr.admin_errno = 0
-        if port >= 0:
-            from .admin import AdminServer
-            cfg = self.client().config
-            try:
-                self.admin = AdminServer(self, cfg.admin_host, port,
-                                         os.environ.get("PYMQ_ADMIN_TOKEN") or None)
-                log(f"admin server on http://{cfg.admin_host}:{self.admin.port}/")
-            except OSError as e:
-                hdr.admin_errno = e.errno or 1
-                log(f"admin server cannot listen on {cfg.admin_host}:{port}: {e.strerror}")
-        hdr.admin_port = self.admin.port if self.admin is not None else -1
-        hdr.admin_done = seq
+        self.admin = new
+        hdr.admin_port = new.port
+        log.info("admin server on http://%s:%d/", cfg.admin_host, new.port)
+        return new.port
 
     def stats(self) -> dict:
         """The broker's figures (the same dict as Client.stats())."""
@@ -198,7 +282,8 @@ class Supervisor:
 
     def health(self) -> tuple[bool, dict]:
         """(healthy, details): the supervisor serves, its owner lives, no segment
-        is closed or corrupt."""
+        is closed or corrupt. Idle groups are warnings: they hold messages, but
+        the broker works."""
         problems = []
         hdr = self.ns.hdr
         if hdr.closed:
@@ -220,11 +305,69 @@ class Supervisor:
                 continue
             if figures["corrupt"]:
                 problems.append(f"topic {topic!r}: {figures['corrupt']} corruption(s) detected")
-        details = {"broker": self.name, "supervisor_pid": os.getpid(), "topics": topics,
-                   "supervisor_restarts": hdr.supervisor_restarts}
+        details: dict[str, Any] = {"broker": self.name, "supervisor_pid": os.getpid(),
+                                   "topics": topics, "supervisor_restarts": hdr.supervisor_restarts}
+        idle = list(self.idle)
+        if idle:
+            details["idle_groups"] = idle
+            details["warnings"] = [
+                f"group {g['group']!r} of topic {g['topic']!r} has had no member for "
+                f"{g['idle_seconds']:.0f} s and holds {g['lag'] + g['pending']:,} message(s)"
+                for g in idle]
         if problems:
             details["problems"] = problems
         return not problems, details
+
+    # -- idle groups -------------------------------------------------------------
+
+    def idle_groups(self) -> list[dict]:
+        """Named groups with no member for longer than group_idle_timeout."""
+        limit = self.client().config.group_idle_timeout
+        if limit is None:
+            return []
+        now, out = time.time(), []
+        for topic in segments.topic_names(self.name):
+            ring = self.ring(topic)
+            if ring is None:
+                continue
+            try:
+                groups = ring.stats()["groups_detail"]
+            except MQError:
+                continue
+            for g in groups:
+                if g["anonymous"] or g["name"].startswith("~") or g["members"] or not g["idle_since"]:
+                    continue
+                idle = now - g["idle_since"]
+                if idle > limit:
+                    out.append({"topic": topic, "group": g["name"], "idle_seconds": round(idle, 3),
+                                "lag": g["lag"], "pending": g["pending"]})
+        return out
+
+    def watch_idle(self, force: bool = False) -> None:
+        """Look for idle groups (once a second); with group_idle_expire, delete them."""
+        now = time.monotonic()
+        if not force and now - self._last_idle < IDLE_INTERVAL:
+            return
+        self._last_idle = now
+        idle = self.idle_groups()
+        if idle and self.client().config.group_idle_expire:
+            for g in idle:
+                try:
+                    self.delete_group(g["topic"], g["group"])
+                    log.warning("group %r of topic %r expired: no member for %.0f s "
+                                "(group_idle_timeout)", g["group"], g["topic"], g["idle_seconds"])
+                except (MQError, OSError) as e:
+                    self.log_once((g["topic"], g["group"], "expire"),
+                                  f"cannot expire group {g['group']!r} of {g['topic']!r}: {e}")
+            idle = self.idle_groups()
+        for g in idle:
+            key = (g["topic"], g["group"], "idle")
+            if key not in self._errors:
+                self.log_once(key, f"group {g['group']!r} of topic {g['topic']!r} has had no "
+                                   f"member for {g['idle_seconds']:.0f} s (group_idle_timeout)")
+        self.idle = idle
+
+    # -- persistence ----------------------------------------------------------------
 
     def persist(self) -> None:
         """With persistence on, a writer thread per topic (pymq/persistence.py);
@@ -238,7 +381,7 @@ class Supervisor:
             if w is not None and w.is_alive():
                 continue
             try:
-                w = self.writers[topic] = Writer(self.client(), topic, cfg, log)
+                w = self.writers[topic] = Writer(self.client(), topic, cfg)
                 w.start()
             except (MQError, OSError) as e:
                 self.log_once((topic, "persist"), f"persistence of {topic!r}: {e}")
@@ -269,29 +412,39 @@ class Supervisor:
                 self.log_once((topic, "checkpoint"), f"group positions of {topic!r}: {e}")
 
     def sweep(self) -> None:
-        self.reap()
-        self.redeliver()
-        self.persist()
-        self.checkpoint()
-        self.serve_admin()
+        with self.lock:
+            self.reap()
+            self.redeliver()
+            self.persist()
+            self.checkpoint()
+            self.watch_idle()
         self.ns.hdr.supervisor_beat_ns = time.time_ns()
 
     def run(self) -> int:
+        hdr = self.ns.hdr
+        if hdr.admin_port >= 0:  # a restarted supervisor serves where its predecessor did
+            try:
+                self.serve_admin(hdr.admin_port)
+            except OSError as e:
+                log.error("admin server cannot listen on port %d again: %s", hdr.admin_port,
+                          e.strerror or e)
+        self.control = control.ControlServer(self.name, self.handle)
         while not self.stop:
-            hdr = self.ns.hdr
             if hdr.closed:
                 return 0
             if not self.owner_alive():
-                log(f"the owner of {self.name!r} (pid {hdr.owner_pid}) is gone; exiting")
+                log.warning("the owner of %r (pid %d) is gone; exiting", self.name, hdr.owner_pid)
                 return 0
             try:
                 self.sweep()
             except MQError as e:  # a corrupt segment must not stop the other duties
-                log(f"sweep: {e}")
+                log.error("sweep: %s", e)
             time.sleep(SWEEP_INTERVAL)
         return 0
 
     def close(self) -> None:
+        if self.control is not None:
+            self.control.close()
         for w in self.writers.values():
             w.stop()
         try:
@@ -303,10 +456,60 @@ class Supervisor:
             self.admin = None
 
 
+# -- logging to the Broker's process -------------------------------------------------------
+
+class PipeHandler(logging.Handler):
+    """Each record as one JSON line on fd (the Broker reads them, see
+    broker._LogPump). The fd is non-blocking: a reader that stalls costs
+    dropped lines (counted, and said once it drains), never a stalled sweep."""
+
+    def __init__(self, fd: int):
+        super().__init__()
+        self.fd = fd
+        self.dropped = 0
+        os.set_blocking(fd, False)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = {"name": record.name, "levelno": record.levelno,
+                      "levelname": record.levelname, "msg": record.getMessage(),
+                      "created": record.created, "process": record.process,
+                      "threadName": record.threadName}
+            if record.exc_info:
+                fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
+            if self.dropped:
+                fields["msg"] += f" ({self.dropped} earlier log line(s) dropped)"
+            line = self._fit(fields)
+            os.write(self.fd, line)  # at most PIPE_BUF bytes: written whole, or not at all
+            self.dropped = 0
+        except (BlockingIOError, BrokenPipeError):
+            self.dropped += 1
+        except Exception:
+            self.handleError(record)
+
+
+    @staticmethod
+    def _fit(fields: dict[str, Any]) -> bytes:
+        """The record as one line of at most PIPE_BUF bytes (long texts cut)."""
+        for keep in (None, 2000, 500, 100):
+            if keep is not None:
+                for k in ("msg", "exc_text"):
+                    if k in fields and len(fields[k]) > keep:
+                        fields[k] = fields[k][:keep] + "..."
+            line = json.dumps(fields).encode() + b"\n"
+            if len(line) <= select.PIPE_BUF:
+                return line
+        return line[:select.PIPE_BUF - 2] + b"\n"  # not JSON any more: the reader skips it
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m pymq.supervisor NAME", file=sys.stderr)
         return 2
+    root = logging.getLogger("pymq")
+    root.addHandler(PipeHandler(sys.stdout.fileno()))
+    root.setLevel(logging.DEBUG)  # the Broker's process decides what it keeps
+    root.propagate = False
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the Broker's process
     sup = Supervisor(argv[0])
 

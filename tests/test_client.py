@@ -1,11 +1,14 @@
 """The client API (pymq/client.py) as DESIGN.md fixes it."""
 
+import re
 import threading
 import time
 
 import pytest
 
 import pymq
+import workers
+from pymq import segments
 from helpers import wait_for
 
 
@@ -64,8 +67,9 @@ def test_bad_inputs_raise_documented_errors_and_broker_keeps_working(broker):
         broker.subscribe("t", start="middle")
     with pytest.raises(ValueError):
         broker.subscribe("t", start=0)
-    with pytest.raises(pymq.InvalidTopic):
+    with pytest.raises(pymq.InvalidName) as bad_group:
         broker.subscribe("t", group="no/slash")
+    assert not isinstance(bad_group.value, pymq.InvalidTopic)
     sub = broker.subscribe("t")
     with pytest.raises(ValueError):
         sub.get(timeout=-1)
@@ -89,12 +93,13 @@ def test_topic_name_rules(broker):
 def test_connect_to_missing_broker_raises_broker_not_found():
     with pytest.raises(pymq.BrokerNotFound):
         pymq.connect("no-such-broker-here")
-    with pytest.raises(pymq.InvalidTopic):
+    with pytest.raises(pymq.InvalidName) as bad:
         pymq.connect("bad name")
+    assert not isinstance(bad.value, pymq.InvalidTopic)
 
 
 def test_second_broker_of_a_live_name_is_refused(broker, name):
-    with pytest.raises(pymq.MQError, match="already running"):
+    with pytest.raises(pymq.BrokerExists, match="already running"):
         pymq.Broker(pymq.BrokerConfig(name=name))
     broker.publish("t", b"still serving")
 
@@ -228,7 +233,7 @@ def test_config_from_env():
         pymq.BrokerConfig.from_env({"PYMQ_MAX_RETRIES": "many"})
     with pytest.raises(ValueError):
         pymq.BrokerConfig(ring_bytes=4096, max_message_bytes=4096)
-    with pytest.raises(pymq.InvalidTopic):
+    with pytest.raises(pymq.InvalidName):
         pymq.BrokerConfig(name="x" * 33)
     assert pymq.BrokerConfig(ring_bytes=5000, max_message_bytes=100).ring_capacity == 8192
     assert pymq.BrokerConfig().max_message_bytes == 1024 * 1024
@@ -343,3 +348,159 @@ def test_a_corrupt_topic_segment_is_a_segment_mismatch_and_others_go_on(broker, 
         c.subscribe("bad")
     assert c.publish("good", b"y") == 2  # the broker keeps working
     c.close()
+
+
+# -- a failed call creates nothing --------------------------------------------------------
+
+@pytest.mark.parametrize("call, exc", [
+    (lambda b: b.publish("t", "text"), TypeError),
+    (lambda b: b.publish("t", b"x" * (b.config.max_message_bytes + 1)), pymq.MessageTooLarge),
+    (lambda b: b.publish("t", b"x", timeout=-1), ValueError),
+    (lambda b: b.publish_many("t", [b"ok", 5]), TypeError),
+    (lambda b: b.publish_many("t", []), ValueError),
+    (lambda b: b.publish_many("t", [b"ok", b"x" * (b.config.max_message_bytes + 1)]),
+     pymq.MessageTooLarge),
+    (lambda b: b.subscribe("t", group="bad/name"), pymq.InvalidName),
+    (lambda b: b.subscribe("t", start="middle"), ValueError),
+    (lambda b: b.subscribe_with_ack("t", start=0), ValueError),
+    (lambda b: b.subscribe_with_ack("t", start=True), ValueError),
+])
+def test_a_call_that_fails_creates_no_topic(broker, name, call, exc):
+    with pytest.raises(exc):
+        call(broker)
+    assert broker.topics() == []
+    assert [e for e in segments.namespace_entries(name) if ".." not in e] == []
+
+
+# -- the environment, as Kubernetes users set it -------------------------------------------
+
+def test_connect_and_broker_without_a_name_take_pymq_name(name, ctx, monkeypatch):
+    ready = ctx.Event()
+    p = ctx.Process(target=workers.broker_in_a_process, args=(name, ready, True))
+    p.start()
+    try:
+        assert ready.wait(30)
+        monkeypatch.setenv("PYMQ_NAME", name)
+        with pymq.connect() as client:  # no name: $PYMQ_NAME
+            assert client.name == name
+            assert client.subscribe("t", start="earliest").get(timeout=5) == b"first"
+    finally:
+        p.kill()
+        p.join()
+        pymq.broker.remove_stale(name)  # what `pymq clean` does after a dead broker
+    assert pymq.Broker.__init__.__doc__ and "from_env" in pymq.Broker.__init__.__doc__
+
+
+def test_connect_waits_for_a_broker_that_is_starting(name, ctx):
+    with pytest.raises(pymq.BrokerNotFound):
+        pymq.connect(name)
+    got = []
+    t = threading.Thread(target=lambda: got.append(pymq.connect(name, wait=60)))
+    t.start()
+    ready = ctx.Event()
+    p = ctx.Process(target=workers.broker_in_a_process, args=(name, ready))
+    p.start()
+    try:
+        t.join(90)
+        assert got and got[0].name == name
+        assert got[0].subscribe("t", start="earliest").get(timeout=5) == b"first"
+        got[0].close()
+    finally:
+        p.kill()
+        p.join()
+        pymq.broker.remove_stale(name)
+    with pytest.raises(pymq.BrokerNotFound, match="within 0.1 s"):
+        pymq.connect("not-there", wait=0.1)
+    with pytest.raises(ValueError):
+        pymq.connect(name, wait=-1)
+
+
+def test_a_client_whose_broker_was_replaced_gets_broker_closed(name, ctx):
+    ready = ctx.Event()
+    p = ctx.Process(target=workers.broker_in_a_process, args=(name, ready))
+    p.start()
+    assert ready.wait(30)
+    old = pymq.connect(name)
+    sub = old.subscribe("t", start="earliest")
+    assert sub.get(timeout=5) == b"first"
+    p.kill()  # the broker's container was restarted ...
+    p.join()
+    new = pymq.Broker(pymq.BrokerConfig(name=name, ring_bytes=65536, max_message_bytes=1024))
+    try:  # ... and a new broker stands where it stood: the old client never goes on silently
+        with pytest.raises(pymq.BrokerClosed):
+            old.publish("t", b"lost?")
+        with pytest.raises(pymq.BrokerClosed):
+            sub.get(timeout=0)
+        with pytest.raises(pymq.BrokerClosed):
+            old.subscribe("other")
+        with pytest.raises(pymq.BrokerClosed):
+            old.stats()
+        with pymq.connect(name) as fresh:  # reconnecting is the answer
+            fresh.publish("t", b"after")
+        assert new.stats()["topics"]["t"]["published"] == 1
+    finally:
+        old.close()
+        new.close()
+
+
+# -- errors that say what happened ----------------------------------------------------------
+
+def test_errors_name_the_time_size_and_limit(make_broker):
+    b = make_broker(ring_bytes=4096, max_message_bytes=1000, publish_timeout=0.05)
+    sub = b.subscribe("t", group="g")
+    with pytest.raises(pymq.Timeout, match=r"within 0\.05 s") as e:
+        sub.get(timeout=0.05)
+    assert isinstance(e.value, TimeoutError) and isinstance(e.value, pymq.MQError)
+    with pytest.raises(pymq.MessageTooLarge, match=r"1,001 bytes is over max_message_bytes \(1,000\)"):
+        b.publish("t", b"x" * 1001)
+    with pytest.raises(pymq.MessageTooLarge, match=r"batch .* does not fit the ring \(4,096 bytes\)"):
+        b.publish_many("t", [b"x" * 1000] * 5)
+    while True:
+        try:
+            b.publish("t", b"x" * 900, timeout=0.05)
+        except pymq.Full as full:
+            assert "no ring space for 900 bytes within 0.05 s (ring capacity 4,096 bytes)" in str(full)
+            break
+    with pytest.raises(pymq.GroupKindMismatch, match="made by subscribe") as kind:
+        b.subscribe_with_ack("t", group="g")
+    assert isinstance(kind.value, ValueError)
+
+
+def test_out_of_group_slots_is_limit_exceeded(broker):
+    subs = [broker.subscribe("t", group=f"g{i}") for i in range(64)]
+    with pytest.raises(pymq.LimitExceeded, match="64 groups"):
+        broker.subscribe("t", group="one-more")
+    subs[0].close()
+    broker.delete_group("t", "g0")
+    broker.subscribe("t", group="one-more")
+
+
+def test_no_module_raises_mqerror_itself():
+    import pathlib
+    root = pathlib.Path(pymq.__file__).parent
+    bare = [f"{p.name}:{i}" for p in root.rglob("*.py")
+            for i, line in enumerate(p.read_text().splitlines(), 1)
+            if re.search(r"raise (errors\.)?MQError\(", line)]
+    assert bare == []
+
+
+PUBLIC = [pymq.Client, pymq.Broker, pymq.Subscription, pymq.AckSubscription]
+
+
+@pytest.mark.parametrize("cls", PUBLIC, ids=lambda c: c.__name__)
+def test_every_public_method_says_what_it_raises(cls):
+    quiet = {"close", "unsubscribe"}  # idempotent; they raise nothing
+    missing = [n for n, f in vars(cls).items() if callable(f) and not n.startswith("_")
+               and n not in quiet and "aises" not in (f.__doc__ or "")]
+    assert missing == []
+    assert "aises" in (pymq.connect.__doc__ or "")
+
+
+def test_elsewhere_than_linux_the_import_says_why():
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", "import sys; sys.platform = 'darwin'; import pymq"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "ImportError: pymq runs on Linux only, not darwin: it needs futexes, robust " \
+           "process-shared mutexes and a /dev/shm tmpfs" in r.stderr

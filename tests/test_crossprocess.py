@@ -246,3 +246,80 @@ def test_new_broker_removes_segments_of_a_dead_owner(name, ctx):
         assert sub.get_many(10, timeout=5) == [b"fresh"]  # the old ring is gone
     finally:
         b.close()
+
+
+# -- iteration never loses or strands what it took (issue: a loop that breaks) ------------
+
+def _iterating(ctx, name, topic, group, ack, take, then):
+    q, ready = ctx.Queue(), ctx.Event()
+    p = ctx.Process(target=workers.iterate_then_break,
+                    args=(name, topic, group, ack, take, q, ready, then))
+    p.start()
+    assert ready.wait(30)
+    return p, q
+
+
+def test_breaking_out_of_a_named_groups_loop_leaves_the_rest_to_the_group(make_broker, name, ctx):
+    broker = make_broker()
+    keeper = broker.subscribe("t", group="g")  # the group's other member, idle until the end
+    p, q = _iterating(ctx, name, "t", "g", False, 1, "exit")
+    broker.publish_many("t", [b"m%d" % i for i in range(10)])
+    kind, first = q.get(timeout=30)
+    join_all([p])
+    assert kind == "first" and len(first) == 1
+    rest = keeper.get_many(100, timeout=1)
+    assert first + rest == [b"m%d" % i for i in range(10)]  # each once, in order
+
+
+def test_a_member_killed_inside_its_loop_strands_nothing_it_did_not_hand_out(make_broker, name, ctx):
+    broker = make_broker()
+    keeper = broker.subscribe("t", group="g")
+    p, q = _iterating(ctx, name, "t", "g", False, 3, "hang")
+    broker.publish_many("t", [b"m%d" % i for i in range(10)])
+    kind, first = q.get(timeout=30)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(30)
+    rest = keeper.get_many(100, timeout=1)
+    assert first + rest == [b"m%d" % i for i in range(10)]
+
+
+def test_a_second_loop_over_an_anonymous_subscription_gets_what_the_first_read_ahead(
+        make_broker, name, ctx):
+    broker = make_broker()
+    p, q = _iterating(ctx, name, "t", None, False, 1, "again")
+    broker.publish_many("t", [b"m%d" % i for i in range(10)])
+    assert q.get(timeout=30) == ("first", [b"m0"])
+    assert q.get(timeout=30) == ("again", [b"m%d" % i for i in range(1, 10)])
+    join_all([p])
+
+
+def test_one_next_on_an_ack_subscription_leaves_one_delivery_pending(make_broker, name, ctx):
+    broker = make_broker()
+    broker.subscribe_with_ack("t", group="g").close()  # the group exists before the publish
+    q, ready, go = ctx.Queue(), ctx.Event(), ctx.Event()
+    p = ctx.Process(target=workers.ack_pending_after_next, args=(name, "t", q, ready, go))
+    p.start()
+    assert ready.wait(30)
+    broker.publish_many("t", [b"m%d" % i for i in range(16)])
+    assert q.get(timeout=30) == 1
+    go.set()
+    assert q.get(timeout=30) == 0
+    join_all([p])
+    again = broker.subscribe_with_ack("t", group="g")
+    assert [m.seq for m in again.get_many(100, timeout=1)] == list(range(2, 17))
+
+
+def test_breaking_out_of_an_ack_loop_leaves_the_rest_to_the_group(make_broker, name, ctx):
+    broker = make_broker()
+    keeper = broker.subscribe_with_ack("t", group="g")
+    p, q = _iterating(ctx, name, "t", "g", True, 2, "exit")
+    broker.publish_many("t", [b"m%d" % i for i in range(10)])
+    kind, first = q.get(timeout=30)
+    join_all([p])
+    rest = keeper.get_many(100, timeout=1)
+    # the two it was handed and did not ack come again (its process left); the
+    # others were never taken: first deliveries, in order
+    assert first == [b"m0", b"m1"]
+    assert sorted((m.payload, m.delivery_attempt) for m in rest) == \
+        [(b"m0", 2), (b"m1", 2)] + [(b"m%d" % i, 1) for i in range(2, 10)]
+    assert [m.payload for m in rest if m.delivery_attempt == 1] == [b"m%d" % i for i in range(2, 10)]

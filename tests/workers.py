@@ -180,3 +180,60 @@ def persistent_broker_then_hang(name, pdir, n, acks, ready_evt):
     ready_evt.set()
     while True:
         time.sleep(1)
+
+
+def iterate_then_break(name, topic, group, ack, take, out_q, ready_evt, then="exit"):
+    """Subscribe (ack or not, group or anonymous), take `take` items by
+    iterating and break out of the loop; report what was taken. then:
+    "exit" (close and leave), "again" (a second loop: report what it gets within
+    a short idle timeout, then exit), "hang" (stay alive, to be killed)."""
+    c = pymq.connect(name)
+    sub = c.subscribe_with_ack(topic, group=group) if ack else c.subscribe(topic, group=group)
+    ready_evt.set()
+    got = []
+    for item in sub:
+        got.append(bytes(item.payload) if ack else item)
+        if len(got) == take:
+            break
+    out_q.put(("first", got))
+    if then == "again":
+        more = []
+        while True:
+            try:
+                more.append(sub.get(timeout=1.0))
+            except pymq.Timeout:
+                break
+        out_q.put(("again", more))
+    elif then == "hang":
+        while True:
+            time.sleep(1)
+    sub.close()
+    c.close()
+
+
+def ack_pending_after_next(name, topic, out_q, ready_evt, go_evt):
+    """One next() on an ack subscription's iterator; report the group's pending
+    count then (before acking), and stay until told to go."""
+    c = pymq.connect(name)
+    sub = c.subscribe_with_ack(topic, group="g")
+    ready_evt.set()
+    msg = next(iter(sub))
+    out_q.put(c.stats()["topics"][topic]["groups"]["g"]["pending"])
+    go_evt.wait(30)
+    msg.ack()
+    out_q.put(c.stats()["topics"][topic]["groups"]["g"]["pending"])
+    sub.close()
+    c.close()
+
+
+def broker_in_a_process(name, ready_evt, env_name=False):
+    """Own a broker (named by $PYMQ_NAME when env_name) until killed."""
+    if env_name:
+        os.environ["PYMQ_NAME"] = name
+        b = pymq.Broker()
+    else:
+        b = pymq.Broker(pymq.BrokerConfig(name=name, ring_bytes=65536, max_message_bytes=1024))
+    b.publish("t", b"first")
+    ready_evt.set()
+    while True:
+        time.sleep(1)
