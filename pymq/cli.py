@@ -403,17 +403,18 @@ def cmd_publish(args: argparse.Namespace) -> int:
     count, seq = 0, None
     with _connect(name) as client:
         cfg = client.config
+        limit = cfg.max_message_bytes
+        assert limit is not None  # a BrokerConfig resolves its default
         try:
             if not from_stdin:
                 payload = os.fsencode(args.message)
-                if len(payload) > cfg.max_message_bytes:
-                    raise _too_large(f"the message ({len(payload):,} bytes)",
-                                     cfg.max_message_bytes)
+                if len(payload) > limit:
+                    raise _too_large(f"the message ({len(payload):,} bytes)", limit)
                 seq = client.publish(args.topic, payload, timeout=args.timeout)
                 count = 1
             else:
                 max_bytes = cfg.ring_capacity // 4
-                for lines in _lines(sys.stdin.fileno(), cfg.max_message_bytes):
+                for lines in _lines(sys.stdin.fileno(), limit):
                     for batch in _batches(lines, max_bytes):
                         seq = client.publish_many(args.topic, batch, timeout=args.timeout)
                         count += len(batch)
@@ -456,10 +457,11 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 raise Failure(f"group {args.group!r} of topic {args.topic!r} is "
                               + ("an ack group: tail it with --ack" if g["ack"] else
                                  "a group without acks: tail it without --ack"))
-        if args.ack:
-            sub = client.subscribe_with_ack(args.topic, group=args.group, start=args.start)
-        else:
-            sub = client.subscribe(args.topic, group=args.group, start=args.start)
+        ack_sub = client.subscribe_with_ack(args.topic, group=args.group, start=args.start) \
+            if args.ack else None
+        # items: pymq.Message with --ack, else bytes
+        sub: pymq.Subscription[Any] = ack_sub if ack_sub is not None else \
+            client.subscribe(args.topic, group=args.group, start=args.start)
         with sub:
             idle_since = time.monotonic()
             while not stop and (args.count is None or got < args.count):
@@ -481,8 +483,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 else:
                     out.write("".join(payload_text(bytes(p)) + "\n" for p in batch))
                 out.flush()  # printed before acked: at least once, also on the terminal
-                if args.ack:
-                    sub.ack_many(batch)
+                if ack_sub is not None:
+                    ack_sub.ack_many(batch)
                 got += len(batch)
                 idle_since = time.monotonic()
     if stop:  # asked to stop: exit 0, as serve and top do, and say so as serve does

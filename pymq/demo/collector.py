@@ -10,6 +10,7 @@ closing summary adds the members' accounts up.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -80,8 +81,10 @@ def collector(group: str, member: int, name: str, nack_rate: float, ack_batch: i
             acked += sub.ack_many(batch)  # counts the acks that took effect
 
     try:
-        with pymq.connect(name) as client, \
-                client.subscribe_with_ack(TOPIC, group=group) as sub:
+        with contextlib.ExitStack() as stack:
+            client = stack.enter_context(pymq.connect(name))
+            sub = client.subscribe_with_ack(TOPIC, group=group)  # an AckSubscription
+            stack.enter_context(sub)
             ready.set()
             try:
                 while True:
