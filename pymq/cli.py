@@ -184,17 +184,16 @@ _SERVE_FIELDS = ("name", "ring_bytes", "max_message_bytes", "ack_timeout", "max_
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
-    """serve's handler on the "pymq" logger: --log-level and --log-format, else
-    PYMQ_LOG_LEVEL and PYMQ_LOG_FORMAT (a bad one: ValueError, exit 1, as for
-    the other PYMQ_* variables). Exported, for the supervisor process."""
+    """serve's handler on the "pymq" logger (which also gets the supervisor's
+    records): --log-level and --log-format, else PYMQ_LOG_LEVEL and
+    PYMQ_LOG_FORMAT (a bad one: ValueError, exit 1, as for the other PYMQ_*
+    variables)."""
     environ = dict(os.environ)
     if args.log_level is not None:
         environ[logfmt.LEVEL_ENV] = args.log_level
     if args.log_format is not None:
         environ[logfmt.FORMAT_ENV] = args.log_format
-    level, fmt = logfmt.from_env(environ)
-    logfmt.configure(level, fmt)
-    logfmt.export(level, fmt)
+    logfmt.configure(*logfmt.from_env(environ))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -1,9 +1,11 @@
-"""How pymq's own processes write their logs: `pymq serve` now, the supervisor next.
+"""How the processes that pymq runs itself write their logs (`pymq serve`).
 
 The library only logs, through logging.getLogger("pymq") and its children
-(with a NullHandler: an application chooses where its logs go). A process
-that pymq runs itself chooses here: configure() puts one handler on the
-"pymq" logger, writing to stderr in one of two formats:
+(with a NullHandler: an application chooses where its logs go); the
+supervisor's records arrive in the Broker's process under their own logger
+names ("pymq.supervisor"), so they go where that process's go. A process of
+pymq's own chooses here: configure() puts one handler on the "pymq" logger,
+writing to stderr in one of two formats:
 
   text   2026-12-07T08:31:02.153Z INFO pymq.cli: broker 'telemetry' serving broker=telemetry ...
   json   {"time": "2026-12-07T08:31:02.153Z", "level": "INFO", "logger": "pymq.cli",
@@ -12,10 +14,9 @@ that pymq runs itself chooses here: configure() puts one handler on the
 json is one object per line for log collectors (Fluent Bit, Vector, Loki,
 CloudWatch): time (UTC, RFC 3339, milliseconds), level, logger, message, the
 record's extra fields (logger.info(..., extra={"topic": t})), and "exception"
-(the formatted traceback) when there is one. The level and the format come
-from --log-level / --log-format, or from PYMQ_LOG_LEVEL / PYMQ_LOG_FORMAT
-(configure_from_env(), for a process started with the environment of the one
-that parsed the options).
+(the formatted traceback, also one that came from the supervisor as text) when
+there is one. The level and the format come from --log-level / --log-format,
+or from PYMQ_LOG_LEVEL / PYMQ_LOG_FORMAT (from_env, configure_from_env).
 """
 
 from __future__ import annotations
@@ -64,6 +65,14 @@ def _utc(created: float) -> str:
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _exception(formatter: logging.Formatter, record: logging.LogRecord) -> str | None:
+    """The record's traceback: formatted from exc_info, or the text of one that
+    was formatted elsewhere (a record of the supervisor carries exc_text)."""
+    if record.exc_info:
+        return formatter.formatException(record.exc_info)
+    return record.exc_text or None
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line."""
 
@@ -72,8 +81,8 @@ class JsonFormatter(logging.Formatter):
                                "logger": record.name, "message": record.getMessage()}
         for key, value in extra_fields(record).items():
             out.setdefault(key, value)  # an extra field never hides one of the four
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
+        if exc := _exception(self, record):
+            out["exception"] = exc
         if record.stack_info:
             out["stack"] = self.formatStack(record.stack_info)
         return json.dumps(out, default=str)  # what JSON cannot hold, as its str()
@@ -86,8 +95,8 @@ class TextFormatter(logging.Formatter):
         fields = "".join(f" {k}={v}" for k, v in extra_fields(record).items())
         line = f"{_utc(record.created)} {record.levelname} {record.name}: " \
                f"{record.getMessage()}{fields}"
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+        if exc := _exception(self, record):
+            line += "\n" + exc
         if record.stack_info:
             line += "\n" + self.formatStack(record.stack_info)
         return line
@@ -133,9 +142,3 @@ def configure_from_env(stream: IO[str] | None = None) -> logging.Handler:
     """configure() with the level and format of the environment."""
     level, fmt = from_env()
     return configure(level, fmt, stream)
-
-
-def export(level: str, fmt: str) -> None:
-    """Put level and format into this process's environment, for the processes
-    it starts (the supervisor of `pymq serve`) to configure_from_env()."""
-    os.environ[LEVEL_ENV], os.environ[FORMAT_ENV] = check_level(level), check_format(fmt)

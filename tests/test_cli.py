@@ -247,6 +247,26 @@ def test_serve_log_format_json_writes_json_lines_on_stderr(name, running, how):
     assert segments.namespace_entries(name) == []
 
 
+def test_serve_json_logs_carry_the_supervisors_records_and_its_restart(name, running):
+    serve = running("serve", "--name", name, "--log-format", "json", "--admin-port", "0")
+    first = int(re.search(r"supervisor pid (\d+)", serve.line()).group(1))
+    os.kill(first, signal.SIGKILL)  # the broker restarts it, and says so
+
+    def restarted():
+        with pymq.connect(name) as c:
+            sup = c.stats()["supervisor"]
+            return sup["restarts"] >= 1 and sup["pid"] != first
+    wait_for(restarted)
+    rc, out, err = serve.stop(signal.SIGTERM)
+    assert rc == 0, err
+    records = [json.loads(line) for line in err.splitlines()]
+    said = {(r["level"], r["logger"], r["message"].split(" on http")[0]) for r in records}
+    assert ("INFO", "pymq.supervisor", "admin server") in said  # from the supervisor process
+    restart = [r for r in records if r["logger"] == "pymq.broker" and "restarting" in r["message"]]
+    assert len(restart) == 1 and restart[0]["level"] == "WARNING", records
+    assert f"(pid {first})" in restart[0]["message"]
+
+
 def test_serve_logs_text_at_info_by_default_and_as_little_as_asked(name, running):
     serve = running("serve", "--name", name)
     serve.line()

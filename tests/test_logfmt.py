@@ -77,8 +77,14 @@ def test_levels_and_formats_come_checked_from_the_environment():
         logfmt.from_env({"PYMQ_LOG_FORMAT": "xml"})
 
 
-def test_export_hands_the_settings_to_child_processes(monkeypatch):
-    monkeypatch.delenv("PYMQ_LOG_LEVEL", raising=False)
-    monkeypatch.delenv("PYMQ_LOG_FORMAT", raising=False)
-    logfmt.export("warning", "json")
-    assert logfmt.from_env() == ("WARNING", "json")
+def test_a_traceback_formatted_elsewhere_comes_along(stream):
+    # a record of the supervisor, as the Broker's process rebuilds it from the pipe
+    logfmt.configure("INFO", "json", stream, logger="pymq.test-logfmt")
+    rec = logging.makeLogRecord({"name": "pymq.test-logfmt.supervisor", "levelno": 40,
+                                 "levelname": "ERROR", "msg": "sweep: boom", "created": 0.0,
+                                 "process": 7, "exc_text": "Traceback ...\nValueError: boom"})
+    logging.getLogger(rec.name).handle(rec)
+    (out,) = records(stream)
+    assert out == {"time": "1970-01-01T00:00:00.000Z", "level": "ERROR",
+                   "logger": "pymq.test-logfmt.supervisor", "message": "sweep: boom",
+                   "exception": "Traceback ...\nValueError: boom"}
