@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -495,6 +496,178 @@ def test_beyond_the_queue_requests_get_503_at_once():
             t.join(20)
         assert sorted(r[0] for r in results) == [200] * 3 + [503] * 9
         assert get(server.port, "/stats")[0] == 200
+    finally:
+        gate.set()
+        server.close()
+
+
+def server_connections(pid, port):
+    """Established TCP connections of process pid on its port `port`."""
+    proc = psutil.Process(pid)
+    conns = (getattr(proc, "net_connections", None) or proc.connections)("tcp")
+    return sum(1 for c in conns if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port)
+
+
+def readable(socks):
+    """The sockets of `socks` that have something to read now, in order."""
+    poller = select.poll()
+    for s in socks:
+        poller.register(s, select.POLLIN)
+    ready = {fd for fd, _ in poller.poll(0)}
+    return [s for s in socks if s.fileno() in ready]
+
+
+@pytest.fixture
+def open_files():
+    """Make room for `n` more descriptors in this process (the soft limit is
+    raised up to the hard one, and put back afterwards)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def need(n):
+        want = len(os.listdir("/proc/self/fd")) + n + 64
+        if soft != resource.RLIM_INFINITY and soft < want:
+            if hard != resource.RLIM_INFINITY and hard < want:
+                pytest.skip(f"needs {want} open files; the hard limit is {hard}")
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+    yield need
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize("idle", [280, 1000])
+def test_idle_connections_never_starve_health_probes(make_broker, open_files, idle):
+    """Kubernetes' probes must answer, with their default timeoutSeconds (1 s),
+    whatever idle connections are held open: over max_connections (256) the
+    server closes the oldest idle ones first (with a 503), so a new one is read."""
+    open_files(idle + 21)
+    broker = make_broker()
+    port = broker.start_admin_server(0)
+    held = []
+    try:
+        for _ in range(idle):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        evicted = idle - 256
+        for s in held[:evicted]:  # the oldest: answered 503 and closed, each in turn
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            assert status_of(data) == 503 and b"Retry-After: 1" in data, data[:300]
+        # the newest 256 are open and were sent nothing
+        assert readable(held[evicted:]) == []
+        assert server_connections(broker.supervisor_pid, port) == 256
+        for _ in range(21):
+            status, body = get_json(port, "/health", timeout=1.0)  # Kubernetes' default
+            assert status == 200 and body["status"] == "ok"
+        # a probe makes room for itself by closing the oldest idle connection
+        # (when the one before still lingers; else it takes the room that one left)
+        closed = readable(held[evicted:])
+        assert 1 <= len(closed) <= 21 and closed == held[evicted:evicted + len(closed)]
+        assert all(status_of(s.recv(65536)) == 503 for s in closed)
+    finally:
+        for s in held:
+            s.close()
+    assert get_json(port, "/stats")[0] == 200
+
+
+def test_a_slow_stats_never_delays_health():
+    gate = threading.Event()
+    calling = threading.Event()
+
+    class SlowSource:
+        def stats(self):
+            calling.set()
+            gate.wait(20)
+            return {"topics": {}}
+
+        def health(self):
+            return True, {"broker": "slow"}
+
+    server = admin.AdminServer(SlowSource(), "127.0.0.1", 0, None, history_interval=None)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(get(server.port, "/stats",
+                                                                  timeout=30)[0]))
+               for _ in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        assert calling.wait(10)  # stats() is stuck in the broker
+        for _ in range(5):
+            t0 = time.monotonic()
+            status, body = get_json(server.port, "/health", timeout=1.0)
+            assert (status, body) == (200, {"status": "ok", "broker": "slow"})
+            assert time.monotonic() - t0 < 1.0
+        assert results == []  # the stats requests still wait
+        gate.set()
+        for t in threads:
+            t.join(20)
+        assert results == [200] * 8
+    finally:
+        gate.set()
+        server.close()
+
+
+def test_concurrent_requests_share_one_stats_call():
+    """Requests that arrive while stats() runs share the next call: 20
+    concurrent requests make two calls, and each answer comes from a call
+    that began after its request arrived."""
+    gate = threading.Event()
+    calls = []
+
+    class CountingSource:
+        def stats(self):
+            calls.append(time.monotonic())
+            gate.wait(20)
+            return {"topics": {}, "call": len(calls)}
+
+        def health(self):
+            return True, {}
+
+    server = admin.AdminServer(CountingSource(), "127.0.0.1", 0, None, workers=32,
+                               history_interval=None)
+    results = []
+    try:
+        first = threading.Thread(target=lambda: results.append(get_json(server.port, "/stats")))
+        first.start()
+        wait_for(lambda: len(calls) == 1, timeout=10)
+        others = [threading.Thread(target=lambda: results.append(get_json(server.port, "/stats")))
+                  for _ in range(19)]
+        for t in others:
+            t.start()
+        wait_for(lambda: server._lanes["default"].busy == 20, timeout=10)
+        gate.set()
+        for t in [first] + others:
+            t.join(20)
+        assert len(calls) == 2
+        assert sorted(body["call"] for _, body in results) == [1] + [2] * 19
+        assert all(status == 200 for status, _ in results)
+    finally:
+        gate.set()
+        server.close()
+
+
+def test_a_stuck_source_is_a_503_not_a_hang():
+    gate = threading.Event()
+
+    class StuckSource:
+        def stats(self):
+            gate.wait(20)
+            return {"topics": {}}
+
+        def health(self):
+            gate.wait(20)
+            return True, {}
+
+    server = admin.AdminServer(StuckSource(), "127.0.0.1", 0, None, history_interval=None,
+                               stats_timeout=0.3, health_timeout=0.3)
+    try:
+        status, headers, body = get(server.port, "/stats")
+        assert status == 503 and headers["Retry-After"] == "1"
+        assert json.loads(body) == {"error": "the broker did not answer (stats) within 0.3 s"}
+        status, body = get_json(server.port, "/health")
+        assert status == 503 and body == {
+            "status": "unhealthy",
+            "problems": ["health check failed: the broker did not answer (health) within 0.3 s"]}
     finally:
         gate.set()
         server.close()

@@ -242,6 +242,8 @@ class AdminServer:
             await self._linger(conn, reader)
         except (ConnectionError, TimeoutError, OSError):
             pass  # the client went away, or does not read
+        except asyncio.CancelledError:
+            pass  # close(): end as a task that finished (asyncio.streams asks its exception())
         finally:
             self._tasks.discard(task)
             self._forget(conn)
@@ -460,6 +462,7 @@ class _Lane:
 
     def __init__(self, active: int, waiting: int) -> None:
         self._sem = asyncio.Semaphore(active)
+        self._active = active
         self._waiting = 0
         self._max_waiting = waiting
 
@@ -475,6 +478,11 @@ class _Lane:
 
     def leave(self) -> None:
         self._sem.release()
+
+    @property
+    def busy(self) -> int:
+        """Requests in the lane: answered and waiting."""
+        return self._active - self._sem._value + self._waiting
 
 
 class _Coalesced(Generic[T]):
