@@ -278,6 +278,184 @@ def test_unknown_or_invalid_topic_is_404(make_broker):
     assert get_json(port, f"/stats/{TOPIC}.dlq")[0] == 404  # valid name, no such topic yet
 
 
+# -- Prometheus and OpenMetrics, read by the reference parsers ---------------------------------
+
+def reference_parse(text, openmetrics=False):
+    """({family: (type, unit)}, {(sample name, frozenset of labels): value})
+    as prometheus_client's own parser reads the text."""
+    if openmetrics:
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families
+    else:
+        from prometheus_client.parser import text_string_to_metric_families
+    families, values = {}, {}
+    for fam in text_string_to_metric_families(text):
+        assert fam.name not in families, fam.name
+        families[fam.name] = (fam.type, fam.unit)
+        for smp in fam.samples:
+            key = (smp.name, frozenset(smp.labels.items()))
+            assert key not in values, key
+            values[key] = smp.value
+    return families, values
+
+
+def test_metrics_parse_with_the_reference_parsers_and_match_what_was_done(make_broker):
+    pytest.importorskip("prometheus_client")
+    broker = make_broker()
+    port = broker.start_admin_server(0)
+    acker = broker.subscribe_with_ack(TOPIC, group="archiver")
+    anonymous = [broker.subscribe(TOPIC) for _ in range(3)]
+    n, m = 40, 25
+    payloads = [b"m-%04d" % i for i in range(n)]
+    broker.publish_many(TOPIC, payloads)
+    got = []
+    while len(got) < n:
+        got += acker.get_many(n - len(got), timeout=5)
+    acker.ack_many(got[:m])
+    for sub in anonymous:
+        assert len(sub.get_many(n, timeout=5)) == n
+    nbytes = sum(map(len, payloads))
+
+    def settled():
+        g = get_json(port, f"/stats/{TOPIC}")[1]["groups"]
+        return g["archiver"]["acked"] == m and \
+            sum(x["delivered"] for x in g.values() if x["anonymous"]) == 3 * n
+
+    wait_for(settled, timeout=10)
+    status, headers, body = get(port, "/metrics")
+    assert status == 200 and headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert headers["Vary"] == "Accept"
+    prom_families, prom = reference_parse(body.decode())
+    accept = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+              "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")  # Prometheus 2's
+    status, headers, body = get(port, "/metrics", headers={"Accept": accept})
+    assert status == 200
+    assert headers["Content-Type"] == "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    text = body.decode()
+    assert text.endswith("\n# EOF\n") and text.count("# EOF") == 1
+    om_families, om = reference_parse(text, openmetrics=True)
+    assert "# TYPE pymq_published counter" in text and "# TYPE pymq_published_total" not in text
+    assert "\npymq_published_total{" in text
+
+    def value(name, **labels):
+        key = (name, frozenset(labels.items()))
+        assert prom.get(key) == om.get(key), key  # both formats say the same
+        return prom.get(key)
+
+    assert value("pymq_build_info", version=pymq.__version__) == 1
+    assert om_families["pymq_build"] == ("info", "")
+    assert value("pymq_healthy") == 1 and value("pymq_topics") == 1
+    assert value("pymq_published_total", topic=TOPIC) == n
+    assert value("pymq_published_bytes_total", topic=TOPIC) == nbytes
+    assert value("pymq_delivered_total", topic=TOPIC, group="archiver") == n
+    assert value("pymq_delivered_bytes_total", topic=TOPIC, group="archiver") == nbytes
+    assert value("pymq_acked_total", topic=TOPIC, group="archiver") == m
+    assert value("pymq_group_pending", topic=TOPIC, group="archiver") == n - m
+    assert value("pymq_group_lag", topic=TOPIC, group="archiver") == 0
+    assert value("pymq_depth", topic=TOPIC) == n - m
+    assert value("pymq_ring_capacity_bytes", topic=TOPIC) == 1024 * 1024
+    assert value("pymq_ring_used_bytes", topic=TOPIC) > 0
+    assert value("pymq_supervisor_restarts_total") == 0
+    assert value("pymq_reaped_processes_total") == 0
+    assert value("pymq_reaped_subscriptions_total") == 0
+    # anonymous subscriptions: one label set for the three of them
+    assert value("pymq_delivered_total", topic=TOPIC, group="~anonymous") == 3 * n
+    assert value("pymq_delivered_bytes_total", topic=TOPIC, group="~anonymous") == 3 * nbytes
+    assert value("pymq_group_members", topic=TOPIC, group="~anonymous") == 3
+    assert value("pymq_group_lag", topic=TOPIC, group="~anonymous") == 0
+    groups = {dict(labels).get("group") for (name, labels) in prom if name == "pymq_delivered_total"}
+    assert groups == {"archiver", "~anonymous"}
+    assert set(prom) == set(om)
+    # Prometheus conventions: counters end in _total (a family of the parser
+    # drops it), units are suffixes and, in OpenMetrics, declared
+    for name, (kind, unit) in om_families.items():
+        assert name.startswith("pymq_") and kind in ("counter", "gauge", "info"), name
+        if name.endswith(("_bytes", "_seconds")):
+            assert unit == name.rsplit("_", 1)[1], name
+    assert prom_families.pop("pymq_build_info") == ("gauge", "")  # no info type in 0.0.4
+    assert {name: kind for name, (kind, _) in prom_families.items()} == \
+        {name: kind for name, (kind, _) in om_families.items() if name != "pymq_build"}
+    assert om_families["pymq_ring_used_bytes"] == ("gauge", "bytes")
+    assert om_families["pymq_published_bytes"] == ("counter", "bytes")
+    assert om_families["pymq_supervisor_last_sweep_timestamp_seconds"] == ("gauge", "seconds")
+    assert not any(name.startswith("pymq_ring_bytes") for name, _ in prom)
+
+    # anonymous churn adds no series: three leave, three others come
+    for sub in anonymous:
+        sub.unsubscribe()
+    anonymous = [broker.subscribe(TOPIC) for _ in range(3)]
+    k = 7
+    broker.publish_many(TOPIC, payloads[:k])
+    for sub in anonymous:
+        assert len(sub.get_many(k, timeout=5)) == k
+    monotonic = "anonymous" in get_json(port, f"/stats/{TOPIC}")[1]
+    want = 3 * n + 3 * k if monotonic else 3 * k  # the broker's own count includes departed ones
+
+    def scraped():
+        _, values = reference_parse(get(port, "/metrics")[2].decode())
+        got = values.get(("pymq_delivered_total",
+                          frozenset({"topic": TOPIC, "group": "~anonymous"}.items())))
+        return values if got == want else None
+
+    prom = wait_for(scraped, timeout=10)
+    groups = {dict(labels).get("group") for (name, labels) in prom if name == "pymq_delivered_total"}
+    assert groups == {"archiver", "~anonymous"}
+    assert prom[("pymq_group_members",
+                 frozenset({"topic": TOPIC, "group": "~anonymous"}.items()))] == 3
+
+
+def test_anonymous_groups_are_one_label_set_computed_or_given():
+    pytest.importorskip("prometheus_client")
+    groups = {
+        "anon-0": {"anonymous": True, "members": 1, "delivered": 5, "delivered_bytes": 50,
+                   "lag": 2, "pending": 0, "acked": 3, "position": 9},
+        "anon-7": {"anonymous": True, "members": 1, "delivered": 4, "delivered_bytes": 40,
+                   "lag": 7, "pending": 1, "acked": 1, "position": 4},
+        "named": {"anonymous": False, "members": 2, "delivered": 11, "lag": 1, "acked": 6},
+    }
+    anon = frozenset({"topic": "t", "group": "~anonymous"}.items())
+    named = frozenset({"topic": "t", "group": "named"}.items())
+
+    def parsed(topic):
+        stats = {"topics": {"t": topic}}
+        _, prom = reference_parse(admin.metrics_text(stats))
+        _, om = reference_parse(admin.openmetrics_text(stats), openmetrics=True)
+        assert prom == om
+        return {name: v for (name, labels), v in prom.items() if labels == anon}, \
+            {name: v for (name, labels), v in prom.items() if labels == named}
+
+    # no "anonymous" entry from the broker: summed over the anonymous groups
+    a, n = parsed({"groups": groups})
+    assert a == {"pymq_delivered_total": 9, "pymq_delivered_bytes_total": 90,
+                 "pymq_group_members": 2, "pymq_group_lag": 7, "pymq_group_pending": 1}
+    assert n == {"pymq_delivered_total": 11, "pymq_group_members": 2, "pymq_group_lag": 1,
+                 "pymq_acked_total": 6}
+    # the broker's entry (monotonic: departed subscriptions included) wins for what it gives
+    given = {"members": 2, "delivered": 100, "delivered_bytes": 1000}
+    a, _ = parsed({"groups": groups, "anonymous": given})
+    assert a == {"pymq_delivered_total": 100, "pymq_delivered_bytes_total": 1000,
+                 "pymq_group_members": 2, "pymq_group_lag": 7, "pymq_group_pending": 1}
+    # every anonymous subscription gone: the counters go on, no gauges of nobody
+    a, _ = parsed({"groups": {}, "anonymous": {"members": 0, "delivered": 100,
+                                               "delivered_bytes": 1000}})
+    assert a == {"pymq_delivered_total": 100, "pymq_delivered_bytes_total": 1000,
+                 "pymq_group_members": 0}
+    a, _ = parsed({"groups": {}})
+    assert a == {}
+
+
+@pytest.mark.parametrize("accept, openmetrics", [
+    (None, False), ("", False), ("*/*", False), ("text/plain;version=0.0.4", False),
+    ("application/openmetrics-text", True),
+    ("application/openmetrics-text; version=1.0.0; charset=utf-8", True),
+    ("text/plain;q=0.5, Application/OpenMetrics-Text;version=0.0.1;q=0.75", True),
+    ("application/openmetrics-text;q=0", False), ("application/openmetrics-text;q=x", False),
+    ("application/json, text/html", False),
+])
+def test_openmetrics_is_served_when_accept_asks_for_it(accept, openmetrics):
+    from pymq.admin import metrics
+    assert metrics.wants_openmetrics(accept) is openmetrics
+
+
 # -- binding and token -------------------------------------------------------------------
 
 def listening_address(pid, port):

@@ -82,8 +82,8 @@ class History:
                     v = g.get(figure)
                     if isinstance(v, (int, float)) and not isinstance(v, bool):
                         values[("group", topic, group, figure)] = float(v)
-        for key in [k for k in self._counters if k[1] not in topics]:
-            del self._counters[key]
+        for gone in [k for k in self._counters if k[1] not in topics]:
+            del self._counters[gone]
         for key, value in values.items():
             series = self._series.get(key)
             if series is None:

@@ -28,6 +28,7 @@ import re
 from base64 import b64encode
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from email.message import Message
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -49,7 +50,7 @@ class Request:
 
     method: str
     target: str
-    headers: Mapping[str, str]
+    headers: Message
 
 
 @dataclass(frozen=True)
