@@ -456,6 +456,106 @@ def test_openmetrics_is_served_when_accept_asks_for_it(accept, openmetrics):
     assert metrics.wants_openmetrics(accept) is openmetrics
 
 
+# -- the history behind /history ---------------------------------------------------------------
+
+def _topic(published, groups, **extra):
+    return {"published": published, "groups": groups, **extra}
+
+
+def test_history_keeps_rates_and_gauges_for_its_span_only():
+    from pymq.admin.history import History
+    h = History(span=4, interval=1)
+    anon = lambda delivered, lag, pending: {  # noqa: E731
+        "anonymous": True, "delivered": delivered, "lag": lag, "pending": pending}
+    h.add(100.0, {"topics": {"t": _topic(10, {
+        "g": {"delivered": 10, "lag": 3, "pending": 1},
+        "anon-0": anon(5, 2, 0), "anon-1": anon(1, 4, 2)})}})
+    h.add(102.0, {"topics": {"t": _topic(30, {
+        "g": {"delivered": 20, "lag": 5, "pending": 0},
+        "anon-0": anon(9, 1, 1), "anon-1": anon(7, 0, 3)})}})
+    # anon-0 leaves (its deliveries are not taken back), anon-2 comes
+    h.add(103.0, {"topics": {"t": _topic(31, {
+        "g": {"delivered": 21, "lag": 0, "pending": 0},
+        "anon-1": anon(8, 0, 0), "anon-2": anon(50, 6, 0)})}})
+    j = h.to_json()
+    assert (j["interval"], j["span"], j["t"]) == (1.0, 4.0, [100.0, 102.0, 103.0])
+    assert j["topics"] == {"t": {"published_per_s": [None, 10.0, 1.0],
+                                 "delivered_per_s": [None, (10 + 4 + 6) / 2, 2.0]}}
+    assert j["groups"] == {"t": {"g": {"lag": [3, 5, 0], "pending": [1, 0, 0]},
+                                 "~anonymous": {"lag": [4, 1, 6], "pending": [2, 4, 0]}}}
+    assert h.to_json(since=102.0)["t"] == [103.0]
+    assert h.to_json(since=102.0)["topics"]["t"]["published_per_s"] == [1.0]
+    # the broker's "anonymous" entry, when given, counts anonymous deliveries
+    h.add(104.0, {"topics": {"t": _topic(31, {"anon-1": anon(8, 0, 0)},
+                                         anonymous={"members": 1, "delivered": 500})}})
+    h.add(105.0, {"topics": {"t": _topic(33, {"anon-1": anon(10, 0, 0)},
+                                         anonymous={"members": 1, "delivered": 502})}})
+    j = h.to_json()
+    assert j["t"] == [102.0, 103.0, 104.0, 105.0]  # span: 4 samples
+    assert j["topics"]["t"]["published_per_s"] == [10.0, 1.0, 0.0, 2.0]
+    assert j["topics"]["t"]["delivered_per_s"][-1] == 2.0
+    assert j["groups"]["t"]["g"] == {"lag": [5, 0, None, None], "pending": [0, 0, None, None]}
+    # a topic gone for the whole span leaves nothing behind
+    for t in (106.0, 107.0, 108.0, 109.0):
+        h.add(t, {"topics": {}})
+    assert h.to_json() == {"interval": 1.0, "span": 4.0, "t": [106.0, 107.0, 108.0, 109.0],
+                           "topics": {}, "groups": {}}
+    assert h.series == 0 and len(h) == 4
+
+
+def test_history_keeps_at_most_max_series():
+    from pymq.admin.history import History
+    h = History(span=10, interval=1, max_series=3)
+    groups = {f"g{i}": {"delivered": 0, "lag": i, "pending": 0} for i in range(5)}
+    h.add(1.0, {"topics": {"t": _topic(0, groups)}})
+    j = h.to_json()
+    assert h.series == 3 and j["dropped_series"] > 0
+    assert sum(len(g) for g in j["groups"].values()) <= 2
+
+
+def test_history_endpoint_serves_what_the_broker_did(make_broker, monkeypatch):
+    monkeypatch.setenv("PYMQ_ADMIN_TOKEN", "tok")
+    broker = make_broker()
+    port = broker.start_admin_server(0)
+    auth = {"Authorization": "Bearer tok"}
+    sub = broker.subscribe_with_ack(TOPIC, group="archiver")
+    wait_for(lambda: TOPIC in get_json(port, "/history", headers=auth)[1]["groups"], timeout=15)
+    t0 = time.time()  # sampled once with nothing published yet
+    broker.publish_many(TOPIC, [b"x"] * 30)
+    msgs = sub.get_many(30, timeout=5)
+
+    def sampled_twice_after_publishing():
+        j = get_json(port, "/history", headers=auth)[1]
+        pend = j["groups"].get(TOPIC, {}).get("archiver", {}).get("pending", [])
+        return j if pend.count(30) >= 2 else None
+
+    j = wait_for(sampled_twice_after_publishing, timeout=15)
+    assert j["interval"] == 1.0 and j["span"] == 600.0
+    assert j["t"] == sorted(j["t"]) and len(set(j["t"])) == len(j["t"])
+    n = len(j["t"])
+    assert all(len(v) == n for v in j["topics"][TOPIC].values())
+    assert j["groups"][TOPIC]["archiver"]["lag"][-1] == 0
+    rates = j["topics"][TOPIC]["published_per_s"]
+    assert rates[-1] == 0  # nothing published since
+    # the rates add up to what was published: 30 messages
+    assert sum(r * (t - t_before) for r, t, t_before in zip(rates[1:], j["t"][1:], j["t"])
+               if r is not None) == pytest.approx(30, abs=0.05)
+    for m in msgs:
+        m.ack()
+    newer = wait_for(lambda: (lambda k: k if k["t"] and k["groups"][TOPIC]["archiver"]["pending"]
+                              [-1] == 0 else None)(
+        get_json(port, f"/history?since={j['t'][-1]}", headers=auth)[1]), timeout=15)
+    assert all(t > j["t"][-1] for t in newer["t"]) and newer["t"][0] > t0
+    assert get_json(port, "/history")[0] == 401
+    assert get_json(port, "/history?since=soon", headers=auth)[0] == 400
+    assert request(port, "HEAD", "/history", headers=auth)[:3:2] == (200, b"")
+    # /stats/history is the topic named "history", not this
+    assert get_json(port, "/stats/history", headers=auth)[0] == 404
+    broker.publish("history", b"x")
+    status, body = get_json(port, "/stats/history", headers=auth)
+    assert status == 200 and body["published"] == 1
+
+
 # -- binding and token -------------------------------------------------------------------
 
 def listening_address(pid, port):
@@ -942,6 +1042,28 @@ class _Rows(html.parser.HTMLParser):
         return None, None
 
 
+class _Charts(html.parser.HTMLParser):
+    """The dashboard's charts: (kind, topic, group) -> the data-* of their svg."""
+
+    def __init__(self):
+        super().__init__()
+        self.charts, self._key = {}, None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "figure" and "chart" in a.get("class", "").split():
+            self._key = (a.get("data-kind"), a.get("data-topic"), a.get("data-group"))
+        elif tag == "svg" and self._key is not None and a.get("class") == "chart":
+            self.charts[self._key] = {k[5:]: v for k, v in a.items() if k.startswith("data-")}
+            self.charts[self._key]["paths"] = 0
+        elif tag == "path" and self._key in self.charts:
+            self.charts[self._key]["paths"] += 1
+
+    def handle_endtag(self, tag):
+        if tag == "figure":
+            self._key = None
+
+
 def browser_env():
     """Our environment without the sanitizer preloads of `make test-sanitize`."""
     return {k: v for k, v in os.environ.items()
@@ -978,10 +1100,19 @@ def test_dashboard_in_headless_chromium(make_broker, tmp_path, monkeypatch, toke
 
     streamer = threading.Thread(target=stream, daemon=True)
     streamer.start()
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def rates_in_history():  # the server has kept a few seconds of traffic
+        rates = get_json(port, "/history", headers=auth)[1]["topics"].get(TOPIC, {})
+        return sum(1 for r in rates.get("published_per_s", ()) if r) >= 3
+
     try:
         wait_for(lambda: published[0] >= 100, timeout=10)
+        wait_for(rates_in_history, timeout=20)
+        page_loaded_after = time.time()
         proc = subprocess.run(
             [binary, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+             "--window-size=1280,1600",
              f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
              f"http://127.0.0.1:{port}/" + (f"?token={token}" if token else "")],
             capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL,
@@ -1008,6 +1139,17 @@ def test_dashboard_in_headless_chromium(make_broker, tmp_path, monkeypatch, toke
     assert int(gcells["lag"][0]) >= 0 and int(gcells["pending"][0]) >= 0
     assert float(gcells["acked-rate"][0]) >= 0
     assert 'id="error" hidden' in proc.stdout
+    # the charts: drawn wide, from the server's history, so with points from
+    # before the page loaded
+    charts = _Charts()
+    charts.feed(proc.stdout)
+    assert set(charts.charts) == {("rates", TOPIC, None), ("groups", TOPIC, "archiver")}
+    for key, chart in charts.charts.items():
+        assert int(chart["width"]) >= 600 and int(chart["height"]) >= 200, (key, chart)
+        assert int(chart["points"]) >= 3 and chart["paths"] == 2, (key, chart)
+        assert float(chart["first"]) < page_loaded_after, (key, chart)
+        assert float(chart["first"]) < float(chart["last"]), (key, chart)
+    assert float(charts.charts[("rates", TOPIC, None)]["max"]) > 0  # messages/s drawn
 
 
 def test_loopback_server_refuses_other_host_names(make_broker):

@@ -52,7 +52,13 @@ class History:
         self.dropped_series = 0
 
     def __len__(self) -> int:
+        """Samples kept."""
         return min(self._count, self.capacity)
+
+    @property
+    def series(self) -> int:
+        """Series kept (each `capacity` doubles)."""
+        return len(self._series)
 
     # -- adding a sample ---------------------------------------------------------------
 
@@ -115,7 +121,7 @@ class History:
         n = len(self)
         order = [(self._count - n + k) % self.capacity for k in range(n)]
         if since is not None:
-            order = [i for i in order if self._t[i] > since]
+            order = [i for i in order if round(self._t[i], 3) > since]  # as served
         out: dict[str, Any] = {"interval": self.interval, "span": self.span,
                                "t": [round(self._t[i], 3) for i in order],
                                "topics": {}, "groups": {}}
