@@ -875,6 +875,9 @@ def test_a_slow_stats_never_delays_health():
             status, body = get_json(server.port, "/health", timeout=1.0)
             assert (status, body) == (200, {"status": "ok", "broker": "slow"})
             assert time.monotonic() - t0 < 1.0
+        # nor the page and the history, which need nothing from the broker
+        assert get(server.port, "/", timeout=1.0)[0] == 200
+        assert get_json(server.port, "/history", timeout=1.0)[0] == 200
         assert results == []  # the stats requests still wait
         gate.set()
         for t in threads:
@@ -912,7 +915,7 @@ def test_concurrent_requests_share_one_stats_call():
                   for _ in range(19)]
         for t in others:
             t.start()
-        wait_for(lambda: server._lanes["default"].busy == 20, timeout=10)
+        wait_for(lambda: server._lanes["source"].busy == 20, timeout=10)
         gate.set()
         for t in [first] + others:
             t.join(20)
@@ -948,6 +951,30 @@ def test_a_stuck_source_is_a_503_not_a_hang():
             "problems": ["health check failed: the broker did not answer (health) within 0.3 s"]}
     finally:
         gate.set()
+        server.close()
+
+
+def test_a_low_open_files_limit_is_raised_to_the_hard_one(open_files):
+    import resource
+
+    class Source:
+        def stats(self):
+            return {"topics": {}}
+
+        def health(self):
+            return True, {}
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = len(os.listdir("/proc/self/fd")) + 64
+    if hard != resource.RLIM_INFINITY and hard < 256 + 256:
+        pytest.skip(f"the hard limit ({hard}) leaves nothing to raise")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))  # put back by open_files
+    server = admin.AdminServer(Source(), "127.0.0.1", 0, None, history_interval=None)
+    try:
+        want = hard if hard != resource.RLIM_INFINITY else 256 + 256
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (want, hard)
+        assert serving(server.port)
+    finally:
         server.close()
 
 

@@ -95,14 +95,15 @@ Handler = Callable[[Backend, Request, str, Mapping[str, list[str]]], Awaitable[R
 @dataclass(frozen=True)
 class Endpoint:
     """A resolved request: the handler, its argument (the topic of
-    /stats/{topic}), the query, and its lane: "health" requests are admitted
-    apart from the others, so that a slow stats() never delays a probe."""
+    /stats/{topic}), the query, and its lane: "health", "source" (calls
+    stats()) or "local" (calls nothing), each admitted apart from the others,
+    so that a slow stats() never delays a probe or the page."""
 
     handler: Handler
     request: Request
     arg: str = ""
     query: Mapping[str, list[str]] = field(default_factory=dict)
-    lane: str = "default"
+    lane: str = "source"
 
     async def __call__(self, backend: Backend) -> Response:
         try:
@@ -198,10 +199,10 @@ def resolve(request: Request, backend: Backend) -> Endpoint | Response:
         segs.pop()  # one trailing slash: /stats/ is /stats
     if any(s in (".", "..") or "/" in s or "\0" in s for s in segs):
         return error(404, "not found")
-    arg, lane = "", "default"
+    arg, lane = "", "source"
     handler: Handler
     if segs == [""]:
-        handler = page
+        handler, lane = page, "local"
     elif segs == ["health"]:
         handler, lane = health, "health"
     elif segs == ["stats"]:
@@ -211,7 +212,7 @@ def resolve(request: Request, backend: Backend) -> Endpoint | Response:
     elif segs == ["metrics"]:
         handler = metrics_endpoint
     elif segs == ["history"]:
-        handler = history
+        handler, lane = history, "local"
     else:
         return error(404, "not found")
     if backend.loopback and not loopback_host(request.headers.get("Host")):

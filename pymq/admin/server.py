@@ -16,10 +16,11 @@ Shape, so that no client can take it down, wedge it or starve /health:
   connection still sending its head (then the oldest one draining after its
   answer) is closed with a 503, so idle connections never keep a new one,
   a Kubernetes probe say, from being read;
-- an admitted request runs in a lane: /health in one of its own, everything
-  else in the other; a lane answers `workers` requests at once (an
-  asyncio.Semaphore) and lets `queue_size` more wait; beyond, 503 with
-  Retry-After at once;
+- an admitted request runs in a lane: /health in one of its own, the
+  endpoints that call stats() in another, the page and /history (which call
+  nothing) in a third; a lane answers a few requests at once (an
+  asyncio.Semaphore: `workers` for the stats lane) and lets some more wait
+  (`queue_size`); beyond, 503 with Retry-After at once;
 - the source's blocking calls run in daemon threads, health() on one and
   stats() on another, so that a slow stats() never delays a probe; concurrent
   requests share one call (each answer comes from a call that began after the
@@ -52,6 +53,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from ..errors import MQError
 from . import history as history_mod
 from . import routes
 from .routes import Request, Response, error
@@ -62,6 +64,8 @@ WORKERS = 8               # requests of a lane answered at once
 QUEUE_SIZE = 64           # requests of a lane waiting for that; beyond: 503
 HEALTH_WORKERS = 16       # the same for /health, a lane of its own
 HEALTH_QUEUE_SIZE = 256
+LOCAL_WORKERS = 16        # the same for / and /history (no call into the broker)
+LOCAL_QUEUE_SIZE = 256
 MAX_CONNECTIONS = 256     # connections kept open; over it the oldest idle one is closed
 REQUEST_TIMEOUT = 5.0     # seconds to receive a whole request head
 WRITE_TIMEOUT = 5.0       # seconds to hand an answer to the kernel
@@ -176,8 +180,9 @@ class AdminServer:
         self._lingering: dict[_Conn, None] = {}  # of which drained after their answer
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count()
-        self._lanes = {"default": _Lane(self._workers, self._queue_size),
-                       "health": _Lane(HEALTH_WORKERS, HEALTH_QUEUE_SIZE)}
+        self._lanes = {"source": _Lane(self._workers, self._queue_size),
+                       "health": _Lane(HEALTH_WORKERS, HEALTH_QUEUE_SIZE),
+                       "local": _Lane(LOCAL_WORKERS, LOCAL_QUEUE_SIZE)}
         self._stats_calls: _Coalesced[dict[str, Any]] = _Coalesced(
             self._stats_thread, lambda: self.source.stats())
         self._health_calls: _Coalesced[tuple[bool, dict[str, Any]]] = _Coalesced(
@@ -204,8 +209,8 @@ class AdminServer:
             began = loop.time()
             try:
                 figures = await self.stats()
-            except routes.Unavailable as e:
-                log.warning("history: %s", e)
+            except (routes.Unavailable, MQError) as e:  # stuck, or closing
+                log.warning("history: no sample: %s", e)
             except Exception:
                 self._log_exception("sampling the history")
             else:
@@ -462,7 +467,7 @@ class _Lane:
 
     def __init__(self, active: int, waiting: int) -> None:
         self._sem = asyncio.Semaphore(active)
-        self._active = active
+        self._active = 0
         self._waiting = 0
         self._max_waiting = waiting
 
@@ -474,15 +479,17 @@ class _Lane:
             await self._sem.acquire()
         finally:
             self._waiting -= 1
+        self._active += 1
         return True
 
     def leave(self) -> None:
+        self._active -= 1
         self._sem.release()
 
     @property
     def busy(self) -> int:
         """Requests in the lane: answered and waiting."""
-        return self._active - self._sem._value + self._waiting
+        return self._active + self._waiting
 
 
 class _Coalesced(Generic[T]):
