@@ -556,6 +556,16 @@ def test_history_endpoint_serves_what_the_broker_did(make_broker, monkeypatch):
     assert status == 200 and body["published"] == 1
 
 
+def test_every_metric_is_documented():
+    from pymq.admin.metrics import METRICS
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for doc in ("README.md", "docs/admin.md"):
+        with open(os.path.join(root, doc), encoding="utf-8") as f:
+            text = f.read()
+        missing = [m.name for m in METRICS if f"`{m.name}" not in text]
+        assert missing == [], (doc, missing)
+
+
 # -- binding and token -------------------------------------------------------------------
 
 def listening_address(pid, port):
