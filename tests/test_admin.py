@@ -1,4 +1,4 @@
-"""The HTTP admin server (pymq/admin.py), served by the broker's supervisor
+"""The HTTP admin server (pymq/admin/), served by the broker's supervisor
 process: endpoints, figures, Prometheus format, token, robustness, restart,
 and the dashboard in a real headless Chromium."""
 
