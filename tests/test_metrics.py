@@ -136,5 +136,10 @@ def test_without_prometheus_client_the_import_error_names_the_extra(monkeypatch)
     monkeypatch.delitem(sys.modules, "pymq.metrics")
     with pytest.raises(ImportError, match=r"pip install 'pymq-shm\[metrics\]'"):
         importlib.import_module("pymq.metrics")
-    # the admin server (standard library only) does not need it
-    assert importlib.import_module("pymq.admin").metrics_text({"topics": {}}).startswith("# HELP")
+    # the admin server (standard library only) does not need it: imported afresh
+    monkeypatch.setattr(pymq, "admin", importlib.import_module("pymq.admin"))
+    for mod in [m for m in sys.modules if m == "pymq.admin" or m.startswith("pymq.admin.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    fresh = importlib.import_module("pymq.admin")
+    assert fresh.metrics_text({"topics": {}}).startswith("# HELP pymq_build_info")
+    assert "prometheus_client" not in {m.split(".")[0] for m in sys.modules if sys.modules[m]}
