@@ -1,4 +1,4 @@
-"""The HTTP admin server (pymq/admin.py), served by the broker's supervisor
+"""The HTTP admin server (pymq/admin/), served by the broker's supervisor
 process: endpoints, figures, Prometheus format, token, robustness, restart,
 and the dashboard in a real headless Chromium."""
 
@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -227,8 +228,8 @@ def test_figures_match_what_was_published_and_acked(make_broker):
     assert metric(samples, "pymq_published_total", topic=TOPIC) == n
     assert metric(samples, "pymq_published_bytes_total", topic=TOPIC) == nbytes
     assert metric(samples, "pymq_depth", topic=TOPIC) == n - m
-    assert metric(samples, "pymq_ring_bytes_capacity", topic=TOPIC) == 1024 * 1024
-    assert metric(samples, "pymq_ring_bytes_used", topic=TOPIC) == t["ring_bytes_used"]
+    assert metric(samples, "pymq_ring_capacity_bytes", topic=TOPIC) == 1024 * 1024
+    assert metric(samples, "pymq_ring_used_bytes", topic=TOPIC) == t["ring_bytes_used"]
     assert metric(samples, "pymq_publish_waits_total", topic=TOPIC) == 0
     assert metric(samples, "pymq_publish_refusals_total", topic=TOPIC) == 0
     for group, delivered, acked, pending in (("archiver", n, m, n - m), ("indexer", n, 0, 0)):
@@ -239,8 +240,8 @@ def test_figures_match_what_was_published_and_acked(make_broker):
         assert metric(samples, "pymq_group_members", topic=TOPIC, group=group) == 1
         for counter in ("nacked", "redelivered", "dead_lettered", "timeouts"):
             assert metric(samples, f"pymq_{counter}_total", topic=TOPIC, group=group) == 0
-    assert metric(samples, "pymq_supervisor_restarts") == 0
-    assert metric(samples, "pymq_reaped_processes") == 0
+    assert metric(samples, "pymq_supervisor_restarts_total") == 0
+    assert metric(samples, "pymq_reaped_processes_total") == 0
     assert metric(samples, "pymq_healthy") == 1
     assert sum(v for (k, _), v in samples.items() if k == "pymq_delivered_total") == 2 * n
 
@@ -259,7 +260,7 @@ def test_metrics_label_values_are_escaped():
     assert math.isnan(metric(samples, "pymq_group_lag", topic="t", group=weird))
     assert metric(samples, "pymq_group_pending", topic="t", group=weird) == math.inf
     assert metric(samples, "pymq_published_total", topic="t") == 5
-    assert metric(samples, "pymq_supervisor_restarts") == 2
+    assert metric(samples, "pymq_supervisor_restarts_total") == 2
     assert metric(samples, "pymq_healthy") == 0
     assert "pymq_delivered_total" not in types  # no figure, no sample (never a made-up 0)
     assert admin.escape_label_value('x\\"\n') == 'x\\\\\\"\\n'
@@ -275,6 +276,294 @@ def test_unknown_or_invalid_topic_is_404(make_broker):
         assert status == 404 and "error" in body, path
     assert get_json(port, f"/stats/{TOPIC}")[0] == 200
     assert get_json(port, f"/stats/{TOPIC}.dlq")[0] == 404  # valid name, no such topic yet
+
+
+# -- Prometheus and OpenMetrics, read by the reference parsers ---------------------------------
+
+def reference_parse(text, openmetrics=False):
+    """({family: (type, unit)}, {(sample name, frozenset of labels): value})
+    as prometheus_client's own parser reads the text."""
+    if openmetrics:
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families
+    else:
+        from prometheus_client.parser import text_string_to_metric_families
+    families, values = {}, {}
+    for fam in text_string_to_metric_families(text):
+        assert fam.name not in families, fam.name
+        families[fam.name] = (fam.type, fam.unit)
+        for smp in fam.samples:
+            key = (smp.name, frozenset(smp.labels.items()))
+            assert key not in values, key
+            values[key] = smp.value
+    return families, values
+
+
+def test_metrics_parse_with_the_reference_parsers_and_match_what_was_done(make_broker):
+    pytest.importorskip("prometheus_client")
+    broker = make_broker()
+    port = broker.start_admin_server(0)
+    acker = broker.subscribe_with_ack(TOPIC, group="archiver")
+    anonymous = [broker.subscribe(TOPIC) for _ in range(3)]
+    n, m = 40, 25
+    payloads = [b"m-%04d" % i for i in range(n)]
+    broker.publish_many(TOPIC, payloads)
+    got = []
+    while len(got) < n:
+        got += acker.get_many(n - len(got), timeout=5)
+    acker.ack_many(got[:m])
+    for sub in anonymous:
+        assert len(sub.get_many(n, timeout=5)) == n
+    nbytes = sum(map(len, payloads))
+
+    def settled():
+        g = get_json(port, f"/stats/{TOPIC}")[1]["groups"]
+        return g["archiver"]["acked"] == m and \
+            sum(x["delivered"] for x in g.values() if x["anonymous"]) == 3 * n
+
+    wait_for(settled, timeout=10)
+    status, headers, body = get(port, "/metrics")
+    assert status == 200 and headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert headers["Vary"] == "Accept"
+    prom_families, prom = reference_parse(body.decode())
+    accept = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+              "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")  # Prometheus 2's
+    status, headers, body = get(port, "/metrics", headers={"Accept": accept})
+    assert status == 200
+    assert headers["Content-Type"] == "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    text = body.decode()
+    assert text.endswith("\n# EOF\n") and text.count("# EOF") == 1
+    om_families, om = reference_parse(text, openmetrics=True)
+    assert "# TYPE pymq_published counter" in text and "# TYPE pymq_published_total" not in text
+    assert "\npymq_published_total{" in text
+
+    def value(name, **labels):
+        key = (name, frozenset(labels.items()))
+        assert prom.get(key) == om.get(key), key  # both formats say the same
+        return prom.get(key)
+
+    assert value("pymq_build_info", version=pymq.__version__) == 1
+    assert om_families["pymq_build"] == ("info", "")
+    assert value("pymq_healthy") == 1 and value("pymq_topics") == 1
+    assert value("pymq_published_total", topic=TOPIC) == n
+    assert value("pymq_published_bytes_total", topic=TOPIC) == nbytes
+    assert value("pymq_delivered_total", topic=TOPIC, group="archiver") == n
+    assert value("pymq_delivered_bytes_total", topic=TOPIC, group="archiver") == nbytes
+    assert value("pymq_acked_total", topic=TOPIC, group="archiver") == m
+    assert value("pymq_group_pending", topic=TOPIC, group="archiver") == n - m
+    assert value("pymq_group_lag", topic=TOPIC, group="archiver") == 0
+    assert value("pymq_depth", topic=TOPIC) == n - m
+    assert value("pymq_ring_capacity_bytes", topic=TOPIC) == 1024 * 1024
+    assert value("pymq_ring_used_bytes", topic=TOPIC) > 0
+    assert value("pymq_supervisor_restarts_total") == 0
+    assert value("pymq_reaped_processes_total") == 0
+    assert value("pymq_reaped_subscriptions_total") == 0
+    # anonymous subscriptions: one label set for the three of them
+    assert value("pymq_delivered_total", topic=TOPIC, group="~anonymous") == 3 * n
+    assert value("pymq_delivered_bytes_total", topic=TOPIC, group="~anonymous") == 3 * nbytes
+    assert value("pymq_group_members", topic=TOPIC, group="~anonymous") == 3
+    assert value("pymq_group_lag", topic=TOPIC, group="~anonymous") == 0
+    groups = {dict(labels).get("group") for (name, labels) in prom if name == "pymq_delivered_total"}
+    assert groups == {"archiver", "~anonymous"}
+    assert set(prom) == set(om)
+    # Prometheus conventions: counters end in _total (a family of the parser
+    # drops it), units are suffixes and, in OpenMetrics, declared
+    for name, (kind, unit) in om_families.items():
+        assert name.startswith("pymq_") and kind in ("counter", "gauge", "info"), name
+        if name.endswith(("_bytes", "_seconds")):
+            assert unit == name.rsplit("_", 1)[1], name
+    assert prom_families.pop("pymq_build_info") == ("gauge", "")  # no info type in 0.0.4
+    assert {name: kind for name, (kind, _) in prom_families.items()} == \
+        {name: kind for name, (kind, _) in om_families.items() if name != "pymq_build"}
+    assert om_families["pymq_ring_used_bytes"] == ("gauge", "bytes")
+    assert om_families["pymq_published_bytes"] == ("counter", "bytes")
+    assert om_families["pymq_supervisor_last_sweep_timestamp_seconds"] == ("gauge", "seconds")
+    assert not any(name.startswith("pymq_ring_bytes") for name, _ in prom)
+
+    # anonymous churn adds no series: three leave, three others come
+    for sub in anonymous:
+        sub.unsubscribe()
+    anonymous = [broker.subscribe(TOPIC) for _ in range(3)]
+    k = 7
+    broker.publish_many(TOPIC, payloads[:k])
+    for sub in anonymous:
+        assert len(sub.get_many(k, timeout=5)) == k
+    monotonic = "anonymous" in get_json(port, f"/stats/{TOPIC}")[1]
+    want = 3 * n + 3 * k if monotonic else 3 * k  # the broker's own count includes departed ones
+
+    def scraped():
+        _, values = reference_parse(get(port, "/metrics")[2].decode())
+        got = values.get(("pymq_delivered_total",
+                          frozenset({"topic": TOPIC, "group": "~anonymous"}.items())))
+        return values if got == want else None
+
+    prom = wait_for(scraped, timeout=10)
+    groups = {dict(labels).get("group") for (name, labels) in prom if name == "pymq_delivered_total"}
+    assert groups == {"archiver", "~anonymous"}
+    assert prom[("pymq_group_members",
+                 frozenset({"topic": TOPIC, "group": "~anonymous"}.items()))] == 3
+
+
+def test_anonymous_groups_are_one_label_set_computed_or_given():
+    pytest.importorskip("prometheus_client")
+    groups = {
+        "anon-0": {"anonymous": True, "members": 1, "delivered": 5, "delivered_bytes": 50,
+                   "lag": 2, "pending": 0, "acked": 3, "position": 9},
+        "anon-7": {"anonymous": True, "members": 1, "delivered": 4, "delivered_bytes": 40,
+                   "lag": 7, "pending": 1, "acked": 1, "position": 4},
+        "named": {"anonymous": False, "members": 2, "delivered": 11, "lag": 1, "acked": 6},
+    }
+    anon = frozenset({"topic": "t", "group": "~anonymous"}.items())
+    named = frozenset({"topic": "t", "group": "named"}.items())
+
+    def parsed(topic):
+        stats = {"topics": {"t": topic}}
+        _, prom = reference_parse(admin.metrics_text(stats))
+        _, om = reference_parse(admin.openmetrics_text(stats), openmetrics=True)
+        assert prom == om
+        return {name: v for (name, labels), v in prom.items() if labels == anon}, \
+            {name: v for (name, labels), v in prom.items() if labels == named}
+
+    # no "anonymous" entry from the broker: summed over the anonymous groups
+    a, n = parsed({"groups": groups})
+    assert a == {"pymq_delivered_total": 9, "pymq_delivered_bytes_total": 90,
+                 "pymq_group_members": 2, "pymq_group_lag": 7, "pymq_group_pending": 1}
+    assert n == {"pymq_delivered_total": 11, "pymq_group_members": 2, "pymq_group_lag": 1,
+                 "pymq_acked_total": 6}
+    # the broker's entry (monotonic: departed subscriptions included) wins for what it gives
+    given = {"members": 2, "delivered": 100, "delivered_bytes": 1000}
+    a, _ = parsed({"groups": groups, "anonymous": given})
+    assert a == {"pymq_delivered_total": 100, "pymq_delivered_bytes_total": 1000,
+                 "pymq_group_members": 2, "pymq_group_lag": 7, "pymq_group_pending": 1}
+    # every anonymous subscription gone: the counters go on, no gauges of nobody
+    a, _ = parsed({"groups": {}, "anonymous": {"members": 0, "delivered": 100,
+                                               "delivered_bytes": 1000}})
+    assert a == {"pymq_delivered_total": 100, "pymq_delivered_bytes_total": 1000,
+                 "pymq_group_members": 0}
+    a, _ = parsed({"groups": {}})
+    assert a == {}
+
+
+@pytest.mark.parametrize("accept, openmetrics", [
+    (None, False), ("", False), ("*/*", False), ("text/plain;version=0.0.4", False),
+    ("application/openmetrics-text", True),
+    ("application/openmetrics-text; version=1.0.0; charset=utf-8", True),
+    ("text/plain;q=0.5, Application/OpenMetrics-Text;version=0.0.1;q=0.75", True),
+    ("application/openmetrics-text;q=0", False), ("application/openmetrics-text;q=x", False),
+    ("application/json, text/html", False),
+])
+def test_openmetrics_is_served_when_accept_asks_for_it(accept, openmetrics):
+    from pymq.admin import metrics
+    assert metrics.wants_openmetrics(accept) is openmetrics
+
+
+# -- the history behind /history ---------------------------------------------------------------
+
+def _topic(published, groups, **extra):
+    return {"published": published, "groups": groups, **extra}
+
+
+def test_history_keeps_rates_and_gauges_for_its_span_only():
+    from pymq.admin.history import History
+    h = History(span=4, interval=1)
+    anon = lambda delivered, lag, pending: {  # noqa: E731
+        "anonymous": True, "delivered": delivered, "lag": lag, "pending": pending}
+    h.add(100.0, {"topics": {"t": _topic(10, {
+        "g": {"delivered": 10, "lag": 3, "pending": 1},
+        "anon-0": anon(5, 2, 0), "anon-1": anon(1, 4, 2)})}})
+    h.add(102.0, {"topics": {"t": _topic(30, {
+        "g": {"delivered": 20, "lag": 5, "pending": 0},
+        "anon-0": anon(9, 1, 1), "anon-1": anon(7, 0, 3)})}})
+    # anon-0 leaves (its deliveries are not taken back), anon-2 comes
+    h.add(103.0, {"topics": {"t": _topic(31, {
+        "g": {"delivered": 21, "lag": 0, "pending": 0},
+        "anon-1": anon(8, 0, 0), "anon-2": anon(50, 6, 0)})}})
+    j = h.to_json()
+    assert (j["interval"], j["span"], j["t"]) == (1.0, 4.0, [100.0, 102.0, 103.0])
+    assert j["topics"] == {"t": {"published_per_s": [None, 10.0, 1.0],
+                                 "delivered_per_s": [None, (10 + 4 + 6) / 2, 2.0]}}
+    assert j["groups"] == {"t": {"g": {"lag": [3, 5, 0], "pending": [1, 0, 0]},
+                                 "~anonymous": {"lag": [4, 1, 6], "pending": [2, 4, 0]}}}
+    assert h.to_json(since=102.0)["t"] == [103.0]
+    assert h.to_json(since=102.0)["topics"]["t"]["published_per_s"] == [1.0]
+    # the broker's "anonymous" entry, when given, counts anonymous deliveries
+    h.add(104.0, {"topics": {"t": _topic(31, {"anon-1": anon(8, 0, 0)},
+                                         anonymous={"members": 1, "delivered": 500})}})
+    h.add(105.0, {"topics": {"t": _topic(33, {"anon-1": anon(10, 0, 0)},
+                                         anonymous={"members": 1, "delivered": 502})}})
+    j = h.to_json()
+    assert j["t"] == [102.0, 103.0, 104.0, 105.0]  # span: 4 samples
+    assert j["topics"]["t"]["published_per_s"] == [10.0, 1.0, 0.0, 2.0]
+    assert j["topics"]["t"]["delivered_per_s"][-1] == 2.0
+    assert j["groups"]["t"]["g"] == {"lag": [5, 0, None, None], "pending": [0, 0, None, None]}
+    # a topic gone for the whole span leaves nothing behind
+    for t in (106.0, 107.0, 108.0, 109.0):
+        h.add(t, {"topics": {}})
+    assert h.to_json() == {"interval": 1.0, "span": 4.0, "t": [106.0, 107.0, 108.0, 109.0],
+                           "topics": {}, "groups": {}}
+    assert h.series == 0 and len(h) == 4
+
+
+def test_history_keeps_at_most_max_series():
+    from pymq.admin.history import History
+    h = History(span=10, interval=1, max_series=3)
+    groups = {f"g{i}": {"delivered": 0, "lag": i, "pending": 0} for i in range(5)}
+    h.add(1.0, {"topics": {"t": _topic(0, groups)}})
+    j = h.to_json()
+    assert h.series == 3 and j["dropped_series"] > 0
+    assert sum(len(g) for g in j["groups"].values()) <= 2
+
+
+def test_history_endpoint_serves_what_the_broker_did(make_broker, monkeypatch):
+    monkeypatch.setenv("PYMQ_ADMIN_TOKEN", "tok")
+    broker = make_broker()
+    port = broker.start_admin_server(0)
+    auth = {"Authorization": "Bearer tok"}
+    sub = broker.subscribe_with_ack(TOPIC, group="archiver")
+    wait_for(lambda: TOPIC in get_json(port, "/history", headers=auth)[1]["groups"], timeout=15)
+    t0 = time.time()  # sampled once with nothing published yet
+    broker.publish_many(TOPIC, [b"x"] * 30)
+    msgs = sub.get_many(30, timeout=5)
+
+    def sampled_twice_after_publishing():
+        j = get_json(port, "/history", headers=auth)[1]
+        pend = j["groups"].get(TOPIC, {}).get("archiver", {}).get("pending", [])
+        return j if pend.count(30) >= 2 else None
+
+    j = wait_for(sampled_twice_after_publishing, timeout=15)
+    assert j["interval"] == 1.0 and j["span"] == 600.0
+    assert j["t"] == sorted(j["t"]) and len(set(j["t"])) == len(j["t"])
+    n = len(j["t"])
+    assert all(len(v) == n for v in j["topics"][TOPIC].values())
+    assert j["groups"][TOPIC]["archiver"]["lag"][-1] == 0
+    rates = j["topics"][TOPIC]["published_per_s"]
+    assert rates[-1] == 0  # nothing published since
+    # the rates add up to what was published: 30 messages
+    assert sum(r * (t - t_before) for r, t, t_before in zip(rates[1:], j["t"][1:], j["t"])
+               if r is not None) == pytest.approx(30, abs=0.05)
+    for m in msgs:
+        m.ack()
+    newer = wait_for(lambda: (lambda k: k if k["t"] and k["groups"][TOPIC]["archiver"]["pending"]
+                              [-1] == 0 else None)(
+        get_json(port, f"/history?since={j['t'][-1]}", headers=auth)[1]), timeout=15)
+    assert all(t > j["t"][-1] for t in newer["t"]) and newer["t"][0] > t0
+    assert get_json(port, "/history")[0] == 401
+    assert get_json(port, "/history?since=soon", headers=auth)[0] == 400
+    assert request(port, "HEAD", "/history", headers=auth)[:3:2] == (200, b"")
+    # /stats/history is the topic named "history", not this
+    assert get_json(port, "/stats/history", headers=auth)[0] == 404
+    broker.publish("history", b"x")
+    status, body = get_json(port, "/stats/history", headers=auth)
+    assert status == 200 and body["published"] == 1
+
+
+def test_every_metric_is_documented():
+    from pymq.admin.metrics import METRICS
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for doc in ("README.md", "docs/admin.md"):
+        with open(os.path.join(root, doc), encoding="utf-8") as f:
+            text = f.read()
+        missing = [m.name for m in METRICS if f"`{m.name}" not in text]
+        assert missing == [], (doc, missing)
 
 
 # -- binding and token -------------------------------------------------------------------
@@ -408,7 +697,7 @@ def test_a_slowloris_client_is_dropped_with_408():
         socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
 
 
-def test_handler_exceptions_are_500_and_do_not_kill_the_server(capfd):
+def test_handler_exceptions_are_500_and_do_not_kill_the_server(caplog):
     class Source:
         calls = 0
 
@@ -419,7 +708,8 @@ def test_handler_exceptions_are_500_and_do_not_kill_the_server(capfd):
         def health(self):
             raise RuntimeError("health boom")
 
-    server = admin.AdminServer(Source(), "127.0.0.1", 0, None)
+    # no history sampling here: it would call stats() too, and the calls are counted
+    server = admin.AdminServer(Source(), "127.0.0.1", 0, None, history_interval=None)
     try:
         for _ in range(5):
             status, body = get_json(server.port, "/stats")
@@ -431,7 +721,8 @@ def test_handler_exceptions_are_500_and_do_not_kill_the_server(capfd):
         assert Source.calls == 6
     finally:
         server.close()
-    err = capfd.readouterr().err
+    err = caplog.text  # logged through logging.getLogger("pymq.admin"), never printed
+    assert {r.name for r in caplog.records} == {"pymq.admin"}
     assert "RuntimeError: boom" in err
     assert err.count("Traceback") <= 3  # logged, but not once per request
 
@@ -498,6 +789,205 @@ def test_beyond_the_queue_requests_get_503_at_once():
         server.close()
 
 
+def server_connections(pid, port):
+    """Established TCP connections of process pid on its port `port`."""
+    proc = psutil.Process(pid)
+    conns = (getattr(proc, "net_connections", None) or proc.connections)("tcp")
+    return sum(1 for c in conns if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port)
+
+
+def readable(socks):
+    """The sockets of `socks` that have something to read now, in order."""
+    poller = select.poll()
+    for s in socks:
+        poller.register(s, select.POLLIN)
+    ready = {fd for fd, _ in poller.poll(0)}
+    return [s for s in socks if s.fileno() in ready]
+
+
+@pytest.fixture
+def open_files():
+    """Make room for `n` more descriptors in this process (the soft limit is
+    raised up to the hard one, and put back afterwards)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def need(n):
+        want = len(os.listdir("/proc/self/fd")) + n + 64
+        if soft != resource.RLIM_INFINITY and soft < want:
+            if hard != resource.RLIM_INFINITY and hard < want:
+                pytest.skip(f"needs {want} open files; the hard limit is {hard}")
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+    yield need
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize("idle", [280, 1000])
+def test_idle_connections_never_starve_health_probes(make_broker, open_files, idle):
+    """Kubernetes' probes must answer, with their default timeoutSeconds (1 s),
+    whatever idle connections are held open: over max_connections (256) the
+    server closes the oldest idle ones first (with a 503), so a new one is read."""
+    open_files(idle + 21)
+    broker = make_broker()
+    port = broker.start_admin_server(0)
+    held = []
+    try:
+        for _ in range(idle):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        evicted = idle - 256
+        for s in held[:evicted]:  # the oldest: answered 503 and closed, each in turn
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            assert status_of(data) == 503 and b"Retry-After: 1" in data, data[:300]
+        # the newest 256 are open and were sent nothing
+        assert readable(held[evicted:]) == []
+        assert server_connections(broker.supervisor_pid, port) == 256
+        for _ in range(21):
+            status, body = get_json(port, "/health", timeout=1.0)  # Kubernetes' default
+            assert status == 200 and body["status"] == "ok"
+        # a probe makes room for itself by closing the oldest idle connection
+        # (when the one before still lingers; else it takes the room that one left)
+        closed = readable(held[evicted:])
+        assert 1 <= len(closed) <= 21 and closed == held[evicted:evicted + len(closed)]
+        assert all(status_of(s.recv(65536)) == 503 for s in closed)
+    finally:
+        for s in held:
+            s.close()
+    assert get_json(port, "/stats")[0] == 200
+
+
+def test_a_slow_stats_never_delays_health():
+    gate = threading.Event()
+    calling = threading.Event()
+
+    class SlowSource:
+        def stats(self):
+            calling.set()
+            gate.wait(20)
+            return {"topics": {}}
+
+        def health(self):
+            return True, {"broker": "slow"}
+
+    server = admin.AdminServer(SlowSource(), "127.0.0.1", 0, None, history_interval=None)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(get(server.port, "/stats",
+                                                                  timeout=30)[0]))
+               for _ in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        assert calling.wait(10)  # stats() is stuck in the broker
+        for _ in range(5):
+            t0 = time.monotonic()
+            status, body = get_json(server.port, "/health", timeout=1.0)
+            assert (status, body) == (200, {"status": "ok", "broker": "slow"})
+            assert time.monotonic() - t0 < 1.0
+        # nor the page and the history, which need nothing from the broker
+        assert get(server.port, "/", timeout=1.0)[0] == 200
+        assert get_json(server.port, "/history", timeout=1.0)[0] == 200
+        assert results == []  # the stats requests still wait
+        gate.set()
+        for t in threads:
+            t.join(20)
+        assert results == [200] * 8
+    finally:
+        gate.set()
+        server.close()
+
+
+def test_concurrent_requests_share_one_stats_call():
+    """Requests that arrive while stats() runs share the next call: 20
+    concurrent requests make two calls, and each answer comes from a call
+    that began after its request arrived."""
+    gate = threading.Event()
+    calls = []
+
+    class CountingSource:
+        def stats(self):
+            calls.append(time.monotonic())
+            gate.wait(20)
+            return {"topics": {}, "call": len(calls)}
+
+        def health(self):
+            return True, {}
+
+    server = admin.AdminServer(CountingSource(), "127.0.0.1", 0, None, workers=32,
+                               history_interval=None)
+    results = []
+    try:
+        first = threading.Thread(target=lambda: results.append(get_json(server.port, "/stats")))
+        first.start()
+        wait_for(lambda: len(calls) == 1, timeout=10)
+        others = [threading.Thread(target=lambda: results.append(get_json(server.port, "/stats")))
+                  for _ in range(19)]
+        for t in others:
+            t.start()
+        wait_for(lambda: server._lanes["source"].busy == 20, timeout=10)
+        gate.set()
+        for t in [first] + others:
+            t.join(20)
+        assert len(calls) == 2
+        assert sorted(body["call"] for _, body in results) == [1] + [2] * 19
+        assert all(status == 200 for status, _ in results)
+    finally:
+        gate.set()
+        server.close()
+
+
+def test_a_stuck_source_is_a_503_not_a_hang():
+    gate = threading.Event()
+
+    class StuckSource:
+        def stats(self):
+            gate.wait(20)
+            return {"topics": {}}
+
+        def health(self):
+            gate.wait(20)
+            return True, {}
+
+    server = admin.AdminServer(StuckSource(), "127.0.0.1", 0, None, history_interval=None,
+                               stats_timeout=0.3, health_timeout=0.3)
+    try:
+        status, headers, body = get(server.port, "/stats")
+        assert status == 503 and headers["Retry-After"] == "1"
+        assert json.loads(body) == {"error": "the broker did not answer (stats) within 0.3 s"}
+        status, body = get_json(server.port, "/health")
+        assert status == 503 and body == {
+            "status": "unhealthy",
+            "problems": ["health check failed: the broker did not answer (health) within 0.3 s"]}
+    finally:
+        gate.set()
+        server.close()
+
+
+def test_a_low_open_files_limit_is_raised_to_the_hard_one(open_files):
+    import resource
+
+    class Source:
+        def stats(self):
+            return {"topics": {}}
+
+        def health(self):
+            return True, {}
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = len(os.listdir("/proc/self/fd")) + 64
+    if hard != resource.RLIM_INFINITY and hard < 256 + 256:
+        pytest.skip(f"the hard limit ({hard}) leaves nothing to raise")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))  # put back by open_files
+    server = admin.AdminServer(Source(), "127.0.0.1", 0, None, history_interval=None)
+    try:
+        want = hard if hard != resource.RLIM_INFINITY else 256 + 256
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (want, hard)
+        assert serving(server.port)
+    finally:
+        server.close()
+
+
 # -- lifecycle --------------------------------------------------------------------------
 
 def test_start_admin_server_takes_a_str_port(make_broker):
@@ -545,7 +1035,7 @@ def test_restarted_supervisor_serves_on_the_same_port(make_broker):
     assert broker.admin_port == port
     assert get_json(port, f"/stats/{TOPIC}")[1]["published"] == 1
     _, samples = scrape(port)
-    assert metric(samples, "pymq_supervisor_restarts") == 1
+    assert metric(samples, "pymq_supervisor_restarts_total") == 1
 
 
 # -- the dashboard in headless Chromium -------------------------------------------------------
@@ -589,6 +1079,28 @@ class _Rows(html.parser.HTMLParser):
         return None, None
 
 
+class _Charts(html.parser.HTMLParser):
+    """The dashboard's charts: (kind, topic, group) -> the data-* of their svg."""
+
+    def __init__(self):
+        super().__init__()
+        self.charts, self._key = {}, None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "figure" and "chart" in a.get("class", "").split():
+            self._key = (a.get("data-kind"), a.get("data-topic"), a.get("data-group"))
+        elif tag == "svg" and self._key is not None and a.get("class") == "chart":
+            self.charts[self._key] = {k[5:]: v for k, v in a.items() if k.startswith("data-")}
+            self.charts[self._key]["paths"] = 0
+        elif tag == "path" and self._key in self.charts:
+            self.charts[self._key]["paths"] += 1
+
+    def handle_endtag(self, tag):
+        if tag == "figure":
+            self._key = None
+
+
 def browser_env():
     """Our environment without the sanitizer preloads of `make test-sanitize`."""
     return {k: v for k, v in os.environ.items()
@@ -625,10 +1137,19 @@ def test_dashboard_in_headless_chromium(make_broker, tmp_path, monkeypatch, toke
 
     streamer = threading.Thread(target=stream, daemon=True)
     streamer.start()
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def rates_in_history():  # the server has kept a few seconds of traffic
+        rates = get_json(port, "/history", headers=auth)[1]["topics"].get(TOPIC, {})
+        return sum(1 for r in rates.get("published_per_s", ()) if r) >= 3
+
     try:
         wait_for(lambda: published[0] >= 100, timeout=10)
+        wait_for(rates_in_history, timeout=20)
+        page_loaded_after = time.time()
         proc = subprocess.run(
             [binary, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+             "--window-size=1280,1600",
              f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
              f"http://127.0.0.1:{port}/" + (f"?token={token}" if token else "")],
             capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL,
@@ -655,6 +1176,17 @@ def test_dashboard_in_headless_chromium(make_broker, tmp_path, monkeypatch, toke
     assert int(gcells["lag"][0]) >= 0 and int(gcells["pending"][0]) >= 0
     assert float(gcells["acked-rate"][0]) >= 0
     assert 'id="error" hidden' in proc.stdout
+    # the charts: drawn wide, from the server's history, so with points from
+    # before the page loaded
+    charts = _Charts()
+    charts.feed(proc.stdout)
+    assert set(charts.charts) == {("rates", TOPIC, None), ("groups", TOPIC, "archiver")}
+    for key, chart in charts.charts.items():
+        assert int(chart["width"]) >= 600 and int(chart["height"]) >= 200, (key, chart)
+        assert int(chart["points"]) >= 3 and chart["paths"] == 2, (key, chart)
+        assert float(chart["first"]) < page_loaded_after, (key, chart)
+        assert float(chart["first"]) < float(chart["last"]), (key, chart)
+    assert float(charts.charts[("rates", TOPIC, None)]["max"]) > 0  # messages/s drawn
 
 
 def test_loopback_server_refuses_other_host_names(make_broker):
