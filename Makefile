@@ -50,9 +50,10 @@ test-sanitize: $(DEPS)
 # pip install . on a clean venv builds the native core (PEP 517) and works; the
 # installed command line too: its demo package is there, `pymq bench --quick`
 # runs (and exits 0: every payload checked, nothing left), and `pymq bench
-# --compare`, which needs a source checkout, says so (exit 1) instead.
+# --compare`, which needs a source checkout, says so (exit 1) instead. setuptools'
+# build/lib.* goes first: files deleted or moved in the tree would stay in the wheel.
 test-wheel: $(DEPS)
-	rm -rf build/wheel && $(BIN)/pip wheel -q --no-deps -w build/wheel .
+	rm -rf build/wheel build/lib.* build/bdist.* && $(BIN)/pip wheel -q --no-deps -w build/wheel .
 	$(PYTHON) -m venv build/wheel/venv
 	build/wheel/venv/bin/pip install -q build/wheel/*.whl
 	cd build/wheel && venv/bin/python -c "import pymq, os; \
