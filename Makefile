@@ -17,7 +17,7 @@ $(DEPS): pyproject.toml setup.py
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-$(NATIVE): $(DEPS) build.py $(wildcard native/*.c native/*.h codec/*.c codec/*.h fastpath/*.c)
+$(NATIVE): $(DEPS) build.py $(wildcard native/*/*.c native/*/*.h)
 	$(PY) build.py
 	touch $@
 
@@ -39,8 +39,8 @@ test-unit: build chromium
 # AddressSanitizer + UndefinedBehaviorSanitizer (a copy of pymq in $(SAN)).
 test-sanitize: $(DEPS)
 	rm -rf $(SAN) && mkdir -p $(SAN)
-	cp -r pymq $(SAN)/pymq && rm -f $(SAN)/pymq/_native*.so $(SAN)/pymq/_codec*.so $(SAN)/pymq/_fast*.so
-	PYMQ_SANITIZE=1 PYMQ_BUILD_DIR=$(SAN)/cffi $(PY) build.py --into $(SAN)/pymq
+	cp -r pymq $(SAN)/pymq && rm -f $(SAN)/pymq/*.so
+	PYMQ_SANITIZE=1 PYMQ_BUILD_DIR=$(SAN)/ext $(PY) build.py --into $(SAN)/pymq
 	cd $(SAN) && PYTHONPATH=$(CURDIR)/$(SAN) \
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
@@ -90,5 +90,8 @@ bench-throughput: build
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/ack_throughput.py
 
+# Every file a build made: both extension modules (and any older ones), the
+# generated C, objects, wheels, the sanitizer's copy.
 clean:
-	rm -rf build dist *.egg-info pymq/_native*.so $(NATIVE) .hypothesis
+	rm -rf build dist *.egg-info pymq/*.so $(NATIVE) .hypothesis
+	find native pymq tests benchmarks -name '*.o' -delete -o -name __pycache__ -prune -exec rm -rf {} +

@@ -1,108 +1,134 @@
-"""Builders of pymq's three extension modules: native/ (the shared-memory ring)
-into pymq._native and codec/ (the persistence log's batch encoder) into
-pymq._codec, both with cffi; fastpath/ (the client's hot calls, CPython C-API)
-into pymq._fast, a setuptools Extension.
+"""The builder of pymq's two extension modules, both as setuptools Extensions:
 
-Used by setuptools (``cffi_modules`` in setup.py) for ``pip install .``, and run
-directly (``python build.py``) to build both in place for development. Set
-PYMQ_SANITIZE=1 to build with AddressSanitizer and UndefinedBehaviorSanitizer.
+  pymq._native  native/ring/ (the shared-memory ring) and native/codec/ (the
+                persistence log's encoder), bound with cffi (API mode);
+  pymq._fast    native/py/ (the CPython fast path: publish, the Reader, the
+                Message type), which calls _native's functions through the
+                versioned table of native/ring/pmq_api.h.
+
+Both are compiled with -DPMQ_BUILD_ID, a hash of every file of native/ and of
+this one: _fast refuses a _native of another build, and pymq/_core.py refuses
+a build that is not of the sources beside it (a stale .so after an edit).
+
+Used by setup.py for `pip install .`, and run directly (`python build.py`) to
+build both in place for development. PYMQ_SANITIZE=1 builds them with
+AddressSanitizer and UndefinedBehaviorSanitizer.
 """
 
+from __future__ import annotations
+
+import hashlib
 import os
-import shutil
 import pathlib
+import platform
+import shutil
 import sys
 
 if not sys.platform.startswith("linux"):
     sys.exit(f"pymq builds and runs on Linux only, not {sys.platform}: its native core needs "
              "futexes, robust process-shared mutexes and a /dev/shm tmpfs")
 
-from cffi import FFI
-
 HERE = pathlib.Path(__file__).resolve().parent
 NATIVE = HERE / "native"
-SOURCES = ["ring.c", "group.c", "ack.c", "sync.c", "ns.c"]
-CODEC = HERE / "codec"
-FASTPATH = HERE / "fastpath"
-
-CFLAGS = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"]
-LDFLAGS = []
-if os.environ.get("PYMQ_SANITIZE"):
-    san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
-    CFLAGS = [f for f in CFLAGS if f != "-O2"] + ["-O1", "-g"] + san
-    LDFLAGS += san
+RING, CODEC, PY = NATIVE / "ring", NATIVE / "codec", NATIVE / "py"
 
 
-def cffi_module(root, name: str, cdef: str, folder: pathlib.Path, headers, sources):
-    """A cffi builder of module name from the C files of folder, with paths
-    relative to root (setuptools wants them relative)."""
+def build_id(root: pathlib.Path = HERE) -> str:
+    """A hash of the native sources and of this builder (pymq/_core.py computes
+    the same in a source checkout, to find a stale build)."""
+    h = hashlib.sha256()
+    for path in sorted((root / "native").rglob("*")):
+        if path.suffix in (".c", ".h"):
+            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    h.update((root / "build.py").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cflags() -> list[str]:
+    flags = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration",
+             f'-DPMQ_BUILD_ID="{build_id()}"']
+    if platform.machine() in ("x86_64", "AMD64"):
+        flags.append("-mcx16")  # the 16-byte compare-and-swap of cursors and pending entries
+    if os.environ.get("PYMQ_SANITIZE"):
+        flags = [f for f in flags if f != "-O2"] + ["-O1", "-g"] + SANITIZE
+    return flags
+
+
+SANITIZE = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
+
+
+def ldflags() -> list[str]:
+    return list(SANITIZE) if os.environ.get("PYMQ_SANITIZE") else []
+
+
+def _rel(root: pathlib.Path | None):
+    return (lambda p: os.path.relpath(p, root)) if root else str
+
+
+def _depends(root: pathlib.Path | None) -> list[str]:
+    """Every file the build id covers: a change to any rebuilds both modules."""
+    rel = _rel(root)
+    return [rel(p) for p in sorted(NATIVE.rglob("*")) if p.suffix in (".c", ".h")] + [
+        rel(HERE / "build.py")]
+
+
+def make_ffi(root: pathlib.Path | None = None):
+    """The cffi builder of pymq._native (paths relative to root, which
+    setuptools wants, or absolute)."""
+    from cffi import FFI
+    rel = _rel(root)
     ffi = FFI()
-    ffi.cdef(cdef)
+    ffi.cdef((RING / "pmq_cdef.h").read_text())
     ffi.set_source(
-        name,
-        "".join(f'#include "{h}"\n' for h in headers),
-        sources=[os.path.relpath(folder / s, root) for s in sources],
-        include_dirs=[os.path.relpath(folder, root)],
-        extra_compile_args=CFLAGS,
-        extra_link_args=LDFLAGS,
+        "pymq._native",
+        '#include "pmq_ring.h"\n#include "pmq_ns.h"\n#include "pmq_api.h"\n#include "pmq_jsonl.h"\n',
+        sources=[rel(p) for p in sorted(RING.glob("*.c")) + sorted(CODEC.glob("*.c"))],
+        include_dirs=[rel(RING), rel(CODEC)],
+        extra_compile_args=cflags(),
+        extra_link_args=ldflags(),
         libraries=["pthread"],
     )
     return ffi
 
 
-def make_ffi(root):
-    """The builder of pymq._native: the ring."""
-    return cffi_module(root, "pymq._native", (NATIVE / "pmq_cdef.h").read_text(), NATIVE,
-                       ["pmq_ring.h", "pmq_ns.h"], SOURCES)
+def native_extension(root: pathlib.Path | None = None, tmp: pathlib.Path | None = None):
+    """pymq._native as a setuptools Extension (cffi writes its C source into tmp)."""
+    tmp = tmp or (HERE / "build" / "cffi-src")
+    tmp.mkdir(parents=True, exist_ok=True)
+    ext = make_ffi(root).distutils_extension(tmpdir=_rel(root)(tmp), verbose=False)
+    ext.depends = _depends(root)
+    return ext
 
 
-def make_codec(root):
-    """The builder of pymq._codec (declarations as in codec/pmq_jsonl.h)."""
-    return cffi_module(root, "pymq._codec", """
-        #define PMQ_JSONL_FRAME 80
-        uint64_t pmq_jsonl_line_max(uint32_t len);
-        int64_t pmq_jsonl_encode(const char *buf, uint64_t buflen, const uint64_t *offs,
-                                 const uint32_t *lens, const uint64_t *seqs, const int64_t *ts_ns,
-                                 uint32_t n, char *out, uint64_t out_cap, uint64_t *ends);
-    """, CODEC, ["pmq_jsonl.h"], ["pmq_jsonl.c"])
-
-
-def fast_extension(root=None):
-    """pymq._fast, a plain CPython extension (setuptools Extension): paths
-    relative to root for setuptools, absolute without one."""
+def fast_extension(root: pathlib.Path | None = None):
+    """pymq._fast as a setuptools Extension."""
     from setuptools import Extension
-    rel = (lambda p: os.path.relpath(p, root)) if root else str
-    return Extension("pymq._fast", sources=[rel(FASTPATH / "pmq_fast.c")],
-                     include_dirs=[rel(NATIVE)], extra_compile_args=CFLAGS,
-                     extra_link_args=LDFLAGS)
+    rel = _rel(root)
+    return Extension("pymq._fast", sources=[rel(p) for p in sorted(PY.glob("*.c"))],
+                     include_dirs=[rel(RING), rel(PY)], extra_compile_args=cflags(),
+                     extra_link_args=ldflags(), depends=_depends(root))
 
 
-def build_fast(tmp: pathlib.Path) -> pathlib.Path:
-    """Build pymq._fast into tmp; returns the .so."""
+def build_in_place(dest: pathlib.Path, tmp: pathlib.Path) -> None:
+    """Build both into tmp with setuptools' build_ext and copy them into dest."""
     from setuptools import Distribution
-    dist = Distribution({"name": "pymq-fast", "ext_modules": [fast_extension()]})
+    dist = Distribution({"name": "pymq-shm",
+                         "ext_modules": [native_extension(tmp=tmp / "src"), fast_extension()]})
     cmd = dist.get_command_obj("build_ext")
-    cmd.build_temp, cmd.build_lib = str(tmp / "fast-temp"), str(tmp / "fast-lib")
+    cmd.build_temp, cmd.build_lib = str(tmp / "temp"), str(tmp / "lib")
     cmd.ensure_finalized()
     cmd.run()
-    return next((tmp / "fast-lib" / "pymq").glob("_fast*.so"))
+    for name in ("_native", "_fast"):
+        for old in dest.glob(f"{name}*.so"):  # an editable install's abi3 build, say
+            old.unlink()
+        shutil.copy(next((tmp / "lib" / "pymq").glob(f"{name}*.so")), dest)
 
-
-ffibuilder = make_ffi(HERE)
-codecbuilder = make_codec(HERE)
 
 if __name__ == "__main__":
     import argparse
 
-    ap = argparse.ArgumentParser(description="build pymq._native, pymq._codec and pymq._fast in place")
+    ap = argparse.ArgumentParser(description="build pymq._native and pymq._fast in place")
     ap.add_argument("--into", default=str(HERE / "pymq"), help="package folder to copy them into")
-    dest = pathlib.Path(ap.parse_args().into)
-    tmp = pathlib.Path(os.environ.get("PYMQ_BUILD_DIR", HERE / "build" / "cffi")).resolve()
-    tmp.mkdir(parents=True, exist_ok=True)
-    for name, build in (("_native", lambda: make_ffi(tmp).compile(tmpdir=str(tmp))),
-                        ("_codec", lambda: make_codec(tmp).compile(tmpdir=str(tmp))),
-                        ("_fast", lambda: build_fast(tmp))):
-        so = build()
-        for old in dest.glob(f"{name}*.so"):  # e.g. an editable install's abi3 build
-            old.unlink()
-        shutil.copy(so, dest)
+    args = ap.parse_args()
+    build_in_place(pathlib.Path(args.into),
+                   pathlib.Path(os.environ.get("PYMQ_BUILD_DIR", HERE / "build" / "ext")).resolve())

@@ -1,11 +1,14 @@
-# Only hands the builders to setuptools; everything else is in pyproject.toml.
+# Only hands the two extension modules to setuptools; everything else is in
+# pyproject.toml, and how they are built is in build.py.
 import os
+import pathlib
 import sys
 
 from setuptools import setup
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from build import fast_extension  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+from build import fast_extension, native_extension  # noqa: E402
 
-setup(cffi_modules=["build.py:ffibuilder", "build.py:codecbuilder"],
-      ext_modules=[fast_extension(os.path.dirname(os.path.abspath(__file__)))])
+os.chdir(ROOT)
+setup(ext_modules=[native_extension(ROOT), fast_extension(ROOT)])

@@ -1,55 +1,87 @@
-"""The one module that touches the compiled extensions pymq._native (the ring,
-through cffi) and pymq._fast (the client's hot calls, CPython C-API, which
-calls _native's functions through pointers bound here at import).
+"""The one door to compiled code: pymq._native (the ring and the log's encoder,
+bound with cffi) and pymq._fast (the per-message calls and the Message type,
+CPython C-API, bound here to _native's table of functions).
 
-It turns the C return codes into exceptions in one place (check) and wraps a
-mapped segment in a Ring or Namespace handle. Everything else in pymq goes
-through here; a test asserts that no other module imports _native or _fast.
+At import it checks that the two were built together, and, in a source
+checkout, from the sources beside them (a stale build is an ImportError that
+says `make clean`). It turns the ring's codes into exceptions in one place
+(error, check; error_from_c for pymq._fast), wraps a mapped segment in a
+Namespace or Ring handle, fronts the encoder (Lines), and holds the one batch
+splitter (spans_within). Every constant comes from the library. A test
+asserts that no other module imports compiled code.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
+import pathlib
+import sys
 import time
 import weakref
-from typing import Any
 from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
-
-import sys
+from typing import Any, TypeAlias
 
 if not sys.platform.startswith("linux"):
     raise ImportError(f"pymq runs on Linux only, not {sys.platform}: it needs futexes, robust "
                       "process-shared mutexes and a /dev/shm tmpfs")
 
 from . import _fast, _native  # noqa: E402
-from .errors import (BrokerClosed, Full, GroupNotFound, LimitExceeded, MessageTooLarge, MQError,
+from .errors import (BrokerClosed, Full, GroupNotFound, LimitExceeded, MessageTooLarge,  # noqa: E402
                      NativeError, SegmentMismatch, SubscriptionClosed, Timeout)
 
 ffi, lib = _native.ffi, _native.lib
-_fast.bind(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, f))) for f in (
-    "pmq_ring_publish1", "pmq_ring_publish", "pmq_ring_read", "pmq_group_ack", "pmq_group_ack1",
-    "pmq_ring_claim")))
 
-LAYOUT_VERSION = 3
-if lib.pmq_layout_version() != LAYOUT_VERSION:  # a stale build beside new Python code
-    raise ImportError(f"pymq._native has layout {lib.pmq_layout_version()}, "
-                      f"this pymq expects {LAYOUT_VERSION}: rebuild it (make build)")
 
+def _build_of_sources() -> str | None:
+    """In a source checkout, the build id of the sources beside the package
+    (build.py's hash); None for an installed package."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    if not (root / "build.py").is_file() or not (root / "native" / "ring").is_dir():
+        return None
+    spec = importlib.util.spec_from_file_location("_pymq_build", root / "build.py")
+    if spec is None or spec.loader is None:
+        return None
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    return str(builder.build_id(root))
+
+
+BUILD_ID = ffi.string(lib.pmq_api().build_id).decode()
+if BUILD_ID != _fast.BUILD_ID:
+    raise ImportError(f"pymq._native (build {BUILD_ID}) and pymq._fast (build {_fast.BUILD_ID}) "
+                      "were not built together: run `make clean` and build again")
+if os.environ.get("PYMQ_SKIP_BUILD_CHECK") is None and _build_of_sources() not in (None, BUILD_ID):
+    raise ImportError(f"pymq's native modules (build {BUILD_ID}) were built from other sources "
+                      f"than those beside {__file__}: run `make clean` and build again")
+
+LAYOUT_VERSION = lib.PMQ_LAYOUT_VERSION
 EINTR = lib.PMQ_EINTR
 EMPTY = lib.PMQ_EMPTY
 DELETED = lib.PMQ_DELETED
 NOTREADY = lib.PMQ_NOTREADY
+BUSY = lib.PMQ_BUSY
 START = {"latest": lib.PMQ_START_LATEST, "earliest": lib.PMQ_START_EARLIEST}
 START_SEQ = lib.PMQ_START_SEQ
 REC_HDR = lib.PMQ_REC_HDR
 GROUP_ACK = lib.PMQ_GROUP_ACK
 CLOSED_BROKER = lib.PMQ_CLOSED_BROKER
 CLOSED_DELETED = lib.PMQ_CLOSED_DELETED
-PERSIST_GROUP = "~persist"  # PMQ_PERSIST_GROUP: the persistence writer's ack group
-ACK_GROUPS = 16       # pending tables per topic: ack groups it can have
-PENDING_CAP = 1024    # deliveries in flight per ack group
+PERSIST_GROUP = ffi.string(lib.PMQ_PERSIST_GROUP).decode()  # the persistence writer's ack group
+PERSIST_ACK_TIMEOUT_NS = lib.PMQ_PERSIST_ACK_TIMEOUT_NS
+PERSIST_RETRIES = lib.PMQ_PERSIST_RETRIES
+MAX_GROUPS = lib.PMQ_MAX_GROUPS
+MAX_MEMBERS = lib.PMQ_MAX_MEMBERS
+ACK_GROUPS = lib.PMQ_DEFAULT_ACK_GROUPS      # pending tables per topic: ack groups it can have
+PENDING_CAP = lib.PMQ_DEFAULT_PENDING_CAP    # deliveries in flight per ack group
+
+
+def record_size(payload_len: int) -> int:
+    """Bytes a record of a payload of that length takes in a ring."""
+    return int(lib.pmq_record_size(payload_len))
 
 
 class SegmentNotReady(SegmentMismatch):
@@ -70,7 +102,7 @@ _ERRORS = {
     lib.PMQ_EVERSION: (SegmentMismatch, "segment of another magic or layout version"),
     lib.PMQ_NOTREADY: (SegmentNotReady, "segment not initialised yet"),
     lib.PMQ_ENOSLOT: (LimitExceeded, f"the topic has no room for another subscription (at most "
-                                     f"{lib.PMQ_MAX_GROUPS} groups, {lib.PMQ_MAX_MEMBERS} "
+                                     f"{MAX_GROUPS} groups, {MAX_MEMBERS} "
                                      f"subscriptions and {ACK_GROUPS} ack groups per topic)"),
     lib.PMQ_NOTFOUND: (GroupNotFound, "no such group"),
     lib.PMQ_EINVAL: (ValueError, "invalid argument"),
@@ -113,59 +145,93 @@ def error(rc: int, context: str = "", *, timeout_ns: int | None = None, size: in
     return exc(f"{where}{text}")
 
 
-def check(rc: int, context: str = "", **detail) -> int:
+def error_from_c(rc: int, topic: object, timeout_ns: int, size: int, largest: int, max_msg: int,
+                 capacity: int) -> Exception:
+    """error() as pymq._fast calls it (positional; 0 for what it does not know)."""
+    return error(rc, f"topic {topic!r}" if topic is not None else "", timeout_ns=timeout_ns,
+                 size=size or None, largest=largest or None, max_msg=max_msg or None,
+                 capacity=capacity or None)
+
+
+def check(rc: int, context: str = "", **detail: Any) -> int:
     """Return rc if it is not an error code, else raise the matching exception."""
     if rc >= 0:
         return rc
     raise error(rc, context, **detail)
 
 
-def bind_message(cls: type) -> Any:
-    """Make cls (pymq.Message) the class whose objects Reader.get_messages
-    builds in C; returns the C ack to install as cls.ack (cls's own ack stays
-    its general path, for messages not received from an ack subscription)."""
-    return _fast.bind_message(cls, check)
+def bind_message(cls: type) -> None:
+    """Make cls (pymq.Message, a subclass of pymq._fast.Message) the class of
+    received messages, and hand pymq._fast the table of _native's functions."""
+    _fast.bind(int(ffi.cast("uintptr_t", lib.pmq_api())), cls, error_from_c)
+
+
+MessageBase: TypeAlias = _fast.Message
+Reader: TypeAlias = _fast.Reader
+
+
+def spans_within(lens: Sequence[int], limit: int,
+                 max_count: int | None = None) -> Iterator[tuple[int, int]]:
+    """Split payloads of these lengths into consecutive (start, end) spans that
+    take at most limit bytes of a ring each, and hold at most max_count (a span
+    has at least one): the one batch splitter, for dead letters, restores and
+    `pymq publish`."""
+    start, n = 0, len(lens)
+    while start < n:
+        end, size = start, 0
+        stop = n if max_count is None else min(n, start + max_count)
+        while end < stop and (end == start or size + record_size(lens[end]) <= limit):
+            size += record_size(lens[end])
+            end += 1
+        yield start, end
+        start = end
+
+
+def deadline(timeout_ns: int) -> Any:
+    """A pmq_deadline_t: the timeout, its clock started by the first wait."""
+    d = ffi.new("pmq_deadline_t *")
+    d.timeout_ns, d.at_ns = timeout_ns, -1
+    return d
 
 
 def ns_size() -> int:
-    return lib.pmq_ns_size()
+    return int(lib.pmq_ns_size())
 
 
-def ring_params(capacity: int, max_msg: int, pid: int = 0, start: int = 0, persist: bool = False,
-                first_seq: int = 1):
+def ring_params(capacity: int, max_msg: int, pid: int = 0, start: int = 0,
+                first_seq: int = 1) -> Any:
     p = ffi.new("pmq_ring_params_t *")
     p.capacity = capacity
     p.max_msg = max_msg
-    p.max_groups = lib.PMQ_MAX_GROUPS
-    p.max_members = lib.PMQ_MAX_MEMBERS
+    p.max_groups = MAX_GROUPS
+    p.max_members = MAX_MEMBERS
     p.max_ack_groups = ACK_GROUPS
     p.pending_cap = PENDING_CAP
-    p.persist = 1 if persist else 0
     p.first_seq = first_seq
     p.creator_pid = pid
     p.creator_start = start
     return p
 
 
-def ring_size(params) -> int:
-    size = lib.pmq_ring_size(params)
+def ring_size(params: Any) -> int:
+    size = int(lib.pmq_ring_size(params))
     if size == 0:
         raise ValueError("invalid ring parameters")
     return size
 
 
-def _unmap(ptr, seg) -> None:
+def _unmap(ptr: Any, seg: Any) -> None:
     ffi.release(ptr)
     seg.close()
 
 
 class _Mapped:
     """A cffi pointer over a mapped Segment. Both are released together when
-    the handle is garbage (no C call can still be using it then) or by
-    release(), which the caller may only use when no other thread can be
-    inside a call on it."""
+    the handle is garbage (no C call can still be using it then: a Reader
+    or a Message holds it) or by release(), which the caller may only use
+    when no other thread can be inside a call on it."""
 
-    def __init__(self, seg):
+    def __init__(self, seg: Any):
         self.seg = seg
         self._ptr = ffi.from_buffer(seg.mm)
         self._len = len(seg.mm)
@@ -180,7 +246,8 @@ class Namespace(_Mapped):
     """The namespace header of a broker (pmq_ns.h)."""
 
     @classmethod
-    def init(cls, seg, owner_pid: int, owner_start: int, owner_token: int, config: bytes):
+    def init(cls, seg: Any, owner_pid: int, owner_start: int, owner_token: int,
+             config: bytes) -> "Namespace":
         with ffi.from_buffer(seg.mm) as ptr:
             check(lib.pmq_ns_init(ptr, len(seg.mm), owner_pid, owner_start, owner_token,
                                   config, len(config)), "namespace")
@@ -196,18 +263,58 @@ class Namespace(_Mapped):
 
     def config_text(self) -> str:
         n = min(self.hdr.config_len, lib.PMQ_NS_CONFIG_MAX)
-        return ffi.unpack(self.hdr.config, n).decode("utf-8")
+        return str(ffi.unpack(self.hdr.config, n).decode("utf-8"))
+
+
+class Batch:
+    """What a cold-path read (cffi: the persistence writer, dead letters,
+    tests) fills: Python allocates, C fills. zero_copy (an ack group only):
+    no buffer, the offsets point into the ring's data area."""
+
+    def __init__(self, max_batch: int, buflen: int, zero_copy: bool = False):
+        self.max_batch = max_batch
+        self.buflen = buflen
+        self.buf = ffi.NULL if zero_copy else ffi.new("char[]", buflen)
+        self.offs = ffi.new("uint64_t[]", max_batch)
+        self.lens = ffi.new("uint32_t[]", max_batch)
+        self.seqs = ffi.new("uint64_t[]", max_batch)
+        self.ts = ffi.new("int64_t[]", max_batch)
+        self.pos = ffi.new("uint64_t[]", max_batch)
+        self.slots = ffi.new("uint32_t[]", max_batch)
+        self.attempts = ffi.new("uint32_t[]", max_batch)
+        b = self.b = ffi.new("pmq_batch_t *")
+        b.buf, b.buflen, b.max = self.buf, buflen, max_batch
+        b.offs, b.lens, b.seqs, b.ts = self.offs, self.lens, self.seqs, self.ts
+        b.pos, b.slots, b.attempts = self.pos, self.slots, self.attempts
+        self.view = None if zero_copy else ffi.buffer(self.buf)
+
+    def payload(self, i: int) -> bytes:
+        assert self.view is not None, "a zero-copy batch: its payloads are in the ring"
+        off = self.offs[i]
+        return bytes(self.view[off:off + self.lens[i]])
+
+    def lengths(self, n: int) -> list[int]:
+        return list(ffi.unpack(self.lens, n))
 
 
 class Ring(_Mapped):
     """A topic's ring (pmq_ring.h), attached over a mapped Segment."""
 
     @staticmethod
-    def init(seg, params) -> None:
+    def init(seg: Any, params: Any, persist: bool = False) -> None:
+        """Format a new segment, with the persistence writer's group when
+        persist, then mark it ready (nobody else can attach before)."""
         with ffi.from_buffer(seg.mm) as ptr:
             check(lib.pmq_ring_init(ptr, len(seg.mm), params), "ring init")
+            if persist:
+                r = ffi.new("pmq_ring_t *")
+                check(lib.pmq_ring_attach_unready(r, ptr, len(seg.mm)), "ring init")
+                check(lib.pmq_group_create(r, PERSIST_GROUP.encode(), GROUP_ACK,
+                                           lib.PMQ_START_EARLIEST, 0, PERSIST_ACK_TIMEOUT_NS,
+                                           PERSIST_RETRIES), "ring init")
+            lib.pmq_ring_ready(ptr)
 
-    def __init__(self, seg, topic: str = ""):
+    def __init__(self, seg: Any, topic: str = ""):
         super().__init__(seg)
         self.topic = topic
         self.h = ffi.new("pmq_ring_t *")
@@ -218,137 +325,132 @@ class Ring(_Mapped):
         self.max_msg = self.h.max_msg
         self.capacity = self.h.capacity
         self.addr = int(ffi.cast("uintptr_t", self.h))  # the handle, for pymq._fast
-        # the hot path, bound once: put1(payload: bytes, timeout_ns) -> seq, or a
-        # negative code for finish()
-        self.put1 = partial(_fast.publish1, self.addr)
-
-    def finish(self, rc: int, timeout_ns: int, call, size: int | None = None,
-               largest: int | None = None):
-        """A call's slow path, after it returned the code rc: after a signal
-        (PMQ_EINTR; its Python handler has run by now) call(time left of
-        timeout_ns) again; return the result (a count or seq, or the object a
-        pymq._fast call returns), raise for an error code (size, largest: the
-        bytes a publish asked for and its largest payload, for the message)."""
-        deadline = time.monotonic_ns() + timeout_ns
-        while rc == EINTR:
-            rc = call(-1 if timeout_ns < 0 else max(0, deadline - time.monotonic_ns()))
-        if type(rc) is not int or rc >= 0:
-            return rc
-        raise error(rc, f"topic {self.topic!r}", timeout_ns=timeout_ns, size=size,
-                    largest=largest, max_msg=self.max_msg, capacity=self.capacity)
+        # the hot path, bound once: put1(payload: bytes, timeout_ns) -> seq; raises
+        self.put1 = partial(_fast.publish1, self.addr, topic)
+        self._context = f"topic {topic!r}"
 
     # -- publishing ---------------------------------------------------------
 
     def publish1(self, data: bytes, timeout_ns: int) -> int:
         """Publish one payload (bytes); returns its seq."""
-        rc = self.put1(data, timeout_ns)
-        return rc if rc > 0 else self.finish(rc, timeout_ns, partial(self.put1, data))
+        return int(self.put1(data, timeout_ns))
 
-    def publish_list(self, payloads, timeout_ns: int) -> int | None:
+    def publish_list(self, payloads: Sequence[bytes], timeout_ns: int) -> int | None:
         """Publish a list (or tuple) of bytes in one native call, all or none;
         returns the seq of the last, or None if an item is not bytes."""
-        rc = _fast.publish(self.addr, payloads, timeout_ns)
-        if rc is None or rc > 0:
-            return rc
-        again = tuple(payloads)  # after a signal: what was checked, whatever the list does now
-        return self.finish(rc, timeout_ns, partial(_fast.publish, self.addr, again),
-                           sum(map(len, again)), max(map(len, again)))
+        got: int | None = _fast.publish(self.addr, self.topic, payloads, timeout_ns)
+        return got
 
     def test_stop_in_publish(self, data: bytes, phase: int) -> int:
         """Tests only: stop a publish part-way, keeping the mutex (then die)."""
         return check(lib.pmq_ring_test_stop_in_publish(self.h, data, len(data), phase))
 
-    # -- groups ---------------------------------------------------------------
+    # -- members ----------------------------------------------------------------
 
     def join(self, group: str, flags: int, start: int, start_seq: int, owner: int,
-             ack_timeout_ns: int = 0, max_retries: int = 0):
+             ack_timeout_ns: int = 0, max_retries: int = 0) -> Any:
         """Join (or create) a group; returns the pmq_join_t (member, member_gen,
-        group, group_gen)."""
+        group, group_gen, created)."""
         out = ffi.new("pmq_join_t *")
-        check(lib.pmq_group_join(self.h, group.encode(), flags, start, start_seq, owner,
-                                 os.getpid(), ack_timeout_ns, max_retries, out),
-              f"topic {self.topic!r}")
+        check(lib.pmq_member_join(self.h, group.encode(), flags, start, start_seq, owner,
+                                  os.getpid(), ack_timeout_ns, max_retries, out), self._context)
         return out
+
+    def reader(self, joined: Any, ack: bool, max_batch: int, budget: int) -> Any:
+        """The fast path's reads of the member joined (a pymq._fast.Reader); it
+        keeps this handle, so the mapping, alive."""
+        return _fast.Reader(self.addr, joined.member, joined.member_gen, joined.group,
+                            joined.group_gen, ack, max_batch, budget, self, self.topic)
 
     def leave(self, member: int, gen: int) -> bool:
         rc = lib.pmq_member_leave(self.h, member, gen)
-        return rc == 0 or (rc != lib.PMQ_GONE and check(rc, f"topic {self.topic!r}") == 0)
+        return rc == 0 or (rc != lib.PMQ_GONE and check(rc, self._context) == 0)
 
-    # -- ack groups -----------------------------------------------------------
+    def read(self, member: int, gen: int, batch: Batch, max_count: int, timeout_ns: int) -> int:
+        """A cold-path read into batch: the count; raises as a subscription's get."""
+        d = deadline(timeout_ns)
+        while True:
+            rc = lib.pmq_member_read(self.h, member, gen, batch.b, min(max_count, batch.max_batch),
+                                     d, ffi.NULL, ffi.NULL)
+            if rc != EINTR:
+                return check(rc, self._context, timeout_ns=timeout_ns)
 
-    def acker(self, group: int, group_gen: int):
-        """ack1(slot, seq) for one group, its arguments bound once (Message.ack's
-        hot path): 1 if it acked, 0 if the delivery was no longer pending, or a
-        negative code for check()."""
-        return partial(_fast.ack1, self.addr, group, group_gen)
+    def reap(self, owner: int) -> int:
+        return check(lib.pmq_member_reap(self.h, owner), self._context)
 
-    def ack_messages(self, group: int, group_gen: int, sub, msgs: list) -> int | None:
-        """Ack sub's pending Messages in one call (settled ones skipped): how
-        many took effect; None, having done nothing, if one of them is not a
-        plain pending Message of sub (the caller then takes the general path)."""
-        rc = _fast.ack_messages(self.addr, group, group_gen, sub, msgs)
-        return rc if rc is None or rc >= 0 else check(rc, f"topic {self.topic!r}")
+    def member_owners(self) -> list[tuple[int, int, int, int]]:
+        """(member, owner token, group index, pid) of every live member."""
+        owner, group, pid = ffi.new("uint64_t *"), ffi.new("uint32_t *"), ffi.new("int32_t *")
+        out = []
+        for i in range(MAX_MEMBERS):
+            if lib.pmq_member_info(self.h, i, owner, group, pid) == 1:
+                out.append((i, owner[0], group[0], pid[0]))
+        return out
 
-    def settle(self, how: str, group: int, group_gen: int, slots, seqs, attempts=None,
-               n: int | None = None) -> int:
-        """Ack, nack or confirm dead-lettering of n (default len(slots)) deliveries
-        in one native call; returns how many took effect. slots, seqs, attempts
-        (for nacks): array('I'), array('Q'), array('I'), or a Batch's own arrays."""
-        def c(ctype, a):
-            return a if isinstance(a, ffi.CData) else ffi.from_buffer(ctype, a)
-        h, s, q = self.h, c("uint32_t[]", slots), c("uint64_t[]", seqs)
-        n = len(slots) if n is None else n
-        if how == "ack":
-            rc = lib.pmq_group_ack(h, group, group_gen, s, q, n)
-        elif how == "nack":
-            rc = lib.pmq_group_nack(h, group, group_gen, s, q, c("uint32_t[]", attempts), n)
-        else:
-            rc = lib.pmq_group_dead_lettered(h, group, group_gen, s, q, n)
-        return rc if rc >= 0 else check(rc, f"topic {self.topic!r}")
+    # -- groups -------------------------------------------------------------------
 
-    def sweep(self, now_ns: int) -> list[int]:
-        """Requeue every ack group's timed-out deliveries; the groups that have
-        dead ones to dead-letter."""
-        mask = ffi.new("uint64_t *")
-        check(lib.pmq_ring_sweep(self.h, now_ns, mask), f"topic {self.topic!r}")
-        return [g for g in range(64) if mask[0] >> g & 1]
+    def delete_group(self, name: str) -> None:
+        """Delete a named group (GroupNotFound if there is none); an ack group's
+        table is freed at once if its lock is free, else by the next sweep."""
+        check(lib.pmq_group_delete(self.h, name.encode()), f"{self._context}, group {name!r}")
+        self.sweep(time.monotonic_ns())
 
-    def take_dead(self, group: int, batch: "Batch") -> tuple[int, int]:
+    def ack(self, group: int, group_gen: int, batch: Batch, n: int) -> int:
+        """Ack the first n deliveries of a cold-path batch (the persistence writer)."""
+        return check(lib.pmq_ack_ack(self.h, group, group_gen, batch.slots, batch.seqs, n,
+                                     ffi.NULL), self._context)
+
+    def sweep(self, now_ns: int) -> tuple[list[int], int]:
+        """Requeue every ack group's timed-out deliveries and those of members
+        gone, free groups on their way out: (the groups that have dead ones to
+        dead-letter, how many groups' locks were held by others and left for
+        the next sweep)."""
+        mask, busy = ffi.new("uint64_t *"), ffi.new("uint32_t *")
+        check(lib.pmq_ack_sweep(self.h, now_ns, mask, busy), self._context)
+        return [g for g in range(64) if mask[0] >> g & 1], int(busy[0])
+
+    def take_dead(self, group: int, batch: Batch) -> tuple[int, int]:
         """Copy dead deliveries of the group into batch: (count, group gen)."""
         gen = ffi.new("uint32_t *")
-        n = check(lib.pmq_group_take_dead(self.h, group, batch.b, batch.max_batch, gen),
-                  f"topic {self.topic!r}")
+        n = check(lib.pmq_ack_take_dead(self.h, group, batch.b, batch.max_batch, gen),
+                  self._context)
         return n, gen[0]
 
-    # -- persistence: restoring after a restart -------------------------------------
+    def dead_lettered(self, group: int, gen: int, batch: Batch, start: int, end: int) -> int:
+        """Free dead deliveries start..end-1 of batch, now on the .dlq topic."""
+        return check(lib.pmq_ack_dead_lettered(self.h, group, gen, batch.slots + start,
+                                               batch.seqs + start, end - start), self._context)
 
-    def restore(self, payloads: list[bytes], seqs, ts) -> None:
+    # -- persistence: positions, and restoring after a restart -----------------------
+
+    def restore(self, payloads: list[bytes], seqs: array, ts: array) -> None:
         """Append records with their old seqs and times (array('Q'), array('q'))."""
         lens = array("I", map(len, payloads))
         bufs = [ffi.from_buffer(p) for p in payloads]  # alive until the call returns
-        check(lib.pmq_ring_restore(self.h, ffi.new("char *[]", bufs), ffi.from_buffer("uint32_t[]", lens),
+        check(lib.pmq_ring_restore(self.h, ffi.new("char *[]", bufs),
+                                   ffi.from_buffer("uint32_t[]", lens),
                                    ffi.from_buffer("uint64_t[]", seqs),
                                    ffi.from_buffer("int64_t[]", ts), len(payloads)),
-              f"topic {self.topic!r}: restore")
+              f"{self._context}: restore")
 
-    def group_restore(self, name: str, flags: int, position: int, acked, ack_timeout_ns: int,
-                      max_retries: int) -> None:
-        acked = array("Q", acked)
-        check(lib.pmq_group_restore(self.h, name.encode(), flags, position,
-                                    ffi.from_buffer("uint64_t[]", acked) if acked else ffi.NULL,
-                                    len(acked), ack_timeout_ns, max_retries),
-              f"topic {self.topic!r}: restore group {name!r}")
+    def group_restore(self, name: str, flags: int, position: int, acked: Iterable[int],
+                      ack_timeout_ns: int, max_retries: int) -> None:
+        seqs = array("Q", acked)
+        check(lib.pmq_durable_restore(self.h, name.encode(), flags, position,
+                                      ffi.from_buffer("uint64_t[]", seqs) if seqs else ffi.NULL,
+                                      len(seqs), ack_timeout_ns, max_retries),
+              f"{self._context}: restore group {name!r}")
 
     def group_position(self, group: int) -> tuple[int, list[int]]:
         """(seq of the oldest unacked/undelivered record, seqs acked after it)."""
         position = ffi.new("uint64_t *")
         acked = ffi.new("uint64_t[]", PENDING_CAP)
-        n = check(lib.pmq_group_position(self.h, group, position, acked, PENDING_CAP),
-                  f"topic {self.topic!r}")
-        return position[0], ffi.unpack(acked, n)
+        n = check(lib.pmq_durable_position(self.h, group, position, acked, PENDING_CAP),
+                  self._context)
+        return position[0], list(ffi.unpack(acked, n))
 
     @contextlib.contextmanager
-    def data(self):
+    def data(self) -> Iterator[tuple[Any, int]]:
         """(char pointer, length) of the data area in shared memory, for the
         duration of the with block (it pins the mapping)."""
         with ffi.from_buffer("char[]", self.seg.mm) as base:
@@ -360,29 +462,23 @@ class Ring(_Mapped):
         off = self.h.data_off + (pos & self.h.mask) + REC_HDR
         return memoryview(self.seg.mm)[off:off + length].toreadonly()
 
-    def reap(self, owner: int) -> int:
-        return check(lib.pmq_ring_reap(self.h, owner), f"topic {self.topic!r}")
-
-    def member_owners(self) -> list[tuple[int, int, int, int]]:
-        """(member, owner token, group index, pid) of every live member."""
-        owner, group, pid = ffi.new("uint64_t *"), ffi.new("uint32_t *"), ffi.new("int32_t *")
-        out = []
-        for i in range(lib.PMQ_MAX_MEMBERS):
-            if lib.pmq_member_info(self.h, i, owner, group, pid) == 1:
-                out.append((i, owner[0], group[0], pid[0]))
-        return out
-
     # -- figures and lifetime ------------------------------------------------
 
-    def stats(self) -> dict:
-        """The ring's figures and its live groups', in one locked snapshot."""
+    def stats(self, lock_timeout_ns: int = 10**9) -> dict[str, Any]:
+        """The ring's figures and its groups', in one snapshot under its lock;
+        if another process holds the lock for longer than lock_timeout_ns (a
+        stopped process, say), from a look without it: then "locked" is true
+        and "lock_pid" says who holds it."""
         s = ffi.new("pmq_ring_stats_t *")
-        groups = ffi.new("pmq_group_stats_t[]", lib.PMQ_MAX_GROUPS)
-        n = check(lib.pmq_ring_stats(self.h, s, groups, lib.PMQ_MAX_GROUPS), f"topic {self.topic!r}")
-        out = {name: getattr(s, name) for name in (
+        groups = ffi.new("pmq_group_stats_t[]", MAX_GROUPS)
+        n = check(lib.pmq_group_stats(self.h, s, groups, MAX_GROUPS, deadline(lock_timeout_ns)),
+                  self._context)
+        out: dict[str, Any] = {name: getattr(s, name) for name in (
             "capacity", "head", "tail", "gate_min", "next_seq", "published", "published_bytes",
             "publish_waits", "publish_full", "expired", "recoveries", "wakeups", "corrupt",
-            "anon_delivered", "anon_delivered_bytes", "groups", "members", "closed", "max_msg")}
+            "anon_delivered", "anon_delivered_bytes", "groups", "members", "closed", "max_msg",
+            "lock_pid")}
+        out["locked"] = bool(s.locked)
         out["groups_detail"] = [{
             "index": g.index, "name": ffi.string(g.name).decode("utf-8", "replace"),
             "anonymous": bool(g.flags & lib.PMQ_GROUP_ANON), "members": g.members,
@@ -390,7 +486,8 @@ class Ring(_Mapped):
             "lag": g.lag, "position": g.cursor_seq, "ack": bool(g.flags & lib.PMQ_GROUP_ACK),
             "acked": g.acked, "nacked": g.nacked, "redelivered": g.redelivered,
             "dead_lettered": g.dead_lettered, "timeouts": g.timeouts, "pending": g.pending,
-            "ready": g.ready, "dead": g.dead, "idle_since": g.idle_since_ns / 1e9}
+            "ready": g.ready, "dead": g.dead, "idle_since": g.idle_since_ns / 1e9,
+            "lock_pid": g.lock_pid}
             for g in (groups[i] for i in range(n))]
         return out
 
@@ -404,94 +501,33 @@ class Ring(_Mapped):
     @property
     def closed(self) -> int:
         """0 while open, else CLOSED_BROKER or CLOSED_DELETED."""
-        return self.h.hdr.closed
-
-    def delete_group(self, name: str) -> None:
-        """Delete a named group (GroupNotFound if there is none)."""
-        check(lib.pmq_group_delete(self.h, name.encode()), f"topic {self.topic!r}, group {name!r}")
+        return int(self.h.hdr.closed)
 
 
-class Batch:
-    """Buffers one native read fills (pmq_batch_t): Python allocates, C fills.
-    zero_copy (a Reader of an ack group only: Reader.read refuses a plain
-    group's): no payload buffer; offs are offsets in the ring's data area,
-    buflen a budget of payload bytes. Whatever zero_copy, zb is the same arrays
-    without the buffer, for the fast reads' peeks (Reader.get1, get_payloads)."""
+class Lines:
+    """The JSON lines of a cold-path batch's records, encoded by one native
+    call (native/codec) into a buffer reused from batch to batch:
+    {"seq":<int>,"ts":<epoch seconds, 6 decimals>,"payload":"<base64>"}\\n"""
 
-    def __init__(self, max_batch: int, buflen: int, zero_copy: bool = False):
-        self.max_batch = max_batch
-        self.buflen = buflen
-        self.buf = ffi.NULL if zero_copy else ffi.new("char[]", buflen)
-        self.offs = ffi.new("uint64_t[]", max_batch)
-        self.lens = ffi.new("uint32_t[]", max_batch)
-        self.seqs = ffi.new("uint64_t[]", max_batch)
-        self.ts = ffi.new("int64_t[]", max_batch)
-        self.pos = ffi.new("uint64_t[]", max_batch)
-        self.slots = ffi.new("uint32_t[]", max_batch)
-        self.attempts = ffi.new("uint32_t[]", max_batch)
-        self.b = self._batch(self.buf)
-        # the same arrays, no buffer: a plain group's fast reads (Reader.get1,
-        # get_payloads) peek, copy each payload once from the ring into its
-        # bytes, then claim (pymq._fast, pmq_ring_claim)
-        self.zb = self._batch(ffi.NULL)
-        self.view = None if zero_copy else ffi.buffer(self.buf)
+    def __init__(self, batch: Batch):
+        self.batch = batch
+        # every line of a full batch fits: its frame, and base64 of at most the whole budget
+        self.cap = batch.max_batch * (lib.PMQ_JSONL_FRAME + 4) + batch.buflen * 4 // 3 + 4
+        self.out = ffi.new("char[]", self.cap)
+        self.ends = ffi.new("uint64_t[]", batch.max_batch)
+        self.view = memoryview(ffi.buffer(self.out))
 
-    def _batch(self, buf):
-        b = ffi.new("pmq_batch_t *")
-        b.buf, b.buflen, b.max = buf, self.buflen, self.max_batch
-        b.offs, b.lens, b.seqs, b.ts = self.offs, self.lens, self.seqs, self.ts
-        b.pos, b.slots, b.attempts = self.pos, self.slots, self.attempts
-        return b
+    def encode(self, first: int, n: int, payloads: tuple[Any, int]) -> list[int]:
+        """Encode records first..n-1 (as many as fit) from payloads (where the
+        batch's offsets point: (pointer, length)); the end of each line."""
+        b = self.batch
+        buf, buflen = payloads
+        got = lib.pmq_jsonl_encode(buf, buflen, b.offs + first, b.lens + first, b.seqs + first,
+                                   b.ts + first, n - first, self.out, self.cap, self.ends)
+        if got <= 0:  # a record outside the buffer, or one line bigger than the whole buffer
+            from .errors import PersistenceError
+            raise PersistenceError(f"cannot encode record seq {b.seqs[first]} for the log")
+        return list(ffi.unpack(self.ends, got))
 
-    def payloads(self):
-        """A context giving (char pointer, length): where offs point."""
-        return contextlib.nullcontext((self.buf, self.buflen))
-
-    def payload(self, i: int) -> bytes:
-        off = self.offs[i]
-        return self.view[off:off + self.lens[i]]
-
-
-class Reader(Batch):
-    """A subscription's reads: its member of a ring, and its buffers."""
-
-    def __init__(self, ring: Ring, member: int, gen: int, max_batch: int, buflen: int,
-                 zero_copy: bool = False):
-        super().__init__(max_batch, buflen, zero_copy)
-        self.ring, self.member, self.gen = ring, member, gen
-        # the hot reads (pymq._fast) with this reader's ring, member and buffers
-        # bound once; each returns its result, or a negative code for finish():
-        #   get1(timeout_ns) -> bytes; get_payloads(n, timeout_ns) -> [bytes];
-        #   an ack group's get1_message(timeout_ns, sub, topic) -> Message and
-        #   get_messages(n, timeout_ns, sub, topic) -> [Message] (see bind_message)
-        peek = (ring.addr, member, gen, int(ffi.cast("uintptr_t", self.zb)))
-        fixed = (ring.addr, member, gen, int(ffi.cast("uintptr_t", self.b)))
-        self.get1 = partial(_fast.read1, *peek, 1)
-        self.get_payloads = partial(_fast.read, *peek)
-        self.get1_message = partial(_fast.read1_message, *fixed, 1)
-        self.get_messages = partial(_fast.read_messages, *fixed)
-        self.finish = ring.finish
-
-    def payloads(self):
-        if self.buf:
-            return super().payloads()
-        return self.ring.data()
-
-    def read1(self, timeout_ns: int) -> bytes:
-        """One record's payload."""
-        p = self.get1(timeout_ns)
-        return p if type(p) is bytes else self.finish(p, timeout_ns, self.get1)
-
-    def read(self, max_count: int, timeout_ns: int) -> int:
-        """Fill the buffers with up to max_count records; returns the count."""
-        ring = self.ring
-        h = ring.h
-        n = min(max_count, self.max_batch)
-        rc = lib.pmq_ring_read(h, self.member, self.gen, self.b, n, timeout_ns)
-        if rc > 0 and self.b.claim_to:  # a plain group's zero-copy read: a peek, nothing taken
-            raise ValueError("a zero-copy Reader is for an ack group (a plain group's records "
-                             "may be overwritten once read)")
-        if rc > 0:
-            return rc
-        return self.finish(rc, timeout_ns, lambda left: lib.pmq_ring_read(
-            h, self.member, self.gen, self.b, n, left))
+    def seqs(self, first: int) -> Any:
+        return self.batch.seqs + first

@@ -379,15 +379,10 @@ def _lines(fd: int, limit: int) -> Iterator[list[bytes]]:
 
 def _batches(lines: list[bytes], max_bytes: int) -> Iterator[list[bytes]]:
     """Runs of lines for one publish_many each: at most BATCH_COUNT lines and
-    about max_bytes (a batch must fit the ring)."""
-    start, size = 0, 0
-    for i, line in enumerate(lines):
-        size += len(line) + 64  # a record header and alignment, at most
-        if i > start and (i - start >= BATCH_COUNT or size > max_bytes):
-            yield lines[start:i]
-            start, size = i, len(line) + 64
-    if start < len(lines):
-        yield lines[start:]
+    max_bytes of ring (a batch must fit the ring)."""
+    from . import _core
+    for start, end in _core.spans_within([len(line) for line in lines], max_bytes, BATCH_COUNT):
+        yield lines[start:end]
 
 
 def cmd_publish(args: argparse.Namespace) -> int:

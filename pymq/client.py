@@ -14,9 +14,7 @@ import os
 import threading
 import time
 import weakref
-from array import array
 from collections.abc import Callable, Iterable, Iterator
-from functools import partial
 from typing import Any, Generic, TypeVar, Union
 
 import posix_ipc
@@ -61,53 +59,20 @@ def _as_bytes(payload: object) -> bytes:
                         f"not {type(payload).__name__}") from None
 
 
-class Message:
+class Message(_core.MessageBase):
     """A message: payload plus, when received, where it came from.
 
-    Message(payload, ack=None) mirrors the seed's Message{Payload, Ack}. ack()
-    is a no-op on a message that needs no acknowledgement. A message received
-    from subscribe_with_ack() is acked, nacked and viewed through its
-    subscription's segment, without a word to the supervisor.
+    Message(payload, ack=None, *, topic=None, seq=None, delivery_attempt=1,
+    publish_time=None) mirrors the seed's Message{Payload, Ack}. Its fields
+    (payload, topic, seq, delivery_attempt, publish_time) are read-only. ack()
+    and nack() are C, one call into the ring each (pymq._fast.Message); ack()
+    is a no-op on a message that needs no acknowledgement, calls the ack it
+    was given, if any, and never waits. A message received from
+    subscribe_with_ack() is acked, nacked and viewed through its subscription's
+    segment, without a word to the supervisor.
     """
 
-    __slots__ = ("payload", "_ack", "topic", "seq", "delivery_attempt", "publish_time",
-                 "_sub", "_slot", "_pos", "_views", "_settled")
-
-    def __init__(self, payload: bytes, ack: Callable[[], object] | None = None, *,
-                 topic: str | None = None, seq: int | None = None, delivery_attempt: int = 1,
-                 publish_time: float | None = None):
-        self.payload = payload
-        self._ack = ack
-        self.topic = topic
-        self.seq = seq
-        self.delivery_attempt = delivery_attempt
-        self.publish_time = publish_time
-        self._sub: AckSubscription | None = None
-        self._views: list[memoryview] | None = None
-        self._settled = False
-        self._slot = 0
-        self._pos = 0
-
-    def ack(self) -> None:
-        """Acknowledge: the message will not be delivered to this group again.
-        Idempotent; a no-op on a message that needs no ack."""
-        sub = self._sub
-        if sub is not None:
-            if not self._settled:
-                if self._views:
-                    self._settle()
-                self._settled = True
-                rc = sub._ack1(self._slot, self.seq)
-                if rc < 0:
-                    _core.check(rc, f"topic {sub.topic!r}")
-        elif self._ack is not None:
-            self._ack()
-
-    def nack(self) -> None:
-        """Ask for redelivery now (to any live member of the group) instead of
-        after the ack timeout; dead-lettered when out of retries."""
-        if self._sub is not None and not self._settled:
-            self._sub.nack_many([self])
+    __slots__ = ()
 
     def view(self) -> memoryview:
         """A read-only memoryview of the payload in shared memory (zero-copy).
@@ -115,27 +80,19 @@ class Message:
         (then the view is released), and not after its ack timeout passed and
         another member got and acked it, nor after the subscription closed.
         Raises ValueError once it was acked or the subscription closed."""
-        if self._sub is None:
+        reader = self._reader
+        if reader is None:
             return memoryview(self.payload).toreadonly()
         if self._settled:
             raise ValueError("the message was acked: its view is no longer valid")
-        if self._sub._reader is None:
+        if reader.closed:
             raise ValueError("the subscription is closed: the message may be redelivered elsewhere")
-        mv: memoryview = self._sub._ring.view(self._pos, len(self.payload))
-        if self._views is None:
-            self._views = []
-        self._views.append(mv)
+        mv: memoryview = reader.owner.view(self._pos, len(self.payload))
+        views = self._views
+        if views is None:
+            self._views = views = []
+        views.append(mv)
         return mv
-
-    def _settle(self) -> None:
-        """Acked or nacked: its place in the ring may be reused, so views go."""
-        self._settled = True
-        for mv in self._views or ():
-            try:
-                mv.release()
-            except BufferError:
-                pass  # something exports it (numpy, say): it stays readable, stale
-        self._views = None
 
     def __repr__(self) -> str:
         return (f"Message(topic={self.topic!r}, seq={self.seq}, "
@@ -143,12 +100,7 @@ class Message:
                 f"payload={self.payload[:32]!r}{'...' if len(self.payload) > 32 else ''})")
 
 
-# An ack subscription's reads make Messages in C (see _core.bind_message):
-# payload, topic, seq, delivery_attempt, publish_time (ts / 1e9), _ack None, _sub
-# the subscription, _slot and _pos of the delivery, _views None, _settled False.
-# Message.ack becomes C too: the common case (such a message, pending, not
-# viewed) acks in one call; it hands every other case to the ack above.
-Message.ack = _core.bind_message(Message)  # type: ignore[method-assign]
+_core.bind_message(Message)  # received messages are made (in C) of this class
 
 
 Payload = Union[bytes, bytearray, memoryview, Message]  # or anything with the buffer protocol
@@ -291,13 +243,13 @@ class Client:
         cfg = self._config
         assert cfg.max_message_bytes is not None  # set by BrokerConfig.__post_init__
         params = _core.ring_params(cfg.ring_capacity, cfg.max_message_bytes,
-                                   os.getpid(), segments.start_stamp(), cfg.persistence_enabled)
+                                   os.getpid(), segments.start_stamp())
         try:
             seg = segments.Segment.create(shm_name, _core.ring_size(params))
         except posix_ipc.ExistentialError:
             return None
         try:
-            _core.Ring.init(seg, params)
+            _core.Ring.init(seg, params, persist=cfg.persistence_enabled)
         except BaseException:
             seg.close()
             segments.unlink(shm_name)  # ours, never made ready: nobody attached
@@ -329,12 +281,9 @@ class Client:
             payload = _as_bytes(payload)
         timeout_ns = self._publish_timeout_ns if timeout is None else _timeout_ns(timeout)
         ring = self._topics.get(topic) or self._ring_for(topic, (payload,))
-        seq: int = ring.put1(payload, timeout_ns)
-        if seq > 0:
-            return seq
         try:
-            done: int = ring.finish(seq, timeout_ns, partial(ring.put1, payload), len(payload))
-            return done
+            seq: int = ring.put1(payload, timeout_ns)
+            return seq
         except _core.TopicDeleted:  # deleted under us: publish to the topic anew
             self._forget(topic, ring)
             return self.publish(topic, payload, timeout)
@@ -434,9 +383,9 @@ class Client:
                            ("subscribe", "subscribe_with_ack"))
             raise GroupKindMismatch(f"group {group!r} of topic {topic!r} was made by {other}(): "
                                     f"it cannot be joined with {want}()") from None
-        buflen = max(READ_BUFFER, ring.max_msg + _core.REC_HDR)
-        reader = _core.Reader(ring, joined.member, joined.member_gen, READ_BATCH, buflen)
-        sub = cls(self, topic, group, reader, joined.group, joined.group_gen)
+        reader = ring.reader(joined, bool(flags & _core.GROUP_ACK), READ_BATCH,
+                             max(READ_BUFFER, ring.max_msg))
+        sub = cls(self, topic, group, ring, reader)
         if joined.created and mode != _core.START["latest"] and cfg.persistence_enabled:
             # What the ring no longer holds comes from disk first (it was written
             # there before the ring let it go).
@@ -592,16 +541,13 @@ class Subscription(Generic[T]):
     give each thread its own subscription.
     """
 
-    def __init__(self, client: Client, topic: str, group: str | None, reader: _core.Reader,
-                 group_index: int, group_gen: int):
+    def __init__(self, client: Client, topic: str, group: str | None, ring: _core.Ring,
+                 reader: _core.Reader):
         self.topic = topic
         self.group = group
         self._client = client
-        self._reader: _core.Reader | None = reader
-        self._ring = reader.ring
-        self._group = group_index
-        self._group_gen = group_gen
-        self._ack1 = self._ring.acker(group_index, group_gen)
+        self._ring = ring
+        self._reader = reader
 
     _backlog: _Backlog | None = None
 
@@ -616,12 +562,6 @@ class Subscription(Generic[T]):
             self._backlog = None
         return got
 
-    def _open_reader(self) -> _core.Reader:
-        r = self._reader
-        if r is None:
-            raise SubscriptionClosed(f"subscription to {self.topic!r} is closed")
-        return r
-
     def _many(self, max_count: int) -> int:
         """max_count checked, and capped at what one read returns."""
         if not isinstance(max_count, int) or isinstance(max_count, bool) or max_count < 1:
@@ -629,7 +569,8 @@ class Subscription(Generic[T]):
         return min(max_count, READ_BATCH)
 
     def get(self, timeout: float | None = None) -> T:
-        """The next payload; waits up to timeout seconds (None: for ever).
+        """The next payload (a pymq.Message for an ack subscription); waits up
+        to timeout seconds (None: for ever).
 
         Raises Timeout when nothing arrived in time, SubscriptionClosed
         (unsubscribed, reaped, its group or topic deleted), BrokerClosed,
@@ -638,23 +579,19 @@ class Subscription(Generic[T]):
             old = self._taken(1)
             if old:
                 return old[0]
-        r = self._reader or self._open_reader()
-        timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
-        p: Any = r.get1(timeout_ns)
-        return p if type(p) is bytes else r.finish(p, timeout_ns, r.get1)  # type: ignore[return-value]
+        got: T = self._reader.get1(-1 if timeout is None else _timeout_ns(timeout))
+        return got
 
     def get_many(self, max_count: int, timeout: float | None = None) -> list[T]:
-        """1..max_count payloads in one native call; waits like get() and
-        raises as get() (and ValueError for a bad max_count)."""
+        """1..max_count payloads (Messages) in one native call; waits like get()
+        and raises as get() (and ValueError for a bad max_count)."""
         n = self._many(max_count)
         if self._backlog is not None:
             old = self._taken(n)
             if old:
                 return old
-        r = self._reader or self._open_reader()
-        timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
-        got: Any = r.get_payloads(n, timeout_ns)
-        return got if type(got) is list else r.finish(got, timeout_ns, partial(r.get_payloads, n))
+        got: list[T] = self._reader.get(n, -1 if timeout is None else _timeout_ns(timeout))
+        return got
 
     def _read_ahead(self) -> bool:
         """Whether iteration may read ahead: only a group of its own, whose
@@ -673,11 +610,12 @@ class Subscription(Generic[T]):
             yield item
 
     def _leave(self) -> None:
-        r, self._reader = self._reader, None
+        r = self._reader
         self._backlog = None
-        if r is not None:
+        if not r.closed:
+            r.close()  # its reads raise SubscriptionClosed; its messages can still be acked
             try:
-                r.ring.leave(r.member, r.gen)
+                self._ring.leave(r.member, r.gen)
             except MQError:
                 pass  # a corrupt or closed segment: nothing left to leave
 
@@ -706,73 +644,36 @@ class AckSubscription(Subscription[Message]):
     def _read_ahead(self) -> bool:
         return False  # what it read ahead would be pending, its ack clock running
 
-    def get(self, timeout: float | None = None) -> Message:
-        """The next message; waits up to timeout seconds (None: for ever).
-
-        Raises as Subscription.get()."""
-        if self._backlog is not None:
-            old = self._taken(1)
-            if old:
-                return old[0]
-        r = self._reader or self._open_reader()
-        timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
-        m: Any = r.get1_message(timeout_ns, self, self.topic)
-        return m if type(m) is Message else self._finish(m, timeout_ns, r.get1_message)
-
-    def get_many(self, max_count: int, timeout: float | None = None) -> list[Message]:
-        """1..max_count messages in one native call (redeliveries first);
-        raises as get()."""
-        n = self._many(max_count)
-        if self._backlog is not None:
-            old = self._taken(n)
-            if old:
-                return old
-        r = self._reader or self._open_reader()
-        timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
-        got: Any = r.get_messages(n, timeout_ns, self, self.topic)
-        return got if type(got) is list else self._finish(got, timeout_ns,
-                                                          partial(r.get_messages, n))
-
-    def _finish(self, rc: int, timeout_ns: int, read: Callable[..., Any]) -> Any:
-        """get's and get_many's slow path (Ring.finish): read(time left, self,
-        topic) again after a signal, or raise for rc. Apart from them, so that
-        their hot path makes no closure cells."""
-        return self._ring.finish(rc, timeout_ns, lambda left: read(left, self, self.topic))
-
     def _from_disk(self, rec: tuple[int, int, bytes]) -> Message:
         """A message replayed from disk: history, so its ack is a no-op."""
         seq, ts, payload = rec
         return Message(payload, topic=self.topic, seq=seq, publish_time=ts / 1e9)
 
-    def _settle_many(self, how: str, msgs: Iterable[Message]) -> int:
+    def _settle_many(self, msgs: Iterable[Message], nack: bool) -> int:
         """One native call per subscription the messages came from."""
-        by_sub: dict[AckSubscription, list[Message]] = {}
-        for m in msgs:
-            if m._sub is not None and not m._settled:
-                m._settle()
-                by_sub.setdefault(m._sub, []).append(m)
-        return sum(sub._ring.settle(how, sub._group, sub._group_gen,
-                                    array("I", [m._slot for m in part]),
-                                    array("Q", [m.seq for m in part]),
-                                    array("I", [m.delivery_attempt for m in part])
-                                    if how == "nack" else None)
-                   for sub, part in by_sub.items())
+        mine = msgs if type(msgs) is list else list(msgs)
+        n: int | None = (self._reader.nack if nack else self._reader.ack)(mine)
+        if n is not None:
+            return n  # the usual case: all this subscription's
+        by_reader: dict[_core.Reader, list[Message]] = {}
+        for m in mine:
+            if m._reader is not None:
+                by_reader.setdefault(m._reader, []).append(m)
+            elif not nack:
+                m.ack()  # a user's message: its own ack, if it has one
+        return sum((r.nack if nack else r.ack)(part) or 0 for r, part in by_reader.items())
 
     def ack_many(self, msgs: Iterable[Message]) -> int:
         """Ack many messages in one native call (per subscription they came
-        from); returns how many were still waiting for their ack. Raises
-        SegmentMismatch for a corrupt segment."""
-        if type(msgs) is list:  # the usual case, all this subscription's: done in C
-            n: int | None = self._ring.ack_messages(self._group, self._group_gen, self, msgs)
-            if n is not None:
-                return n
-        return self._settle_many("ack", msgs)
+        from); returns how many were still waiting for their ack. It never
+        waits. Raises SegmentMismatch for a corrupt segment."""
+        return self._settle_many(msgs, nack=False)
 
     def nack_many(self, msgs: Iterable[Message]) -> int:
         """Redeliver many messages now (dead-letter those out of retries);
         returns how many were requeued. Raises SegmentMismatch for a corrupt
         segment."""
-        return self._settle_many("nack", msgs)
+        return self._settle_many(msgs, nack=True)
 
 
 def connect(name: str | None = None, *, wait: float = 0.0) -> Client:

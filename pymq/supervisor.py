@@ -32,7 +32,6 @@ import signal
 import sys
 import threading
 import time
-from array import array
 from typing import Any
 
 import posix_ipc
@@ -57,7 +56,8 @@ class Supervisor:
         self._rings_lock = threading.Lock()
         self.lock = threading.Lock()  # a sweep, or one control request: never both
         self.stop = False
-        self._client = None
+        from .client import Client
+        self._client = Client(name)  # made here: the admin server's threads use it too
         self._dead_batch = None
         self.admin = None
         self.control = None
@@ -142,7 +142,7 @@ class Supervisor:
             if ring is None:
                 continue
             try:
-                dead_groups = ring.sweep(now)
+                dead_groups, _ = ring.sweep(now)  # a group whose lock is held: next sweep
             except MQError as e:
                 self.log_once((topic, None), f"topic {topic!r}: sweep: {e}")
                 continue
@@ -171,29 +171,23 @@ class Supervisor:
         if n == 0:
             return 0
         dlq = f"{ring.topic}.dlq"
-        from .persistence import spans_within
-        limit = self.client()._ring(dlq).h.capacity // 4  # a batch must fit any .dlq ring
+        limit = self.client()._ring(dlq).capacity // 4  # a batch must fit any .dlq ring
         done = 0
-        for start, end in spans_within(_core.ffi.unpack(batch.lens, n), limit):
+        for start, end in _core.spans_within(batch.lengths(n), limit):
             self.client().publish_many(dlq, [batch.payload(i) for i in range(start, end)],
                                        timeout=0.01)
-            done += ring.settle("dead_lettered", group, gen,
-                                array("I", (batch.slots[i] for i in range(start, end))),
-                                array("Q", (batch.seqs[i] for i in range(start, end))))
+            done += ring.dead_lettered(group, gen, batch, start, end)
         if done:
             log.warning("dead-lettered %d message(s) of %r to %r", done, ring.topic, dlq)
         return n
 
     def dead_batch(self, ring: _core.Ring) -> _core.Batch:
-        buflen = max(1 << 20, ring.max_msg + _core.REC_HDR)
-        if self._dead_batch is None or self._dead_batch.b.buflen < buflen:
+        buflen = max(1 << 20, ring.max_msg)
+        if self._dead_batch is None or self._dead_batch.buflen < buflen:
             self._dead_batch = _core.Batch(DEAD_BATCH, buflen)
         return self._dead_batch
 
     def client(self):
-        if self._client is None:
-            from .client import Client
-            self._client = Client(self.name)
         return self._client
 
     # -- requests (pymq/control.py) ------------------------------------------------

@@ -42,7 +42,7 @@ def test_message_fields_ack_and_view(make_broker):
         v.tobytes()  # released at ack: the ring space may be reused
     with pytest.raises(ValueError):
         m.view()
-    g = group_stats(broker, "t", "anon-%d" % sub._group)
+    g = group_stats(broker, "t", "anon-%d" % sub._reader.group)
     assert (g["delivered"], g["acked"], g["pending"]) == (1, 1, 0)
 
 
@@ -279,8 +279,8 @@ def test_messages_made_in_c_carry_every_field_and_ack_many_takes_the_general_pat
     assert [type(m) for m in msgs] == [pymq.Message] * len(payloads)
     assert [m.payload for m in msgs] == payloads
     assert [m.seq for m in msgs] == list(range(first, first + len(payloads)))
-    assert {(m.topic, m.delivery_attempt, m._settled, m._views, m._ack) for m in msgs} == {
-        ("t", 1, False, None, None)}
+    assert {(m.topic, m.delivery_attempt, m._settled, m._views, m._reader) for m in msgs} == {
+        ("t", 1, False, None, sub._reader)}
     assert all(before - 5 <= m.publish_time <= time.time() for m in msgs)
     assert len({m._slot for m in msgs}) == len(msgs)
     assert bytes(msgs[3].view()) == payloads[3]  # a view: this list goes the general way
@@ -294,43 +294,58 @@ def test_messages_made_in_c_carry_every_field_and_ack_many_takes_the_general_pat
     assert (g["delivered"], g["acked"], g["pending"]) == (len(msgs), len(msgs), 0)
 
 
-def test_message_ack_in_c_acks_once_and_raises_for_a_failed_ack(make_broker):
-    """Message.ack is C (pymq._fast): a received, pending, unviewed message is
-    acked through its subscription's bound ack1, once; a code it returns
-    raises the documented exception; every other message takes the Python ack."""
+def test_message_is_a_c_type_whose_ack_is_one_call_and_whose_fields_are_read_only(make_broker):
+    """pymq.Message subclasses pymq._fast.Message (C): its fields are read-only
+    members, ack and nack are C methods, one call into the ring each; ack acks
+    once; a user's message calls the ack it was given."""
     from pymq import _core
     broker = make_broker(ack_timeout=3600)
     sub = broker.subscribe_with_ack("t", group="g")
     broker.publish_many("t", [b"a", b"b"])
     a, b = sub.get(timeout=5), sub.get(timeout=5)
-    assert type(pymq.Message.__dict__["ack"]).__name__ == "method_descriptor"
+    assert isinstance(a, _core.MessageBase) and "ack" not in pymq.Message.__dict__
+    assert type(pymq.Message.ack).__name__ == "method_descriptor"
+    for field in ("payload", "topic", "seq", "delivery_attempt", "publish_time"):
+        with pytest.raises(AttributeError):
+            setattr(a, field, None)
     a.ack()
     a.ack()  # idempotent: settled, no second native ack
     g = group_stats(broker, "t", "g")
     assert (g["acked"], g["pending"]) == (1, 1)
-
-    class Failing:  # a subscription whose ack1 reports a corrupt segment
-        topic = "t"
-        calls = []
-
-        def _ack1(self, slot, seq):
-            self.calls.append((slot, seq))
-            return _core.lib.PMQ_ECORRUPT
-
-    m = pymq.Message(b"x", topic="t", seq=7)
-    m._sub, m._slot, m._pos = Failing(), 3, 0
-    with pytest.raises(pymq.SegmentMismatch, match="topic 't': corrupt segment"):
-        m.ack()
-    assert Failing.calls == [(3, 7)] and m._settled  # settled before the call, as in Python
-    m.ack()  # settled: nothing more
-    assert Failing.calls == [(3, 7)]
-    b.view()  # viewed: the Python ack releases the view, then acks
+    b.view()  # viewed: the ack releases the view, then acks
     b.ack()
     g = group_stats(broker, "t", "g")
     assert (g["acked"], g["pending"]) == (2, 0)
+    calls = []
+    m = pymq.Message(b"x", lambda: calls.append(1), topic="t", seq=7)
+    assert (m.payload, m.topic, m.seq, m.delivery_attempt, m.publish_time) == (b"x", "t", 7, 1, None)
+    m.ack()
+    assert calls == [1]
+    m.nack()  # a user's message: nothing to redeliver
+    with pytest.raises(TypeError):
+        pymq.Message(b"x", ack=5)
+
+
+def test_a_nack_on_a_corrupt_window_is_a_segment_mismatch_and_an_ack_never_waits(make_broker):
+    """A nack takes the group's lock, checks the window and reports corruption;
+    an ack takes no lock (a compare-and-swap of its entry): it never waits,
+    even with the lock held by another process."""
+    from pymq import _core
+    broker = make_broker(ack_timeout=3600)
+    sub = broker.subscribe_with_ack("t", group="g")
+    broker.publish_many("t", [b"a", b"b"])
+    a, b = sub.get(timeout=5), sub.get(timeout=5)
+    group = sub._ring.h.groups[sub._reader.group]
+    saved, group.pend_head = group.pend_head, 1 << 40  # its window's head past its tail
+    with pytest.raises(pymq.SegmentMismatch, match="topic 't': corrupt segment"):
+        a.nack()
+    group.pend_head = saved
+    b.ack()
+    assert group_stats(broker, "t", "g")["acked"] == 1
 
 
 def test_stale_nack_does_not_take_a_delivery_from_its_new_holder(make_broker):
+    from pymq import _core
     broker = make_broker(ack_timeout=3600)
     a1 = broker.subscribe_with_ack("t", group="g")
     a2 = broker.subscribe_with_ack("t", group="g")
@@ -339,11 +354,11 @@ def test_stale_nack_does_not_take_a_delivery_from_its_new_holder(make_broker):
     m.nack()
     m2 = a2.get(timeout=5)
     assert (m2.seq, m2.delivery_attempt) == (m.seq, 2)
-    stale = pymq.Message.__new__(pymq.Message)  # a nack naming the first attempt again
-    for f in ("payload", "topic", "seq", "delivery_attempt", "publish_time", "_sub", "_slot", "_pos"):
-        setattr(stale, f, getattr(m, f))
-    stale._ack, stale._views, stale._settled = None, None, False
-    assert a1.nack_many([stale]) == 0
+    ffi, lib, r = _core.ffi, _core.lib, a1._reader  # a nack naming the first attempt again
+    stale = lib.pmq_ack_nack(a1._ring.h, r.group, r.group_gen, ffi.new("uint32_t[]", [m._slot]),
+                             ffi.new("uint64_t[]", [m.seq]), ffi.new("uint32_t[]", [1]), 1,
+                             ffi.NULL)
+    assert stale == 0
     with pytest.raises(pymq.Timeout):
         a1.get(timeout=0.1)
     m2.ack()

@@ -285,24 +285,68 @@ def test_publish_many_of_any_batch_size_arrives_whole_and_in_order(broker):
 
 def test_the_fast_path_refuses_what_it_cannot_take():
     from pymq import _core, _fast
-    assert _core.bind_message(pymq.Message) is pymq.Message.ack  # the same class again: its ack
-    with pytest.raises(TypeError, match="already"):  # one class for the process
-        _core.bind_message(type("NoSlots", (), {}))
+    _core.bind_message(pymq.Message)  # the same again: a no-op
+    with pytest.raises(TypeError):  # not a subclass of pymq._fast.Message
+        _core.bind_message(type("NoBase", (), {}))
+    with pytest.raises(RuntimeError, match="bound already"):  # one class for the process
+        _core.bind_message(type("Other", (_core.MessageBase,), {}))
+    with pytest.raises(ImportError, match="make clean"):  # a table of another build
+        table = _core.ffi.new("pmq_api_t *")
+        table.version, table.size, table.layout = 1, 0, 0
+        _fast.bind(int(_core.ffi.cast("uintptr_t", table)), pymq.Message, _core.error_from_c)
     with pytest.raises(TypeError):
-        _fast.publish1(1, "not bytes", 0)
+        _fast.publish1(1, "t", "not bytes", 0)
     with pytest.raises(TypeError):
-        _fast.read(1, 0, 0)  # too few arguments
+        _fast.publish1(1, "t")  # too few arguments
+    with pytest.raises(TypeError):
+        _fast.Reader(1, 2, 3)
     with pytest.raises(OverflowError):
-        _fast.read(1, 2**40, 0, 1, 1, 0)  # a member above 32 bits
+        _fast.Reader(1, 2**40, 0, 0, 0, False, 16, 4096, None, "t")  # a member above 32 bits
 
 
-def test_only_core_imports_the_native_modules():
-    """_native (the ring) and _fast (hot calls) are _core's; _codec is persistence's."""
+def test_only_core_imports_compiled_code():
+    """pymq._native and pymq._fast are _core's alone (Trio's test_exports)."""
+    import ast
     import pathlib
     root = pathlib.Path(pymq.__file__).parent
-    for module, owner in (("_native", "_core.py"), ("_fast", "_core.py"), ("_codec", "persistence.py")):
-        users = [p.name for p in root.glob("*.py") if module in p.read_text() and p.name != owner]
-        assert users == [], module
+    users = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) \
+                else []
+            module = getattr(node, "module", None) or ""
+            if any(n.lstrip(".").split(".")[-1] in ("_native", "_fast", "_codec") for n in names) or \
+                    module.split(".")[-1] in ("_native", "_fast", "_codec"):
+                users.append(path.relative_to(root).as_posix())
+    assert users == ["_core.py"]
+
+
+def test_a_stale_build_is_an_import_error_that_says_make_clean(tmp_path):
+    """The build id compiled into both modules is a hash of native/: a source
+    changed since the build makes the import fail, naming make clean."""
+    import shutil
+    import subprocess
+    import sys
+    root = pathlib_root()
+    copy = tmp_path / "src"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns(".venv", "build", ".git", "data",
+                                                                "*.egg-info", "__pycache__"))
+    run = [sys.executable, "-c", "import pymq"]
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k not in ("PYMQ_SKIP_BUILD_CHECK", "PYTHONPATH")}  # the copy, not the package under test
+    assert subprocess.run(run, cwd=copy, env=env, capture_output=True).returncode == 0
+    ring_c = copy / "native" / "ring" / "ring.c"
+    ring_c.write_text(ring_c.read_text() + "\n/* an edit */\n")
+    r = subprocess.run(run, cwd=copy, env=env, capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "were built from other sources" in r.stderr and "make clean" in r.stderr
+
+
+def pathlib_root():
+    """The source checkout these tests belong to (not where pymq was imported
+    from: the sanitizer's run imports a copy of the package alone)."""
+    import pathlib
+    return pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_stale_removal_spares_a_broker_that_is_starting_and_removes_an_abandoned_one(name):

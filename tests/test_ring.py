@@ -31,9 +31,25 @@ def plain_ring(capacity=4096, max_msg=1024):
     return _core.Ring(mem, "t"), mem
 
 
+class Reader:
+    """A member's cold-path reads into a Batch (as the supervisor and the
+    persistence writer read)."""
+
+    def __init__(self, ring, joined, max_batch=256, buflen=64 * 1024, zero_copy=False):
+        self.ring, self.joined = ring, joined
+        self.member, self.gen = joined.member, joined.member_gen
+        self.batch = _core.Batch(max_batch, buflen, zero_copy)
+        self.seqs, self.lens, self.slots = self.batch.seqs, self.batch.lens, self.batch.slots
+
+    def read(self, max_count, timeout_ns):
+        return self.ring.read(self.member, self.gen, self.batch, max_count, timeout_ns)
+
+    def payload(self, i):
+        return self.batch.payload(i)
+
+
 def reader(ring, group="", start=LATEST, buflen=64 * 1024):
-    j = ring.join(group, 0, start, 0, owner=1)
-    return _core.Reader(ring, j.member, j.member_gen, 256, buflen)
+    return Reader(ring, ring.join(group, 0, start, 0, owner=1), buflen=buflen)
 
 
 def read_all(rd, max_count=256):
@@ -53,52 +69,54 @@ def test_round_trips_one_record():
     assert read_all(rd) == [(1, b"hello")]
 
 
-def test_a_plain_groups_zero_copy_read_is_a_peek_taken_only_by_its_claim():
-    """Zero-copy (buf NULL), a plain group's read takes nothing: it says where
-    the records are and which cursor move claims them; pmq_ring_claim makes
-    the move, unless another member of the group took them first (0: the
-    copy is void)."""
+def test_a_plain_groups_read_keeps_its_copies_only_if_its_claim_succeeds():
+    """The one read of a plain group: the records are handed to the caller's
+    sink (which copies them out), then claimed by a CAS of the group's cursor;
+    if another member took them meanwhile, the sink's copies are dropped (the
+    space may have been reused under them) and the read looks again."""
     ring, mem = plain_ring(capacity=8192, max_msg=1024)
-    a = ring.join("w", 0, LATEST, 0, owner=1)
-    b = ring.join("w", 0, LATEST, 0, owner=1)
-    ra = _core.Reader(ring, a.member, a.member_gen, 16, 4096, zero_copy=True)
-    rb = _core.Reader(ring, b.member, b.member_gen, 16, 4096)
-    lib = _core.lib
+    a, b = ring.join("w", 0, LATEST, 0, owner=1), ring.join("w", 0, LATEST, 0, owner=1)
+    ra, rb = Reader(ring, a), Reader(ring, b)
+    ffi, lib = _core.ffi, _core.lib
+    calls = []
 
-    def peek():
-        return lib.pmq_ring_read(ring.h, a.member, a.member_gen, ra.b, 16, 0)
+    @ffi.callback("int(void *, const pmq_batch_t *, const uint8_t *)")
+    def copy(ctx, batch, data):
+        calls.append(("copy", [bytes(ffi.buffer(data + batch.offs[i], batch.lens[i]))
+                               for i in range(batch.n)]))
+        if len(calls) == 1:  # the group's other member takes them first
+            assert rb.read(16, 0) == 2
+            ring.publish_list([b"three"], 0)
+        return 0
 
-    assert lib.pmq_ring_claim(ring.h, a.member, a.member_gen, ra.b) == lib.PMQ_EINVAL  # no peek
+    @ffi.callback("void(void *)")
+    def drop(ctx):
+        calls.append(("drop",))
+
+    sink = ffi.new("pmq_sink_t *", {"copy": copy, "drop": drop, "ctx": ffi.NULL})
     ring.publish_list([b"one", b"two"], 0)
-    with pytest.raises(ValueError):  # Reader.read does not peek: it would never move on
-        ra.read(16, 0)
-    for _ in range(2):  # a peek moves nothing: the same records again
-        assert peek() == 2
-        with ra.payloads() as (base, _):
-            assert [bytes(_core.ffi.buffer(base + ra.offs[i], ra.lens[i])) for i in range(2)] == [
-                b"one", b"two"]
-        assert ra.b.claim_to > ra.b.claim_from
-    assert lib.pmq_ring_claim(ring.h, a.member, a.member_gen, ra.b) == 2
-    assert peek() == lib.PMQ_EMPTY
-    ring.publish_list([b"three"], 0)
-    assert peek() == 1  # a peeks; b takes it meanwhile; a's claim then fails
-    assert rb.read(16, 0) == 1
-    assert lib.pmq_ring_claim(ring.h, a.member, a.member_gen, ra.b) == 0
+    n = lib.pmq_member_read(ring.h, a.member, a.member_gen, ra.batch.b, 16, _core.deadline(0),
+                            sink, ffi.NULL)
+    assert n == 1
+    assert calls == [("copy", [b"one", b"two"]), ("drop",), ("copy", [b"three"])]
     g = [x for x in ring.stats()["groups_detail"] if x["name"] == "w"][0]
     assert (g["delivered"], g["lag"]) == (3, 0)
-    k = ring.join("k", _core.GROUP_ACK, LATEST, 0, owner=1, ack_timeout_ns=10**12, max_retries=3)
-    rk = _core.Reader(ring, k.member, k.member_gen, 16, 4096, zero_copy=True)
-    ring.publish_list([b"four"], 0)
-    assert rk.read(16, 0) == 1 and rk.b.claim_to == 0  # an ack group's read takes, no claim
-    rk.b.claim_from, rk.b.claim_to = rk.pos[0], ring.stats()["tail"]  # a valid range, yet:
-    assert rk.b.claim_from < rk.b.claim_to
-    assert lib.pmq_ring_claim(ring.h, k.member, k.member_gen, rk.b) == lib.PMQ_EINVAL  # ack group
+
+
+def test_a_plain_groups_read_must_copy_out():
+    """Zero-copy reads are for ack groups, whose records stay until acked: a
+    plain group's may be overwritten as soon as they are claimed."""
+    ring, mem = plain_ring(capacity=8192, max_msg=1024)
+    rd = Reader(ring, ring.join("w", 0, LATEST, 0, owner=1), zero_copy=True)
+    ring.publish_list([b"one"], 0)
+    with pytest.raises(ValueError):
+        rd.read(16, 0)
 
 
 def test_zero_copy_reads_of_an_ack_group_point_into_the_ring():
     ring, mem = plain_ring(capacity=8192, max_msg=1024)
     j = ring.join("g", _core.GROUP_ACK, LATEST, 0, owner=1, ack_timeout_ns=10**12, max_retries=3)
-    rd = _core.Reader(ring, j.member, j.member_gen, 64, 700, zero_copy=True)
+    rd = Reader(ring, j, 64, 700, zero_copy=True)
     for round_ in range(8):  # about 12 KiB through the 8 KiB ring: across the wrap
         payloads = [bytes([round_ * 16 + i]) * (100 + i) for i in range(12)]
         ring.publish_list(payloads, 0)
@@ -106,10 +124,11 @@ def test_zero_copy_reads_of_an_ack_group_point_into_the_ring():
         while len(got) < len(payloads):
             n = rd.read(64, 0)  # the budget of 700 payload bytes splits the reads
             assert sum(rd.lens[i] for i in range(n)) <= 700
-            with rd.payloads() as (base, length):
+            with ring.data() as (base, length):
                 assert length == ring.h.capacity
-                got += [bytes(_core.ffi.buffer(base + rd.offs[i], rd.lens[i])) for i in range(n)]
-            ring.settle("ack", j.group, j.group_gen, rd.slots, rd.seqs, n=n)
+                got += [bytes(_core.ffi.buffer(base + rd.batch.offs[i], rd.lens[i]))
+                        for i in range(n)]
+            ring.ack(j.group, j.group_gen, rd.batch, n)
         assert got == payloads
 
 
@@ -156,7 +175,7 @@ def test_start_earliest_and_seq_and_latest():
         ring.publish1(b"m%d" % i, 0)
     assert [s for s, _ in read_all(reader(ring, start=EARLIEST))] == list(range(1, 11))
     j = ring.join("", 0, _core.START_SEQ, 7, owner=1)
-    assert [s for s, _ in read_all(_core.Reader(ring, j.member, j.member_gen, 16, 4096))] == [7, 8, 9, 10]
+    assert [s for s, _ in read_all(Reader(ring, j, 16, 4096))] == [7, 8, 9, 10]
     assert read_all(reader(ring)) == []
 
 
@@ -241,7 +260,7 @@ def test_header_fields_out_of_bounds_are_a_segment_mismatch(field):
         _core.Ring(mem, "t")
 
 
-@pytest.mark.parametrize("head,tail", [(4088, 4088), (0, 1 << 50), (64, 8), (0, 12)])
+@pytest.mark.parametrize("head,tail", [(4092, 4092), (0, 1 << 50), (64, 8), (0, 12)])
 def test_scribbled_positions_are_a_segment_mismatch_not_a_wild_write_or_a_hang(head, tail):
     ring, _ = plain_ring(capacity=4096, max_msg=1000)
     j = ring.join("", 0, _core.START_SEQ, 1, owner=1)
@@ -251,7 +270,7 @@ def test_scribbled_positions_are_a_segment_mismatch_not_a_wild_write_or_a_hang(h
         with pytest.raises(pymq.SegmentMismatch):
             call()
     with pytest.raises(pymq.SegmentMismatch):
-        _core.Reader(ring, j.member, j.member_gen, 16, 4096).read(16, 0)
+        Reader(ring, j, 16, 4096).read(16, 0)
 
 
 def test_corrupt_record_length_is_a_segment_mismatch_not_a_crash():

@@ -22,7 +22,7 @@ int pmq_ns_init(void *base, uint64_t len, int32_t owner_pid, uint64_t owner_star
     ns->owner_pid = owner_pid;
     ns->owner_start = owner_start;
     ns->owner_token = owner_token;
-    ns->created_ns = pmq_now_real();
+    ns->created_ns = pmq_sync_now_real();
     ns->admin_port = -1;
     ns->config_len = config_len;
     if (config_len)

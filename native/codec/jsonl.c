@@ -1,4 +1,4 @@
-/* pmq_jsonl: see pmq_jsonl.h. */
+/* jsonl.c - the persistence log's batch encoder: see pmq_jsonl.h. */
 #include "pmq_jsonl.h"
 
 #include <pthread.h>

@@ -3,7 +3,8 @@
  * One line per record, the seed broker's JSON-lines format:
  *   {"seq":<uint>,"ts":<seconds>.<6 digits>,"payload":"<base64, padded>"}\n
  * This is plain memory-to-memory work on buffers the caller owns (no shared
- * memory, no I/O); it lives outside native/, which is the ring and nothing else.
+ * memory, no I/O, nothing of the ring's): a layer of its own, compiled into
+ * pymq._native beside the ring and fronted by pymq/_core.py (Lines).
  */
 #ifndef PMQ_JSONL_H
 #define PMQ_JSONL_H

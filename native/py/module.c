@@ -1,0 +1,231 @@
+/*
+ * module.c - pymq._fast: bind() (the table of pymq._native's functions and
+ * the Python pieces the fast path needs), the GIL hooks, errors, and the
+ * publish calls. The types are in message.c and reader.c.
+ */
+#include "pmq_py.h"
+
+const pmq_api_t *py_api;
+PyTypeObject *py_message_type;
+static PyObject *py_error; /* pymq._core.error_from_c */
+
+int py_bound(void)
+{
+    if (py_api)
+        return 1;
+    PyErr_SetString(PyExc_RuntimeError, "pymq._fast is not bound to pymq._native");
+    return 0;
+}
+
+void py_block(void *ctx) { ((py_gil_t *)ctx)->ts = PyEval_SaveThread(); }
+void py_unblock(void *ctx) { PyEval_RestoreThread(((py_gil_t *)ctx)->ts); }
+
+PyObject *py_raise(int64_t rc, PyObject *topic, int64_t timeout_ns, int64_t size, int64_t largest,
+                   const pmq_ring_t *r)
+{
+    if (rc == PY_ERR && PyErr_Occurred())
+        return NULL;
+    PyObject *exc = PyObject_CallFunction(py_error, "LOLLLKK", (long long)rc, topic ? topic : Py_None,
+                                          (long long)timeout_ns, (long long)size, (long long)largest,
+                                          (unsigned long long)(r ? r->max_msg : 0),
+                                          (unsigned long long)(r ? r->capacity : 0));
+    if (!exc)
+        return NULL;
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+    return NULL;
+}
+
+/* bind(api, message_type, error_from_c): the address of pymq._native's
+ * pmq_api_t (checked: version, size, layout, build), the class received
+ * messages are made of (a subclass of pymq._fast.Message), and the function
+ * that turns the ring's codes into exceptions. One-shot; binding the same
+ * again is a no-op. */
+static PyObject *fast_bind(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    (void)self;
+    if (n != 3) {
+        PyErr_SetString(PyExc_TypeError, "bind(api, message_type, error_from_c)");
+        return NULL;
+    }
+    const pmq_api_t *api = PyLong_AsVoidPtr(args[0]);
+    if (!api)
+        return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_ValueError, "NULL api");
+    /* the version and the size first: only then are the other fields known to be there */
+    if (api->version != PMQ_API_VERSION || api->size != sizeof(pmq_api_t) ||
+        api->layout != PMQ_LAYOUT_VERSION || !api->build_id ||
+        strcmp(api->build_id, PMQ_BUILD_ID) != 0)
+        return PyErr_Format(PyExc_ImportError,
+                            "pymq._fast (build %s, api %u, layout %u) does not match pymq._native "
+                            "(api %u, layout %u): a stale build; run `make clean` and build again",
+                            PMQ_BUILD_ID, PMQ_API_VERSION, PMQ_LAYOUT_VERSION, api->version,
+                            api->version == PMQ_API_VERSION ? api->layout : 0);
+    if (!PyType_Check(args[1]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[1], &PyMessage_Type) || !PyCallable_Check(args[2]))
+        return PyErr_Format(PyExc_TypeError, "bind(api, a subclass of pymq._fast.Message, callable)");
+    if (py_api && (py_api != api || py_message_type != (PyTypeObject *)args[1]))
+        return PyErr_Format(PyExc_RuntimeError, "pymq._fast is bound already");
+    if (!py_api) {
+        py_message_type = (PyTypeObject *)Py_NewRef(args[1]);
+        py_error = Py_NewRef(args[2]);
+        py_api = api;
+    }
+    Py_RETURN_NONE;
+}
+
+/* ---- publishing --------------------------------------------------------------------- */
+
+static int args_ring(PyObject *const *args, pmq_ring_t **r, int64_t *timeout)
+{
+    *r = PyLong_AsVoidPtr(args[0]);
+    if (!*r && !PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "NULL ring");
+    if (!*r)
+        return -1;
+    *timeout = PyLong_AsLongLong(args[3]);
+    return *timeout == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* Publish count parts; signals are seen to while it waits (a handler that
+ * raises ends it), and it then goes on with what is left of its deadline. */
+static PyObject *publish_parts(pmq_ring_t *r, PyObject *topic, const char *const *parts,
+                               const uint32_t *lens, uint32_t count, int64_t timeout)
+{
+    pmq_deadline_t d = PMQ_DEADLINE(timeout);
+    py_gil_t gil;
+    pmq_hooks_t hooks = {py_block, py_unblock, &gil};
+    int64_t rc;
+    while ((rc = py_api->publish(r, parts, lens, count, &d, &hooks)) == PMQ_EINTR)
+        if (PyErr_CheckSignals() < 0)
+            return NULL;
+    if (rc > 0)
+        return PyLong_FromLongLong(rc + (int64_t)count - 1); /* the last seq */
+    uint64_t size = 0, largest = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        size += lens[i];
+        largest = lens[i] > largest ? lens[i] : largest;
+    }
+    return py_raise(rc, topic, timeout, (int64_t)size, (int64_t)largest, r);
+}
+
+/* publish1(ring, topic, payload: bytes, timeout_ns) -> seq; raises. */
+static PyObject *fast_publish1(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    (void)self;
+    pmq_ring_t *r;
+    int64_t timeout;
+    if (n != 4)
+        return PyErr_Format(PyExc_TypeError, "publish1(ring, topic, payload, timeout_ns)");
+    if (!py_bound() || args_ring(args, &r, &timeout) < 0)
+        return NULL;
+    PyObject *payload = args[2];
+    if (!PyBytes_Check(payload))
+        return PyErr_Format(PyExc_TypeError, "payload must be bytes, not %.100s",
+                            Py_TYPE(payload)->tp_name);
+    Py_ssize_t len = PyBytes_GET_SIZE(payload);
+    if ((uint64_t)len > UINT32_MAX)
+        return py_raise(PMQ_ETOOBIG, args[1], timeout, len, len, r);
+    const char *data = PyBytes_AS_STRING(payload);
+    uint32_t len32 = (uint32_t)len;
+    return publish_parts(r, args[1], &data, &len32, 1, timeout);
+}
+
+/* publish(ring, topic, payloads: list or tuple of bytes, timeout_ns) -> the
+ * last seq; None if an item is not bytes (the caller converts them); raises.
+ * One native call, all or none. The payloads are not copied here: the ring
+ * copies each from its bytes object, which cannot change, and a tuple of them
+ * (the list itself may change in another thread while the GIL is let go)
+ * keeps them alive until it returns. */
+#define PUBLISH_STACK 64 /* parts and lengths of a batch this size live on the stack */
+static PyObject *fast_publish(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    (void)self;
+    pmq_ring_t *r;
+    int64_t timeout;
+    if (n != 4)
+        return PyErr_Format(PyExc_TypeError, "publish(ring, topic, payloads, timeout_ns)");
+    if (!py_bound() || args_ring(args, &r, &timeout) < 0)
+        return NULL;
+    if (!PyList_Check(args[2]) && !PyTuple_Check(args[2]))
+        Py_RETURN_NONE;
+    PyObject *held = PySequence_Tuple(args[2]); /* a tuple: the same one, referenced */
+    if (!held)
+        return NULL;
+    Py_ssize_t count = PyTuple_GET_SIZE(held);
+    PyObject *result = NULL;
+    const char *parts_stack[PUBLISH_STACK], **parts = parts_stack;
+    uint32_t lens_stack[PUBLISH_STACK], *lens = lens_stack;
+    uint64_t total = 0, largest = 0;
+    for (Py_ssize_t i = 0; i < count; i++) { /* every type first, then sizes */
+        PyObject *item = PyTuple_GET_ITEM(held, i);
+        if (!PyBytes_Check(item)) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        uint64_t len = (uint64_t)PyBytes_GET_SIZE(item);
+        total += len;
+        largest = len > largest ? len : largest;
+    }
+    if (count == 0 || (uint64_t)count > UINT32_MAX || largest > UINT32_MAX) {
+        result = count == 0 ? PyErr_Format(PyExc_ValueError, "no payloads")
+                            : py_raise(PMQ_ETOOBIG, args[1], timeout, (int64_t)total,
+                                       (int64_t)largest, r);
+        goto done;
+    }
+    if (count > PUBLISH_STACK) {
+        parts = PyMem_Malloc((size_t)count * sizeof *parts);
+        lens = PyMem_Malloc((size_t)count * sizeof *lens);
+        if (!parts || !lens) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyTuple_GET_ITEM(held, i);
+        parts[i] = PyBytes_AS_STRING(item);
+        lens[i] = (uint32_t)PyBytes_GET_SIZE(item);
+    }
+    result = publish_parts(r, args[1], parts, lens, (uint32_t)count, timeout);
+done:
+    if (parts != parts_stack)
+        PyMem_Free((void *)parts);
+    if (lens != lens_stack)
+        PyMem_Free(lens);
+    Py_DECREF(held);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"bind", (PyCFunction)(void (*)(void))fast_bind, METH_FASTCALL,
+     "bind(api, message_type, error_from_c): the table of pymq._native's functions (checked), "
+     "the class of received messages, and the function that makes exceptions of codes"},
+    {"publish1", (PyCFunction)(void (*)(void))fast_publish1, METH_FASTCALL,
+     "publish1(ring, topic, payload, timeout_ns) -> seq"},
+    {"publish", (PyCFunction)(void (*)(void))fast_publish, METH_FASTCALL,
+     "publish(ring, topic, list of bytes, timeout_ns) -> the last seq, or None if an item is "
+     "not bytes"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "pymq._fast",
+    "The client's per-message calls and the Message type, in C (native/py/).",
+    -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fast(void)
+{
+    if (PyType_Ready(&PyMessage_Type) < 0 || PyType_Ready(&PyReader_Type) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Message", (PyObject *)&PyMessage_Type) < 0 ||
+        PyModule_AddObjectRef(m, "Reader", (PyObject *)&PyReader_Type) < 0 ||
+        PyModule_AddStringConstant(m, "BUILD_ID", PMQ_BUILD_ID) < 0 ||
+        PyModule_AddIntConstant(m, "API_VERSION", PMQ_API_VERSION) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,344 @@
+/*
+ * reader.c - pymq._fast.Reader: one subscription's reads, acks and nacks.
+ *
+ * A read is one call of the ring's read (pmq_member_read) with a sink that
+ * copies each payload once, from the ring straight into its bytes object; a
+ * plain group's copies are dropped if another member took the records first
+ * (the ring then reads again), an ack group's are made under its lock. An
+ * ack subscription's records become Messages. Errors are raised here, with
+ * the ring's code made an exception by pymq._core.error_from_c.
+ */
+#include "pmq_py.h"
+
+/* ---- the sink: payloads into bytes ---------------------------------------------------- */
+
+typedef struct sink_ctx {
+    py_gil_t gil;        /* the hooks' */
+    const pmq_ring_t *ring;
+    int one;             /* one record wanted: got is that bytes object, not a list */
+    PyObject *got;       /* what the last copy made */
+} sink_ctx_t;
+
+static PyObject *payload_of(const sink_ctx_t *c, const pmq_batch_t *b, const uint8_t *data,
+                            uint32_t i)
+{
+    uint64_t cap = c->ring->capacity;
+    if (b->offs[i] > cap || b->lens[i] > cap - b->offs[i]) { /* checked by the ring; again here */
+        PyErr_SetString(PyExc_ValueError, "a record lies outside the data area");
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize((const char *)data + b->offs[i], (Py_ssize_t)b->lens[i]);
+}
+
+static int sink_copy(void *ctx, const pmq_batch_t *b, const uint8_t *data)
+{
+    sink_ctx_t *c = ctx;
+    Py_CLEAR(c->got);
+    if (c->one) {
+        c->got = payload_of(c, b, data, 0);
+        return c->got ? 0 : PY_ERR;
+    }
+    PyObject *list = PyList_New(b->n);
+    if (!list)
+        return PY_ERR;
+    for (uint32_t i = 0; i < b->n; i++) {
+        PyObject *p = payload_of(c, b, data, i);
+        if (!p) {
+            Py_DECREF(list);
+            return PY_ERR;
+        }
+        PyList_SET_ITEM(list, i, p);
+    }
+    c->got = list;
+    return 0;
+}
+
+static void sink_drop(void *ctx) { Py_CLEAR(((sink_ctx_t *)ctx)->got); }
+
+/* ---- reading ---------------------------------------------------------------------------- */
+
+static PyObject *read_into(ReaderObject *rd, uint32_t max, int64_t timeout)
+{
+    if (!py_bound())
+        return NULL;
+    if (rd->busy)
+        return PyErr_Format(PyExc_RuntimeError, "a subscription of %R is being read by another "
+                            "thread: give each thread its own subscription", rd->topic);
+    if (rd->closed)
+        return py_raise(PMQ_GONE, rd->topic, timeout, 0, 0, rd->ring);
+    sink_ctx_t c = {.ring = rd->ring, .one = max == 1};
+    pmq_sink_t sink = {sink_copy, sink_drop, &c};
+    pmq_hooks_t hooks = {py_block, py_unblock, &c.gil};
+    pmq_deadline_t d = PMQ_DEADLINE(timeout);
+    int rc;
+    rd->busy = 1;
+    while ((rc = py_api->read(rd->ring, rd->member, rd->gen, &rd->b, max, &d, &sink, &hooks)) ==
+           PMQ_EINTR) { /* a signal: its handler runs now, then the rest of the deadline */
+        if (PyErr_CheckSignals() < 0)
+            break;
+    }
+    rd->busy = 0;
+    if (rc > 0 && c.got)
+        return c.got;
+    Py_XDECREF(c.got);
+    if (rc == PMQ_EINTR || (rc > 0 && PyErr_Occurred()))
+        return NULL;
+    return py_raise(rc > 0 ? PMQ_ECORRUPT : rc, rd->topic, timeout, 0, 0, rd->ring);
+}
+
+/* The payloads as Messages of this (ack) subscription. */
+static PyObject *as_messages(ReaderObject *rd, PyObject *got, int one)
+{
+    if (one) {
+        PyObject *m = py_message(rd, 0, got);
+        Py_DECREF(got);
+        return m;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(got);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *m = py_message(rd, (uint32_t)i, PyList_GET_ITEM(got, i));
+        if (!m) {
+            Py_DECREF(got);
+            return NULL;
+        }
+        PyList_SetItem(got, i, m); /* the list's reference to the bytes goes to the message */
+    }
+    return got;
+}
+
+static int args_timeout(PyObject *o, int64_t *timeout)
+{
+    *timeout = PyLong_AsLongLong(o);
+    return *timeout == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* get1(timeout_ns) -> bytes, or a Message for an ack subscription */
+static PyObject *reader_get1(ReaderObject *rd, PyObject *arg)
+{
+    int64_t timeout;
+    if (args_timeout(arg, &timeout) < 0)
+        return NULL;
+    PyObject *got = read_into(rd, 1, timeout);
+    return got && rd->ack ? as_messages(rd, got, 1) : got;
+}
+
+/* get(max, timeout_ns) -> [bytes, ...], or [Message, ...] for an ack subscription */
+static PyObject *reader_get(ReaderObject *rd, PyObject *const *args, Py_ssize_t n)
+{
+    int64_t timeout;
+    unsigned long max;
+    if (n != 2)
+        return PyErr_Format(PyExc_TypeError, "get(max, timeout_ns)");
+    max = PyLong_AsUnsignedLong(args[0]);
+    if ((max == (unsigned long)-1 && PyErr_Occurred()) || args_timeout(args[1], &timeout) < 0)
+        return NULL;
+    if (max == 0 || max > rd->b.max)
+        return PyErr_Format(PyExc_ValueError, "max must be 1..%u", rd->b.max);
+    PyObject *got = read_into(rd, (uint32_t)max, timeout);
+    if (got && max == 1) { /* read_into made one object: get() wants a list */
+        PyObject *list = PyList_New(1);
+        if (!list) {
+            Py_DECREF(got);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, 0, got);
+        got = list;
+    }
+    return got && rd->ack ? as_messages(rd, got, 0) : got;
+}
+
+/* ---- acks and nacks of many ------------------------------------------------------------ */
+
+#define SETTLE_STACK 64
+
+/* ack(msgs) / nack(msgs): settle this subscription's pending Messages of the
+ * list in one native call; None, having done nothing, when one of them is not
+ * a received Message of this subscription (the caller then groups them by
+ * their own). Returns how many took effect. */
+static PyObject *settle(ReaderObject *rd, PyObject *list, int nack)
+{
+    if (!py_bound())
+        return NULL;
+    if (!PyList_Check(list))
+        Py_RETURN_NONE;
+    Py_ssize_t count = PyList_GET_SIZE(list), todo = 0;
+    for (Py_ssize_t i = 0; i < count; i++) { /* a look first: nothing is changed yet */
+        PyObject *o = PyList_GET_ITEM(list, i);
+        if (!PyObject_TypeCheck(o, &PyMessage_Type) || ((MessageObject *)o)->reader != (PyObject *)rd)
+            Py_RETURN_NONE;
+        todo += !((MessageObject *)o)->settled;
+    }
+    if (todo == 0)
+        return PyLong_FromLong(0);
+    if ((uint64_t)todo > UINT32_MAX)
+        return PyErr_Format(PyExc_ValueError, "too many messages at once");
+    uint32_t slots_stack[SETTLE_STACK], attempts_stack[SETTLE_STACK];
+    uint64_t seqs_stack[SETTLE_STACK];
+    uint32_t *slots = slots_stack, *attempts = attempts_stack;
+    uint64_t *seqs = seqs_stack;
+    if (todo > SETTLE_STACK) {
+        slots = PyMem_Malloc((size_t)todo * sizeof *slots);
+        attempts = PyMem_Malloc((size_t)todo * sizeof *attempts);
+        seqs = PyMem_Malloc((size_t)todo * sizeof *seqs);
+        if (!slots || !attempts || !seqs) {
+            PyMem_Free(slots);
+            PyMem_Free(attempts);
+            PyMem_Free(seqs);
+            return PyErr_NoMemory();
+        }
+    }
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; i < count; i++) { /* settled before the call: views go first */
+        MessageObject *m = (MessageObject *)PyList_GET_ITEM(list, i);
+        if (m->settled)
+            continue;
+        m->settled = 1;
+        if (m->views)
+            py_release_views(m);
+        slots[k] = m->slot;
+        seqs[k] = m->seq;
+        attempts[k++] = m->attempt;
+    }
+    py_gil_t gil;
+    pmq_hooks_t hooks = {py_block, py_unblock, &gil};
+    int rc = nack ? py_api->nack(rd->ring, rd->group, rd->group_gen, slots, seqs, attempts,
+                                 (uint32_t)k, &hooks)
+                  : py_api->ack(rd->ring, rd->group, rd->group_gen, slots, seqs, (uint32_t)k, NULL);
+    if (slots != slots_stack) {
+        PyMem_Free(slots);
+        PyMem_Free(attempts);
+        PyMem_Free(seqs);
+    }
+    return rc < 0 ? py_raise(rc, rd->topic, -1, 0, 0, rd->ring) : PyLong_FromLong(rc);
+}
+
+static PyObject *reader_ack(ReaderObject *rd, PyObject *list) { return settle(rd, list, 0); }
+static PyObject *reader_nack(ReaderObject *rd, PyObject *list) { return settle(rd, list, 1); }
+
+static PyObject *reader_close(ReaderObject *rd, PyObject *unused)
+{
+    (void)unused;
+    rd->closed = 1;
+    Py_RETURN_NONE;
+}
+
+/* ---- the type --------------------------------------------------------------------------- */
+
+/* Reader(ring, member, gen, group, group_gen, ack, max_batch, budget, owner, topic):
+ * ring is the address of a pmq_ring_t that owner keeps mapped; budget is the
+ * most payload bytes one read takes. */
+static int reader_init(ReaderObject *rd, PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"ring", "member", "gen", "group", "group_gen", "ack", "max_batch",
+                            "budget", "owner", "topic", NULL};
+    unsigned long long ring, budget, member, gen, group, group_gen, max_batch;
+    int ack;
+    PyObject *owner, *topic;
+    if (rd->offs) {
+        PyErr_SetString(PyExc_RuntimeError, "a Reader is made once");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKKKKpKKOU:Reader", names, &ring, &member, &gen,
+                                     &group, &group_gen, &ack, &max_batch, &budget, &owner, &topic))
+        return -1;
+    if (member > UINT32_MAX || gen > UINT32_MAX || group > UINT32_MAX || group_gen > UINT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "Reader: a slot or gen above 2**32 - 1");
+        return -1;
+    }
+    if (!ring || max_batch == 0 || max_batch > (1u << 20) || budget == 0) {
+        PyErr_SetString(PyExc_ValueError, "Reader: a ring, 1..2**20 records, a budget > 0");
+        return -1;
+    }
+    size_t n = max_batch;
+    rd->offs = PyMem_Calloc(n, sizeof *rd->offs);
+    rd->seqs = PyMem_Calloc(n, sizeof *rd->seqs);
+    rd->pos = PyMem_Calloc(n, sizeof *rd->pos);
+    rd->lens = PyMem_Calloc(n, sizeof *rd->lens);
+    rd->slots = PyMem_Calloc(n, sizeof *rd->slots);
+    rd->attempts = PyMem_Calloc(n, sizeof *rd->attempts);
+    rd->ts = PyMem_Calloc(n, sizeof *rd->ts);
+    if (!rd->offs || !rd->seqs || !rd->pos || !rd->lens || !rd->slots || !rd->attempts || !rd->ts) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    rd->ring = (pmq_ring_t *)(uintptr_t)ring;
+    rd->member = (uint32_t)member;
+    rd->gen = (uint32_t)gen;
+    rd->group = (uint32_t)group;
+    rd->group_gen = (uint32_t)group_gen;
+    rd->ack = ack;
+    rd->b = (pmq_batch_t){.buf = NULL, .buflen = budget, .max = (uint32_t)max_batch, .offs = rd->offs,
+                          .seqs = rd->seqs, .pos = rd->pos, .lens = rd->lens,
+                          .slots = rd->slots, .attempts = rd->attempts, .ts = rd->ts};
+    rd->owner = Py_NewRef(owner);
+    rd->topic = Py_NewRef(topic);
+    return 0;
+}
+
+static int reader_traverse(ReaderObject *rd, visitproc visit, void *arg)
+{
+    Py_VISIT(rd->owner);
+    Py_VISIT(rd->topic);
+    return 0;
+}
+
+static int reader_clear(ReaderObject *rd)
+{
+    Py_CLEAR(rd->owner);
+    Py_CLEAR(rd->topic);
+    return 0;
+}
+
+static void reader_dealloc(ReaderObject *rd)
+{
+    PyObject_GC_UnTrack(rd);
+    reader_clear(rd);
+    PyMem_Free(rd->offs);
+    PyMem_Free(rd->seqs);
+    PyMem_Free(rd->pos);
+    PyMem_Free(rd->lens);
+    PyMem_Free(rd->slots);
+    PyMem_Free(rd->attempts);
+    PyMem_Free(rd->ts);
+    Py_TYPE(rd)->tp_free((PyObject *)rd);
+}
+
+static PyMethodDef reader_methods[] = {
+    {"get1", (PyCFunction)reader_get1, METH_O,
+     "get1(timeout_ns) -> the next payload (a Message for an ack subscription)"},
+    {"get", (PyCFunction)(void (*)(void))reader_get, METH_FASTCALL,
+     "get(max, timeout_ns) -> 1..max payloads (Messages for an ack subscription)"},
+    {"ack", (PyCFunction)reader_ack, METH_O,
+     "ack(messages) -> how many were still pending, or None if one is not this "
+     "subscription's"},
+    {"nack", (PyCFunction)reader_nack, METH_O,
+     "nack(messages) -> how many were requeued, or None if one is not this subscription's"},
+    {"close", (PyCFunction)reader_close, METH_NOARGS, "no more reads (the subscription left)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef reader_members[] = {
+    {"owner", T_OBJECT, offsetof(ReaderObject, owner), READONLY, "what keeps the ring mapped"},
+    {"topic", T_OBJECT, offsetof(ReaderObject, topic), READONLY, "the topic"},
+    {"member", T_UINT, offsetof(ReaderObject, member), READONLY, "its member slot"},
+    {"gen", T_UINT, offsetof(ReaderObject, gen), READONLY, "its member slot's gen"},
+    {"group", T_UINT, offsetof(ReaderObject, group), READONLY, "its group's slot"},
+    {"group_gen", T_UINT, offsetof(ReaderObject, group_gen), READONLY, "its group's gen"},
+    {"closed", T_BOOL, offsetof(ReaderObject, closed), READONLY, "left its group"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+PyTypeObject PyReader_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pymq._fast.Reader",
+    .tp_basicsize = sizeof(ReaderObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "One subscription's reads, acks and nacks (native/py/reader.c).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)reader_init,
+    .tp_traverse = (traverseproc)reader_traverse,
+    .tp_clear = (inquiry)reader_clear,
+    .tp_dealloc = (destructor)reader_dealloc,
+    .tp_methods = reader_methods,
+    .tp_members = reader_members,
+};
