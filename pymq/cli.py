@@ -5,13 +5,16 @@
   publish  publish a message, or one message per line of stdin
   tail     print a topic's messages as they arrive (optionally acking them)
   top      a live view of rates, depths and lags
+  groups   a topic's groups: members, lag, pending, how long without a member
+  delete-group, delete-topic
+           delete a named group, or a topic (through the supervisor)
   demo     the telemetry pipeline (pymq.demo)
   bench    pymq measured on this machine (pymq.bench)
   clean    remove what a dead broker left in /dev/shm
 
 Every command takes --name (default $PYMQ_NAME or 'pymq'). `stats` and `top`
-read the admin server at --admin or $MQ_SERVICE_ENDPOINT when one is given
-(and --name is not), else the broker's shared memory directly.
+(and `groups`) read the admin server at --admin or $MQ_SERVICE_ENDPOINT when
+one is given (and --name is not), else the broker's shared memory directly.
 
 Exit status: 0 ok, 1 failure, 2 usage error. Every error is one readable line
 on stderr, never a traceback (set PYMQ_DEBUG=1 to see the traceback of an
@@ -19,7 +22,8 @@ unexpected one). SIGINT (Ctrl-C) or SIGTERM asks the commands that run until
 stopped (serve, tail, top) to stop: they finish what they hold (serve closes
 its broker, tail acks what it printed and unsubscribes), say so on one line
 (serve on stdout, tail on stderr; top's screen is its output) and exit 0. It
-interrupts the others (stats, publish, clean, bench): 'interrupted', exit 1.
+interrupts the others (stats, groups, publish, delete-*, clean, bench):
+'interrupted', exit 1.
 The demo stops early and still accounts for everything (see pymq.demo).
 
 `serve` logs through the "pymq" logger to stderr: --log-level, --log-format
@@ -559,6 +563,61 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run(args)
 
 
+# -- groups, deleting ----------------------------------------------------------------------
+
+GROUPS_COLUMNS = ["GROUP", "KIND", "MEMBERS", "POSITION", "LAG", "PENDING", "DELIVERED", "ACKED",
+                  "IDLE"]
+
+
+def groups_text(topic: str, figures: Figures) -> str:
+    """The groups of one topic: named ones by name, anonymous ones together."""
+    rows: list[list[str | int]] = []
+    anonymous = [g for g in figures.get("groups", {}).values() if g.get("anonymous")]
+    for name, g in sorted(figures.get("groups", {}).items()):
+        if g.get("anonymous"):
+            continue
+        idle = g.get("idle_seconds")
+        rows.append([name, "ack" if g["ack"] else "plain", g["members"], g["position"], g["lag"],
+                     g["pending"], g["delivered"], g["acked"],
+                     "-" if idle is None else f"{idle:,.0f} s"])
+    if anonymous:
+        rows.append([f"({len(anonymous)} anonymous)", "-", sum(g["members"] for g in anonymous),
+                     "-", max(g["lag"] for g in anonymous), sum(g["pending"] for g in anonymous),
+                     sum(g["delivered"] for g in anonymous), sum(g["acked"] for g in anonymous),
+                     "-"])
+    if not rows:
+        return f"topic {topic!r} has no groups"
+    return "\n".join(table(GROUPS_COLUMNS, rows, width=WIDTH))
+
+
+def cmd_groups(args: argparse.Namespace) -> int:
+    source = _Source(args)
+    figures = source.topic(args.topic)
+    print(json.dumps(figures.get("groups", {}), indent=2) if args.json
+          else groups_text(args.topic, figures))
+    return 0
+
+
+def cmd_delete_group(args: argparse.Namespace) -> int:
+    with _connect(args.name or _default_name()) as client:
+        try:
+            client.delete_group(args.topic, args.group)
+        except LookupError as e:  # TopicNotFound, GroupNotFound
+            raise Failure(str(e)) from None
+    print(f"deleted group {args.group!r} of topic {args.topic!r}")
+    return 0
+
+
+def cmd_delete_topic(args: argparse.Namespace) -> int:
+    with _connect(args.name or _default_name()) as client:
+        try:
+            client.delete_topic(args.topic, keep_files=not args.remove_files)
+        except LookupError as e:
+            raise Failure(str(e)) from None
+    print(f"deleted topic {args.topic!r}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
     return bench.run(args)
@@ -635,6 +694,42 @@ def build_parser() -> ArgumentParser:
                    help="print the JSON of GET /stats (or /stats/TOPIC) instead of a table")
     _add_source(p)
     p.set_defaults(func=cmd_stats)
+
+    p = _sub(sub, "groups", "list a topic's groups (members, lag, pending, idle time)",
+             "List TOPIC's groups: kind (ack or plain), members, position (the seq of the next "
+             "message; of an ack group, its oldest unacked one), lag, pending, delivered, acked, "
+             "and for a named group with no member how long it has had none (IDLE): a named "
+             "group holds every message published while it has no member, until it is "
+             "deleted (pymq delete-group). Anonymous subscriptions are summed on one line. "
+             "Read like 'stats'.",
+             "examples:\n  pymq groups gpu-telemetry\n  pymq groups gpu-telemetry --json")
+    p.add_argument("topic", type=topic_arg, metavar="TOPIC")
+    p.add_argument("--json", action="store_true", help="print the groups' JSON figures")
+    _add_source(p)
+    p.set_defaults(func=cmd_groups)
+
+    p = _sub(sub, "delete-group", "delete a named group and its position",
+             "Delete GROUP of TOPIC: its position goes, what an ack group had pending goes "
+             "with it, it no longer holds messages back, and its members get "
+             "SubscriptionClosed. Exit 1 if there is no such topic or group.",
+             "example:\n  pymq delete-group gpu-telemetry old-dashboard")
+    p.add_argument("topic", type=topic_arg, metavar="TOPIC")
+    p.add_argument("group", type=group_arg, metavar="GROUP")
+    _add_name(p)
+    p.set_defaults(func=cmd_delete_group)
+
+    p = _sub(sub, "delete-topic", "delete a topic (its segment, and its log if asked)",
+             "Delete TOPIC: its subscriptions get SubscriptionClosed, its messages go, a later "
+             "publish makes it anew; its shared memory is freed once no process has it mapped. "
+             "With persistence, its log is kept aside in PERSISTENCE_DIR/.deleted.TOPIC.<ns> "
+             "(no restart restores it), or removed with --remove-files. Exit 1 if there is "
+             "no such topic.",
+             "examples:\n  pymq delete-topic scratch\n  pymq delete-topic scratch --remove-files")
+    p.add_argument("topic", type=topic_arg, metavar="TOPIC")
+    p.add_argument("--remove-files", action="store_true",
+                   help="remove its persisted files instead of keeping them aside")
+    _add_name(p)
+    p.set_defaults(func=cmd_delete_topic)
 
     p = _sub(sub, "publish", "publish a message, or one per line of stdin",
              "Publish MESSAGE to TOPIC or, with '-' (or no MESSAGE and stdin not a terminal), "

@@ -80,7 +80,8 @@ def test_clean_removes_a_dead_brokers_segments_and_refuses_a_live_one(name, ctx)
 
 # -- help and usage -------------------------------------------------------------------
 
-COMMANDS = ("serve", "stats", "publish", "tail", "top", "demo", "bench", "clean")
+COMMANDS = ("serve", "stats", "groups", "delete-group", "delete-topic", "publish", "tail", "top",
+            "demo", "bench", "clean")
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -712,3 +713,46 @@ def test_admin_addresses():
     assert cli._admin_url("127.0.0.1:8080") == "http://127.0.0.1:8080"
     assert cli._admin_url("http://mq:8080/") == "http://mq:8080"
     assert cli._admin_url(":8080") == cli._admin_url("8080") == "http://127.0.0.1:8080"
+
+
+# -- groups, delete-group, delete-topic ----------------------------------------------------
+
+def test_groups_lists_named_groups_with_idle_time_and_anonymous_ones_together(name, make_broker):
+    broker = make_broker()
+    keep = broker.subscribe("t", group="live")
+    broker.subscribe_with_ack("t", group="forgotten").close()
+    anon = [broker.subscribe("t") for _ in range(3)]
+    broker.publish_many("t", [b"a", b"b"])
+    r = pymq_cli("groups", "t", "--name", name)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["GROUP", "KIND", "MEMBERS", "POSITION", "LAG", "PENDING",
+                                "DELIVERED", "ACKED", "IDLE"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows["forgotten"][1:6] == ["ack", "0", "1", "2", "0"] and rows["forgotten"][-1] == "s"
+    assert rows["live"][1:6] == ["plain", "1", "1", "2", "0"] and rows["live"][-1] == "-"
+    assert "(3" in rows and rows["(3"][1:4] == ["anonymous)", "-", "3"]
+    assert max(map(len, lines)) <= 100
+    j = json.loads(pymq_cli("groups", "t", "--name", name, "--json").stdout)
+    assert j["forgotten"]["idle_seconds"] >= 0 and j["live"]["idle_seconds"] is None
+    keep.close()
+    for a in anon:
+        a.close()
+
+
+def test_delete_group_and_delete_topic_from_the_command_line(name, make_broker, tmp_path):
+    broker = make_broker()
+    broker.subscribe("t", group="g").close()
+    broker.publish("t", b"held")
+    r = pymq_cli("delete-group", "t", "g", "--name", name)
+    assert (r.returncode, r.stdout.strip()) == (0, "deleted group 'g' of topic 't'"), r.stderr
+    assert "g" not in broker.stats()["topics"]["t"]["groups"]
+    r = pymq_cli("delete-group", "t", "g", "--name", name)
+    one_line_error(r, "pymq delete-group: error:", "no group 'g'")
+    r = pymq_cli("delete-group", "t", "bad/name", "--name", name)
+    assert r.returncode == 2 and "invalid group name" in r.stderr
+    r = pymq_cli("delete-topic", "t", "--name", name)
+    assert (r.returncode, r.stdout.strip()) == (0, "deleted topic 't'"), r.stderr
+    assert broker.topics() == []
+    r = pymq_cli("delete-topic", "t", "--name", name)
+    one_line_error(r, "pymq delete-topic: error:", "no topic 't'")
