@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/compare.py [--quick] [--repeat R] [--scenario X]...
                                            [--json PATH] [--chart PATH]
+                                           [--pymq-from LABEL=PATH]...
 
 Transports (benchmarks/peers.py says how each is used): pymq, multiprocessing.Queue,
 multiprocessing.Pipe, faster-fifo, pyzmq PUSH/PULL over ipc://, posix_ipc.MessageQueue.
@@ -60,6 +61,23 @@ target names); the same ratio taken within each repeat gives its range, printed
 in brackets, which shows how far the noise moves it. Targets print PASS or FAIL;
 a FAIL is a finding (exit status 0), a run that fails its verification or leaves
 anything behind is an error (non-zero).
+
+pymq from other checkouts (--pymq-from LABEL=PATH, repeatable): each adds a
+transport named LABEL, pymq as imported from the checkout at PATH (built in
+place there: `python build.py`), run in every case pymq runs in, interleaved
+and rotated with the others like any transport. Its runs are made by a helper
+process, this script started in PATH with PYTHONPATH=PATH (`--run-one`): it
+sets up the broker with that pymq and spawns the run's children, which import
+pymq from PATH too, does the same run, checks and measurements as for pymq,
+and hands the run's figures back. (The Broker starts its supervisor with
+`python -m pymq.supervisor`, which puts the working folder first on sys.path:
+so the helper works in PATH, and this checkout's own pymq is that of the
+working folder's, if it has one.) So a change is measured before and after,
+side by side with the peers, in one invocation, for example with
+`--pymq-from before=/tmp/before --pymq-from after=/tmp/after`; a table per case
+then gives each pymq's medians and ranges and its ratio to the first LABEL's
+(of the medians, and the same ratio within each repeat), and the targets are
+evaluated for each pymq against the same peers' runs.
 """
 
 from __future__ import annotations
@@ -74,6 +92,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from array import array
@@ -118,6 +137,22 @@ STREAM_CASES = [
 # ping-pong: payload bytes, warm-up round trips, measured round trips (full, quick)
 PINGPONG = ("B ping-pong 64 B", 64, (2_000, 20_000), (200, 2_000))
 SCENARIOS = ["A", "B", "C", "D", "E"]
+
+# pymq from other checkouts (--pymq-from LABEL=PATH): label -> checkout folder,
+# in the order given (the first is the reference of the before/after ratios)
+FROM: dict[str, str] = {}
+
+
+def pymq_like(impl: str) -> bool:
+    """pymq, from this checkout or from another (--pymq-from)."""
+    return impl == "pymq" or impl in FROM
+
+
+def transports(case) -> list[str]:
+    """The transports of a case: its own, and the --pymq-from ones wherever pymq runs."""
+    return list(case[6]) + (list(FROM) if "pymq" in case[6] else [])
+
+
 def persisted(case_key: str) -> bool:
     return case_key.startswith("E on")
 
@@ -541,6 +576,75 @@ def count_log_lines(root: str, topic: str) -> int:
     return n
 
 
+def run_elsewhere(label: str, scen: str, case, count, crc_cache: dict) -> dict:
+    """One run of the --pymq-from transport `label`: this script, in a helper
+    process with PYTHONPATH=its checkout (--run-one), does the run as pymq's
+    (set-up, children, checks) and hands back its figures. The payloads'
+    expected crc32s go with it (computed here once, as for the other runs)."""
+    path = FROM[label]
+    spec = {"scenario": scen, "case": list(case) if case else None, "count": count, "crcs": []}
+    if case is not None and case[2] < H.EXACT_FROM:
+        size, producers = case[2], case[3]
+        per = count // producers
+        for k in range(producers):
+            if (size, k, per) not in crc_cache:
+                crc_cache[(size, k, per)] = expected_crc(size, k, per)
+            spec["crcs"].append([size, k, per, crc_cache[(size, k, per)]])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([path] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    total = (sum(count) * 10 if scen == "B" else count)
+    size = PINGPONG[1] if scen == "B" else case[2]
+    with tempfile.TemporaryDirectory(prefix="pymq-cmp-from-") as tmp:
+        out = os.path.join(tmp, "run.json")
+        cmd = [sys.executable, os.path.abspath(__file__), "--run-one", json.dumps(spec),
+               "--run-one-out", out, "--run-one-pymq", path]
+        # cwd: the Broker starts its supervisor as `python -m pymq.supervisor`,
+        # which puts the working folder first on its sys.path
+        p = subprocess.run(cmd, env=env, cwd=path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, timeout=budget_s(total * PRODUCERS_C, size) + 2 * START_TIMEOUT)
+        if p.returncode != 0 or not os.path.exists(out):
+            raise RuntimeError(f"{case[0] if case else PINGPONG[0]} {label} (pymq from {path}): the "
+                               f"helper failed ({p.returncode}):\n{p.stderr[-4000:]}")
+        with open(out) as f:
+            r = json.load(f)
+    r["impl"] = label
+    return r
+
+
+def run_one(spec_json: str, out_path: str, path: str) -> int:
+    """--run-one: inside the helper of run_elsewhere (PYTHONPATH=path), one run
+    of pymq as imported from path; its figures as JSON into out_path."""
+    where = os.path.realpath(os.path.dirname(pymq.__file__))
+    if os.path.dirname(where) != os.path.realpath(path):
+        raise SystemExit(f"--run-one: pymq was imported from {where}, not from {path}/pymq")
+    spec = json.loads(spec_json)
+    crc_cache = {(size, k, per): crc for size, k, per, crc in spec["crcs"]}
+    ctx = mp.get_context("spawn")
+    if spec["scenario"] == "B":
+        r = run_pingpong(ctx, "pymq", *spec["count"])
+    else:
+        r = run_stream(ctx, tuple(spec["case"]), "pymq", spec["count"], crc_cache)
+    H.write_json(out_path, r)
+    return 0
+
+
+def checkout_of(label: str, path: str) -> dict:
+    """What --pymq-from LABEL=PATH names: that PYTHONPATH=PATH imports pymq
+    from PATH (its native modules built and accepted), and its commit."""
+    if not os.path.isfile(os.path.join(path, "pymq", "__init__.py")):
+        raise SystemExit(f"--pymq-from {label}={path}: no pymq package in {path}")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([path] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    p = subprocess.run([sys.executable, "-c", "import pymq; print(pymq.__file__); print(pymq.__version__)"],
+                       env=env, capture_output=True, text=True, timeout=60, cwd=tempfile.gettempdir())
+    lines = p.stdout.split()
+    if p.returncode != 0 or len(lines) < 2 or not os.path.realpath(lines[0]).startswith(
+            os.path.realpath(path) + os.sep):
+        raise SystemExit(f"--pymq-from {label}={path}: PYTHONPATH={path} does not import pymq "
+                         f"from there (build it in place: python build.py):\n{p.stdout}{p.stderr[-2000:]}")
+    return {"path": path, "commit": git_commit(path), "pymq_file": lines[0], "pymq": lines[1]}
+
+
 def run_pingpong(ctx, impl: str, warmup: int, rounds: int) -> dict:
     key, size = PINGPONG[0], PINGPONG[1]
     total = warmup + rounds
@@ -645,11 +749,12 @@ def _by_repeat(runs: dict, case: str, impl: str, key: str) -> dict:
     return {r["repeat"]: r[key] for r in runs.get((case, impl), [])}
 
 
-def _compare(runs: dict, mine_case: str, cases: list[str], key: str, higher_better: bool):
-    """pymq's median in mine_case / the best peer's median over `cases` (the
-    verdict's ratio), and the same ratio within each repeat (its range: how
-    much the noise moves it)."""
-    mine = _median_of(runs, mine_case, "pymq", key)
+def _compare(runs: dict, mine_case: str, cases: list[str], key: str, higher_better: bool,
+             me: str = "pymq"):
+    """pymq's (transport me's) median in mine_case / the best peer's median
+    over `cases` (the verdict's ratio), and the same ratio within each repeat
+    (its range: how much the noise moves it)."""
+    mine = _median_of(runs, mine_case, me, key)
     if mine is None:
         return None
     cands = [(_median_of(runs, case, impl, key), impl, case) for case in cases for impl in peers.PEERS]
@@ -658,7 +763,7 @@ def _compare(runs: dict, mine_case: str, cases: list[str], key: str, higher_bett
         return None
     best, impl, case = (max if higher_better else min)(cands, key=lambda c: c[0])
     per_rep = []
-    for rep, v in sorted(_by_repeat(runs, mine_case, "pymq", key).items()):
+    for rep, v in sorted(_by_repeat(runs, mine_case, me, key).items()):
         others = [x for case_ in cases for i in peers.PEERS
                   if (x := _by_repeat(runs, case_, i, key).get(rep)) is not None]
         if others:
@@ -668,43 +773,44 @@ def _compare(runs: dict, mine_case: str, cases: list[str], key: str, higher_bett
             "ratio_min": min(per_rep), "ratio_max": max(per_rep), "repeats": len(per_rep)}
 
 
-def tput_ratio(runs: dict, cases: list[str]) -> dict | None:
+def tput_ratio(runs: dict, cases: list[str], me: str = "pymq") -> dict | None:
     """pymq in cases[0] / the best peer over all `cases` (msg/s)."""
-    return _compare(runs, cases[0], cases, "msg_per_s", True)
+    return _compare(runs, cases[0], cases, "msg_per_s", True, me)
 
 
 def case_mode(case: str) -> str:
     return "batched" if "batched" in case else "single"
 
 
-def lat_ratio(runs: dict, which: str) -> dict | None:
+def lat_ratio(runs: dict, which: str, me: str = "pymq") -> dict | None:
     """pymq's percentile / the lowest peer's."""
-    return _compare(runs, PINGPONG[0], [PINGPONG[0]], f"{which}_us", False)
+    return _compare(runs, PINGPONG[0], [PINGPONG[0]], f"{which}_us", False, me)
 
 
-def ack_ratio(runs: dict, ack_case: str, plain_case: str) -> dict | None:
+def ack_ratio(runs: dict, ack_case: str, plain_case: str, me: str = "pymq") -> dict | None:
     """ack / plain msg/s (medians), and within each repeat."""
-    a, p = _median_of(runs, ack_case, "pymq", "msg_per_s"), _median_of(runs, plain_case, "pymq", "msg_per_s")
+    a, p = _median_of(runs, ack_case, me, "msg_per_s"), _median_of(runs, plain_case, me, "msg_per_s")
     if a is None or p is None:
         return None
-    ra, rp = (_by_repeat(runs, ack_case, "pymq", "msg_per_s"),
-              _by_repeat(runs, plain_case, "pymq", "msg_per_s"))
+    ra, rp = (_by_repeat(runs, ack_case, me, "msg_per_s"),
+              _by_repeat(runs, plain_case, me, "msg_per_s"))
     per_rep = [ra[k] / rp[k] for k in ra if k in rp]
-    ca, cp = (_median_of(runs, ack_case, "pymq", "sub_cpu_us_per_msg"),
-              _median_of(runs, plain_case, "pymq", "sub_cpu_us_per_msg"))
+    ca, cp = (_median_of(runs, ack_case, me, "sub_cpu_us_per_msg"),
+              _median_of(runs, plain_case, me, "sub_cpu_us_per_msg"))
     return {"ratio": a / p, "pymq": a, "best": p, "ratio_min": min(per_rep),
             "ratio_max": max(per_rep), "repeats": len(per_rep), "sub_cpu_ratio": ca / cp}
 
 
-def evaluate(runs: dict) -> list[dict]:
+def evaluate(runs: dict, me: str = "pymq") -> list[dict]:
+    """Every target, for the pymq transport me (pymq, or a --pymq-from label)."""
     out = []
     for label, kind, what, op, threshold in targets_spec():
         if kind == "tput":
-            r = tput_ratio(runs, what)
+            r = tput_ratio(runs, what, me)
         elif kind == "lat":
-            r = lat_ratio(runs, what)
+            r = lat_ratio(runs, what, me)
         else:  # "ack", "persist": pymq against itself
-            r = ack_ratio(runs, *what)
+            r = ack_ratio(runs, *what, me)
         row = {"target": label, "kind": kind, "op": op, "threshold": threshold,
                "case": what[0] if kind == "tput" else None}
         if r is None:
@@ -752,7 +858,7 @@ def print_tables(stream: list[dict], pingpong: list[dict], targets: list[dict], 
             rel = f"{mine['msg_per_s'] / s['msg_per_s']:.2f}" if mine and s is not mine else ""
             w(f"  {s['impl']:<13}{si(s['msg_per_s']):>10}{rng:>19}{s['MB_per_s']:>8.1f}"
               f"{s['pub_cpu_us_per_msg']:>16.2f}{s['sub_cpu_us_per_msg']:>16.2f}{rel:>11}")
-        na = [i for i in case[6] if i not in {s["impl"] for s in rows}]
+        na = [i for i in transports(case) if i not in {s["impl"] for s in rows}]
         if na:
             w(f"  {'n/a: ' + ', '.join(i + (' (' + missing[i] + ')' if i in missing else ' (no batched API)') for i in na)}")
         w()
@@ -790,12 +896,95 @@ def print_pingpong(pingpong, w) -> None:
         w()
 
 
+def variant_rows(runs: dict, labels: list[str], with_pymq: bool) -> list[dict]:
+    """Per case, each pymq transport (the --pymq-from labels, then this
+    checkout's) with its medians and ranges, and its ratio to the first
+    label's: of the medians, and within each repeat (min-max)."""
+    out = []
+    if not labels:
+        return out
+    ref = labels[0]
+    mine = labels + (["pymq"] if with_pymq else [])
+    for case in [c[0] for c in STREAM_CASES if c[1] == "A"] + [PINGPONG[0]] + \
+            [c[0] for c in STREAM_CASES if c[1] != "A"]:
+        pp = case == PINGPONG[0]
+        keys = (["p50_us", "p99_us", "p999_us", "ping_cpu_us_per_rt", "pong_cpu_us_per_rt"] if pp
+                else ["msg_per_s", "pub_cpu_us_per_msg", "sub_cpu_us_per_msg"])
+        for impl in mine:
+            rr = runs.get((case, impl))
+            if not rr:
+                continue
+            row = {"case": case, "impl": impl, "runs": len(rr), "reference": ref}
+            for k in keys:
+                vals = [r[k] for r in rr]
+                row[k] = statistics.median(vals)
+                row[k + "_min"], row[k + "_max"] = min(vals), max(vals)
+            if impl != ref and (case, ref) in runs:
+                for k in keys:
+                    a, b = _by_repeat(runs, case, impl, k), _by_repeat(runs, case, ref, k)
+                    per = [a[j] / b[j] for j in a if j in b and b[j]]
+                    row[k + "_ratio"] = row[k] / _median_of(runs, case, ref, k)
+                    if per:
+                        row[k + "_ratio_min"], row[k + "_ratio_max"] = min(per), max(per)
+            out.append(row)
+    return out
+
+
+def print_variants(rows: list[dict], by_transport: dict, meta: dict, out=sys.stdout) -> None:
+    """The side-by-side tables of the pymq transports (--pymq-from)."""
+    w = lambda s="": print(s, file=out)  # noqa: E731
+    info = meta.get("pymq_from", {})
+    ref = rows[0]["reference"] if rows else next(iter(info), "")
+    w("pymq side by side: " + "; ".join(f"{lab} = pymq from {i['path']} ({i.get('commit') or '?'})"
+                                        for lab, i in info.items())
+      + ("; pymq = this checkout's" if any(r["impl"] == "pymq" for r in rows) else ""))
+    w(f"  medians [min-max over the repeats]; x {ref} = this / {ref}: of the medians "
+      f"[min-max of the same ratio within each repeat]")
+    w(f"  {'case':<20}{'transport':<12}{'msg/s':>9}{'range':>17}{'x ' + ref:>21}"
+      f"{'pub/sub CPU us/msg':>20}{'sub CPU x ' + ref:>18}")
+    for r in rows:
+        if "msg_per_s" not in r:
+            continue
+        rng = f"{si(r['msg_per_s_min'])}-{si(r['msg_per_s_max'])}"
+        rel = (f"{r['msg_per_s_ratio']:.2f} [{r.get('msg_per_s_ratio_min', 0):.2f}-"
+               f"{r.get('msg_per_s_ratio_max', 0):.2f}]" if "msg_per_s_ratio" in r else "")
+        cpu = f"{r['pub_cpu_us_per_msg']:.2f} / {r['sub_cpu_us_per_msg']:.2f}"
+        crel = f"{r['sub_cpu_us_per_msg_ratio']:.2f}" if "sub_cpu_us_per_msg_ratio" in r else ""
+        w(f"  {r['case']:<20}{r['impl']:<12}{si(r['msg_per_s']):>9}{rng:>17}{rel:>21}{cpu:>20}{crel:>18}")
+    pp = [r for r in rows if "p50_us" in r]
+    if pp:
+        w(f"  {PINGPONG[0]}, one-way us:")
+        for r in pp:
+            rel = "".join(f"  {k[:-3]} x {ref} {r[k + '_ratio']:.2f} [{r.get(k + '_ratio_min', 0):.2f}-"
+                          f"{r.get(k + '_ratio_max', 0):.2f}]" for k in ("p50_us", "p99_us")
+                          if k + "_ratio" in r)
+            w(f"    {r['impl']:<12} p50 {r['p50_us']:.2f} [{r['p50_us_min']:.2f}-{r['p50_us_max']:.2f}]"
+              f"  p99 {r['p99_us']:.2f} [{r['p99_us_min']:.2f}-{r['p99_us_max']:.2f}]"
+              f"  p99.9 {r['p999_us']:.2f}  CPU/rt {r['ping_cpu_us_per_rt']:.2f} / "
+              f"{r['pong_cpu_us_per_rt']:.2f}{rel}")
+    w()
+    names = list(by_transport)
+    w("Targets for each pymq: ratio of the medians [range within repeats] verdict")
+    w(f"  {'target':<46}" + "".join(f"{n:>24}" for n in names))
+    for j, (label, *_rest) in enumerate(targets_spec()):
+        cells = []
+        for n in names:
+            t = by_transport[n][j]
+            cells.append(f"{t['ratio']:.2f} [{t['ratio_min']:.2f}-{t['ratio_max']:.2f}] {t['verdict']}"
+                         if "ratio" in t else t["verdict"])
+        if any(c != "not run" for c in cells):
+            w(f"  {label:<46}" + "".join(f"{c:>24}" for c in cells))
+    w()
+
+
 def chart(path: str, stream: list[dict], pingpong: list[dict], targets: list[dict], meta: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     colors = {"pymq": "#d62728"}
+    for n, label in enumerate(FROM):  # --pymq-from transports
+        colors[label] = ["#ff7f0e", "#9467bd", "#e377c2", "#8c564b"][n % 4]
     grey = "#8c8c8c"
     panels = [("A 64 B single", "A  1→1, 64 B, single calls"),
               ("A 64 B batched", "A  1→1, 64 B, batched"),
@@ -804,14 +993,16 @@ def chart(path: str, stream: list[dict], pingpong: list[dict], targets: list[dic
               ("C 64 B single x4", "C  4→1, 64 B, single calls"),
               ("C 64 B batched x4", "C  4→1, 64 B, batched")]
     panels = [p for p in panels if any(s["case"] == p[0] for s in stream)]
-    dpanel = [s for s in stream if s["scenario"] in ("D", "E")]
+    dimpl = next((i for i in ["pymq", *FROM] if any(s["impl"] == i and s["scenario"] in ("D", "E")
+                                                      for s in stream)), "pymq")
+    dpanel = [s for s in stream if s["scenario"] in ("D", "E") and s["impl"] == dimpl]
     n_right = (1 if pingpong else 0) + (1 if dpanel else 0)
     ncols = 2 + (1 if n_right else 0)
     nrows = max((len(panels) + 1) // 2, n_right, 1)
     fig = plt.figure(figsize=(5.2 * ncols, 2.6 * nrows + 1.2))
     gs = fig.add_gridspec(nrows, ncols, hspace=0.75, wspace=0.45)
     verdict = {t["target"]: t for t in targets}
-    order = peers.ALL
+    order = ["pymq", *FROM, *peers.PEERS]
 
     def tgt_for(case):
         for t in targets:
@@ -830,7 +1021,7 @@ def chart(path: str, stream: list[dict], pingpong: list[dict], targets: list[dic
         for y, i, v in zip(ys, names, vals):
             label = f"{v:.2f} M" if i in rows else "n/a"
             ax.text(v + top * 0.02, y, label, va="center", fontsize=8,
-                    fontweight="bold" if i == "pymq" else "normal")
+                    fontweight="bold" if pymq_like(i) else "normal")
         ax.set_yticks(list(ys))
         ax.set_yticklabels(names, fontsize=8)
         ax.set_xlim(0, top * 1.32)
@@ -897,7 +1088,7 @@ def chart(path: str, stream: list[dict], pingpong: list[dict], targets: list[dic
         labels = [(c, l) for c, l in labels if c in by]
         ys = list(range(len(labels)))[::-1]
         vals = [by[c]["msg_per_s"] / 1e6 for c, _ in labels]
-        ax.barh(ys, vals, color=["#f4a6a6" if "plain" in c or " off " in c else colors["pymq"]
+        ax.barh(ys, vals, color=["#f4a6a6" if "plain" in c or " off " in c else colors[dimpl]
                                  for c, _ in labels],
                 height=0.6)
         for y, v in zip(ys, vals):
@@ -916,7 +1107,7 @@ def chart(path: str, stream: list[dict], pingpong: list[dict], targets: list[dic
             ("persistence on/off:", part("64 B", "E 64 B on >= 50% of off"),
              part("4 KiB", "E 4 KiB on >= 50% of off")))]
         sub = "".join("\n" + ln.replace(":,", ":") for ln in lines if "%" in ln)
-        ax.set_title("D, E  pymq against itself, 1→1 (target ≥ 50%)" + sub, fontsize=9, loc="left")
+        ax.set_title(f"D, E  {dimpl} against itself, 1→1 (target ≥ 50%)" + sub, fontsize=9, loc="left")
         for sp in ("top", "right"):
             ax.spines[sp].set_visible(False)
 
@@ -947,9 +1138,9 @@ def machine() -> dict:
             "python": sys.version.split()[0], "platform": platform.platform()}
 
 
-def git_commit() -> str:
+def git_commit(where: str | None = None) -> str:
     try:
-        here = os.path.dirname(os.path.abspath(__file__))
+        here = where or os.path.dirname(os.path.abspath(__file__))
         out = subprocess.run(["git", "-C", here, "describe", "--always", "--dirty"],
                              capture_output=True, text=True, timeout=10)
         return out.stdout.strip()
@@ -976,7 +1167,16 @@ def main(argv=None) -> int:
     ap.add_argument("--replot", metavar="JSON",
                     help="run nothing: print the tables and targets (and --chart) again from the "
                          "runs saved by an earlier --json")
+    ap.add_argument("--pymq-from", action="append", default=[], metavar="LABEL=PATH",
+                    help="also run pymq as imported from the checkout at PATH (built in place), "
+                         "as a transport named LABEL, beside this one's (repeatable; the first "
+                         "is the reference of the side-by-side ratios)")
+    ap.add_argument("--run-one", help=argparse.SUPPRESS)
+    ap.add_argument("--run-one-out", help=argparse.SUPPRESS)
+    ap.add_argument("--run-one-pymq", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.run_one:
+        return run_one(args.run_one, args.run_one_out, args.run_one_pymq)
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
     if repeat < 1:
         ap.error("--repeat must be >= 1")
@@ -986,8 +1186,20 @@ def main(argv=None) -> int:
         except ImportError:
             ap.error("--chart needs matplotlib (pip install matplotlib)")
     if args.replot:
+        if args.pymq_from:
+            ap.error("--pymq-from runs pymq: not with --replot")
         return replot(args)
     chosen = args.scenario or SCENARIOS
+    from_info = {}
+    for item in args.pymq_from:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            ap.error(f"--pymq-from {item!r}: LABEL=PATH")
+        if label in peers.ALL or label in FROM:
+            ap.error(f"--pymq-from {item!r}: the label {label!r} is taken")
+        path = os.path.abspath(path)
+        from_info[label] = checkout_of(label, path)
+        FROM[label] = path
 
     missing = {i: why for i in peers.ALL if (why := peers.missing(i))}
     for i, why in missing.items():
@@ -999,7 +1211,7 @@ def main(argv=None) -> int:
     for scen in chosen:
         if scen == "B":
             warm, rounds = PINGPONG[3] if args.quick else PINGPONG[2]
-            impls = [i for i in peers.ALL if i not in missing]
+            impls = [i for i in peers.ALL + list(FROM) if i not in missing]
             for rep in range(repeat):
                 rot = impls[rep % len(impls):] + impls[:rep % len(impls)]
                 plan += [("B", None, i, rep, (warm, rounds)) for i in rot]
@@ -1007,7 +1219,8 @@ def main(argv=None) -> int:
         cases = [c for c in STREAM_CASES if c[1] == scen]
         for rep in range(repeat):
             for case in cases:
-                impls = [i for i in case[6] if i not in missing and (case[4] == 1 or i in peers.BATCHED)]
+                impls = [i for i in transports(case)
+                         if i not in missing and (case[4] == 1 or i in peers.BATCHED or i in FROM)]
                 rot = impls[rep % len(impls):] + impls[:rep % len(impls)]
                 count = case[8] if args.quick else case[7]
                 plan += [(scen, case, i, rep, count) for i in rot]
@@ -1019,7 +1232,16 @@ def main(argv=None) -> int:
     t_start = time.monotonic()
     for n, (scen, case, impl, rep, count) in enumerate(plan, 1):
         t0 = time.monotonic()
-        if scen == "B":
+        if impl in FROM:
+            r = run_elsewhere(impl, scen, case, count, crc_cache)
+            key = case[0] if case else PINGPONG[0]
+            if scen == "B":
+                what = (f"p50 {r['p50_us']:6.1f} us  p99 {r['p99_us']:7.1f} us  "
+                        f"p99.9 {r['p999_us']:7.1f} us")
+            else:
+                what = (f"{r['msg_per_s']:>11,.0f} msg/s {r['MB_per_s']:>8.1f} MB/s  "
+                        f"CPU us/msg pub {r['pub_cpu_us_per_msg']:.2f} sub {r['sub_cpu_us_per_msg']:.2f}")
+        elif scen == "B":
             r = run_pingpong(ctx, impl, *count)
             what = (f"p50 {r['p50_us']:6.1f} us  p99 {r['p99_us']:7.1f} us  "
                     f"p99.9 {r['p999_us']:7.1f} us")
@@ -1045,7 +1267,8 @@ def main(argv=None) -> int:
             "loadavg_before": load_before, "loadavg_after": load_after,
             "loadavg_1min_during": [min(loads, default=0), max(loads, default=0)],
             "wall_s": time.monotonic() - t_start, "mq_max_messages": peers.MQ_MAX_MESSAGES,
-            "zmq_hwm": peers.ZMQ_HWM, "ring_bytes": peers.RING_BYTES, "batch": BATCH}
+            "zmq_hwm": peers.ZMQ_HWM, "ring_bytes": peers.RING_BYTES, "batch": BATCH,
+            "pymq_from": from_info}
     return report(args, runs, meta, base, missing)
 
 
@@ -1059,6 +1282,8 @@ def replot(args) -> int:
                                                      "baselines", "missing")}
     meta.setdefault("scenarios", sorted({r["scenario"] for r in doc["runs"]}))
     meta.setdefault("loadavg_1min_during", [meta["loadavg_before"][0], meta["loadavg_after"][0]])
+    FROM.clear()
+    FROM.update({label: info["path"] for label, info in meta.get("pymq_from", {}).items()})
     if args.label:
         meta["label"] = args.label
     if args.scenario:
@@ -1073,6 +1298,11 @@ def report(args, runs: dict, meta: dict, base: list[dict], missing: dict) -> int
     pingpong = [summarise_pingpong(v) for (k, i), v in runs.items() if k == PINGPONG[0]]
     targets = [t for t in evaluate(runs) if t["verdict"] != "not run"]
     print_tables(stream, pingpong, targets, base, missing)
+    mine = [i for i in ["pymq", *FROM] if any(k[1] == i for k in runs)]
+    by_transport = {i: evaluate(runs, i) for i in mine}
+    variants = variant_rows(runs, [i for i in FROM if i in mine], "pymq" in mine)
+    if FROM:
+        print_variants(variants, by_transport, meta)
     lb, la = meta["loadavg_before"], meta["loadavg_after"]
     print(f"({meta['date']}, {meta['wall_s']:.0f} s; load average {lb[0]:.1f} before, "
           f"{meta['loadavg_1min_during'][0]:.1f}-{meta['loadavg_1min_during'][1]:.1f} during, "
@@ -1084,6 +1314,8 @@ def report(args, runs: dict, meta: dict, base: list[dict], missing: dict) -> int
         doc = {**meta, "summary": stream, "pingpong": pingpong, "targets": targets,
                "runs": [r for v in runs.values() for r in v], "baselines": base,
                "missing": missing}
+        if FROM:
+            doc.update(targets_by_transport=by_transport, side_by_side=variants)
         if args.replot:
             doc["replotted_from"] = args.replot
         H.write_json(args.json, doc)

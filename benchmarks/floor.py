@@ -9,13 +9,24 @@ operation, the empty loop included; differences cancel it):
 
   - references: an empty loop, a Python function call, a C builtin call (id(x),
     the cost of a call into a CPython C-API extension), a no-op cffi call
-    (pmq._native's pmq_layout_version, and a no-op cffi function with the
-    signature of pmq_ring_publish1, built at run time in a temp dir), creating
+    (pymq._native's pmq_ring_layout_version, and a no-op cffi function with the
+    signature of pmq_ring_publish, built at run time in a temp dir), creating
     a 64 B bytes object three ways;
-  - publish: the bare native call lib.pmq_ring_publish1(ring.h, payload, 64, 0),
+  - publish: the bare native call lib.pmq_ring_publish(ring.h, parts, lens, 1,
+    deadline, NULL) (parts, lens and a deadline of timeout 0 made once, parts
+    pointing at the payload), the fast path pymq._fast.publish1 (ring.put1),
     _core.Ring.publish1, Client.publish;
-  - receive: the bare native lib.pmq_ring_read1(ring.h, member, gen, b, 0),
-    _core.Reader.read1 (native + the bytes object), Subscription.get.
+  - receive: the bare native lib.pmq_member_read(ring.h, member, gen, b, 1,
+    deadline, NULL, NULL): with no sink the ring copies the record into the
+    buffer of b (a _core.Batch), as pmq_ring_read1 did before 9752a6a; no bytes
+    object is made (cffi releases the GIL around the call, so a C sink could
+    not make one; a Python sink through ffi.callback would measure the
+    callback instead); the fast path's Reader.get1 (the same read with
+    pymq._fast's sink, which copies each payload from the ring straight into
+    its bytes object); _core.Ring.read(member, gen, batch, 1, 0) (the cold
+    path's Python wrapper over the same native read: its deadline and error
+    check; since 9752a6a nothing of _core sits between Subscription.get and
+    pymq._fast, so this replaces _core.Reader.read1); Subscription.get.
   Each round publishes N messages and reads them back, so the ring never fills
   or runs dry (checked with the ring's counters after every loop). Then, unless
   --no-callgrind, the same loops run once under valgrind --tool=callgrind with a
@@ -93,19 +104,21 @@ def build_noop():
     try:
         from cffi import FFI
         ffi = FFI()
-        ffi.cdef("int noop(void);"
-                 "int64_t noop4(void *r, const char *d, uint32_t n, int64_t t);")
+        sig = ("int64_t noop6(void *r, const char *const *parts, const uint32_t *lens, "
+               "uint32_t count, void *d, const void *hooks)")
+        ffi.cdef("int noop(void);" + sig + ";")
         ffi.set_source("_pymq_floor_noop",
                        "static int noop(void) { return 0; }\n"
-                       "static int64_t noop4(void *r, const char *d, uint32_t n, int64_t t)\n"
-                       "{ (void)r; (void)d; (void)n; (void)t; return 0; }\n")
+                       "static " + sig + "\n"
+                       "{ (void)r; (void)parts; (void)lens; (void)count; (void)d; (void)hooks;"
+                       " return 0; }\n")
         tmp = tempfile.mkdtemp(prefix="pymq_floor_", dir="/tmp")
         path = ffi.compile(tmpdir=tmp, verbose=False)
         spec = importlib.util.spec_from_file_location("_pymq_floor_noop", path)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         return mod.lib, tmp
-    except Exception as exc:  # no compiler: the pmq_layout_version figure remains
+    except Exception as exc:  # no compiler: the pmq_ring_layout_version figure remains
         print(f"  (no-op cffi module not built: {exc!r})", file=sys.stderr)
         return None, None
 
@@ -121,18 +134,27 @@ class Floor:
         self.reader = self.sub._reader
         self.noop_lib, self.noop_dir = build_noop()
         big = bytes(range(128))
-        lib, r = _core.lib, self.reader
+        lib, ffi, r = _core.lib, _core.ffi, self.reader
+        payload = bytes(range(PAYLOAD))
+        # the bare calls' arguments, made once: the payload's pointer and length,
+        # a deadline of timeout 0 (a call that does not wait leaves it as it is),
+        # and a batch with a buffer the read copies into (the subscription's own
+        # member: the fast path and the client read the same member in turn)
+        self.batch = _core.Batch(64, 1 << 16)
+        keep = ffi.from_buffer(payload)
         self.ns = {
-            "lib": lib, "lv": lib.pmq_layout_version,
-            "pub": lib.pmq_ring_publish1, "rd": lib.pmq_ring_read1,
-            "h": self.ring.h, "m": r.member, "g": r.gen, "b": r.b,
-            "payload": bytes(range(PAYLOAD)), "big": big, "mv": memoryview(big)[:PAYLOAD],
-            "view": r.view, "ring": self.ring, "reader": r, "client": self.broker,
+            "lib": lib, "lv": lib.pmq_ring_layout_version,
+            "pub": lib.pmq_ring_publish, "rd": lib.pmq_member_read, "NULL": ffi.NULL,
+            "parts": ffi.new("char *[]", [keep]), "keep": keep,
+            "lens": ffi.new("uint32_t[]", [PAYLOAD]), "d0": _core.deadline(0),
+            "h": self.ring.h, "m": r.member, "g": r.gen, "b": self.batch.b, "batch": self.batch,
+            "payload": payload, "big": big, "mv": memoryview(big)[:PAYLOAD],
+            "view": self.batch.view, "ring": self.ring, "reader": r, "client": self.broker,
             "sub": self.sub, "T": TOPIC, "x": 1, "put1": self.ring.put1, "get1": r.get1,
             "f0": lambda: None, "f2": lambda a, b: None,
         }
         if self.noop_lib is not None:
-            self.ns["noop"], self.ns["noop4"] = self.noop_lib.noop, self.noop_lib.noop4
+            self.ns["noop"], self.ns["noop6"] = self.noop_lib.noop, self.noop_lib.noop6
 
     def counts(self) -> tuple[int, int]:
         s = self.ring.stats()
@@ -154,21 +176,24 @@ REFERENCES = [
     ("pycall0", "Python function call `f()`", "f0()"),
     ("pycall2", "Python function call `f(a, b)`", "f2(payload, x)"),
     ("builtin", "C builtin call `id(x)` (C-API extension)", "id(payload)"),
-    ("cffi0", "no-op cffi call `lib.pmq_layout_version()`", "lv()"),
+    ("cffi0", "no-op cffi call `lib.pmq_ring_layout_version()`", "lv()"),
     ("cffi_noop", "no-op cffi call `noop()` (built here)", "noop()"),
-    ("cffi_noop4", "no-op cffi call, publish1's signature `noop4(h, payload, 64, 0)`",
-     "noop4(h, payload, 64, 0)"),
+    ("cffi_noop_pub", "no-op cffi call, publish's signature `noop6(h, parts, lens, 1, d0, NULL)`",
+     "noop6(h, parts, lens, 1, d0, NULL)"),
     ("bytes_slice", "64 B bytes: `big[0:64]`", "big[0:64]"),
     ("bytes_mv", "64 B bytes: `bytes(mv)` (memoryview of 64)", "bytes(mv)"),
-    ("bytes_cbuf", "64 B bytes: `view[0:64]` (ffi.buffer slice, as in get)", "view[0:64]"),
+    ("bytes_cbuf", "64 B bytes: `view[0:64]` (ffi.buffer slice of a read buffer)", "view[0:64]"),
 ]
 PAIRS = [  # (publish side, receive side), run back to back with the same N
-    (("native_publish", "native `lib.pmq_ring_publish1(h, payload, 64, 0)`", "pub(h, payload, 64, 0)"),
-     ("native_read", "native `lib.pmq_ring_read1(h, member, gen, b, 0)`", "rd(h, m, g, b, 0)")),
+    (("native_publish", "native `lib.pmq_ring_publish(h, parts, lens, 1, d0, NULL)`",
+      "pub(h, parts, lens, 1, d0, NULL)"),
+     ("native_read", "native `lib.pmq_member_read(h, m, g, b, 1, d0, NULL, NULL)` (into b's buffer)",
+      "rd(h, m, g, b, 1, d0, NULL, NULL)")),
     (("fast_publish", "`pymq._fast.publish1`, bound (`ring.put1(payload, 0)`)", "put1(payload, 0)"),
-     ("fast_read", "`pymq._fast.read1`, bound (`reader.get1(0)`: native + the bytes)", "get1(0)")),
+     ("fast_read", "`pymq._fast.Reader.get1(0)` (native + the bytes)", "get1(0)")),
     (("ring_publish1", "`_core.Ring.publish1(payload, 0)`", "ring.publish1(payload, 0)"),
-     ("reader_read1", "`_core.Reader.read1(0)` (native + bytes)", "reader.read1(0)")),
+     ("ring_read", "`_core.Ring.read(m, g, batch, 1, 0)` (cold path: native into b's buffer)",
+      "ring.read(m, g, batch, 1, 0)")),
     (("client_publish", "`Client.publish(topic, payload)`", "client.publish(T, payload)"),
      ("sub_get", "`Subscription.get(timeout=1.0)`", "sub.get(1.0)")),
 ]
@@ -219,7 +244,7 @@ def run_floor(n: int, rounds: int, ring_bytes: int) -> dict:
 
 def derive(b: dict) -> dict:
     """The derived figures (ns per message); the empty loop cancels in differences."""
-    noop = b.get("cffi_noop4", b["cffi0"])
+    noop = b.get("cffi_noop_pub", b["cffi0"])
     d = {
         "loop": b["empty"],
         "cffi_call": b["cffi0"] - b["empty"],
@@ -231,7 +256,7 @@ def derive(b: dict) -> dict:
         "publish_core_wrapper": b["ring_publish1"] - b["fast_publish"],
         "publish_client_wrapper": b["client_publish"] - b["fast_publish"],  # it calls put1 itself
         "publish_python_total": b["client_publish"] - b["native_publish"],
-        "read_core_wrapper": b["reader_read1"] - b["fast_read"],
+        "read_core_wrapper": b["ring_read"] - b["native_read"],  # _core's Python over the cffi read
         "read_client_wrapper": b["sub_get"] - b["fast_read"],  # it calls get1 itself
         "read_python_total": b["sub_get"] - b["native_read"],
         "fast_publish_vs_cffi": b["fast_publish"] - b["native_publish"],  # C-API call + GIL vs cffi

@@ -32,10 +32,11 @@ broker.supervisor_pid, from just before "go" to the end of the span; with
 persistence on, that is mostly the writer thread.
 
 Last, "writer breakdown": one process replays the writer's loop
-(pymq.persistence.Writer.step: a native batch read of up to 1024 records,
-persistence.Lines.encode (one native call per batch), TopicLog.append with
-fsync "interval", the native ack) on records it published itself to a group
-of its own, and times each part; it also times the Python reference encoder
+(pymq.persistence.Writer.step: a zero-copy native batch read of up to 1024
+records (_core.Ring.read into a _core.Batch), _core.Lines.encode (one native
+call per batch), TopicLog.append with fsync "interval", the native ack
+(_core.Ring.ack)) on records it published itself to a group of its own, and
+times each part; it also times the Python reference encoder
 (one b2a_base64 and one %-format per record, what the writer did before) and
 checks that its lines equal the native encoder's byte for byte.
 """
@@ -62,6 +63,7 @@ import throughput as tp  # noqa: E402  (publisher, subscriber and their start, r
 
 import pymq  # noqa: E402
 from pymq import _core, persistence  # noqa: E402
+from pymq.persistence import log as plog  # noqa: E402  (SUFFIX: the log files' suffix)
 
 RING_BYTES = 64 * 1024 * 1024
 BATCH = tp.BATCH
@@ -90,7 +92,7 @@ def verify_log(root: str, topic: str, first_seq: int, count: int, want_crc: int)
     """The log files hold exactly seqs first_seq .. first_seq+count-1, in order,
     once each, and the payloads' crc32 in that order is want_crc."""
     d = persistence.topic_dir(root, topic)
-    files = sorted(f for f in os.listdir(d) if f.endswith(persistence.SUFFIX))
+    files = sorted(f for f in os.listdir(d) if f.endswith(plog.SUFFIX))
     expect, crc, lines, size = first_seq, 0, 0, 0
     a2b, loads, crc32 = binascii.a2b_base64, json.loads, zlib.crc32
     for name in files:
@@ -186,13 +188,13 @@ def run_once(ctx, persist: bool, label_k: int, size: int, batch: int, count: int
 LINE = b'{"seq":%d,"ts":%d.%06d,"payload":"%s"}\n'  # the log's line, for the Python reference encoder
 
 
-def python_lines(data, reader, n: int) -> bytes:
-    """The same lines as persistence.Lines, one Python expression per record
-    (the writer's encoder before pymq._codec): the reference and the baseline."""
+def python_lines(data, batch, n: int) -> bytes:
+    """The same lines as _core.Lines, one Python expression per record
+    (the writer's encoder before the native one): the reference and the baseline."""
     up, b64, view = _core.ffi.unpack, binascii.b2a_base64, memoryview(data)
     return b"".join(LINE % (q, ts // 10**9, ts // 1000 % 10**6, b64(view[o:o + ln], newline=False))
-                    for q, ts, o, ln in zip(up(reader.seqs, n), up(reader.ts, n),
-                                            up(reader.offs, n), up(reader.lens, n)))
+                    for q, ts, o, ln in zip(up(batch.seqs, n), up(batch.ts, n),
+                                            up(batch.offs, n), up(batch.lens, n)))
 
 
 def writer_breakdown(size: int, count: int) -> dict:
@@ -210,9 +212,9 @@ def writer_breakdown(size: int, count: int) -> dict:
         ring = broker._ring("prof")
         joined = ring.join("profwriter", _core.GROUP_ACK, _core.START["earliest"], 0,
                            broker._owner_token(), 3600 * 10**9, 1000)  # like the writer's group
-        reader = _core.Reader(ring, joined.member, joined.member_gen, persistence.BATCH,
-                              max(1 << 20, ring.max_msg + _core.REC_HDR), zero_copy=True)
-        lines = persistence.Lines(reader)
+        # as the writer's: zero-copy (an ack group's records stay in the ring until acked)
+        batch = _core.Batch(persistence.BATCH, max(1 << 20, ring.max_msg), zero_copy=True)
+        lines = _core.Lines(batch)
         log = persistence.TopicLog(pdir, "prof", cfg)
         fill, pack = H.filler(size), H.INDEX.pack
         clock, done, chunk = time.perf_counter_ns, 0, persistence.BATCH
@@ -222,19 +224,20 @@ def writer_breakdown(size: int, count: int) -> dict:
             got = 0
             while got < k:
                 a = clock()
-                n = reader.read(persistence.BATCH, 1_000_000_000)
+                n = ring.read(joined.member, joined.member_gen, batch, persistence.BATCH,
+                              1_000_000_000)
                 b = clock()
-                with reader.payloads() as payloads:
-                    m = lines.encode(0, n, payloads)
+                with ring.data() as payloads:
+                    ends = lines.encode(0, n, payloads)
                 c = clock()
-                ends = _core.ffi.unpack(lines.ends, m)
-                log.append(reader.seqs, ends, m, lines.view)
+                m = len(ends)
+                log.append(lines.seqs(0), ends, m, lines.view)
                 log.appended()
                 d = clock()
-                with reader.payloads() as (base, length):  # before the ack: records still there
-                    ref = python_lines(_core.ffi.buffer(base, length), reader, n)
+                with ring.data() as (base, length):  # before the ack: records still there
+                    ref = python_lines(_core.ffi.buffer(base, length), batch, n)
                 e = clock()
-                ring.settle("ack", joined.group, joined.group_gen, reader.slots, reader.seqs, n=n)
+                ring.ack(joined.group, joined.group_gen, batch, n)
                 f = clock()
                 if m != n or ref != lines.view[:ends[-1]]:
                     raise RuntimeError("the native encoder's lines differ from the Python reference")
