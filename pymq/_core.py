@@ -341,10 +341,6 @@ class Ring(_Mapped):
         got: int | None = _fast.publish(self.addr, self.topic, payloads, timeout_ns)
         return got
 
-    def test_stop_in_publish(self, data: bytes, phase: int) -> int:
-        """Tests only: stop a publish part-way, keeping the mutex (then die)."""
-        return check(lib.pmq_ring_test_stop_in_publish(self.h, data, len(data), phase))
-
     # -- members ----------------------------------------------------------------
 
     def join(self, group: str, flags: int, start: int, start_seq: int, owner: int,

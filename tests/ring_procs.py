@@ -1,12 +1,10 @@
-"""Processes for tests/test_ring.py: they die at chosen points of a publish."""
-
-import os
-import signal
+"""Processes for tests/test_ring.py: they stop themselves at a named test point
+of a publish (PYMQ_TEST_PAUSE, set by the parent before it starts them), to be
+killed there, the segment's mutex held."""
 
 from pymq import _core, segments
 
 
-def die_in_publish(shm_name, payload, phase):
+def publish_and_stop(shm_name, payload):
     ring = _core.Ring(segments.Segment.attach(shm_name), "t")
-    ring.test_stop_in_publish(payload, phase)
-    os.kill(os.getpid(), signal.SIGKILL)
+    ring.publish1(payload, 0)  # stops itself (SIGSTOP) inside, at the point named

@@ -2,7 +2,10 @@
 
 import os
 import random
+import signal
 import struct
+
+import psutil
 
 import pytest
 from hypothesis import given, settings
@@ -10,6 +13,7 @@ from hypothesis import strategies as st
 
 import pymq
 from pymq import _core, segments
+from helpers import wait_for
 
 LATEST, EARLIEST = _core.START["latest"], _core.START["earliest"]
 
@@ -332,20 +336,24 @@ def test_full_dev_shm_is_a_clear_error_at_create(name):
     assert segments.namespace_entries(name) == []
 
 
-@pytest.mark.parametrize("phase", [0, 1, 2])
-def test_lock_holder_killed_mid_publish_is_recovered(shm_ring, ctx, phase):
+@pytest.mark.parametrize("point", ["publish.locked", "publish.written", "publish.committed"])
+def test_lock_holder_killed_mid_publish_is_recovered(shm_ring, ctx, point, monkeypatch):
     ring, shm_name = shm_ring
     rd = reader(ring)
     ring.publish1(b"before", 0)
-    p = ctx.Process(target=__import__("ring_procs").die_in_publish, args=(shm_name, b"torn?", phase))
+    monkeypatch.setenv("PYMQ_TEST_PAUSE", point)  # the child stops itself there
+    p = ctx.Process(target=__import__("ring_procs").publish_and_stop, args=(shm_name, b"torn?"))
     p.start()
+    wait_for(lambda: psutil.Process(p.pid).status() == psutil.STATUS_STOPPED)
+    assert ring.stats(lock_timeout_ns=10**8)["lock_pid"] == p.pid  # it holds the mutex
+    os.kill(p.pid, signal.SIGKILL)
     p.join(30)
     assert p.exitcode == -9
     seq = ring.publish1(b"after", 2_000_000_000)  # would hang without recovery
     got = read_all(rd)
-    if phase == 2:  # the commit happened before the death: the record is whole
+    if point == "publish.committed":  # the commit happened before the death: the record is whole
         assert got == [(1, b"before"), (2, b"torn?"), (3, b"after")]
-    else:           # it did not: nothing of it is visible, no seq is lost
+    else:  # it did not: nothing of it is visible, no seq is lost
         assert got == [(1, b"before"), (2, b"after")]
     assert seq == got[-1][0]
     assert ring.stats()["recoveries"] == 1

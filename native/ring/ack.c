@@ -235,6 +235,7 @@ int ack_take(pmq_ring_t *r, pmq_member_t *m, uint32_t mi, uint32_t mgen, pmq_gro
     int rc = group_lock(r, g, g->gen, m, mgen, 0, d, hooks);
     if (rc < 0)
         return rc == -ETIMEDOUT ? PMQ_EMPTY : rc; /* a lock held past the read's deadline */
+    PMQ_TEST_POINT("ack.locked");
     uint64_t tail = LOAD_ACQ(&r->hdr->tail), old_floor = g->floor, cur = g->cursor;
     ring_batch_reset(b);
     pmq_rec_t rec;
@@ -305,6 +306,7 @@ int ack_take(pmq_ring_t *r, pmq_member_t *m, uint32_t mi, uint32_t mgen, pmq_gro
             STORE_REL(&e->w.bits, mine.bits);
             STORE_REL(&g->pend_tail, g->pend_tail + 1);
         }
+        PMQ_TEST_POINT("ack.claimed");
         STORE_REL(&g->cursor, cur);
     }
     advance_floor(r, g);

@@ -22,6 +22,7 @@ int pmq_member_join(pmq_ring_t *r, const char *name, uint32_t flags, int start,
     int rc = ring_lock_admin(r), created = 0;
     if (rc < 0)
         return rc;
+    PMQ_TEST_POINT("member.locked");
     int mi = group_free_member_slot(r); /* before the group: a join that fails makes none */
     int gi = mi < 0 ? PMQ_ENOSLOT
              : group_join(r, name, flags, start, start_seq, ack_timeout_ns, max_retries, &created);
@@ -165,6 +166,7 @@ int pmq_member_leave(pmq_ring_t *r, uint32_t member, uint32_t gen)
     int rc = ring_lock_admin(r), gi = -1;
     if (rc < 0)
         return rc;
+    PMQ_TEST_POINT("member.locked");
     pmq_member_t *m = &r->members[member];
     if (m->state == PMQ_SLOT_ACTIVE && m->gen == gen)
         gi = group_remove_member(r, m);

@@ -169,7 +169,6 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *const *parts, const uint32_t
 int pmq_ring_restore(pmq_ring_t *r, const char *const *parts, const uint32_t *lens,
                      const uint64_t *seqs, const int64_t *ts, uint32_t count);
 int pmq_ring_close(pmq_ring_t *r, uint32_t why);
-int64_t pmq_ring_test_stop_in_publish(pmq_ring_t *r, const char *data, uint32_t len, int phase);
 
 /* group.c */
 int pmq_group_create(pmq_ring_t *r, const char *name, uint32_t flags, int start,

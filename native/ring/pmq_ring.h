@@ -402,10 +402,12 @@ int pmq_ring_restore(pmq_ring_t *r, const char *const *parts, const uint32_t *le
  * stays. The mark is made even when the lock cannot be had (corrupt). */
 int pmq_ring_close(pmq_ring_t *r, uint32_t why);
 
-/* Tests of recovery only: stop a publish of one payload part-way with the
- * mutex held: 0 just locked; 1 record and next_seq written, tail not moved;
- * 2 tail moved, intent not cleared. The seq it got, or an error. */
-int64_t pmq_ring_test_stop_in_publish(pmq_ring_t *r, const char *data, uint32_t len, int phase);
+/* The test points (PMQ_TEST_POINT, pmq_sync.h) of this file: "publish.locked"
+ * (the segment's mutex held), "publish.written" (records and next_seq
+ * written, tail not moved), "publish.committed" (tail moved, intent not
+ * cleared). ack.c: "ack.locked", "ack.claimed" (entries recorded, cursor not
+ * moved). member.c: "member.locked" (the segment's mutex held to join, leave
+ * or reap). */
 
 /* Layout version compiled in. */
 uint32_t pmq_ring_layout_version(void);

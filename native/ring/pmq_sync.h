@@ -34,6 +34,19 @@
 #define PMQ_NOTFOUND  (-1014) /* no such group */
 #define PMQ_BUSY      (-1015) /* a lock is held by another process: try again later */
 
+/* Test points: with PYMQ_TEST_PAUSE set (names separated by commas, or "*"),
+ * a process that reaches a point of that name stops itself (SIGSTOP) there,
+ * holding whatever it holds, so that a test can kill it or keep it frozen
+ * inside a critical section (tests/chaos). Unset (always, outside tests), a
+ * point costs one load and a branch. */
+extern int pmq_test_armed;
+void pmq_test_reached(const char *point);
+#define PMQ_TEST_POINT(point)                       \
+    do {                                            \
+        if (__builtin_expect(pmq_test_armed, 0))    \
+            pmq_test_reached(point);                \
+    } while (0)
+
 /* A spinning wait's pause between polls (kinder to the sibling hyperthread). */
 static inline void pmq_sync_relax(void)
 {

@@ -490,12 +490,15 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *const *parts, const uint32_t
     }
     if (rc < 0)
         return rc;
+    PMQ_TEST_POINT("publish.locked");
     uint64_t seq = h->next_seq;
     intent_begin(h, tail, end, seq, seq + count);
     write_records(r, tail, parts, lens, count, seq, NULL, NULL);
     h->next_seq = seq + count;
     h->published_bytes += bytes;
+    PMQ_TEST_POINT("publish.written");
     STORE_REL(&h->tail, end); /* the commit: readers acquire tail */
+    PMQ_TEST_POINT("publish.committed");
     intent_end(h);
     ring_unlock(r);
     if (ring_wake_if_waiting(&h->data_seq, &h->data_waiters))
@@ -534,26 +537,6 @@ int pmq_ring_restore(pmq_ring_t *r, const char *const *parts, const uint32_t *le
     }
     ring_unlock(r);
     return rc;
-}
-
-int64_t pmq_ring_test_stop_in_publish(pmq_ring_t *r, const char *data, uint32_t len, int phase)
-{
-    if (!r || !data || len > r->max_msg || phase < 0 || phase > 2)
-        return PMQ_EINVAL;
-    int rc = ring_lock_admin(r);
-    if (rc < 0 || phase == 0)
-        return rc;
-    pmq_ring_hdr_t *h = r->hdr;
-    uint64_t tail = h->tail, seq = h->next_seq, end = plan_end(r, tail, &len, 1);
-    if (end - tail > r->capacity || (end > r->capacity && h->head < end - r->capacity &&
-                                     reclaim(r, end - r->capacity) < 0))
-        return PMQ_FULL;
-    intent_begin(h, tail, end, seq, seq + 1);
-    write_records(r, tail, &data, &len, 1, seq, NULL, NULL);
-    h->next_seq = seq + 1;
-    if (phase == 2)
-        STORE_REL(&h->tail, end);
-    return (int64_t)seq;
 }
 
 /* ---- reading: what a batch holds, and the plain groups' claim -------------------- */

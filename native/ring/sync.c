@@ -6,6 +6,9 @@
 
 #include <errno.h>
 #include <linux/futex.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -34,6 +37,29 @@ static int64_t now_of(clockid_t clock)
 
 int64_t pmq_sync_now(void) { return now_of(CLOCK_MONOTONIC); }
 int64_t pmq_sync_now_real(void) { return now_of(CLOCK_REALTIME); }
+
+/* ---- test points -------------------------------------------------------------- */
+
+int pmq_test_armed;
+static const char *test_points;
+
+__attribute__((constructor)) static void test_points_init(void)
+{
+    test_points = getenv("PYMQ_TEST_PAUSE");
+    pmq_test_armed = test_points != NULL && test_points[0] != '\0';
+}
+
+void pmq_test_reached(const char *point)
+{
+    size_t n = strlen(point);
+    for (const char *p = test_points; p && *p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL) {
+        if ((p[0] == '*' && (p[1] == ',' || !p[1])) ||
+            (strncmp(p, point, n) == 0 && (p[n] == ',' || !p[n]))) {
+            raise(SIGSTOP);
+            return;
+        }
+    }
+}
 
 /* ---- deadlines -------------------------------------------------------------- */
 
