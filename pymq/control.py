@@ -191,8 +191,7 @@ class ControlServer:
         """Stop serving and remove the socket (idempotent)."""
         if self._stop.is_set():
             return
-        self._stop.set()
-        self._thread.join(2)
+        self._stop.set()  # the thread sees it within its accept's timeout, or dies with us
         self.sock.close()
         try:
             os.unlink(self.path)

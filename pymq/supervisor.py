@@ -56,6 +56,7 @@ class Supervisor:
         self._rings_lock = threading.Lock()
         self.lock = threading.Lock()  # a sweep, or one control request: never both
         self.stop = False
+        self.woken = threading.Event()  # set to end a sweep's pause early (SIGTERM)
         from .client import Client
         self._client = Client(name)  # made here: the admin server's threads use it too
         self._dead_batch = None
@@ -433,7 +434,7 @@ class Supervisor:
                 self.sweep()
             except MQError as e:  # a corrupt segment must not stop the other duties
                 log.error("sweep: %s", e)
-            time.sleep(SWEEP_INTERVAL)
+            self.woken.wait(SWEEP_INTERVAL)
         return 0
 
     def close(self) -> None:
@@ -509,6 +510,7 @@ def main(argv: list[str]) -> int:
 
     def on_term(signum, frame):
         sup.stop = True
+        sup.woken.set()
 
     signal.signal(signal.SIGTERM, on_term)
     try:

@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 
+import psutil
 import pytest
 
 import pymq
@@ -140,6 +141,7 @@ def test_requests_from_a_broken_peer_get_an_error_and_the_supervisor_goes_on(bro
 
 def test_a_request_with_no_supervisor_is_broker_unavailable_in_its_timeout(broker, name):
     os.kill(broker.supervisor_pid, signal.SIGSTOP)  # frozen: it accepts nothing
+    wait_for(lambda: psutil.Process(broker.supervisor_pid).status() == psutil.STATUS_STOPPED)
     try:
         with pytest.raises(pymq.BrokerUnavailable, match="delete_group"):
             control.request(name, "delete_group", timeout=0.3, topic="t", group="g")
