@@ -14,6 +14,7 @@ asserts that no other module imports compiled code.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import os
 import pathlib
@@ -138,6 +139,9 @@ def error(rc: int, context: str = "", *, timeout_ns: int | None = None, size: in
         total = f"a batch of {size:,} bytes" if size is not None else "the batch"
         cap = f" ({capacity:,} bytes)" if capacity else ""
         return MessageTooLarge(f"{where}{total} does not fit the ring{cap}")
+    if rc == -errno.ETIMEDOUT:
+        return Timeout(f"{where}a lock of the topic was held by another process (stopped or "
+                       "frozen?) for longer than this call waits")
     exc, text = _ERRORS.get(rc, (None, None))
     if exc is None:
         code = -rc
@@ -460,7 +464,7 @@ class Ring(_Mapped):
 
     # -- figures and lifetime ------------------------------------------------
 
-    def stats(self, lock_timeout_ns: int = 10**9) -> dict[str, Any]:
+    def stats(self, lock_timeout_ns: int = 10**8) -> dict[str, Any]:
         """The ring's figures and its groups', in one snapshot under its lock;
         if another process holds the lock for longer than lock_timeout_ns (a
         stopped process, say), from a look without it: then "locked" is true

@@ -104,8 +104,9 @@ class _Supervision:
     """The Broker's side of its supervisor: start it, restart it, stop it.
     Holds no reference to the Broker, so that a finalizer can use it."""
 
-    def __init__(self, name: str, res: Any):
-        self.name = name
+    def __init__(self, config: BrokerConfig, res: Any):
+        self.name = config.name
+        self.config = config
         self.res = res  # client._Resources (no import cycle at run time)
         self.owner_pid = os.getpid()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -161,52 +162,93 @@ class _Supervision:
                     return
                 backoff = min(backoff * 2, 2.0)
 
-    def _drain_persistence(self, timeout: float = 30.0) -> None:
-        """Before closing: let the writers put everything published on disk."""
-        from .client import Client
-        try:
-            client = Client(self.name)
-        except MQError:
-            return
-        try:
-            if not client.config.persistence_enabled or self.proc is None or self.proc.poll() is not None:
-                return
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                groups = [t["groups"].get(_core.PERSIST_GROUP) for t in client.stats()["topics"].values()]
-                if all(g is None or (g["lag"] == 0 and g["pending"] == 0) for g in groups):
-                    return
-                time.sleep(0.01)
-            log.error("persistence of %r did not drain in %g s", self.name, timeout)
-        finally:
-            client.close()
+    def _rings(self) -> list[tuple[str, _core.Ring]]:
+        out = []
+        for topic in segments.topic_names(self.name):
+            ring = self.res.topics.get(topic) or _attach_ring(self.name, topic)
+            if ring is not None:
+                out.append((topic, ring))
+        return out
+
+    def _close_rings(self) -> None:
+        """Mark every topic closed: publishers get BrokerClosed from now on,
+        readers once they have read what is left. A topic that cannot be
+        marked (corrupt, say) is reported; it is removed all the same."""
+        for topic, ring in self._rings():
+            try:
+                ring.close_ring()
+            except Exception as e:  # noqa: BLE001 - whatever a segment holds, close goes on
+                log.error("closing topic %r: %s: %s", topic, type(e).__name__, e)
+
+    def _drain_persistence(self) -> dict[str, int]:
+        """With persistence on: wait, at most persistence_close_timeout, until
+        the writers have put every record of the (closed) topics on disk.
+        Returns the records that are not, per topic."""
+        left: dict[str, int] = {}
+        if not self.config.persistence_enabled:
+            return left
+        proc = self.proc
+        deadline = time.monotonic() + self.config.persistence_close_timeout
+        while True:
+            left = {}
+            for topic, ring in self._rings():
+                n = _unpersisted(ring)
+                if n:
+                    left[topic] = n
+            if not left or time.monotonic() >= deadline or proc is None or \
+                    proc.poll() is not None:
+                return left
+            time.sleep(0.01)
 
     def shutdown(self) -> None:
-        """Close every topic, stop the supervisor, remove the namespace. Only in
-        the process that created the broker (not in a forked child)."""
+        """Close every topic, let persistence finish (bounded), stop the
+        supervisor, and remove the namespace, whatever the segments hold.
+        Only in the process that created the broker (not in a forked child).
+        Raises PersistenceError, once everything is removed, if records
+        published were not on disk by persistence_close_timeout."""
         if os.getpid() != self.owner_pid or self.stopping.is_set():
             return
         self.stopping.set()
         ns = self.res.ns
-        if ns is not None:
-            self._drain_persistence()
-            ns.hdr.closed = 1
-            for topic in segments.topic_names(self.name):
-                ring = self.res.topics.get(topic) or _attach_ring(self.name, topic)
-                if ring is not None:
-                    ring.close_ring()  # readers and publishers get BrokerClosed
-        proc = self.proc
-        if proc is not None:
-            proc.terminate()  # its log pipe ends with it: the pump thread ends
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if self.watcher is not None and self.watcher is not threading.current_thread():
-            self.watcher.join(5)
-        self.res.close()
-        segments.remove_namespace(self.name)
+        left: dict[str, int] = {}
+        try:
+            if ns is not None:
+                ns.hdr.closed = 1  # no new topic or subscription from here on
+                self._close_rings()
+                left = self._drain_persistence()
+                self._close_rings()  # one made while the first pass ran
+        finally:
+            proc = self.proc
+            if proc is not None:
+                proc.terminate()  # its log pipe ends with it: the pump thread ends
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if self.watcher is not None and self.watcher is not threading.current_thread():
+                self.watcher.join(5)
+            self.res.close()
+            segments.remove_namespace(self.name)
+        if left:
+            each = ", ".join(f"{t!r}: {n}" for t, n in sorted(left.items()))
+            raise PersistenceError(
+                f"broker {self.name!r} closed with {sum(left.values())} published message(s) "
+                f"not on disk ({each}): persistence did not finish within "
+                f"persistence_close_timeout={self.config.persistence_close_timeout:g} s "
+                f"(the log says why)")
+
+
+def _unpersisted(ring: _core.Ring) -> int:
+    """Records of a topic not yet on disk: its "~persist" group's lag and pending."""
+    try:
+        figures = ring.stats()
+    except MQError:
+        return 0  # corrupt: nothing can be counted or written
+    for g in figures["groups_detail"]:
+        if g["name"] == _core.PERSIST_GROUP:
+            return int(g["lag"]) + int(g["pending"])
+    return 0
 
 
 def _attach_ring(name: str, topic: str) -> _core.Ring | None:
@@ -267,7 +309,7 @@ class Broker(Client):
             segments.remove_namespace(cfg.name)
             raise
         super().__init__(cfg.name, _token=token)
-        self._supervision = _Supervision(cfg.name, self._res)
+        self._supervision = _Supervision(cfg, self._res)
         # Runs at close(), when the Broker is collected, or at interpreter exit.
         self._shutdown = weakref.finalize(self, self._supervision.shutdown)
         try:
@@ -315,6 +357,11 @@ class Broker(Client):
 
     def close(self) -> None:
         """Close every topic (blocked readers and publishers get BrokerClosed),
-        stop the supervisor, and remove every segment of the namespace. Idempotent."""
+        with persistence wait (at most persistence_close_timeout) until what
+        was published is on disk, stop the supervisor, and remove every segment
+        of the namespace, whatever they hold. Idempotent.
+
+        Raises PersistenceError, after removing everything, if published
+        messages were not on disk in time (a full disk, say): it says how many."""
         self._closed = True
         self._shutdown()

@@ -482,9 +482,14 @@ def topic_stats(s: dict[str, Any]) -> dict[str, Any]:
                        if g["idle_since"] and not g["members"] else None,
                        **{k: g[k] for k in ACK_FIGURES}}
     anon = [g for g in groups.values() if g["anonymous"]]
+    held = None
+    if s.get("locked"):  # its lock could not be had in time: these figures were read without it
+        pid = int(s.get("lock_pid") or 0)
+        held = {"pid": pid, "state": segments.process_state(pid) if pid else "unknown"}
     return {
         "published": s["published"],
         "published_bytes": s["published_bytes"],
+        "lock_held": held,
         "delivered": sum(g["delivered"] for g in groups.values()),
         **{k: sum(g[k] for g in groups.values()) for k in ACK_FIGURES},
         "depth": max((g["lag"] + g["pending"] for g in groups.values()), default=0),

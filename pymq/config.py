@@ -93,6 +93,9 @@ class BrokerConfig:
     persistence_retention_seconds: float = 7 * 24 * 3600.0
     persistence_fsync: str = "interval"            # never | interval | always
     persistence_fsync_interval: float = 1.0
+    # close() waits this long for the writers to put what was published on
+    # disk, then raises PersistenceError with the count of what is not
+    persistence_close_timeout: float = 10.0
     # named groups with no member: reported on /health past this many seconds
     # (None: never), and deleted then when group_idle_expire is set
     group_idle_timeout: float | None = None
@@ -122,7 +125,8 @@ class BrokerConfig:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{field} must be a positive int, not {value!r}")
-        for field in ("persistence_retention_seconds", "persistence_fsync_interval"):
+        for field in ("persistence_retention_seconds", "persistence_fsync_interval",
+                      "persistence_close_timeout"):
             value = getattr(self, field)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{field} must be a number > 0, not {value!r}")

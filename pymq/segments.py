@@ -16,6 +16,7 @@ but not the pid).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import mmap
@@ -156,6 +157,20 @@ def process_start(pid: int | None = None) -> float:
     return psutil.Process(pid).create_time() if pid else psutil.Process().create_time()
 
 
+def process_state(pid: int) -> str:
+    """What a process of our pid namespace is doing, for reports: "stopped"
+    (SIGSTOP, or frozen under a debugger), "running", "gone" or "unknown"."""
+    try:
+        status = psutil.Process(pid).status()
+    except psutil.NoSuchProcess:
+        return "gone"
+    except psutil.Error:
+        return "unknown"
+    if status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
+        return "stopped"
+    return "gone" if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD) else "running"
+
+
 def start_stamp() -> int:
     """This process's start time in milliseconds since the epoch: with the pid,
     it names a process (a recycled pid has another start time)."""
@@ -169,15 +184,21 @@ class Token:
         self.value = secrets.randbits(63) | 1
         self.path = token_path(name, self.value)
         tmp = self.path + ".new"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        info = json.dumps({"pid": os.getpid(), "start": process_start(), "pidns": _pidns()})
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise _token_error(e, tmp) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            info = {"pid": os.getpid(), "start": process_start(), "pidns": _pidns()}
-            os.write(fd, json.dumps(info).encode())
+            if os.write(fd, info.encode()) != len(info):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             os.rename(tmp, self.path)  # only a locked file ever has the final name
-        except BaseException:
+        except BaseException as e:
             os.close(fd)
             os.unlink(tmp)
+            if isinstance(e, OSError):
+                raise _token_error(e, tmp) from None
             raise
         self.fd = fd
         self.pid = os.getpid()
@@ -191,6 +212,15 @@ class Token:
                 pass
             os.close(self.fd)
         self.fd = None
+
+
+def _token_error(e: OSError, path: str) -> OSError:
+    """A token file that cannot be written: StorageFull when /dev/shm is full."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(e.errno, f"cannot write this process's liveness token {path} "
+                           f"(one page, {mmap.PAGESIZE:,} bytes, in {SHM_DIR}): {e.strerror} "
+                           "(is /dev/shm full or too small?)")
+    return e
 
 
 def token_of(path: str) -> int | None:
@@ -246,6 +276,12 @@ class DeadToken:
             os.close(self.fd)
             self.fd = None
 
+    def close(self) -> None:
+        """Let go of the file and leave it: its reaping is not finished."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
 
 def probe_token(path: str) -> DeadToken | None:
     """A DeadToken if the process behind the token file is gone, else None."""
@@ -274,7 +310,6 @@ def token_alive(path: str) -> bool:
     dead = probe_token(path) if os.path.exists(path) else True
     if dead is None:
         return True
-    if isinstance(dead, DeadToken) and dead.fd is not None:
-        os.close(dead.fd)  # leave the file: its reaper removes it
-        dead.fd = None
+    if isinstance(dead, DeadToken):
+        dead.close()  # leave the file: its reaper removes it
     return False

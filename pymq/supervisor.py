@@ -38,7 +38,7 @@ import posix_ipc
 
 from . import _core, control, segments
 from .config import check_group, check_topic
-from .errors import GroupNotFound, MQError, TopicNotFound
+from .errors import GroupNotFound, MQError, Timeout, TopicNotFound
 
 log = logging.getLogger("pymq.supervisor")  # not __name__: it runs as __main__
 
@@ -46,6 +46,9 @@ DEAD_BATCH = 256        # dead deliveries moved to a .dlq topic per call
 SWEEP_INTERVAL = 0.05   # seconds between sweeps
 IDLE_INTERVAL = 1.0     # seconds between looks for idle groups
 UNREADY_GRACE = 5.0     # seconds a segment may stay uninitialised before removal
+HEALTH_BUDGET = 0.5     # seconds /health may spend looking at topics' locks, all together
+HEALTH_LOCK_WAIT = 0.1  # seconds it waits for one topic's lock; longer held is a problem
+PERSIST_COUNTERS = ("written", "fsyncs", "files_removed", "write_errors", "fsync_errors")
 
 
 class Supervisor:
@@ -65,9 +68,9 @@ class Supervisor:
         self._errors: dict = {}
         self.writers: dict = {}
         self._checkpoints: dict = {}
-        self._last_checkpoint = 0.0
         self._last_idle = 0.0
         self.idle: list[dict] = []  # named groups idle past group_idle_timeout (last look)
+        self.busy_since: dict[str, float] = {}  # topics whose ack groups' locks the sweep found held
 
     def owner_alive(self) -> bool:
         return segments.token_alive(segments.token_path(self.name, self.ns.hdr.owner_token))
@@ -115,22 +118,32 @@ class Supervisor:
             segments.unlink(shm_name)
 
     def reap(self) -> None:
-        """Remove the subscriptions of every dead process, then its token."""
+        """Remove the subscriptions of every dead process, then its token. A
+        topic whose lock is held (by a stopped process, say) is not waited for:
+        the token stays, and the next sweep tries that topic again. A stopped
+        process is not dead: it keeps its token's lock."""
         for path in segments.token_files(self.name):
             dead = segments.probe_token(path)
             if dead is None:
                 continue
-            removed = 0
+            removed, left = 0, 0
             for topic in segments.topic_names(self.name):
                 ring = self.ring(topic)
-                if ring is not None:
+                if ring is None:
+                    continue
+                try:
                     removed += ring.reap(dead.value)
+                except Timeout:
+                    left += 1
             hdr = self.ns.hdr
             hdr.reaped_members += removed  # first: a reader that sees the process counted
-            hdr.reaped_processes += 1     # sees its subscriptions counted too
             if removed:
                 log.info("reaped %d subscription(s) of dead process %s", removed,
                          dead.info.get("pid"))
+            if left:
+                dead.close()  # not yet: a topic's lock is held; next sweep
+                continue
+            hdr.reaped_processes += 1     # sees its subscriptions counted too
             dead.release()
 
     def redeliver(self) -> None:
@@ -143,10 +156,14 @@ class Supervisor:
             if ring is None:
                 continue
             try:
-                dead_groups, _ = ring.sweep(now)  # a group whose lock is held: next sweep
+                dead_groups, busy = ring.sweep(now)  # a group whose lock is held: next sweep
             except MQError as e:
                 self.log_once((topic, None), f"topic {topic!r}: sweep: {e}")
                 continue
+            if busy:
+                self.busy_since.setdefault(topic, time.monotonic())
+            else:
+                self.busy_since.pop(topic, None)
             for g in dead_groups:
                 try:
                     while self.dead_letter(ring, g):
@@ -241,7 +258,7 @@ class Supervisor:
         except GroupNotFound:
             raise GroupNotFound(f"topic {topic!r} has no group {group!r}") from None
         log.info("group %r of topic %r deleted", group, topic)
-        self.checkpoint(force=True)  # a restart must not bring it back
+        self.checkpoint()  # a restart must not bring it back
 
     # -- the admin server --------------------------------------------------------
 
@@ -272,15 +289,32 @@ class Supervisor:
         return new.port
 
     def stats(self) -> dict:
-        """The broker's figures (the same dict as Client.stats())."""
-        return self.client().stats()
+        """The broker's figures: Client.stats(), and with persistence on, each
+        topic's writer's counters under "persistence" (only the supervisor has
+        them) and their sums broker-wide."""
+        figures = self.client().stats()
+        if self.writers:
+            total: dict[str, Any] = dict.fromkeys(PERSIST_COUNTERS, 0)
+            for topic, t in figures["topics"].items():
+                w = self.writers.get(topic)
+                if w is not None:
+                    t["persistence"] = w.figures()
+                    for k in PERSIST_COUNTERS:
+                        total[k] += t["persistence"][k]
+            total["failing"] = sum(1 for t in figures["topics"].values()
+                                   if (t.get("persistence") or {}).get("failing"))
+            figures["persistence"] = total
+        return figures
 
     def health(self) -> tuple[bool, dict]:
-        """(healthy, details): the supervisor serves, its owner lives, no segment
-        is closed or corrupt. Idle groups are warnings: they hold messages, but
-        the broker works."""
+        """(healthy, details), within HEALTH_BUDGET seconds whatever the locks
+        do: the supervisor serves, its owner lives, no segment is closed or
+        corrupt, no topic's lock has been held for long (by which pid, and
+        whether it is stopped, is said), the persistence writers write. Idle
+        groups are warnings: they hold messages, but the broker works."""
         problems = []
         hdr = self.ns.hdr
+        start = time.monotonic()
         if hdr.closed:
             problems.append("the broker is closing")
         if not self.owner_alive():
@@ -293,13 +327,26 @@ class Supervisor:
             if ring is None:
                 continue
             topics += 1
+            wait = min(HEALTH_LOCK_WAIT, max(0.0, HEALTH_BUDGET - (time.monotonic() - start)))
             try:
-                figures = ring.stats()
+                figures = ring.stats(lock_timeout_ns=int(wait * 1e9))
             except MQError as e:
                 problems.append(f"topic {topic!r}: {e}")
                 continue
             if figures["corrupt"]:
                 problems.append(f"topic {topic!r}: {figures['corrupt']} corruption(s) detected")
+            if figures["locked"] and wait >= HEALTH_LOCK_WAIT:
+                problems.append(f"topic {topic!r}: its lock has been held for over "
+                                f"{HEALTH_LOCK_WAIT:g} s by {_holder(figures['lock_pid'])}")
+            held = time.monotonic() - self.busy_since.get(topic, time.monotonic())
+            if held > HEALTH_LOCK_WAIT:
+                pids = [g["lock_pid"] for g in figures["groups_detail"] if g["lock_pid"]]
+                problems.append(f"topic {topic!r}: an ack group's lock has been held for "
+                                f"{held:.1f} s by {_holder(pids[0]) if pids else 'a process'}")
+        for topic, w in list(self.writers.items()):
+            failing = w.figures()["failing"]
+            if failing:
+                problems.append(f"persistence of {topic!r}: {failing}")
         details: dict[str, Any] = {"broker": self.name, "supervisor_pid": os.getpid(),
                                    "topics": topics, "supervisor_restarts": hdr.supervisor_restarts}
         idle = list(self.idle)
@@ -372,26 +419,28 @@ class Supervisor:
             return
         from .persistence import Writer
         for topic in segments.topic_names(self.name):
-            w = self.writers.get(topic)
-            if w is not None and w.is_alive():
+            ring = self.ring(topic)
+            if ring is None:
                 continue
+            w = self.writers.get(topic)
+            if w is not None and (w.is_alive() or (w.error is None and ring.closed)):
+                continue  # at work, or done: the topic is closed and written out
+            if w is not None and w.error is not None:
+                self.log_once((topic, "writer"), f"persistence of {topic!r}: the writer stopped "
+                              f"({type(w.error).__name__}: {w.error}); starting another")
             try:
-                w = self.writers[topic] = Writer(self.client(), topic, cfg)
+                w = self.writers[topic] = Writer(ring, self.client()._owner_token(), cfg)
                 w.start()
             except (MQError, OSError) as e:
                 self.log_once((topic, "persist"), f"persistence of {topic!r}: {e}")
 
-    def checkpoint(self, force: bool = False) -> None:
+    def checkpoint(self) -> None:
         """Record the named groups' positions and acks of every topic on disk
-        (persistence.group_positions), when they changed, at most every
-        persistence_fsync_interval (and at close)."""
+        (persistence.group_positions) every sweep in which they changed (and at
+        close): a reboot delivers again nothing acked more than a sweep ago."""
         cfg = self.client().config
         if not cfg.persistence_enabled:
             return
-        now = time.monotonic()
-        if not force and now - self._last_checkpoint < cfg.persistence_fsync_interval:
-            return
-        self._last_checkpoint = now
         from . import persistence
         for topic in segments.topic_names(self.name):
             ring = self.ring(topic)
@@ -407,12 +456,19 @@ class Supervisor:
                 self.log_once((topic, "checkpoint"), f"group positions of {topic!r}: {e}")
 
     def sweep(self) -> None:
+        """One round of every duty. Each is on its own: whatever one meets (a
+        corrupt segment, a full disk, a bug) is logged once and the others go
+        on; the sweep never waits long for a lock."""
         with self.lock:
-            self.reap()
-            self.redeliver()
-            self.persist()
-            self.checkpoint()
-            self.watch_idle()
+            for duty in (self.reap, self.redeliver, self.persist, self.checkpoint,
+                         self.watch_idle):
+                try:
+                    duty()
+                except Exception as e:  # noqa: BLE001 - the supervisor must survive anything
+                    self.log_once(("sweep", duty.__name__), f"sweep: {duty.__name__}: "
+                                  f"{type(e).__name__}: {e}")
+                else:
+                    self._errors.pop(("sweep", duty.__name__), None)
         self.ns.hdr.supervisor_beat_ns = time.time_ns()
 
     def run(self) -> int:
@@ -424,16 +480,11 @@ class Supervisor:
                 log.error("admin server cannot listen on port %d again: %s", hdr.admin_port,
                           e.strerror or e)
         self.control = control.ControlServer(self.name, self.handle)
-        while not self.stop:
-            if hdr.closed:
-                return 0
+        while not self.stop:  # closed: the writers finish, until the Broker's SIGTERM
             if not self.owner_alive():
                 log.warning("the owner of %r (pid %d) is gone; exiting", self.name, hdr.owner_pid)
                 return 0
-            try:
-                self.sweep()
-            except MQError as e:  # a corrupt segment must not stop the other duties
-                log.error("sweep: %s", e)
+            self.sweep()
             self.woken.wait(SWEEP_INTERVAL)
         return 0
 
@@ -443,7 +494,7 @@ class Supervisor:
         for w in self.writers.values():
             w.stop()
         try:
-            self.checkpoint(force=True)
+            self.checkpoint()
         except MQError:
             pass
         if self.admin is not None:
@@ -495,6 +546,11 @@ class PipeHandler(logging.Handler):
             if len(line) <= select.PIPE_BUF:
                 return line
         return line[:select.PIPE_BUF - 2] + b"\n"  # not JSON any more: the reader skips it
+
+
+def _holder(pid: int) -> str:
+    """Who holds a lock, for a report: its pid and what it is doing."""
+    return f"pid {pid} ({segments.process_state(pid)})" if pid else "a process"
 
 
 def main(argv: list[str]) -> int:

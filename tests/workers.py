@@ -237,3 +237,28 @@ def broker_in_a_process(name, ready_evt, env_name=False):
     ready_evt.set()
     while True:
         time.sleep(1)
+
+
+def publish_one(name, topic, payload):
+    """Publish one message (a test point may stop this process inside)."""
+    pymq.connect(name).publish(topic, payload, timeout=30)
+
+
+def ack_get_once(name, topic, group, out_q):
+    """Join an ack group, take what one read gives (a test point may stop this
+    process inside, holding the group's lock), ack it, report the payloads."""
+    c = pymq.connect(name)
+    sub = c.subscribe_with_ack(topic, group=group)
+    got = sub.get_many(100, timeout=30)
+    sub.ack_many(got)
+    out_q.put([m.payload for m in got])
+
+
+def ack_get_after(name, topic, group, out_q, ready_evt):
+    """Join an ack group, say so, then take, ack and report one read."""
+    c = pymq.connect(name)
+    sub = c.subscribe_with_ack(topic, group=group)
+    ready_evt.set()
+    got = sub.get_many(100, timeout=60)
+    sub.ack_many(got)
+    out_q.put([m.payload for m in got])

@@ -2,16 +2,17 @@
  * ack.c - at-least-once delivery: what is in the pending tables of ack groups.
  *
  * An ack group's members take the group's own robust mutex to claim records
- * (redeliveries first, then new records while the window has room) and to
- * nack; the supervisor takes it to sweep (timeouts, deliveries of members
- * that are gone, groups on their way out) and to dead-letter. An ack needs no
- * lock: it frees its entry by a 16-byte compare-and-swap of the entry's seq
- * and state (pmq_pending_t), and every change of an entry in flight is made
- * the same way, so an ack and a lock holder never undo each other. Whoever
- * holds the lock moves the floor past freed entries; an ack that freed the
- * window's head while someone else held the lock marks the group stale, and
- * that holder, once it let go, looks at the mark (a Dekker handshake: the
- * acker marks, then tries the lock; the holder unlocks, then looks).
+ * (redeliveries first, then new records while the window has room); the
+ * supervisor takes it to sweep (timeouts, deliveries of members that are
+ * gone, groups on their way out) and to dead-letter, never waiting long. An
+ * ack or a nack needs no lock: it changes its entry by a 16-byte
+ * compare-and-swap of the entry's seq and state (pmq_pending_t), and every
+ * change of an entry in flight is made the same way, so they and a lock
+ * holder never undo each other. Whoever holds the lock moves the floor past
+ * freed entries and recounts what is READY; an ack or nack that changed the
+ * window without the lock marks the group stale, and tries the lock; a
+ * holder that let go looks at the mark (a Dekker handshake: one of the two
+ * sees the other), and so does a reader about to sleep.
  * Publishers never take the lock: they gate on the floor.
  *
  * A claim commits in this order: the entries, pend_tail, then the cursor. A
@@ -24,7 +25,6 @@
 
 #include <errno.h>
 
-#define ACK_LOCK_NS PMQ_ADMIN_LOCK_NS /* for the supervisor's work and nacks */
 
 static pmq_pending_t *entry(const pmq_ring_t *r, const pmq_group_t *g, uint64_t n)
 {
@@ -162,13 +162,13 @@ static int group_checked(pmq_ring_t *r, pmq_group_t *g, uint32_t gen, pmq_member
 /* Lock group g, which must still be the ack group of generation gen (and,
  * with m, m's): else PMQ_GONE, unlocked. The identity is checked before the
  * window, so a group freed meanwhile is "gone", not "corrupt". d NULL: the
- * supervisor's patience (ACK_LOCK_NS). */
+ * supervisor's patience (PMQ_SWEEP_LOCK_NS). */
 static int group_lock(pmq_ring_t *r, pmq_group_t *g, uint32_t gen, pmq_member_t *m, uint32_t mgen,
                       int draining_too, pmq_deadline_t *d, const pmq_hooks_t *hooks)
 {
-    pmq_deadline_t admin = PMQ_DEADLINE(ACK_LOCK_NS);
+    pmq_deadline_t sweep = PMQ_DEADLINE(PMQ_SWEEP_LOCK_NS);
     group_ctx_t ctx = {r, g};
-    int rc = pmq_sync_lock(&g->lock, d ? d : &admin, 0, hooks, repair, &ctx);
+    int rc = pmq_sync_lock(&g->lock, d ? d : &sweep, 0, hooks, repair, &ctx);
     if (rc == PMQ_ECORRUPT)
         ADD_RLX(&r->hdr->corrupt, 1);
     if (rc < 0)
@@ -236,7 +236,9 @@ int ack_take(pmq_ring_t *r, pmq_member_t *m, uint32_t mi, uint32_t mgen, pmq_gro
     if (rc < 0)
         return rc == -ETIMEDOUT ? PMQ_EMPTY : rc; /* a lock held past the read's deadline */
     PMQ_TEST_POINT("ack.locked");
-    uint64_t tail = LOAD_ACQ(&r->hdr->tail), old_floor = g->floor, cur = g->cursor;
+    uint64_t old_floor = g->floor;
+    advance_floor(r, g); /* what acks and nacks changed without the lock, first */
+    uint64_t tail = LOAD_ACQ(&r->hdr->tail), cur = g->cursor;
     ring_batch_reset(b);
     pmq_rec_t rec;
     /* Gather: deliveries waiting for another try first, then new records
@@ -325,7 +327,7 @@ int ack_take(pmq_ring_t *r, pmq_member_t *m, uint32_t mi, uint32_t mgen, pmq_gro
     return rc < 0 ? rc : (int)b->n;
 }
 
-/* ---- acks (no lock), nacks and dead letters (under the lock) ---------------------- */
+/* ---- acks and nacks (no lock), dead letters (under the lock) ----------------------- */
 
 /* Lock-free: ack group gi of generation gen, checked. */
 static pmq_group_t *named(pmq_ring_t *r, uint32_t gi, uint32_t gen)
@@ -334,6 +336,59 @@ static pmq_group_t *named(pmq_ring_t *r, uint32_t gi, uint32_t gen)
         return NULL;
     pmq_group_t *g = &r->groups[gi];
     return is_ack_group(r, g, 0) && LOAD_RLX(&g->gen) == gen ? g : NULL;
+}
+
+/* After acks or nacks changed entries without the lock: mark the group stale
+ * (its floor and counts are to be seen to), then see to it now if the lock
+ * is free (else its holder does once it lets go), and wake whoever waits. */
+static void changed_without_lock(pmq_ring_t *r, pmq_group_t *g, int readers)
+{
+    STORE_SC(&g->stale, 1);
+    if (group_trylock(r, g, 0) == 0) {
+        uint64_t old_floor = g->floor, old_head = g->pend_head;
+        int was_full = g->pend_tail - g->pend_head == r->pending_cap;
+        advance_floor(r, g);
+        readers |= was_full && g->pend_head != old_head;
+        group_unlock(r, g);
+        after_change(r, g, old_floor, readers);
+    } else if (readers) {
+        ring_wake_if_waiting(&r->hdr->data_seq, &r->hdr->data_waiters);
+    }
+}
+
+/* Change entries named by (slot, seq) without the lock: an ack frees one in
+ * any state but free (an ack of any attempt counts: the work was done); a
+ * nack (attempts given) requeues one still in flight at exactly that attempt
+ * (a stale nack, from a member the delivery was since taken from, must not
+ * requeue it under its new holder). How many changed. */
+static int change(pmq_ring_t *r, pmq_group_t *g, const uint32_t *slots, const uint64_t *seqs,
+                  const uint32_t *attempts, uint32_t n, int *mark)
+{
+    uint64_t head = LOAD_ACQ(&g->pend_head);
+    int k = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (slots[i] >= r->pending_cap)
+            continue;
+        pmq_pending_t *e = &r->pending[(uint64_t)g->ptable * r->pending_cap + slots[i]];
+        for (;;) {
+            pmq_pending_word_t w = word_of(e), to = w;
+            if (w.f.state == PMQ_PEND_FREE || LOAD_ACQ(&e->seq) != seqs[i])
+                break; /* acked already, or the slot holds another record by now */
+            if (attempts && (w.f.state != PMQ_PEND_INFLIGHT || w.f.attempts != attempts[i]))
+                break;
+            to = attempts ? requeued(g, w) : (pmq_pending_word_t){.bits = w.bits};
+            if (!attempts)
+                to.f.state = PMQ_PEND_FREE;
+            if (entry_cas(e, seqs[i], w, to)) {
+                k++;
+                /* the floor moves only if the head was freed; counts change if
+                 * what was READY or DEAD was acked, or anything was requeued */
+                *mark |= attempts || slots[i] == slot_of(r, head) || w.f.state != PMQ_PEND_INFLIGHT;
+                break;
+            }
+        }
+    }
+    return k;
 }
 
 int pmq_ack_ack(pmq_ring_t *r, uint32_t gi, uint32_t gen, const uint32_t *slots,
@@ -345,90 +400,11 @@ int pmq_ack_ack(pmq_ring_t *r, uint32_t gi, uint32_t gen, const uint32_t *slots,
     pmq_group_t *g = named(r, gi, gen);
     if (!g)
         return 0; /* the group went: nothing left to ack */
-    uint64_t head = LOAD_ACQ(&g->pend_head);
-    int k = 0, head_freed = 0, recount_needed = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        if (slots[i] >= r->pending_cap)
-            continue;
-        pmq_pending_t *e = &r->pending[(uint64_t)g->ptable * r->pending_cap + slots[i]];
-        for (;;) {
-            pmq_pending_word_t w = word_of(e), freed = w;
-            if (w.f.state == PMQ_PEND_FREE || LOAD_ACQ(&e->seq) != seqs[i])
-                break; /* acked already, or the slot holds another record by now */
-            freed.f.state = PMQ_PEND_FREE;
-            if (entry_cas(e, seqs[i], w, freed)) { /* an ack of any attempt: the work was done */
-                k++;
-                head_freed |= slots[i] == slot_of(r, head);
-                recount_needed |= w.f.state != PMQ_PEND_INFLIGHT;
-                break;
-            }
-        }
-    }
-    if (!k)
-        return 0;
-    ADD_RLX(&g->acked, (uint64_t)k);
-    if (head_freed || recount_needed) {
-        STORE_SC(&g->stale, 1); /* then try the lock: see the top of this file */
-        if (group_trylock(r, g, 0) == 0) {
-            uint64_t old_floor = g->floor;
-            int was_full = g->pend_tail - g->pend_head == r->pending_cap;
-            uint64_t old_head = g->pend_head;
-            advance_floor(r, g);
-            int readers = was_full && g->pend_head != old_head;
-            group_unlock(r, g);
-            after_change(r, g, old_floor, readers);
-        }
-    }
-    return k;
-}
-
-enum settle { SETTLE_NACK, SETTLE_DEAD_LETTERED };
-
-/* Nacks or dead-letter confirmations named by (slot, seq), under the lock. A
- * nack also names the delivery attempt: a stale nack, from a member the
- * delivery was taken from (timeout, or its own earlier nack), must not requeue
- * it under its new holder. */
-static int settle(pmq_ring_t *r, uint32_t gi, uint32_t gen, const uint32_t *slots,
-                  const uint64_t *seqs, const uint32_t *attempts, uint32_t n, enum settle how,
-                  const pmq_hooks_t *hooks)
-{
-    if (!r || (n && (!slots || !seqs || (how == SETTLE_NACK && !attempts))))
-        return PMQ_EINVAL;
-    if (gi >= r->max_groups)
-        return PMQ_EINVAL;
-    pmq_group_t *g = &r->groups[gi];
-    int rc = group_lock(r, g, gen, NULL, 0, 0, NULL, hooks), k = 0;
-    if (rc < 0)
-        return rc == PMQ_GONE ? 0 : rc; /* the group went: nothing left to settle */
-    uint64_t old_floor = g->floor, old_head = g->pend_head;
-    int was_full = g->pend_tail - g->pend_head == r->pending_cap, readers = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        if (slots[i] >= r->pending_cap)
-            continue;
-        pmq_pending_t *e = &r->pending[(uint64_t)g->ptable * r->pending_cap + slots[i]];
-        pmq_pending_word_t w = word_of(e), freed = w;
-        if (w.f.state == PMQ_PEND_FREE || e->seq != seqs[i])
-            continue; /* acked already, or the slot holds another record by now */
-        if (how == SETTLE_NACK) {
-            if (w.f.state != PMQ_PEND_INFLIGHT || w.f.attempts != attempts[i] || !requeue(g, e, w))
-                continue;
-            readers = 1;
-        } else {
-            freed.f.state = PMQ_PEND_FREE;
-            if (w.f.state != PMQ_PEND_DEAD || !entry_cas(e, seqs[i], w, freed))
-                continue;
-            g->dead--;
-        }
-        k++;
-    }
-    if (how == SETTLE_NACK)
-        g->nacked += (uint64_t)k;
-    else
-        g->dead_lettered += (uint64_t)k;
-    advance_floor(r, g);
-    readers |= was_full && g->pend_head != old_head;
-    group_unlock(r, g);
-    after_change(r, g, old_floor, readers);
+    int mark = 0, k = change(r, g, slots, seqs, NULL, n, &mark);
+    if (k)
+        ADD_RLX(&g->acked, (uint64_t)k);
+    if (mark)
+        changed_without_lock(r, g, 0);
     return k;
 }
 
@@ -436,13 +412,46 @@ int pmq_ack_nack(pmq_ring_t *r, uint32_t gi, uint32_t gen, const uint32_t *slots
                  const uint64_t *seqs, const uint32_t *attempts, uint32_t n,
                  const pmq_hooks_t *hooks)
 {
-    return settle(r, gi, gen, slots, seqs, attempts, n, SETTLE_NACK, hooks);
+    (void)hooks; /* it never waits */
+    if (!r || (n && (!slots || !seqs || !attempts)))
+        return PMQ_EINVAL;
+    pmq_group_t *g = named(r, gi, gen);
+    if (!g)
+        return 0;
+    int mark = 0, k = change(r, g, slots, seqs, attempts, n, &mark);
+    if (k) {
+        ADD_RLX(&g->nacked, (uint64_t)k);
+        changed_without_lock(r, g, 1); /* a redelivery is waiting for a reader */
+    }
+    return k;
 }
 
 int pmq_ack_dead_lettered(pmq_ring_t *r, uint32_t gi, uint32_t gen, const uint32_t *slots,
                           const uint64_t *seqs, uint32_t n)
 {
-    return settle(r, gi, gen, slots, seqs, NULL, n, SETTLE_DEAD_LETTERED, NULL);
+    if (!r || gi >= r->max_groups || (n && (!slots || !seqs)))
+        return PMQ_EINVAL;
+    pmq_group_t *g = &r->groups[gi];
+    int rc = group_lock(r, g, gen, NULL, 0, 0, NULL, NULL), k = 0;
+    if (rc < 0)
+        return rc == PMQ_GONE ? 0 : rc; /* the group went: nothing left to settle */
+    uint64_t old_floor = g->floor;
+    for (uint32_t i = 0; i < n; i++) {
+        if (slots[i] >= r->pending_cap)
+            continue;
+        pmq_pending_t *e = &r->pending[(uint64_t)g->ptable * r->pending_cap + slots[i]];
+        pmq_pending_word_t w = word_of(e), freed = w;
+        freed.f.state = PMQ_PEND_FREE;
+        if (w.f.state == PMQ_PEND_DEAD && e->seq == seqs[i] && entry_cas(e, seqs[i], w, freed)) {
+            g->dead--;
+            k++;
+        }
+    }
+    g->dead_lettered += (uint64_t)k;
+    advance_floor(r, g);
+    group_unlock(r, g);
+    after_change(r, g, old_floor, 0);
+    return k;
 }
 
 /* ---- the supervisor's work: timeouts, members gone, groups going ------------------ */
@@ -481,13 +490,13 @@ static int look_after(pmq_ring_t *r, uint32_t gi, pmq_group_t *g, int64_t now_ns
     return timed_out;
 }
 
-/* A drained group's slot and table go back, under the segment's lock (which
- * nobody holding the group's waits for). wait: may it wait for that lock. */
-static int free_drained(pmq_ring_t *r, pmq_group_t *g, int wait)
+/* A drained group's slot and table go back, under the segment's lock, if
+ * that is free now (else the next sweep does it). */
+static int free_drained(pmq_ring_t *r, pmq_group_t *g)
 {
     if (LOAD_ACQ(&g->state) != PMQ_SLOT_DRAINING || !LOAD_ACQ(&g->drained))
         return 0;
-    int rc = wait ? ring_lock_admin(r) : ring_trylock(r);
+    int rc = ring_trylock(r);
     if (rc < 0)
         return rc;
     if (g->state == PMQ_SLOT_DRAINING && g->drained) {
@@ -527,7 +536,7 @@ int pmq_ack_sweep(pmq_ring_t *r, int64_t now_ns, uint64_t *dead_groups, uint32_t
             *dead_groups |= 1ULL << gi;
         group_unlock(r, g);
         after_change(r, g, old_floor, readers);
-        if ((rc = free_drained(r, g, 0)) == PMQ_BUSY)
+        if ((rc = free_drained(r, g)) == PMQ_BUSY)
             (*busy)++;
         else if (rc < 0)
             return rc;
@@ -550,7 +559,7 @@ int pmq_ack_tidy(pmq_ring_t *r, uint32_t gi)
     advance_floor(r, g);
     group_unlock(r, g);
     after_change(r, g, old_floor, readers);
-    return free_drained(r, g, 0);
+    return free_drained(r, g);
 }
 
 int pmq_ack_take_dead(pmq_ring_t *r, uint32_t gi, pmq_batch_t *b, uint32_t max,

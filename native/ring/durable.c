@@ -25,7 +25,7 @@ int pmq_durable_position(pmq_ring_t *r, uint32_t gi, uint64_t *position, uint64_
         *position = first; /* the oldest delivery not yet acked, or the next to deliver */
         return rc < 0 ? rc : n;
     }
-    int rc = ring_lock_admin(r); /* the cursor stands still enough: head cannot pass it */
+    int rc = ring_lock_for(r, PMQ_SWEEP_LOCK_NS); /* the cursor stands still enough: head cannot pass it */
     if (rc < 0)
         return rc;
     uint64_t at, cur = LOAD_ACQ(&g->cursor);

@@ -101,7 +101,8 @@ static int wait_for_data(pmq_ring_t *r, pmq_member_t *m, uint32_t gen, pmq_group
     int rc = 0;
     int changed = LOAD_SC(&h->tail) != was->tail || LOAD_SC(&h->closed) ||
                   ring_member_group(r, m, gen, &rc) != g ||
-                  (ack ? LOAD_SC(&g->ready) != was->ready || LOAD_SC(&g->pend_head) != was->pend_head
+                  (ack ? LOAD_SC(&g->ready) != was->ready || LOAD_SC(&g->pend_head) != was->pend_head ||
+                             LOAD_SC(&g->stale) /* an ack or nack changed it without the lock */
                        : LOAD_SC(&g->cursor) != was->cursor);
     return changed ? 0 : sleep_on_data(h, word, d, hooks);
 }
@@ -183,7 +184,7 @@ int pmq_member_reap(pmq_ring_t *r, uint64_t owner)
 {
     if (!r)
         return PMQ_EINVAL;
-    int rc = ring_lock_admin(r), n = 0;
+    int rc = ring_lock_for(r, PMQ_SWEEP_LOCK_NS), n = 0; /* the supervisor's: never long */
     if (rc < 0)
         return rc;
     uint64_t acks = 0;

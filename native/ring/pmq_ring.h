@@ -437,13 +437,15 @@ int pmq_group_stats(pmq_ring_t *r, pmq_ring_stats_t *out, pmq_group_stats_t *gro
 
 /* Acknowledge n deliveries of group `group` (of generation group_gen), each
  * named by the slot and seq its read gave. An ack of a delivery already acked
- * (or by now another record's slot) is ignored: returns how many it acked. */
+ * (or by now another record's slot) is ignored: returns how many it acked.
+ * It takes no lock (a compare-and-swap of each entry) and never waits. */
 int pmq_ack_ack(pmq_ring_t *r, uint32_t group, uint32_t group_gen, const uint32_t *slots,
                 const uint64_t *seqs, uint32_t n, const pmq_hooks_t *hooks);
 
 /* Ask for redelivery now (or dead-lettering, when out of retries). Each nack
  * names the delivery attempt it answers; a stale one (the delivery has moved
- * on to another attempt) is ignored. Returns how many it requeued. */
+ * on to another attempt) is ignored. Like an ack it takes no lock and never
+ * waits. Returns how many it requeued. */
 int pmq_ack_nack(pmq_ring_t *r, uint32_t group, uint32_t group_gen, const uint32_t *slots,
                  const uint64_t *seqs, const uint32_t *attempts, uint32_t n,
                  const pmq_hooks_t *hooks);
@@ -518,7 +520,9 @@ int pmq_member_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b
  * member had in flight is redelivered to the group's other members at once. */
 int pmq_member_leave(pmq_ring_t *r, uint32_t member, uint32_t gen);
 
-/* Remove every member owned by `owner` (a dead process). Returns how many. */
+/* Remove every member owned by `owner` (a dead process). Returns how many;
+ * -ETIMEDOUT if the segment's lock is held (by a stopped process, say) for
+ * longer than the supervisor waits (it tries again next sweep). */
 int pmq_member_reap(pmq_ring_t *r, uint64_t owner);
 
 /* Slot i of the member table: 1 and its owner, group and pid if in use, else 0. */

@@ -120,12 +120,13 @@ int pmq_sync_lock_init(pthread_mutex_t *m);
 typedef int (*pmq_repair_fn)(void *ctx);
 
 /* Lock m: a short spin of trylocks, then (hooks->block first) a blocking
- * wait until slack_ns past d's deadline, which starts when the wait does (so a
- * caller's own wait that follows counts from there too); d NULL: no limit. On
+ * wait until d's deadline, which starts when the wait does (so a caller's own
+ * wait that follows counts from there too), but at least min_ns (so that a
+ * short timeout does not fail on mere contention); d NULL: no limit. On
  * EOWNERDEAD it calls repair(ctx), then pthread_mutex_consistent. Returns 0
  * (locked); -ETIMEDOUT; repair's code; PMQ_ECORRUPT for a lock that cannot
  * be recovered; -errno. */
-int pmq_sync_lock(pthread_mutex_t *m, pmq_deadline_t *d, int64_t slack_ns,
+int pmq_sync_lock(pthread_mutex_t *m, pmq_deadline_t *d, int64_t min_ns,
                   const pmq_hooks_t *hooks, pmq_repair_fn repair, void *ctx);
 
 /* Lock m only if it is free now (a repair included): 0, PMQ_BUSY, or as

@@ -214,9 +214,9 @@ static int checked(pmq_ring_t *r, int rc)
     return rc;
 }
 
-int ring_lock(pmq_ring_t *r, pmq_deadline_t *d, int64_t slack_ns, const pmq_hooks_t *hooks)
+int ring_lock(pmq_ring_t *r, pmq_deadline_t *d, int64_t min_ns, const pmq_hooks_t *hooks)
 {
-    return checked(r, pmq_sync_lock(&r->hdr->lock, d, slack_ns, hooks, repair, r));
+    return checked(r, pmq_sync_lock(&r->hdr->lock, d, min_ns, hooks, repair, r));
 }
 
 int ring_trylock(pmq_ring_t *r)
@@ -224,11 +224,13 @@ int ring_trylock(pmq_ring_t *r)
     return checked(r, pmq_sync_trylock(&r->hdr->lock, repair, r));
 }
 
-int ring_lock_admin(pmq_ring_t *r)
+int ring_lock_for(pmq_ring_t *r, int64_t timeout_ns)
 {
-    pmq_deadline_t d = PMQ_DEADLINE(PMQ_ADMIN_LOCK_NS);
+    pmq_deadline_t d = PMQ_DEADLINE(timeout_ns);
     return ring_lock(r, &d, 0, NULL);
 }
+
+int ring_lock_admin(pmq_ring_t *r) { return ring_lock_for(r, PMQ_ADMIN_LOCK_NS); }
 
 void ring_unlock(pmq_ring_t *r)
 {
@@ -244,10 +246,10 @@ int pmq_ring_close(pmq_ring_t *r, uint32_t why)
         return PMQ_EINVAL;
     /* Under the mutex: a publish either committed before (and is part of what
      * closed) or sees the mark; none is accepted after this returns. Even a
-     * lock that cannot be had (corrupt, or held by a stopped process) does not
-     * keep the mark off: publishers check it under the lock, which they will
-     * not get before the holder lets go. */
-    int rc = ring_lock_admin(r);
+     * lock that cannot be had soon (corrupt, or held by a stopped process)
+     * does not keep the mark off: publishers check it under the lock, which
+     * they will not get before the holder lets go. */
+    int rc = ring_lock_for(r, PMQ_SWEEP_LOCK_NS);
     uint32_t open = PMQ_OPEN;
     __atomic_compare_exchange_n(&r->hdr->closed, &open, why, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
     if (rc == 0)
@@ -377,9 +379,11 @@ static uint64_t write_records(pmq_ring_t *r, uint64_t pos, const char *const *pa
  * also looks for itself this often: a slow reader that frees just enough
  * does not leave it asleep until its deadline. */
 #define PMQ_SPACE_SLICE_NS (10LL * 1000000LL)
-/* Taking the mutex again after a wait is not waiting for space: allow this
- * much beyond the publish deadline, so that contention alone never means Full. */
-#define PMQ_RELOCK_GRACE_NS (1000LL * 1000000LL)
+/* The least a publish waits for the mutex, whatever its timeout: contention
+ * alone (a holder preempted by the scheduler, say) does not mean Full; a
+ * holder that keeps it longer (stopped, frozen) does, within the publish's
+ * own timeout when that is longer. */
+#define PMQ_LOCK_MIN_NS (100LL * 1000000LL)
 
 /* Wait for space with the mutex released. Returns 0 with the mutex held again
  * (look again), or an error with it released. */
@@ -411,7 +415,7 @@ static int wait_for_space(pmq_ring_t *r, uint64_t target, pmq_deadline_t *d,
     pmq_sync_unblock(hooks);
     if (rc == PMQ_EINTR)
         return rc;
-    rc = ring_lock(r, d, PMQ_RELOCK_GRACE_NS, hooks);
+    rc = ring_lock(r, d, PMQ_LOCK_MIN_NS, hooks);
     return rc == -ETIMEDOUT ? PMQ_FULL : rc;
 }
 
@@ -476,7 +480,7 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *const *parts, const uint32_t
     /* The deadline starts when the lock's spin fails or at the first wait for
      * space: a publish that gets the lock and finds room reads the clock only
      * for its records' time. */
-    rc = ring_lock(r, d, PMQ_RELOCK_GRACE_NS, hooks);
+    rc = ring_lock(r, d, PMQ_LOCK_MIN_NS, hooks);
     if (rc == -ETIMEDOUT) {
         ADD_RLX(&h->publish_full, 1);
         return PMQ_FULL;

@@ -23,10 +23,14 @@
 /* Internal: "look again" (a lost race, or only padding read). */
 #define PMQ_RETRY (-1999)
 
-/* For everything but publish and reads (which have deadlines of their own):
- * the segment's lock is only ever held for microseconds, so a wait this long
- * means a stopped or frozen holder, or a garbage lock word. */
+/* For joins, leaves and deletions (publish and reads have deadlines of their
+ * own, the supervisor's work PMQ_SWEEP_LOCK_NS): the segment's lock is only
+ * ever held for microseconds, so a wait this long means a stopped or frozen
+ * holder, or a garbage lock word. */
 #define PMQ_ADMIN_LOCK_NS (10LL * 1000000000LL)
+/* The most the supervisor waits for a lock (and a close for the segment's):
+ * it never waits on a topic's lock for long, and looks again next sweep. */
+#define PMQ_SWEEP_LOCK_NS (100LL * 1000000LL)
 
 /* The record at position pos (below limit): its size, or 0 if out of bounds. */
 static inline uint64_t ring_record(const pmq_ring_t *r, uint64_t pos, uint64_t limit, pmq_rec_t *rec)
@@ -70,11 +74,13 @@ static inline void ring_wake_all(pmq_ring_t *r)
 /* Lock the segment's mutex (pmq_sync_lock with the segment's repair: the
  * commit intent, the tables' counts), then check the positions' invariants
  * before anyone trusts them. 0, or an error with the mutex released. */
-int ring_lock(pmq_ring_t *r, pmq_deadline_t *d, int64_t slack_ns, const pmq_hooks_t *hooks);
+int ring_lock(pmq_ring_t *r, pmq_deadline_t *d, int64_t min_ns, const pmq_hooks_t *hooks);
 /* The same, for a caller holding another lock: never waits (PMQ_BUSY). */
 int ring_trylock(pmq_ring_t *r);
 /* The same with PMQ_ADMIN_LOCK_NS, for changes to the group and member tables. */
 int ring_lock_admin(pmq_ring_t *r);
+/* The same, waiting at most timeout_ns. */
+int ring_lock_for(pmq_ring_t *r, int64_t timeout_ns);
 void ring_unlock(pmq_ring_t *r);
 
 /* The lowest cursor (an ack group: floor) of any group, or tail. Mutex held. */

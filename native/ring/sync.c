@@ -171,7 +171,7 @@ int pmq_sync_trylock(pthread_mutex_t *m, pmq_repair_fn repair, void *ctx)
  * a futex sleep and wake-up (about 1 us of system calls on each side). */
 #define PMQ_LOCK_SPINS 64
 
-int pmq_sync_lock(pthread_mutex_t *m, pmq_deadline_t *d, int64_t slack_ns,
+int pmq_sync_lock(pthread_mutex_t *m, pmq_deadline_t *d, int64_t min_ns,
                   const pmq_hooks_t *hooks, pmq_repair_fn repair, void *ctx)
 {
     int rc = EBUSY;
@@ -183,12 +183,13 @@ int pmq_sync_lock(pthread_mutex_t *m, pmq_deadline_t *d, int64_t slack_ns,
     if (rc != EBUSY)
         return after_lock(m, rc, repair, ctx);
     /* The clock is read only now: a lock got by spinning reads none. */
-    int64_t at = d ? pmq_deadline_start(d, -1) : INT64_MAX;
+    int64_t now = pmq_sync_now(), at = d ? pmq_deadline_start(d, now) : INT64_MAX;
+    if (at != INT64_MAX && min_ns > 0 && at - now < min_ns)
+        at = now + min_ns;
     pmq_sync_block(hooks);
     if (at == INT64_MAX) {
         rc = pthread_mutex_lock(m);
     } else {
-        at = slack_ns > INT64_MAX - at ? INT64_MAX : at + slack_ns;
         struct timespec ts = timespec_of(at);
         rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
     }

@@ -39,8 +39,10 @@ def ensure_dir(path: str) -> None:
 
 def write_lines(lines: _core.Lines, log: "TopicLog", n: int, payloads: tuple[Any, int]) -> None:
     """Encode a batch's first n records (payloads: where its offsets point)
-    and append them to the log."""
-    i = 0
+    and append them to the log, but for those already on it (seq up to
+    log.last_seq: a batch written again after a failure, or handed over from
+    a writer that died part-way), so that the log holds each seq once."""
+    i = log.first_new(lines.seqs(0), n)
     while i < n:
         ends = lines.encode(i, n, payloads)
         log.append(lines.seqs(i), ends, len(ends), lines.view)
@@ -49,7 +51,12 @@ def write_lines(lines: _core.Lines, log: "TopicLog", n: int, payloads: tuple[Any
 
 
 class TopicLog:
-    """The segment files of one topic: append, rotate, fsync, retain."""
+    """The segment files of one topic: append, rotate, fsync, retain.
+
+    A failed write or fsync leaves no partial line: the file is cut back to
+    its last whole line (a failed fsync under "always": to what the last one
+    made durable) and closed, and the error raised; the caller writes the
+    batch again, and lines already whole are not written twice (last_seq)."""
 
     def __init__(self, root: str, topic: str, cfg):
         self.dir = topic_dir(root, topic)
@@ -61,11 +68,51 @@ class TopicLog:
         self.last_fsync = time.monotonic()
         self.unsynced = False
         self.written = self.files_removed = self.fsyncs = 0
+        self.write_errors = self.fsync_errors = 0
         self._behind = None       # the background fsync in progress (policy "interval")
-        self._behind_error = None
+        self.sync_failure: str | None = None  # the last background fsync failed: why
+        self.last_seq = self._recover()   # the last seq whole on disk
+        self._synced = (None, 0, self.last_seq)  # (path, size, last seq) the last fsync covered
 
     def files(self) -> list[str]:
         return sorted(e for e in os.listdir(self.dir) if e.endswith(SUFFIX))
+
+    def _recover(self) -> int:
+        """The last seq on disk, once the last file is cut back to its last
+        whole line (a writer died, or the disk filled, mid-line)."""
+        for name in reversed(self.files()):
+            with open(os.path.join(self.dir, name), "rb+") as f:
+                size = end = f.seek(0, os.SEEK_END)
+                tail = b""
+                while end > 0 and tail.count(b"\n") < 2:  # the last whole line, and its start
+                    step = min(end, 1 << 16)
+                    f.seek(end - step)
+                    tail = f.read(step) + tail
+                    end -= step
+                cut = tail.rfind(b"\n") + 1
+                if end + cut < size:
+                    f.truncate(end + cut)
+            for line in reversed(tail[:cut].split(b"\n")):
+                try:
+                    seq = json.loads(line)["seq"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if isinstance(seq, int) and not isinstance(seq, bool) and seq > 0:
+                    return seq
+        return 0
+
+    def first_new(self, seqs, n: int) -> int:
+        """The index of the first of n ascending seqs past last_seq (n if none)."""
+        if n == 0 or seqs[0] > self.last_seq:
+            return 0
+        lo, hi = 0, n
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if seqs[mid] > self.last_seq:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
 
     def _open(self, first_seq: int) -> None:
         if self.fd is not None:  # rotation
@@ -92,8 +139,9 @@ class TopicLog:
             # the lines that still fit in this file, and at least one
             j = max(i + 1, bisect_right(ends, start + limit - self.size, i, n))
             self._write(data[start:ends[j - 1]])
+            self.last_seq = seqs[j - 1]
+            self.written += j - i
             start, i = ends[j - 1], j
-        self.written += n
 
     def appended(self) -> None:
         """The end of a batch: fsync by policy ("interval": in the background)."""
@@ -109,8 +157,9 @@ class TopicLog:
         (of a duplicate of the file descriptor, so a rotation may close the
         file meanwhile), so that the writer goes on encoding and writing while
         the disk catches up. One at a time: while one runs, the next interval's
-        is skipped (or, with wait, waits for it). An fsync that failed is raised
-        here, at the next batch."""
+        is skipped (or, with wait, waits for it). The batches it covers were
+        acked already: a failure is counted and kept in sync_failure (seen by
+        /health) until an fsync succeeds again, not raised."""
         if self._behind is not None and (wait or not self._behind.is_alive()):
             self._join_behind()
         if self._behind is not None:
@@ -118,41 +167,74 @@ class TopicLog:
         fd = os.dup(self.fd)
         self.unsynced = False
         self.last_fsync = time.monotonic()
+        covered = (self.path, self.size, self.last_seq)
 
         def fsync():
             try:
                 os.fsync(fd)
                 self.fsyncs += 1
+                self._synced = covered
+                self.sync_failure = None
             except OSError as e:
-                self._behind_error = e
+                self.fsync_errors += 1
+                self.sync_failure = (f"fsync of {covered[0]} failed ({e.strerror}): records up "
+                                     f"to seq {covered[2]} may not be on disk")
             finally:
                 os.close(fd)
         self._behind = threading.Thread(target=fsync, name="pymq-fsync", daemon=True)
         self._behind.start()
 
     def _join_behind(self) -> None:
-        """Wait for the background fsync, if any; raise the error it met."""
+        """Wait for the background fsync, if any."""
         if self._behind is not None:
             self._behind.join()
             self._behind = None
-        if self._behind_error is not None:
-            e, self._behind_error = self._behind_error, None
-            raise e
 
     def _write(self, view: memoryview) -> None:
         size = len(view)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+        except OSError:
+            self.write_errors += 1
+            self._cut(self.size)  # no partial line: back to the last whole one
+            raise
         self.size += size
         self.unsynced = True
 
+    def _cut(self, size: int) -> None:
+        """Truncate the current file to size and close it (the next append
+        opens a new one); errors of the cut itself are left to readers, which
+        skip a partial line."""
+        fd, self.fd = self.fd, None
+        try:
+            os.ftruncate(fd, size)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        self.unsynced = False
+
     def sync(self) -> None:
-        """fsync now (after the background one, if any, has finished)."""
+        """fsync now (after the background one, if any, has finished). A
+        failed fsync (EIO: the kernel may have dropped the pages) raises;
+        under "always" it first cuts the file back to what the last good
+        fsync covered, since the batch is not acked and is written again."""
         self._join_behind()
         if self.fd is not None and self.unsynced:
-            os.fsync(self.fd)
+            try:
+                os.fsync(self.fd)
+            except OSError:
+                self.fsync_errors += 1
+                if self.cfg.persistence_fsync == "always":
+                    path, size, seq = self._synced
+                    self._cut(size if path == self.path else 0)
+                    self.last_seq = seq
+                raise
             self.fsyncs += 1
+            self._synced = (self.path, self.size, self.last_seq)
+            self.sync_failure = None
         self.unsynced = False
         self.last_fsync = time.monotonic()
 
@@ -174,9 +256,12 @@ class TopicLog:
 
     def close(self) -> None:
         if self.fd is not None:
-            self.sync()
-            os.close(self.fd)
-            self.fd = None
+            try:
+                self.sync()
+            finally:
+                if self.fd is not None:
+                    os.close(self.fd)
+                    self.fd = None
 
 
 class LogReport:

@@ -5,9 +5,16 @@ A topic's ring is made with that group in it, so a record leaves the ring only
 once the writer has put it on disk and acked it. The writer reads a batch
 (zero-copy: an ack group's records stay in the ring until acked), encodes the
 whole batch's JSON lines in one native call, appends them, fsyncs by policy,
-then acks the batch in one native call: no Python object per record. A
-writer that dies with a batch in hand leaves it pending: the next one writes
-it again, so a seq may appear twice in the log (readers keep the first).
+then acks the batch in one native call: no Python object per record.
+
+Nothing is acked before it is written (and, under fsync "always", fsynced).
+A write or fsync that fails (a full disk, EIO) leaves no partial line (see
+TopicLog): the writer keeps its batch, reports the reason (`failing`, seen by
+/health), and writes it again every RETRY_INTERVAL until it succeeds, so that
+it recovers by itself once space is freed; meanwhile the ring fills and
+publishers get Full. A writer that stops for any other reason leaves its
+member, so that its batch goes at once to the next one, which skips the
+seqs already on disk: the log holds each seq once.
 """
 
 from __future__ import annotations
@@ -17,25 +24,27 @@ import threading
 from typing import Any
 
 from .. import _core
-from ..errors import BrokerClosed, MQError, SubscriptionClosed, Timeout
+from ..errors import BrokerClosed, MQError, Timeout
 from .log import TopicLog, write_lines
 
 log = logging.getLogger("pymq.persistence")
 
 BATCH = 1024          # records a writer takes per native read
+RETRY_INTERVAL = 0.25  # seconds between attempts to write a batch that failed
 
 
 class Writer(threading.Thread):
     """Moves one topic's records from its ring to its log, as a member of the
     topic's "~persist" ack group."""
 
-    def __init__(self, client: Any, topic: str, cfg: Any):
+    def __init__(self, ring: _core.Ring, owner: int, cfg: Any):
+        """ring: the topic's; owner: the token of the process it runs in."""
+        topic = ring.topic
         super().__init__(daemon=True, name=f"pymq-persist-{topic}")
         self.topic = topic
         self.log = TopicLog(cfg.persistence_dir, topic, cfg)
-        ring = client._ring(topic)
         joined = ring.join(_core.PERSIST_GROUP, _core.GROUP_ACK, _core.START["earliest"], 0,
-                           client._owner_token(), 0, 0)
+                           owner, 0, 0)
         self.ring = ring
         self.group, self.group_gen = joined.group, joined.group_gen
         self.member, self.member_gen = joined.member, joined.member_gen
@@ -44,40 +53,72 @@ class Writer(threading.Thread):
         self.batch = _core.Batch(BATCH, max(1 << 20, ring.max_msg), zero_copy=True)
         self.lines = _core.Lines(self.batch)
         self.stopping = threading.Event()
-        self.error = None
+        self.error: BaseException | None = None  # why it stopped, if not asked to
+        self.failing: str | None = None  # why the batch in hand cannot be written now
+        self.held = 0  # records read and not yet acked (written again after a failure)
 
     def run(self) -> None:
         try:
             while not self.stopping.is_set():
-                self.step(timeout_ns=200_000_000)
+                try:
+                    self.step(timeout_ns=200_000_000)
+                except OSError as e:  # a full disk, EIO: keep the batch, try again
+                    if isinstance(e, MQError):
+                        raise
+                    self.fail(f"cannot write {self.log.dir}: {e.strerror or e}")
+                    self.stopping.wait(RETRY_INTERVAL)
         except (BrokerClosed, _core.TopicDeleted):
-            pass  # the broker drained persistence before closing; a deleted topic is done
-        except (SubscriptionClosed, MQError) as e:
-            if not self.stopping.is_set():
-                self.error = e
-                log.error("persistence of %r stopped: %s", self.topic, e)
-        except OSError as e:
+            pass  # closed or deleted: what was left is the closer's to count
+        except BaseException as e:
             self.error = e
-            log.error("persistence of %r stopped: cannot write %s: %s", self.topic, self.log.dir,
-                      e.strerror)
+            log.error("persistence of %r stopped: %s: %s", self.topic, type(e).__name__, e)
         finally:
-            self.log.close()
+            self.finish()
+
+    def fail(self, why: str) -> None:
+        if why != self.failing:
+            log.error("persistence of %r: %s; %d record(s) wait, retrying every %g s",
+                      self.topic, why, self.held, RETRY_INTERVAL)
+        self.failing = why
 
     def step(self, timeout_ns: int) -> int:
         """Write one batch to disk, then ack it. Returns how many records."""
-        try:
-            n = self.ring.read(self.member, self.member_gen, self.batch, BATCH, timeout_ns)
-        except Timeout:
-            if self.log.unsynced and self.cfg_policy() == "interval":
-                self.log.sync()
-            return 0
+        if not self.held:
+            try:
+                self.held = self.ring.read(self.member, self.member_gen, self.batch, BATCH,
+                                           timeout_ns)
+            except Timeout:
+                if self.log.unsynced and self.log.cfg.persistence_fsync == "interval":
+                    self.log.sync_behind()
+                return 0
+        n = self.held
         with self.ring.data() as payloads:
             write_lines(self.lines, self.log, n, payloads)
         self.ring.ack(self.group, self.group_gen, self.batch, n)
+        self.held = 0
+        if self.failing:
+            log.warning("persistence of %r writes again", self.topic)
+            self.failing = None
         return n
 
-    def cfg_policy(self) -> str:
-        return self.log.cfg.persistence_fsync
+    def finish(self) -> None:
+        """Close the log; unless the topic is gone, leave the "~persist" group,
+        so that a batch in hand goes at once to the next writer."""
+        try:
+            self.log.close()
+        except OSError as e:
+            log.error("persistence of %r: closing %s: %s", self.topic, self.log.dir, e.strerror)
+        try:
+            self.ring.leave(self.member, self.member_gen)
+        except MQError:
+            pass  # closed, deleted or corrupt: nothing to hand over
+
+    def figures(self) -> dict[str, Any]:
+        """The writer's counters, for /stats and /metrics."""
+        lg = self.log
+        return {"written": lg.written, "fsyncs": lg.fsyncs, "files_removed": lg.files_removed,
+                "write_errors": lg.write_errors, "fsync_errors": lg.fsync_errors,
+                "failing": self.failing or lg.sync_failure}
 
     def stop(self) -> None:
         self.stopping.set()
