@@ -937,11 +937,14 @@ def print_variants(rows: list[dict], by_transport: dict, meta: dict, out=sys.std
     ref = rows[0]["reference"] if rows else next(iter(info), "")
     w("pymq side by side: " + "; ".join(f"{lab} = pymq from {i['path']} ({i.get('commit') or '?'})"
                                         for lab, i in info.items())
-      + ("; pymq = this checkout's" if any(r["impl"] == "pymq" for r in rows) else ""))
+      + (f"; pymq = as this script imported it ({os.path.dirname(meta.get('pymq_file', '?'))})"
+         if any(r["impl"] == "pymq" for r in rows) else ""))
     w(f"  medians [min-max over the repeats]; x {ref} = this / {ref}: of the medians "
       f"[min-max of the same ratio within each repeat]")
-    w(f"  {'case':<20}{'transport':<12}{'msg/s':>9}{'range':>17}{'x ' + ref:>21}"
-      f"{'pub/sub CPU us/msg':>20}{'sub CPU x ' + ref:>18}")
+    tw = max([len(r["impl"]) for r in rows] + [9]) + 2
+    rw = max(21, len(ref) + 4)
+    w(f"  {'case':<20}{'transport':<{tw}}{'msg/s':>9}{'range':>17}{'x ' + ref:>{rw}}"
+      f"{'pub/sub CPU us/msg':>20}{'sub CPU x ' + ref:>{len(ref) + 12}}")
     for r in rows:
         if "msg_per_s" not in r:
             continue
@@ -950,7 +953,8 @@ def print_variants(rows: list[dict], by_transport: dict, meta: dict, out=sys.std
                f"{r.get('msg_per_s_ratio_max', 0):.2f}]" if "msg_per_s_ratio" in r else "")
         cpu = f"{r['pub_cpu_us_per_msg']:.2f} / {r['sub_cpu_us_per_msg']:.2f}"
         crel = f"{r['sub_cpu_us_per_msg_ratio']:.2f}" if "sub_cpu_us_per_msg_ratio" in r else ""
-        w(f"  {r['case']:<20}{r['impl']:<12}{si(r['msg_per_s']):>9}{rng:>17}{rel:>21}{cpu:>20}{crel:>18}")
+        w(f"  {r['case']:<20}{r['impl']:<{tw}}{si(r['msg_per_s']):>9}{rng:>17}{rel:>{rw}}{cpu:>20}"
+          f"{crel:>{len(ref) + 12}}")
     pp = [r for r in rows if "p50_us" in r]
     if pp:
         w(f"  {PINGPONG[0]}, one-way us:")
@@ -958,7 +962,7 @@ def print_variants(rows: list[dict], by_transport: dict, meta: dict, out=sys.std
             rel = "".join(f"  {k[:-3]} x {ref} {r[k + '_ratio']:.2f} [{r.get(k + '_ratio_min', 0):.2f}-"
                           f"{r.get(k + '_ratio_max', 0):.2f}]" for k in ("p50_us", "p99_us")
                           if k + "_ratio" in r)
-            w(f"    {r['impl']:<12} p50 {r['p50_us']:.2f} [{r['p50_us_min']:.2f}-{r['p50_us_max']:.2f}]"
+            w(f"    {r['impl']:<{tw}} p50 {r['p50_us']:.2f} [{r['p50_us_min']:.2f}-{r['p50_us_max']:.2f}]"
               f"  p99 {r['p99_us']:.2f} [{r['p99_us_min']:.2f}-{r['p99_us_max']:.2f}]"
               f"  p99.9 {r['p999_us']:.2f}  CPU/rt {r['ping_cpu_us_per_rt']:.2f} / "
               f"{r['pong_cpu_us_per_rt']:.2f}{rel}")
