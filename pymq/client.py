@@ -443,14 +443,18 @@ class Client:
         assert self._res.ns is not None
         hdr = self._res.ns.hdr
         topics = {}
+        start = time.monotonic()
         for topic in self.topics():
+            # a topic whose lock is held (by a stopped process, say) is read
+            # without it, after at most 0.1 s, and 0.5 s for them all
+            wait = min(0.1, max(0.0, 0.5 - (time.monotonic() - start)))
             try:
                 ring = self._topics.get(topic) or self._open_topic(topic, create=False)
                 if ring is not None and ring.closed == _core.CLOSED_DELETED:
                     self._forget(topic, ring)
                     ring = self._open_topic(topic, create=False)
                 if ring is not None:
-                    topics[topic] = topic_stats(ring.stats())
+                    topics[topic] = topic_stats(ring.stats(lock_timeout_ns=int(wait * 1e9)))
             except (MQError, ValueError):
                 continue  # being created, removed or deleted right now
         return {

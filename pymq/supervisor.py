@@ -48,6 +48,7 @@ IDLE_INTERVAL = 1.0     # seconds between looks for idle groups
 UNREADY_GRACE = 5.0     # seconds a segment may stay uninitialised before removal
 HEALTH_BUDGET = 0.5     # seconds /health may spend looking at topics' locks, all together
 HEALTH_LOCK_WAIT = 0.1  # seconds it waits for one topic's lock; longer held is a problem
+SWEEP_LOCK_WAIT = 100_000_000  # ns the sweep waits for a topic's lock, at most
 PERSIST_COUNTERS = ("written", "fsyncs", "files_removed", "write_errors", "fsync_errors")
 
 
@@ -428,6 +429,10 @@ class Supervisor:
             if w is not None and w.error is not None:
                 self.log_once((topic, "writer"), f"persistence of {topic!r}: the writer stopped "
                               f"({type(w.error).__name__}: {w.error}); starting another")
+            if w is not None:
+                w.finish()  # its member left, or leaves now (it could not when it stopped)
+            if _persist_members(ring):
+                continue  # a dead writer's member, not reaped yet: its batch must come first
             try:
                 w = self.writers[topic] = Writer(ring, self.client()._owner_token(), cfg)
                 w.start()
@@ -546,6 +551,17 @@ class PipeHandler(logging.Handler):
             if len(line) <= select.PIPE_BUF:
                 return line
         return line[:select.PIPE_BUF - 2] + b"\n"  # not JSON any more: the reader skips it
+
+
+def _persist_members(ring: _core.Ring) -> int:
+    """Members of a topic's "~persist" group. A writer starts only when there
+    is none: the batch a dead one held is then the first the new one reads, so
+    that the log stays in seq order and lines already written are skipped
+    (TopicLog.last_seq) rather than records never written."""
+    for g in ring.stats(lock_timeout_ns=SWEEP_LOCK_WAIT)["groups_detail"]:
+        if g["name"] == _core.PERSIST_GROUP:
+            return int(g["members"])
+    return 0
 
 
 def _holder(pid: int) -> str:

@@ -152,7 +152,7 @@ static int group_checked(pmq_ring_t *r, pmq_group_t *g, uint32_t gen, pmq_member
         ADD_RLX(&r->hdr->corrupt, 1);
     }
     if (rc < 0) {
-        pthread_mutex_unlock(&g->lock);
+        pmq_sync_unlock(&g->lock);
         return rc;
     }
     g->lock_pid = r->pid;
@@ -190,12 +190,12 @@ static int group_trylock(pmq_ring_t *r, pmq_group_t *g, int draining_too)
 static void group_unlock(pmq_ring_t *r, pmq_group_t *g)
 {
     g->lock_pid = 0;
-    pthread_mutex_unlock(&g->lock);
+    pmq_sync_unlock(&g->lock);
     while (LOAD_SC(&g->stale) && group_trylock(r, g, 1) == 0) {
         uint64_t old_floor = g->floor;
         advance_floor(r, g);
         g->lock_pid = 0;
-        pthread_mutex_unlock(&g->lock);
+        pmq_sync_unlock(&g->lock);
         after_change(r, g, old_floor, 1);
     }
 }

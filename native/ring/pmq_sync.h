@@ -129,6 +129,9 @@ typedef int (*pmq_repair_fn)(void *ctx);
 int pmq_sync_lock(pthread_mutex_t *m, pmq_deadline_t *d, int64_t min_ns,
                   const pmq_hooks_t *hooks, pmq_repair_fn repair, void *ctx);
 
+/* Unlock m (unless its kind was scribbled on: then it is left, corrupt). */
+void pmq_sync_unlock(pthread_mutex_t *m);
+
 /* Lock m only if it is free now (a repair included): 0, PMQ_BUSY, or as
  * pmq_sync_lock. Never waits: a caller holding another lock uses this. */
 int pmq_sync_trylock(pthread_mutex_t *m, pmq_repair_fn repair, void *ctx);

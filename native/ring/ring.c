@@ -204,7 +204,7 @@ static int positions_ok(const pmq_ring_t *r)
 static int checked(pmq_ring_t *r, int rc)
 {
     if (rc == 0 && !positions_ok(r)) {
-        pthread_mutex_unlock(&r->hdr->lock);
+        pmq_sync_unlock(&r->hdr->lock);
         rc = PMQ_ECORRUPT;
     }
     if (rc == 0)
@@ -235,7 +235,7 @@ int ring_lock_admin(pmq_ring_t *r) { return ring_lock_for(r, PMQ_ADMIN_LOCK_NS);
 void ring_unlock(pmq_ring_t *r)
 {
     r->hdr->lock_pid = 0;
-    pthread_mutex_unlock(&r->hdr->lock);
+    pmq_sync_unlock(&r->hdr->lock);
 }
 
 /* ---- closing ------------------------------------------------------------------- */

@@ -140,6 +140,42 @@ int pmq_sync_lock_init(pthread_mutex_t *m)
     return -rc;
 }
 
+/* glibc keeps a mutex's type, robust and process-shared bits in its __kind
+ * and trusts them: a scribbled kind can send it down a priority-protect path
+ * that aborts the process. So every lock and unlock first compares the kind
+ * with that of a mutex made as pmq_sync_lock_init makes them (one load; a
+ * write between the check and glibc's own read is not covered). */
+static int mutex_kind = -1;
+
+__attribute__((constructor)) static void mutex_kind_init(void)
+{
+    pthread_mutex_t m;
+    if (pmq_sync_lock_init(&m) == 0) {
+#ifdef __GLIBC__
+        mutex_kind = m.__data.__kind;
+#else
+        mutex_kind = 0;
+#endif
+        pthread_mutex_destroy(&m);
+    }
+}
+
+static int kind_ok(pthread_mutex_t *m)
+{
+#ifdef __GLIBC__
+    return __atomic_load_n(&m->__data.__kind, __ATOMIC_RELAXED) == mutex_kind;
+#else
+    (void)m;
+    return 1;
+#endif
+}
+
+void pmq_sync_unlock(pthread_mutex_t *m)
+{
+    if (kind_ok(m)) /* else corrupt: it was reported, and unlocking it could abort */
+        pthread_mutex_unlock(m);
+}
+
 /* What pthread returned, as pmq_sync_lock returns it: the one place where a
  * dead owner is repaired. */
 static int after_lock(pthread_mutex_t *m, int rc, pmq_repair_fn repair, void *ctx)
@@ -150,7 +186,7 @@ static int after_lock(pthread_mutex_t *m, int rc, pmq_repair_fn repair, void *ct
         int fixed = repair ? repair(ctx) : 0;
         pthread_mutex_consistent(m);
         if (fixed < 0)
-            pthread_mutex_unlock(m);
+            pmq_sync_unlock(m);
         return fixed < 0 ? fixed : 0;
     }
     if (rc == ENOTRECOVERABLE)
@@ -162,6 +198,8 @@ static int after_lock(pthread_mutex_t *m, int rc, pmq_repair_fn repair, void *ct
 
 int pmq_sync_trylock(pthread_mutex_t *m, pmq_repair_fn repair, void *ctx)
 {
+    if (!kind_ok(m))
+        return PMQ_ECORRUPT;
     return after_lock(m, pthread_mutex_trylock(m), repair, ctx);
 }
 
@@ -174,6 +212,8 @@ int pmq_sync_trylock(pthread_mutex_t *m, pmq_repair_fn repair, void *ctx)
 int pmq_sync_lock(pthread_mutex_t *m, pmq_deadline_t *d, int64_t min_ns,
                   const pmq_hooks_t *hooks, pmq_repair_fn repair, void *ctx)
 {
+    if (!kind_ok(m))
+        return PMQ_ECORRUPT;
     int rc = EBUSY;
     for (int i = 0; i < PMQ_LOCK_SPINS && rc == EBUSY; i++) {
         rc = pthread_mutex_trylock(m);

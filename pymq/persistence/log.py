@@ -222,7 +222,7 @@ class TopicLog:
         under "always" it first cuts the file back to what the last good
         fsync covered, since the batch is not acked and is written again."""
         self._join_behind()
-        if self.fd is not None and self.unsynced:
+        if self.fd is not None and (self.unsynced or self.sync_failure):
             try:
                 os.fsync(self.fd)
             except OSError:

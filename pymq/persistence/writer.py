@@ -47,7 +47,7 @@ class Writer(threading.Thread):
                            owner, 0, 0)
         self.ring = ring
         self.group, self.group_gen = joined.group, joined.group_gen
-        self.member, self.member_gen = joined.member, joined.member_gen
+        self.member, self.member_gen = joined.member, joined.member_gen  # gen None: left
         # zero-copy: records of "~persist" stay in the ring until it acks them,
         # so it encodes them straight from shared memory
         self.batch = _core.Batch(BATCH, max(1 << 20, ring.max_msg), zero_copy=True)
@@ -103,15 +103,17 @@ class Writer(threading.Thread):
 
     def finish(self) -> None:
         """Close the log; unless the topic is gone, leave the "~persist" group,
-        so that a batch in hand goes at once to the next writer."""
+        so that a batch in hand goes at once to the next writer. Idempotent."""
         try:
             self.log.close()
         except OSError as e:
             log.error("persistence of %r: closing %s: %s", self.topic, self.log.dir, e.strerror)
-        try:
-            self.ring.leave(self.member, self.member_gen)
-        except MQError:
-            pass  # closed, deleted or corrupt: nothing to hand over
+        if self.member_gen is not None:
+            try:
+                self.ring.leave(self.member, self.member_gen)
+                self.member_gen = None
+            except MQError:
+                pass  # its lock held for long (tried again by the next sweep), or corrupt
 
     def figures(self) -> dict[str, Any]:
         """The writer's counters, for /stats and /metrics."""
