@@ -423,15 +423,23 @@ class Ring(_Mapped):
 
     # -- persistence: positions, and restoring after a restart -----------------------
 
-    def restore(self, payloads: list[bytes], seqs: array, ts: array) -> None:
-        """Append records with their old seqs and times (array('Q'), array('q'))."""
+    def restore(self, payloads: list[bytes], seqs: array, ts: array,
+                timeout_ns: int = 0) -> None:
+        """Append records with their old seqs and times (array('Q'), array('q')),
+        waiting up to timeout_ns for room (Full then)."""
         lens = array("I", map(len, payloads))
         bufs = [ffi.from_buffer(p) for p in payloads]  # alive until the call returns
         check(lib.pmq_ring_restore(self.h, ffi.new("char *[]", bufs),
                                    ffi.from_buffer("uint32_t[]", lens),
                                    ffi.from_buffer("uint64_t[]", seqs),
-                                   ffi.from_buffer("int64_t[]", ts), len(payloads)),
-              f"{self._context}: restore")
+                                   ffi.from_buffer("int64_t[]", ts), len(payloads),
+                                   deadline(timeout_ns), ffi.NULL),
+              f"{self._context}: restore", timeout_ns=timeout_ns)
+
+    def restoring(self, end_seq: int) -> None:
+        """Start streaming a backlog in (end_seq: the seq after its last;
+        publishes wait until it is in), or end it (0)."""
+        check(lib.pmq_ring_restoring(self.h, end_seq), f"{self._context}: restoring")
 
     def group_restore(self, name: str, flags: int, position: int, acked: Iterable[int],
                       ack_timeout_ns: int, max_retries: int) -> None:
@@ -477,7 +485,7 @@ class Ring(_Mapped):
             "capacity", "head", "tail", "gate_min", "next_seq", "published", "published_bytes",
             "publish_waits", "publish_full", "expired", "recoveries", "wakeups", "corrupt",
             "anon_delivered", "anon_delivered_bytes", "groups", "members", "closed", "max_msg",
-            "lock_pid")}
+            "lock_pid", "restore_end")}
         out["locked"] = bool(s.locked)
         out["groups_detail"] = [{
             "index": g.index, "name": ffi.string(g.name).decode("utf-8", "replace"),

@@ -494,6 +494,8 @@ def topic_stats(s: dict[str, Any]) -> dict[str, Any]:
         "published": s["published"],
         "published_bytes": s["published_bytes"],
         "lock_held": held,
+        # a backlog from disk larger than the ring, still streaming in (publishes wait)
+        "restoring": max(0, s["restore_end"] - s["next_seq"]) if s["restore_end"] else 0,
         "delivered": sum(g["delivered"] for g in groups.values()),
         **{k: sum(g[k] for g in groups.values()) for k in ACK_FIGURES},
         "depth": max((g["lag"] + g["pending"] for g in groups.values()), default=0),

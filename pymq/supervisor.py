@@ -68,6 +68,7 @@ class Supervisor:
         self.control = None
         self._errors: dict = {}
         self.writers: dict = {}
+        self.restorers: dict = {}  # topic -> persistence.Restorer, while a backlog streams in
         self._checkpoints: dict = {}
         self._last_idle = 0.0
         self.idle: list[dict] = []  # named groups idle past group_idle_timeout (last look)
@@ -106,9 +107,10 @@ class Supervisor:
     def _forget(self, topic: str) -> None:
         """Let go of a topic's ring (deleted): the cached handles, its writer."""
         self.rings.pop(topic, None)
-        w = self.writers.pop(topic, None)
-        if w is not None:
-            w.stop()
+        for threads in (self.writers, self.restorers):
+            w = threads.pop(topic, None)
+            if w is not None:
+                w.stop()
         self._checkpoints.pop(topic, None)
         if self._client is not None:
             self._client._forget(topic)
@@ -439,6 +441,21 @@ class Supervisor:
             except (MQError, OSError) as e:
                 self.log_once((topic, "persist"), f"persistence of {topic!r}: {e}")
 
+    def restore(self) -> None:
+        """A topic whose backlog from disk is larger than its ring is streamed
+        in by a Restorer thread (persistence.restore_topic started it); one
+        that stopped on an error, or died with a supervisor, starts again."""
+        from .persistence import Restorer
+        for topic in segments.topic_names(self.name):
+            ring = self.ring(topic)
+            if ring is None or not ring.h.hdr.restore_end:
+                continue
+            r = self.restorers.get(topic)
+            if r is not None and r.is_alive():
+                continue
+            r = self.restorers[topic] = Restorer(ring, self.client().config)
+            r.start()
+
     def checkpoint(self) -> None:
         """Record the named groups' positions and acks of every topic on disk
         (persistence.group_positions) every sweep in which they changed (and at
@@ -465,8 +482,8 @@ class Supervisor:
         corrupt segment, a full disk, a bug) is logged once and the others go
         on; the sweep never waits long for a lock."""
         with self.lock:
-            for duty in (self.reap, self.redeliver, self.persist, self.checkpoint,
-                         self.watch_idle):
+            for duty in (self.reap, self.redeliver, self.restore, self.persist,
+                         self.checkpoint, self.watch_idle):
                 try:
                     duty()
                 except Exception as e:  # noqa: BLE001 - the supervisor must survive anything
@@ -496,7 +513,7 @@ class Supervisor:
     def close(self) -> None:
         if self.control is not None:
             self.control.close()
-        for w in self.writers.values():
+        for w in list(self.writers.values()) + list(self.restorers.values()):
             w.stop()
         try:
             self.checkpoint()

@@ -272,7 +272,7 @@ int ack_take(pmq_ring_t *r, pmq_member_t *m, uint32_t mi, uint32_t mgen, pmq_gro
             rc = b->n ? 0 : PMQ_ECORRUPT;
             break;
         }
-        if (rec.type == PMQ_REC_DATA) {
+        if (rec.type == PMQ_REC_DATA && rec.seq >= g->from_seq) {
             if (!ring_batch_add(r, cur, &rec, b)) {
                 if (b->n == 0)
                     rc = PMQ_EBUFSMALL;

@@ -22,7 +22,9 @@ int pmq_durable_position(pmq_ring_t *r, uint32_t gi, uint64_t *position, uint64_
         if (n < 0)
             return n;
         int rc = first ? 0 : group_seek(r, cursor, 0, &at, &first);
-        *position = first; /* the oldest delivery not yet acked, or the next to deliver */
+        /* the oldest delivery not yet acked, or the next to deliver (not one passed over) */
+        uint64_t from = LOAD_RLX(&g->from_seq);
+        *position = first > from ? first : from;
         return rc < 0 ? rc : n;
     }
     int rc = ring_lock_for(r, PMQ_SWEEP_LOCK_NS); /* the cursor stands still enough: head cannot pass it */
@@ -35,6 +37,8 @@ int pmq_durable_position(pmq_ring_t *r, uint32_t gi, uint64_t *position, uint64_
         rc = PMQ_ECORRUPT;
     else
         rc = group_seek(r, cur, 0, &at, position); /* the first record not yet delivered */
+    if (rc == 0 && *position < g->from_seq)
+        *position = g->from_seq; /* passed over, not delivered */
     ring_unlock(r);
     return rc;
 }
@@ -55,12 +59,17 @@ int pmq_durable_restore(pmq_ring_t *r, const char *name, uint32_t flags, uint64_
         return rc;
     int gi = group_join(r, name, flags, PMQ_START_SEQ, position_seq, ack_timeout_ns, max_retries,
                         &created);
-    if (gi >= 0 && !created)
+    if (gi >= 0 && !created) {
         rc = PMQ_EINVAL; /* it exists already */
-    else if (gi >= 0 && n_acked) /* new: nobody can have its lock */
-        rc = ack_restore_window(r, &r->groups[gi], acked, n_acked);
-    else
-        rc = gi < 0 ? gi : 0;
+    } else if (gi >= 0) {
+        /* Where it was, even beyond what the ring holds yet (a backlog being
+         * restored): records below its position are passed over. */
+        r->groups[gi].from_seq = position_seq;
+        rc = n_acked ? ack_restore_window(r, &r->groups[gi], acked, n_acked) /* new: nobody */
+                     : 0;                                                    /* has its lock */
+    } else {
+        rc = gi;
+    }
     ring_unlock(r);
     return rc;
 }

@@ -101,6 +101,7 @@ int group_new(pmq_ring_t *r, const char *name, uint32_t flags, int start, uint64
     g->created_ns = (uint64_t)pmq_sync_now_real();
     g->idle_since_ns = (int64_t)g->created_ns; /* no member yet */
     g->start_seq = first_seq;
+    g->from_seq = 0;
     STORE_SC(&g->cursor_gen, (uint64_t)g->gen);
     STORE_SC(&g->cursor, cursor);
     if (flags & PMQ_GROUP_ACK) {
@@ -265,6 +266,7 @@ int pmq_group_stats(pmq_ring_t *r, pmq_ring_stats_t *o, pmq_group_stats_t *group
     o->head = LOAD_ACQ(&h->head);
     o->tail = LOAD_ACQ(&h->tail);
     o->next_seq = LOAD_RLX(&h->next_seq);
+    o->restore_end = LOAD_RLX(&h->restore_end);
     rc = locked ? ring_gate(r, &o->gate_min) : 0;
     if (!locked)
         o->gate_min = LOAD_RLX(&h->gate);

@@ -49,7 +49,7 @@ typedef struct {
     uint64_t magic;
     uint64_t seg_len, capacity, data_off;
     uint32_t max_groups;
-    uint64_t head, tail, gate, next_seq;
+    uint64_t head, tail, gate, next_seq, restore_end;
     uint32_t closed;
     int32_t lock_pid;
     ...;
@@ -58,7 +58,7 @@ typedef struct {
 /* Group fields tests scribble on. */
 typedef struct {
     uint32_t state, flags, gen, members;
-    uint64_t floor, pend_head, pend_tail;
+    uint64_t floor, pend_head, pend_tail, from_seq;
     ...;
 } pmq_group_t;
 
@@ -125,6 +125,7 @@ typedef struct {
     uint32_t groups, members, closed, max_msg;
     int32_t lock_pid;
     uint32_t locked;
+    uint64_t restore_end;
     ...;
 } pmq_ring_stats_t;
 
@@ -167,7 +168,9 @@ int pmq_ring_attach_unready(pmq_ring_t *r, void *base, uint64_t len);
 int64_t pmq_ring_publish(pmq_ring_t *r, const char *const *parts, const uint32_t *lens,
                          uint32_t count, pmq_deadline_t *d, const pmq_hooks_t *hooks);
 int pmq_ring_restore(pmq_ring_t *r, const char *const *parts, const uint32_t *lens,
-                     const uint64_t *seqs, const int64_t *ts, uint32_t count);
+                     const uint64_t *seqs, const int64_t *ts, uint32_t count,
+                     pmq_deadline_t *d, const pmq_hooks_t *hooks);
+int pmq_ring_restoring(pmq_ring_t *r, uint64_t end_seq);
 int pmq_ring_close(pmq_ring_t *r, uint32_t why);
 
 /* group.c */

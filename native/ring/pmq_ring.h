@@ -52,7 +52,7 @@
 #include "pmq_sync.h"
 
 #define PMQ_RING_MAGIC     0x31474e52514d5950ULL /* "PYMQRNG1" little-endian */
-#define PMQ_LAYOUT_VERSION 4u
+#define PMQ_LAYOUT_VERSION 5u
 #define PMQ_READY          0x52454459u           /* stored last by the creator */
 #define PMQ_CACHE_LINE     64
 #define PMQ_HDR_SIZE       4096
@@ -119,7 +119,9 @@ typedef struct pmq_group {
     uint64_t created_ns;
     uint64_t start_seq;             /* seq at the cursor when the group was made */
     int64_t idle_since_ns;          /* CLOCK_REALTIME when it last had no member; 0 while it has */
-    uint8_t pad2[PMQ_CACHE_LINE - 40];
+    uint64_t from_seq;              /* records of a lower seq are passed over, not delivered:
+                                       a group restored beyond what the ring holds yet */
+    uint8_t pad2[PMQ_CACHE_LINE - 48];
     /* line 3: an ack group's own robust mutex, taken to claim, redeliver, ack,
      * nack and sweep (never by publishers: they only read the floor) */
     pthread_mutex_t lock;
@@ -225,7 +227,9 @@ typedef struct pmq_ring_hdr {
     uint64_t next_seq;        /* seq of the next record */
     uint32_t group_hint;      /* where the search for a free group slot starts */
     uint32_t ptables_used;    /* bit i: pending table i belongs to an ack group */
-    uint8_t pad5[PMQ_CACHE_LINE - 32];
+    uint64_t restore_end;     /* restoring a backlog from disk: publishes wait until it is
+                                 in, and next_seq becomes this; 0 otherwise */
+    uint8_t pad5[PMQ_CACHE_LINE - 40];
 
     /* line 6: readers' wake word: bumped by a publisher that saw data_waiters */
     uint32_t data_seq;
@@ -343,6 +347,7 @@ typedef struct pmq_ring_stats {
     uint32_t groups, members, closed, max_msg;
     int32_t lock_pid;      /* holder of the segment's lock when it could not be had */
     uint32_t locked;       /* 1: the figures are from a lock-free look (the lock was held) */
+    uint64_t restore_end;  /* a backlog being restored from disk up to here, or 0 */
 } pmq_ring_stats_t;
 
 typedef struct pmq_group_stats {
@@ -391,10 +396,19 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *const *parts, const uint32_t
                          uint32_t count, pmq_deadline_t *d, const pmq_hooks_t *hooks);
 
 /* Append records with the given (increasing) seqs and publish times, as they
- * were before a restart; next_seq follows the last. All or none, no waiting:
- * PMQ_FULL if the ring has no room, PMQ_EINVAL for seqs below next_seq. */
+ * were before a restart; next_seq follows the last. All or none, waiting for
+ * room until d's deadline (PMQ_FULL then); PMQ_EINVAL for seqs below next_seq
+ * (or, while restoring, not below restore_end). */
 int pmq_ring_restore(pmq_ring_t *r, const char *const *parts, const uint32_t *lens,
-                     const uint64_t *seqs, const int64_t *ts, uint32_t count);
+                     const uint64_t *seqs, const int64_t *ts, uint32_t count,
+                     pmq_deadline_t *d, const pmq_hooks_t *hooks);
+
+/* A backlog larger than the ring is streamed in: end_seq > 0 starts it (the
+ * seq after the backlog's last: publishes wait until it is in, as for room),
+ * 0 ends it (next_seq becomes at least that seq, and waiting publishers go
+ * on). A restarted supervisor finds it in the figures (restore_end) and
+ * carries on from next_seq. */
+int pmq_ring_restoring(pmq_ring_t *r, uint64_t end_seq);
 
 /* Mark closed, why (PMQ_CLOSED_BROKER or PMQ_CLOSED_DELETED), under the
  * mutex, and wake everyone: publishers then return PMQ_CLOSED or PMQ_DELETED,

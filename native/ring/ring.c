@@ -196,7 +196,8 @@ static int positions_ok(const pmq_ring_t *r)
     const pmq_ring_hdr_t *h = r->hdr;
     uint64_t head = h->head, tail = h->tail, gate = h->gate;
     return head <= tail && tail - head <= r->capacity && ((head | tail) & 7) == 0 &&
-           head <= gate && gate <= tail && h->next_seq >= 1 && h->next_seq < (1ULL << 62);
+           head <= gate && gate <= tail && h->next_seq >= 1 && h->next_seq < (1ULL << 62) &&
+           h->restore_end < (1ULL << 62);
 }
 
 /* After pmq_sync_lock: the positions checked, the holder noted; or the
@@ -385,9 +386,10 @@ static uint64_t write_records(pmq_ring_t *r, uint64_t pos, const char *const *pa
  * own timeout when that is longer. */
 #define PMQ_LOCK_MIN_NS (100LL * 1000000LL)
 
-/* Wait for space with the mutex released. Returns 0 with the mutex held again
- * (look again), or an error with it released. */
-static int wait_for_space(pmq_ring_t *r, uint64_t target, pmq_deadline_t *d,
+/* Wait for space (a publisher: and for a restore to end) with the mutex
+ * released. Returns 0 with the mutex held again (look again), or an error
+ * with it released. */
+static int wait_for_space(pmq_ring_t *r, uint64_t target, int publisher, pmq_deadline_t *d,
                           const pmq_hooks_t *hooks)
 {
     pmq_ring_hdr_t *h = r->hdr;
@@ -402,7 +404,7 @@ static int wait_for_space(pmq_ring_t *r, uint64_t target, pmq_deadline_t *d,
         ring_unlock(r);
         return rc;
     }
-    if (h->gate >= target || LOAD_ACQ(&h->closed))
+    if ((h->gate >= target && !(publisher && h->restore_end)) || LOAD_ACQ(&h->closed))
         return 0;
     int64_t left = pmq_deadline_left(d);
     ring_unlock(r);
@@ -438,9 +440,10 @@ static int parts_ok(const pmq_ring_t *r, const char *const *parts, const uint32_
 
 /* Room for a batch that ends at end, mutex held: 0 (still held); PMQ_RETRY
  * after a wait (held again: plan again, other publishers moved tail); or an
- * error with it released (counted: a refusal, or corruption). */
-static int make_room(pmq_ring_t *r, uint64_t end, pmq_deadline_t *d, const pmq_hooks_t *hooks,
-                     int *waited)
+ * error with it released (counted: a refusal, or corruption). A publisher
+ * also waits while a backlog is being restored (its seqs come first). */
+static int make_room(pmq_ring_t *r, uint64_t end, int publisher, pmq_deadline_t *d,
+                     const pmq_hooks_t *hooks, int *waited)
 {
     pmq_ring_hdr_t *h = r->hdr;
     int rc = ring_closed(r);
@@ -452,12 +455,14 @@ static int make_room(pmq_ring_t *r, uint64_t end, pmq_deadline_t *d, const pmq_h
     }
     uint64_t target = end > r->capacity ? end - r->capacity : 0;
     rc = h->head >= target ? 0 : reclaim(r, target);
+    if (rc == 0 && publisher && h->restore_end)
+        rc = PMQ_FULL;
     if (rc == 0)
         return 0;
     if (rc == PMQ_FULL && d->timeout_ns != 0) {
         if (!(*waited)++)
             ADD_RLX(&h->publish_waits, 1);
-        rc = wait_for_space(r, target, d, hooks);
+        rc = wait_for_space(r, target, publisher, d, hooks);
         if (rc == 0)
             return PMQ_RETRY;
         if (rc == PMQ_FULL)
@@ -489,7 +494,7 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *const *parts, const uint32_t
     for (int waited = 0; rc == 0 || rc == PMQ_RETRY;) {
         tail = h->tail;
         end = plan_end(r, tail, lens, count);
-        if ((rc = make_room(r, end, d, hooks, &waited)) == 0)
+        if ((rc = make_room(r, end, 1, d, hooks, &waited)) == 0)
             break;
     }
     if (rc < 0)
@@ -511,35 +516,66 @@ int64_t pmq_ring_publish(pmq_ring_t *r, const char *const *parts, const uint32_t
 }
 
 int pmq_ring_restore(pmq_ring_t *r, const char *const *parts, const uint32_t *lens,
-                     const uint64_t *seqs, const int64_t *ts, uint32_t count)
+                     const uint64_t *seqs, const int64_t *ts, uint32_t count, pmq_deadline_t *d,
+                     const pmq_hooks_t *hooks)
 {
     uint64_t bytes;
-    int rc = r ? parts_ok(r, parts, lens, count, &bytes) : PMQ_EINVAL;
+    int rc = r && d ? parts_ok(r, parts, lens, count, &bytes) : PMQ_EINVAL;
     if (rc < 0 || !seqs || !ts)
         return rc < 0 ? rc : PMQ_EINVAL;
     for (uint32_t i = 0; i < count; i++)
         if ((i && seqs[i] <= seqs[i - 1]) || seqs[i] >= (1ULL << 62))
             return PMQ_EINVAL;
-    if ((rc = ring_lock_admin(r)) < 0)
+    pmq_ring_hdr_t *h = r->hdr;
+    if ((rc = ring_lock(r, d, PMQ_LOCK_MIN_NS, hooks)) < 0)
+        return rc == -ETIMEDOUT ? PMQ_FULL : rc;
+    uint64_t tail = 0, end = 0;
+    for (int waited = 0; rc == 0 || rc == PMQ_RETRY;) {
+        tail = h->tail;
+        end = plan_end(r, tail, lens, count);
+        if (seqs[0] < h->next_seq || (h->restore_end && seqs[count - 1] >= h->restore_end)) {
+            ring_unlock(r);
+            return PMQ_EINVAL;
+        }
+        if ((rc = make_room(r, end, 0, d, hooks, &waited)) == 0)
+            break;
+    }
+    if (rc < 0)
+        return rc;
+    uint64_t next = seqs[count - 1] + 1;
+    intent_begin(h, tail, end, h->next_seq, next);
+    write_records(r, tail, parts, lens, count, 0, seqs, ts);
+    h->next_seq = next;
+    h->published_bytes += bytes;
+    STORE_REL(&h->tail, end);
+    intent_end(h);
+    ring_unlock(r);
+    ring_wake_if_waiting(&h->data_seq, &h->data_waiters);
+    return 0;
+}
+
+int pmq_ring_restoring(pmq_ring_t *r, uint64_t end_seq)
+{
+    if (!r || end_seq >= (1ULL << 62))
+        return PMQ_EINVAL;
+    int rc = ring_lock_admin(r);
+    if (rc < 0)
         return rc;
     pmq_ring_hdr_t *h = r->hdr;
-    uint64_t tail = h->tail, end = plan_end(r, tail, lens, count);
-    if (seqs[0] < h->next_seq)
+    if (end_seq && end_seq < h->next_seq) {
         rc = PMQ_EINVAL;
-    else if (end - tail > r->capacity)
-        rc = PMQ_ETOOBIG;
-    else if (end > r->capacity && h->head < end - r->capacity)
-        rc = reclaim(r, end - r->capacity);
-    if (rc == 0) {
-        uint64_t next = seqs[count - 1] + 1;
-        intent_begin(h, tail, end, h->next_seq, next);
-        write_records(r, tail, parts, lens, count, 0, seqs, ts);
-        h->next_seq = next;
-        h->published_bytes += bytes;
-        STORE_REL(&h->tail, end);
-        intent_end(h);
+    } else if (end_seq) {
+        h->restore_end = end_seq;
+    } else if (h->restore_end) {
+        if (h->next_seq < h->restore_end)
+            h->next_seq = h->restore_end;
+        h->restore_end = 0;
     }
     ring_unlock(r);
+    if (!end_seq) { /* publishers waiting for the restore go on */
+        ADD_RLX(&h->space_seq, 1);
+        pmq_sync_wake(&h->space_seq);
+    }
     return rc;
 }
 
@@ -593,8 +629,8 @@ int ring_hand_over(const pmq_ring_t *r, pmq_batch_t *b, const pmq_sink_t *sink)
 /* Gather records from pos (below tail) into the batch, up to max; *next past
  * the last one gathered. The count (0: only padding), PMQ_EBUFSMALL (the
  * first record is over the budget) or PMQ_ECORRUPT. */
-static int gather(const pmq_ring_t *r, uint64_t pos, uint64_t tail, pmq_batch_t *b,
-                  uint32_t max, uint64_t *next)
+static int gather(const pmq_ring_t *r, uint64_t pos, uint64_t tail, uint64_t from_seq,
+                  pmq_batch_t *b, uint32_t max, uint64_t *next)
 {
     pmq_rec_t rec;
     ring_batch_reset(b);
@@ -602,7 +638,7 @@ static int gather(const pmq_ring_t *r, uint64_t pos, uint64_t tail, pmq_batch_t 
         uint64_t size = ring_record(r, pos, tail, &rec);
         if (size == 0)
             return PMQ_ECORRUPT;
-        if (rec.type == PMQ_REC_DATA && !ring_batch_add(r, pos, &rec, b)) {
+        if (rec.type == PMQ_REC_DATA && rec.seq >= from_seq && !ring_batch_add(r, pos, &rec, b)) {
             if (b->n == 0)
                 return PMQ_EBUFSMALL;
             break;
@@ -638,8 +674,9 @@ int ring_take(pmq_ring_t *r, pmq_group_t *g, uint32_t gen, pmq_batch_t *b, uint3
         return 0;
     if (LOAD_ACQ(&g->cursor_gen) != gen)
         return PMQ_GONE; /* freed (and perhaps made anew) while we looked */
-    int rc = cur < tail && tail - cur <= r->capacity ? gather(r, cur, tail, b, max, &next)
-                                                     : PMQ_ECORRUPT;
+    int rc = cur < tail && tail - cur <= r->capacity
+                 ? gather(r, cur, tail, LOAD_RLX(&g->from_seq), b, max, &next)
+                 : PMQ_ECORRUPT;
     if (rc < 0) {
         /* Another member may have taken them and the publisher reused the
          * space, or our group was freed: only an unmoved cursor of our gen

@@ -50,6 +50,36 @@ def write_lines(lines: _core.Lines, log: "TopicLog", n: int, payloads: tuple[Any
     log.appended()
 
 
+def last_seq_on_disk(d: str, cut: bool = False) -> int:
+    """The seq of the last whole line of the log in folder d (0: none),
+    reading only the end of the last file; with cut, that file is first cut
+    back to its last whole line (a writer died, or the disk filled, mid-line)."""
+    try:
+        names = sorted((e for e in os.listdir(d) if e.endswith(SUFFIX)), reverse=True)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        with open(os.path.join(d, name), "rb+" if cut else "rb") as f:
+            size = end = f.seek(0, os.SEEK_END)
+            tail = b""
+            while end > 0 and tail.count(b"\n") < 2:  # the last whole line, and its start
+                step = min(end, 1 << 16)
+                f.seek(end - step)
+                tail = f.read(step) + tail
+                end -= step
+            whole = tail.rfind(b"\n") + 1
+            if cut and end + whole < size:
+                f.truncate(end + whole)
+        for line in reversed(tail[:whole].split(b"\n")):
+            try:
+                seq = json.loads(line)["seq"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if isinstance(seq, int) and not isinstance(seq, bool) and seq > 0:
+                return seq
+    return 0
+
+
 class TopicLog:
     """The segment files of one topic: append, rotate, fsync, retain.
 
@@ -80,26 +110,7 @@ class TopicLog:
     def _recover(self) -> int:
         """The last seq on disk, once the last file is cut back to its last
         whole line (a writer died, or the disk filled, mid-line)."""
-        for name in reversed(self.files()):
-            with open(os.path.join(self.dir, name), "rb+") as f:
-                size = end = f.seek(0, os.SEEK_END)
-                tail = b""
-                while end > 0 and tail.count(b"\n") < 2:  # the last whole line, and its start
-                    step = min(end, 1 << 16)
-                    f.seek(end - step)
-                    tail = f.read(step) + tail
-                    end -= step
-                cut = tail.rfind(b"\n") + 1
-                if end + cut < size:
-                    f.truncate(end + cut)
-            for line in reversed(tail[:cut].split(b"\n")):
-                try:
-                    seq = json.loads(line)["seq"]
-                except (ValueError, KeyError, TypeError):
-                    continue
-                if isinstance(seq, int) and not isinstance(seq, bool) and seq > 0:
-                    return seq
-        return 0
+        return last_seq_on_disk(self.dir, cut=True)
 
     def first_new(self, seqs, n: int) -> int:
         """The index of the first of n ascending seqs past last_seq (n if none)."""
@@ -283,7 +294,10 @@ def read_log(root: str, topic: str, from_seq: int = 1, report: LogReport | None 
         files = sorted(e for e in os.listdir(d) if e.endswith(SUFFIX))
     except FileNotFoundError:
         return
+    firsts = [_first_seq(name) for name in files]
     for k, name in enumerate(files):
+        if k + 1 < len(files) and firsts[k + 1] is not None and firsts[k + 1] <= from_seq:
+            continue  # every seq of this file is below from_seq: not even read
         path = os.path.join(d, name)
         with open(path, "rb") as f:
             data = f.read()
@@ -313,6 +327,12 @@ def read_log(root: str, topic: str, from_seq: int = 1, report: LogReport | None 
             if seq >= from_seq:
                 report.records += 1
                 yield seq, int(ts * 1e9), payload
+
+
+def _first_seq(name: str) -> int | None:
+    """The first seq of a log file, from its name ({seq:020d}.jsonl), if it has one."""
+    stem = name[:-len(SUFFIX)]
+    return int(stem) if stem.isdigit() else None
 
 
 def replay(root: str, topic: str, from_seq: int, until_seq: int):
