@@ -126,6 +126,9 @@ def error(rc: int, context: str = "", *, timeout_ns: int | None = None, size: in
     where = f"{context}: " if context else ""
     if rc == lib.PMQ_EMPTY:
         return Timeout(f"{where}nothing arrived within {_seconds(timeout_ns)}")
+    if rc == lib.PMQ_BUSY:
+        return Timeout(f"{where}nothing arrived within {_seconds(timeout_ns)} (a lock of the "
+                       "topic was held by another process)")
     if rc == lib.PMQ_FULL:
         need = f" for {size:,} bytes" if size is not None else ""
         cap = f" (ring capacity {capacity:,} bytes)" if capacity else ""
@@ -435,6 +438,14 @@ class Ring(_Mapped):
                                    ffi.from_buffer("int64_t[]", ts), len(payloads),
                                    deadline(timeout_ns), ffi.NULL),
               f"{self._context}: restore", timeout_ns=timeout_ns)
+
+    def wait_word(self, which: int) -> tuple[int, int]:
+        """Announce a waiter that sleeps elsewhere (an event loop's: pymq/aio.py)
+        for data (WAIT_DATA) or room (WAIT_SPACE): (the word's address, its
+        value now). Look again, then sleep while the word holds the value."""
+        word, value = ffi.new("uint32_t **"), ffi.new("uint32_t *")
+        check(lib.pmq_ring_wait_word(self.h, which, word, value), self._context)
+        return int(ffi.cast("uintptr_t", word[0])), int(value[0])
 
     def restoring(self, end_seq: int) -> None:
         """Start streaming a backlog in (end_seq: the seq after its last;

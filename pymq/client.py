@@ -14,14 +14,14 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar, Union
 
 import posix_ipc
 
-from . import _core, control, segments
+from . import _core, aio, control, segments
 from .config import BrokerConfig, check_broker_name, check_group, check_topic, default_name
-from .errors import (BrokerClosed, BrokerNotFound, GroupKindMismatch, MessageTooLarge, MQError,
+from .errors import (BrokerClosed, BrokerNotFound, Full, GroupKindMismatch, MessageTooLarge, MQError,
                      SegmentMismatch, SubscriptionClosed)
 
 READ_BATCH = 1024          # most records one native read returns
@@ -316,6 +316,39 @@ class Client:
             return self.publish_many(topic, payloads, timeout)
         return last
 
+    async def apublish(self, topic: str, payload: Payload, timeout: float | None = None) -> int:
+        """publish() for a coroutine: the wait for ring space (up to timeout,
+        default config.publish_timeout) is awaited, never blocking the event
+        loop. Returns the seq; raises as publish()."""
+        if type(payload) is not bytes:
+            payload = _as_bytes(payload)
+        timeout_ns = self._publish_timeout_ns if timeout is None else _timeout_ns(timeout)
+        ring = self._topics.get(topic) or self._ring_for(topic, (payload,))
+        try:
+            return ring.put1(payload, 0)  # the usual case, made short: there is room
+        except Full:
+            if timeout_ns == 0:
+                raise
+        except _core.TopicDeleted:
+            self._forget(topic, ring)
+        seq: int = await aio.publish(self._topics.get(topic) or self._ring(topic),
+                                     lambda: self.publish(topic, payload, 0), timeout_ns,
+                                     len(payload))
+        return seq
+
+    async def apublish_many(self, topic: str, payloads: Iterable[Payload],
+                            timeout: float | None = None) -> int:
+        """publish_many() for a coroutine (see apublish()): all or none, the
+        last seq; raises as publish_many()."""
+        batch = [p if type(p) is bytes else _as_bytes(p) for p in payloads]
+        if not batch:
+            raise ValueError("publish_many needs at least one payload")
+        timeout_ns = self._publish_timeout_ns if timeout is None else _timeout_ns(timeout)
+        ring = self._topics.get(topic) or self._ring_for(topic, batch)
+        last: int = await aio.publish(ring, lambda: self.publish_many(topic, batch, 0),
+                                      timeout_ns, sum(map(len, batch)))
+        return last
+
     def _ring_for(self, topic: str, payloads: Iterable[bytes]) -> _core.Ring:
         """The topic's ring for a first publish to it, once the payloads (bytes)
         are known to fit: a publish that must fail creates no topic."""
@@ -603,6 +636,47 @@ class Subscription(Generic[T]):
                 return old
         got: list[T] = self._reader.get(n, -1 if timeout is None else _timeout_ns(timeout))
         return got
+
+    async def aget(self, timeout: float | None = None) -> T:
+        """get() for a coroutine: awaits, never blocking the event loop, with no
+        thread of its own (pymq/aio.py). Cancelling it takes nothing. Raises
+        as get()."""
+        if self._backlog is None:  # the usual case, made short: there is one now
+            got = self._reader.poll(1)
+            if type(got) is list:
+                item: T = got[0]
+                return item
+        more = await self.aget_many(1, timeout)
+        return more[0]
+
+    async def aget_many(self, max_count: int, timeout: float | None = None) -> list[T]:
+        """get_many() for a coroutine (see aget()). Raises as get_many()."""
+        n = self._many(max_count)
+        if self._backlog is not None:
+            old = self._taken(n)
+            if old:
+                return old
+        got: list[T] = await aio.receive(self._reader, n,
+                                         -1 if timeout is None else _timeout_ns(timeout),
+                                         self._ring)
+        return got
+
+    async def aiter(self) -> AsyncIterator[T]:
+        """`async for item in sub.aiter()`: iteration for a coroutine, ending
+        and reading ahead as iteration does. Raises what aget() raises but
+        SubscriptionClosed and BrokerClosed, which end it."""
+        ahead = self._read_ahead()
+        while True:
+            try:
+                if ahead and self._backlog is None:
+                    self._backlog = _Backlog(await self.aget_many(READ_BATCH))
+                item = await self.aget()
+            except (SubscriptionClosed, BrokerClosed):
+                return
+            yield item
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self.aiter()
 
     def _read_ahead(self) -> bool:
         """Whether iteration may read ahead: only a group of its own, whose

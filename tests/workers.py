@@ -262,3 +262,30 @@ def ack_get_after(name, topic, group, out_q, ready_evt):
     got = sub.get_many(100, timeout=60)
     sub.ack_many(got)
     out_q.put([m.payload for m in got])
+
+
+def broker_until_sigterm(name, ready_evt):
+    """Own a broker until SIGTERM, then close it (as pymq serve does)."""
+    def stop(signum, frame):
+        raise SystemExit(0)
+    signal.signal(signal.SIGTERM, stop)
+    with pymq.Broker(pymq.BrokerConfig(name=name, ring_bytes=65536, max_message_bytes=1024)):
+        ready_evt.set()
+        while True:
+            time.sleep(1)
+
+
+def publish_each(name, topics):
+    """Publish each topic's own name to it."""
+    c = pymq.connect(name)
+    for t in topics:
+        c.publish(t, t.encode(), timeout=30)
+
+
+def drain_group(name, topic, group, count):
+    """Read count messages as a member of a plain group, then leave."""
+    c = pymq.connect(name)
+    sub = c.subscribe(topic, group=group)
+    got = 0
+    while got < count:
+        got += len(sub.get_many(count - got, timeout=30))

@@ -57,15 +57,21 @@ static void sink_drop(void *ctx) { Py_CLEAR(((sink_ctx_t *)ctx)->got); }
 
 /* ---- reading ---------------------------------------------------------------------------- */
 
-static PyObject *read_into(ReaderObject *rd, uint32_t max, int64_t timeout)
+/* One read: rc > 0 with *got the payload (max 1) or their list; else the
+ * ring's code (PMQ_EMPTY, PMQ_BUSY, ...) with nothing made, or PY_ERR with a
+ * Python error set (a signal's handler raised, a copy failed, a misuse). */
+static int read_rc(ReaderObject *rd, uint32_t max, int64_t timeout, PyObject **got)
 {
+    *got = NULL;
     if (!py_bound())
-        return NULL;
-    if (rd->busy)
-        return PyErr_Format(PyExc_RuntimeError, "a subscription of %R is being read by another "
-                            "thread: give each thread its own subscription", rd->topic);
+        return PY_ERR;
+    if (rd->busy) {
+        PyErr_Format(PyExc_RuntimeError, "a subscription of %R is being read by another "
+                     "thread: give each thread its own subscription", rd->topic);
+        return PY_ERR;
+    }
     if (rd->closed)
-        return py_raise(PMQ_GONE, rd->topic, timeout, 0, 0, rd->ring);
+        return PMQ_GONE;
     sink_ctx_t c = {.ring = rd->ring, .one = max == 1};
     pmq_sink_t sink = {sink_copy, sink_drop, &c};
     pmq_hooks_t hooks = {py_block, py_unblock, &c.gil};
@@ -78,12 +84,26 @@ static PyObject *read_into(ReaderObject *rd, uint32_t max, int64_t timeout)
             break;
     }
     rd->busy = 0;
-    if (rc > 0 && c.got)
-        return c.got;
+    if (rc > 0 && c.got) {
+        *got = c.got;
+        return rc;
+    }
     Py_XDECREF(c.got);
     if (rc == PMQ_EINTR || (rc > 0 && PyErr_Occurred()))
+        return PY_ERR;
+    return rc > 0 ? PMQ_ECORRUPT : rc;
+}
+
+static PyObject *read_into(ReaderObject *rd, uint32_t max, int64_t timeout)
+{
+    PyObject *got;
+    int rc = read_rc(rd, max, timeout, &got);
+    if (rc > 0)
+        return got;
+    if (rc == PY_ERR)
         return NULL;
-    return py_raise(rc > 0 ? PMQ_ECORRUPT : rc, rd->topic, timeout, 0, 0, rd->ring);
+    /* a lock held by another member, and no time to wait for it: nothing arrived */
+    return py_raise(rc == PMQ_BUSY ? PMQ_EMPTY : rc, rd->topic, timeout, 0, 0, rd->ring);
 }
 
 /* The payloads as Messages of this (ack) subscription. */
@@ -145,6 +165,58 @@ static PyObject *reader_get(ReaderObject *rd, PyObject *const *args, Py_ssize_t 
         got = list;
     }
     return got && rd->ack ? as_messages(rd, got, 0) : got;
+}
+
+/* A read that does not wait, as poll returns it: the payloads (a list;
+ * Messages for an ack subscription), None (an ack group's lock is busy), or
+ * NULL: an error set, or, with *empty, nothing there. */
+static PyObject *poll_once(ReaderObject *rd, uint32_t max, int *empty)
+{
+    PyObject *got;
+    int rc = read_rc(rd, max, 0, &got);
+    *empty = rc == PMQ_EMPTY;
+    if (rc > 0) {
+        if (max == 1) { /* read_rc made one object: a list is wanted */
+            PyObject *list = PyList_New(1);
+            if (!list) {
+                Py_DECREF(got);
+                return NULL;
+            }
+            PyList_SET_ITEM(list, 0, got);
+            got = list;
+        }
+        return rd->ack ? as_messages(rd, got, 0) : got;
+    }
+    if (rc == PMQ_BUSY)
+        Py_RETURN_NONE;
+    if (rc == PY_ERR || rc == PMQ_EMPTY)
+        return NULL;
+    return py_raise(rc, rd->topic, 0, 0, 0, rd->ring);
+}
+
+/* poll(max) -> 1..max payloads (a list); or, when there is nothing, (word
+ * address, value): sleep while the word holds that value, then poll again; or
+ * None when an ack group's lock is held by another member (poll again soon).
+ * Never waits: for an event loop's subscriptions (pymq/aio.py). */
+static PyObject *reader_poll(ReaderObject *rd, PyObject *arg)
+{
+    unsigned long max = PyLong_AsUnsignedLong(arg);
+    if (max == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    if (max == 0 || max > rd->b.max)
+        return PyErr_Format(PyExc_ValueError, "max must be 1..%u", rd->b.max);
+    int empty;
+    PyObject *got = poll_once(rd, (uint32_t)max, &empty);
+    if (!empty)
+        return got;
+    uint32_t *word, value;
+    int rc = py_api->wait_word(rd->ring, PMQ_WAIT_DATA, &word, &value);
+    if (rc < 0)
+        return py_raise(rc, rd->topic, 0, 0, 0, rd->ring);
+    got = poll_once(rd, (uint32_t)max, &empty); /* announced: one more look */
+    if (!empty)
+        return got;
+    return Py_BuildValue("(KI)", (unsigned long long)(uintptr_t)word, (unsigned int)value);
 }
 
 /* ---- acks and nacks of many ------------------------------------------------------------ */
@@ -313,6 +385,8 @@ static PyMethodDef reader_methods[] = {
      "subscription's"},
     {"nack", (PyCFunction)reader_nack, METH_O,
      "nack(messages) -> how many were requeued, or None if one is not this subscription's"},
+    {"poll", (PyCFunction)reader_poll, METH_O,
+     "poll(max) -> 1..max payloads, or (word, value) to sleep on, or None (a lock is busy)"},
     {"close", (PyCFunction)reader_close, METH_NOARGS, "no more reads (the subscription left)"},
     {NULL, NULL, 0, NULL},
 };

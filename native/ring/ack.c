@@ -233,8 +233,10 @@ int ack_take(pmq_ring_t *r, pmq_member_t *m, uint32_t mi, uint32_t mgen, pmq_gro
     if (!b->pos || !b->slots || !b->attempts)
         return PMQ_EINVAL;
     int rc = group_lock(r, g, g->gen, m, mgen, 0, d, hooks);
+    if (rc == -ETIMEDOUT) /* a lock held past the read's deadline; none given: say so */
+        return d->timeout_ns == 0 ? PMQ_BUSY : PMQ_EMPTY;
     if (rc < 0)
-        return rc == -ETIMEDOUT ? PMQ_EMPTY : rc; /* a lock held past the read's deadline */
+        return rc;
     PMQ_TEST_POINT("ack.locked");
     uint64_t old_floor = g->floor;
     advance_floor(r, g); /* what acks and nacks changed without the lock, first */

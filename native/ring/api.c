@@ -12,6 +12,7 @@ static const pmq_api_t table = {
     .read = pmq_member_read,
     .ack = pmq_ack_ack,
     .nack = pmq_ack_nack,
+    .wait_word = pmq_ring_wait_word,
 };
 
 const pmq_api_t *pmq_api(void) { return &table; }

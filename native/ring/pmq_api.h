@@ -11,7 +11,7 @@
 
 #include "pmq_ring.h"
 
-#define PMQ_API_VERSION 1u
+#define PMQ_API_VERSION 2u
 
 #ifndef PMQ_BUILD_ID
 #define PMQ_BUILD_ID "unknown" /* build.py passes -DPMQ_BUILD_ID: a hash of native/ */
@@ -32,6 +32,7 @@ typedef struct pmq_api {
     int (*nack)(pmq_ring_t *r, uint32_t group, uint32_t group_gen, const uint32_t *slots,
                 const uint64_t *seqs, const uint32_t *attempts, uint32_t n,
                 const pmq_hooks_t *hooks);
+    int (*wait_word)(pmq_ring_t *r, int which, uint32_t **word, uint32_t *value);
 } pmq_api_t;
 
 /* The table (static, read-only). */

@@ -158,6 +158,11 @@ typedef struct {
     ...;
 } pmq_ns_t;
 
+/* sync.c: an event loop's waiter sleeps on many words at once (futex_waitv) */
+int pmq_sync_wait_any(uint32_t *const *words, const uint32_t *expected, uint32_t n,
+                      int64_t timeout_ns);
+void pmq_sync_wake(uint32_t *word);
+
 /* ring.c */
 uint32_t pmq_ring_layout_version(void);
 uint64_t pmq_ring_size(const pmq_ring_params_t *p);
@@ -171,6 +176,9 @@ int pmq_ring_restore(pmq_ring_t *r, const char *const *parts, const uint32_t *le
                      const uint64_t *seqs, const int64_t *ts, uint32_t count,
                      pmq_deadline_t *d, const pmq_hooks_t *hooks);
 int pmq_ring_restoring(pmq_ring_t *r, uint64_t end_seq);
+#define PMQ_WAIT_DATA ...
+#define PMQ_WAIT_SPACE ...
+int pmq_ring_wait_word(pmq_ring_t *r, int which, uint32_t **word, uint32_t *value);
 int pmq_ring_close(pmq_ring_t *r, uint32_t why);
 
 /* group.c */

@@ -403,6 +403,16 @@ int pmq_ring_restore(pmq_ring_t *r, const char *const *parts, const uint32_t *le
                      const uint64_t *seqs, const int64_t *ts, uint32_t count,
                      pmq_deadline_t *d, const pmq_hooks_t *hooks);
 
+/* For a waiter that does not sleep here (an event loop's): announce a reader
+ * (which = PMQ_WAIT_DATA) or a publisher waiting for room (PMQ_WAIT_SPACE)
+ * and return the word to sleep on and its value now. The caller then looks
+ * again (a read or a publish that does not wait) and, if that finds nothing,
+ * sleeps while *word == *value: whatever it waits for changes the word after
+ * this call. A publisher is woken by any reader's progress (it looks again). */
+#define PMQ_WAIT_DATA  0
+#define PMQ_WAIT_SPACE 1
+int pmq_ring_wait_word(pmq_ring_t *r, int which, uint32_t **word, uint32_t *value);
+
 /* A backlog larger than the ring is streamed in: end_seq > 0 starts it (the
  * seq after the backlog's last: publishes wait until it is in, as for room),
  * 0 ends it (next_seq becomes at least that seq, and waiting publishers go
@@ -522,7 +532,8 @@ int pmq_member_join(pmq_ring_t *r, const char *name, uint32_t flags, int start,
  * (see pmq_sink_t). Waits until d's deadline when there is nothing to read.
  * Returns the count (>= 1), PMQ_EMPTY, PMQ_CLOSED, PMQ_DELETED, PMQ_GONE,
  * PMQ_EINTR (call again with d), PMQ_EBUFSMALL, PMQ_ECORRUPT, PMQ_EINVAL,
- * or the sink's error. A plain group's members claim records lock-free;
+ * or the sink's error; with a timeout of 0, PMQ_BUSY when an ack group's
+ * lock is held by another member (look again soon: nothing says when). A plain group's members claim records lock-free;
  * an ack group's member takes the group's lock, gets redeliveries first, then
  * new records while its window has room, and records each as pending. */
 int pmq_member_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,

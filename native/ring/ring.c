@@ -554,6 +554,24 @@ int pmq_ring_restore(pmq_ring_t *r, const char *const *parts, const uint32_t *le
     return 0;
 }
 
+int pmq_ring_wait_word(pmq_ring_t *r, int which, uint32_t **word, uint32_t *value)
+{
+    if (!r || !word || !value || (which != PMQ_WAIT_DATA && which != PMQ_WAIT_SPACE))
+        return PMQ_EINVAL;
+    pmq_ring_hdr_t *h = r->hdr;
+    if (which == PMQ_WAIT_DATA) {
+        *word = &h->data_seq;
+        *value = LOAD_ACQ(&h->data_seq);
+        STORE_SC(&h->data_waiters, 1);
+    } else {
+        *word = &h->space_seq;
+        *value = LOAD_ACQ(&h->space_seq);
+        STORE_SC(&h->space_target, 0); /* any progress wakes it: it looks again */
+        STORE_SC(&h->space_waiters, 1);
+    }
+    return 0;
+}
+
 int pmq_ring_restoring(pmq_ring_t *r, uint64_t end_seq)
 {
     if (!r || end_seq >= (1ULL << 62))
