@@ -7,7 +7,7 @@ DEPS   := $(VENV)/.deps-installed
 NATIVE := pymq/.native-built
 SAN    := build/sanitize
 
-.PHONY: all build demo test test-unit test-types test-sanitize test-wheel bench bench-quick bench-throughput bench-micro clean chromium
+.PHONY: all build demo test test-unit test-types test-sanitize test-wheel bench bench-quick bench-throughput bench-micro clean chromium system-packages
 
 all: build
 
@@ -32,19 +32,21 @@ test: test-types test-wheel test-sanitize test-unit
 test-types: build
 	$(BIN)/mypy
 
-test-unit: build chromium
-	$(PY) -m pytest -q tests benchmarks --benchmark-disable
+REQUIRE := $(if $(filter 0,$(shell id -u)),PYMQ_REQUIRE_SYSTEM_PACKAGES=1,)
+
+test-unit: build system-packages
+	$(REQUIRE) $(PY) -m pytest -q tests benchmarks --benchmark-disable
 
 # The whole suite again against a build of the native core with
 # AddressSanitizer + UndefinedBehaviorSanitizer (a copy of pymq in $(SAN)).
-test-sanitize: $(DEPS)
+test-sanitize: $(DEPS) system-packages
 	rm -rf $(SAN) && mkdir -p $(SAN)
 	cp -r pymq $(SAN)/pymq && rm -f $(SAN)/pymq/*.so
 	PYMQ_SANITIZE=1 PYMQ_BUILD_DIR=$(SAN)/ext $(PY) build.py --into $(SAN)/pymq
 	cd $(SAN) && PYTHONPATH=$(CURDIR)/$(SAN) \
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  PYTHONMALLOC=malloc PYMQ_EXPECT_SANITIZED=1 $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider \
+	  PYTHONMALLOC=malloc PYMQ_EXPECT_SANITIZED=1 $(REQUIRE) $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider \
 	  $(CURDIR)/tests
 
 # pip install . on a clean venv builds the native core (PEP 517) and works; the
@@ -65,14 +67,23 @@ test-wheel: $(DEPS)
 	cd build/wheel && venv/bin/pymq bench --quick
 	cd build/wheel && ! venv/bin/pymq bench --compare 2> compare.err && grep -q "source checkout" compare.err
 
-# Headless Chromium for the admin dashboard test (tests/test_admin.py); installed
-# with apt when running as root, else the test skips.
-chromium:
+# System packages the suite runs against for real: headless Chromium (the admin
+# dashboard, tests/test_admin.py) and nats-server (the bridge, tests/test_bridge.py),
+# installed with apt when running as root; elsewhere those tests skip with the reason.
+# As root, `make test` then requires them (PYMQ_REQUIRE_SYSTEM_PACKAGES): a test that
+# would skip fails instead, so CI cannot pass by skipping.
+SYSTEM_PACKAGES := chromium nats-server
+system-packages:
 	@if [ "$$(id -u)" = 0 ]; then \
-	  command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium); \
+	  missing=""; \
+	  command -v chromium >/dev/null || missing="$$missing chromium"; \
+	  command -v nats-server >/dev/null || missing="$$missing nats-server"; \
+	  [ -z "$$missing" ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing); \
 	else \
-	  echo "note: not root; install Chromium yourself (apt-get install chromium) or the dashboard test skips"; \
+	  echo "note: not root; install $(SYSTEM_PACKAGES) yourself (apt-get install ...) or their tests skip"; \
 	fi
+
+chromium: system-packages
 
 bench-micro: build
 	$(PY) -m pytest -q benchmarks --benchmark-only

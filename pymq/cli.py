@@ -10,6 +10,7 @@
            delete a named group, or a topic (through the supervisor)
   demo     the telemetry pipeline (pymq.demo)
   bench    pymq measured on this machine (pymq.bench)
+  bridge   link this node's broker to NATS JetStream (pymq.bridge)
   clean    remove what a dead broker left in /dev/shm
 
 Every command takes --name (default $PYMQ_NAME or 'pymq'). `stats` and `top`
@@ -263,6 +264,10 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
                         "durable groups on restart (default: $PYMQ_PERSISTENCE_ENABLED or off)")
     p.add_argument("--persistence-dir", default=None, metavar="DIR",
                    help="where persistence writes (default: $PYMQ_PERSISTENCE_DIR or /data/mq)")
+    _add_log_arguments(p)
+
+
+def _add_log_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", type=checked(logfmt.check_level), default=None,
                    metavar="LEVEL", help="least level of the log records written to stderr: "
                    "DEBUG, INFO, WARNING, ERROR (default: $PYMQ_LOG_LEVEL or INFO)")
@@ -618,6 +623,12 @@ def cmd_delete_topic(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bridge(args: argparse.Namespace) -> int:
+    from . import bridge
+    _configure_logging(args)  # its records on stderr, as serve's
+    return bridge.run(args)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
     return bench.run(args)
@@ -796,6 +807,22 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--name", type=broker_name_arg, default=_default_name(), metavar="NAME",
                    help="broker name (default: $PYMQ_NAME or 'pymq')")
     p.set_defaults(func=cmd_clean)
+
+    p = _sub(sub, "bridge", "link this node's broker to NATS JetStream",
+             "Link the broker --name to NATS JetStream, for topics shared across nodes (one "
+             "broker per node): --out TOPIC forwards the local topic to the subject "
+             "PREFIX.TOPIC, --in TOPIC delivers that subject into the local topic. "
+             "At-least-once both ways: a local message is acked once JetStream has it, a "
+             "JetStream message once it is in the local ring; nothing that came in is sent "
+             "back out. Runs until SIGTERM or Ctrl-C, then settles what is in flight and exits "
+             "0. Needs nats-py (pip install 'pymq-shm[nats]'). See docs/scaling.md.",
+             "examples:\n  pymq bridge --name telemetry --nats nats://nats:4222 --out gpu\n"
+             "  pymq bridge --nats nats://127.0.0.1:4222 --out gpu --in gpu --node node-a")
+    from . import bridge
+    bridge.add_arguments(p)
+    _add_log_arguments(p)
+    _add_name(p)
+    p.set_defaults(func=cmd_bridge)
 
     p = _sub(sub, "bench", "measure pymq on this machine (throughput, latency)",
              "Measure pymq alone across two processes: publish -> get of 64 B and 4 KiB "

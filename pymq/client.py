@@ -433,6 +433,21 @@ class Client:
             self._res.subs.add(sub)
         return sub
 
+    def _system_subscription(self, topic: str, group: str, ack_timeout_ns: int,
+                             max_retries: int) -> "AckSubscription":
+        """A member of a durable ack group of pymq's own (a name users cannot
+        take: '~bridge'), made at the oldest message the ring holds, with its
+        own ack timeout and retries (the bridge's)."""
+        check_topic(topic)
+        ring = self._ring(topic)
+        joined = ring.join(group, _core.GROUP_ACK, _core.START["earliest"], 0,
+                           self._owner_token(), ack_timeout_ns, max_retries)
+        reader = ring.reader(joined, True, READ_BATCH, max(READ_BUFFER, ring.max_msg))
+        sub = AckSubscription(self, topic, group, ring, reader)
+        with self._lock:
+            self._res.subs.add(sub)
+        return sub
+
     # -- deleting ----------------------------------------------------------------
 
     def delete_group(self, topic: str, group: str) -> None:
@@ -490,9 +505,11 @@ class Client:
                     topics[topic] = topic_stats(ring.stats(lock_timeout_ns=int(wait * 1e9)))
             except (MQError, ValueError):
                 continue  # being created, removed or deleted right now
+        from .bridge import read_figures
         return {
             "broker": self.name,
             "owner_pid": hdr.owner_pid,
+            "bridges": read_figures(self.name),
             "supervisor": {"pid": hdr.supervisor_pid, "restarts": hdr.supervisor_restarts,
                            "last_sweep": hdr.supervisor_beat_ns / 1e9},
             "reaped_processes": hdr.reaped_processes,

@@ -52,3 +52,57 @@ def ctx():
 
 if os.environ.get("PYMQ_EXPECT_SANITIZED"):  # make test-sanitize: be sure what runs
     assert "build/sanitize" in pymq.__file__, pymq.__file__
+
+
+class NatsServer:
+    """A real `nats-server -js` on a free loopback port with its own store."""
+
+    def __init__(self, binary, store):
+        import socket
+        self.binary, self.store = binary, str(store)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self):
+        import socket
+        import subprocess
+        from helpers import wait_for
+        self.log = open(os.path.join(self.store + ".log"), "ab")
+        self.proc = subprocess.Popen([self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port),
+                                      "-sd", self.store], stdout=self.log, stderr=self.log)
+
+        def serving():
+            assert self.proc.poll() is None, "nats-server exited"
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+        wait_for(serving)
+
+    def stop(self, kill=False):
+        if self.proc is not None and self.proc.poll() is None:
+            (self.proc.kill if kill else self.proc.terminate)()
+            self.proc.wait(30)
+        self.proc = None
+
+    def restart(self):
+        self.stop(kill=True)
+        self.start()
+
+
+@pytest.fixture
+def nats_server(tmp_path):
+    import shutil
+    binary = shutil.which("nats-server")
+    if binary is None:
+        from helpers import require_or_skip
+        require_or_skip("nats-server is not installed: `make system-packages` (as root) or "
+                        "apt-get install nats-server")
+    server = NatsServer(binary, tmp_path / "nats")
+    server.start()
+    yield server
+    server.stop()

@@ -53,3 +53,14 @@ def sweeps(broker, n=3):
             seen.append(beat)
         return len(seen) > n
     wait_for(swept)
+
+
+def require_or_skip(reason):
+    """Skip with the reason; but under `make test` as root, where the Makefile
+    installed the system packages (PYMQ_REQUIRE_SYSTEM_PACKAGES), fail: CI must
+    not pass by skipping."""
+    import os
+    import pytest
+    if os.environ.get("PYMQ_REQUIRE_SYSTEM_PACKAGES"):
+        pytest.fail(f"required here: {reason}")
+    pytest.skip(reason)

@@ -22,7 +22,7 @@ import pytest
 
 import pymq
 from pymq import admin
-from helpers import wait_for
+from helpers import require_or_skip, wait_for
 
 TOPIC = "gpu-telemetry"
 
@@ -1115,8 +1115,8 @@ def chromium_binary():
 def test_dashboard_in_headless_chromium(make_broker, tmp_path, monkeypatch, token):
     binary = chromium_binary()
     if binary is None:
-        pytest.skip("Chromium not installed: run `make chromium` (as root) or "
-                    "`apt-get install chromium`")
+        require_or_skip("Chromium not installed: run `make system-packages` (as root) or "
+                        "`apt-get install chromium`")
     if token:  # the page takes ?token= from its URL and sends it as a bearer token
         monkeypatch.setenv("PYMQ_ADMIN_TOKEN", token)
     broker = make_broker()

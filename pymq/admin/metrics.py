@@ -6,7 +6,8 @@ the same table and samples. Standard library only.
 
 Conventions (https://prometheus.io/docs/practices/naming/): every name starts
 with `pymq_`; a counter (a figure that only grows) ends in `_total`; a unit is
-a suffix (`_bytes`, `_seconds`); labels are `topic` and `group`. Anonymous
+a suffix (`_bytes`, `_seconds`); labels are `topic` and `group` (and, for a
+bridge to NATS, `node` and `direction`: "out" or "in"). Anonymous
 subscriptions (a group each, coming and going) are one label set per topic,
 group="~anonymous", so that their churn never grows the number of series.
 """
@@ -32,8 +33,10 @@ class Spec:
     """One metric family.
 
     name: the name in Prometheus text (a counter's ends in _total, an info's
-    in _info); kind: "counter", "gauge" or "info"; scope: "broker", "topic"
-    or "group" (its labels: none, topic, topic and group); key: the figure's
+    in _info); kind: "counter", "gauge" or "info"; scope: "broker", "topic",
+    "group", "node" (a bridge) or "bridge" (a bridge's topic in one direction)
+    (labels: none; topic; topic and group; node; node, direction and topic);
+    key: the figure's
     key in its stats dict (broker scope: see broker_figures()); unit: the
     name's unit suffix, or ""; anonymous: how the group-scope figure of a
     topic's anonymous subscriptions is combined ("sum", "max"), or "" for
@@ -60,7 +63,8 @@ class Spec:
 
     @property
     def labels(self) -> tuple[str, ...]:
-        return {"broker": (), "topic": ("topic",), "group": ("topic", "group")}[self.scope]
+        return {"broker": (), "topic": ("topic",), "group": ("topic", "group"),
+                "node": ("node",), "bridge": ("node", "direction", "topic")}[self.scope]
 
 
 METRICS: tuple[Spec, ...] = (
@@ -128,7 +132,40 @@ METRICS: tuple[Spec, ...] = (
          "group", "pending", anonymous="sum"),
     Spec("pymq_group_position", "gauge", "Sequence number of the group's next message.",
          "group", "position"),
+    # bridges to NATS JetStream (pymq bridge): per node, and per node, direction and topic
+    Spec("pymq_bridge_up", "gauge", "1 while the bridge process of the node lives.",
+         "node", "alive"),
+    Spec("pymq_bridge_connected", "gauge", "1 while the bridge is connected to NATS.",
+         "node", "connected"),
+    Spec("pymq_bridge_reconnects_total", "counter", "Times the bridge reconnected to NATS.",
+         "node", "reconnects"),
+    Spec("pymq_bridge_forwarded_total", "counter",
+         "Messages forwarded: out, acked by JetStream; in, put into the local topic.",
+         "bridge", "forwarded"),
+    Spec("pymq_bridge_in_flight", "gauge", "Publishes to JetStream not acked yet (out).",
+         "bridge", "in_flight"),
+    Spec("pymq_bridge_lag", "gauge", "Messages the node's consumer has yet to fetch (in).",
+         "bridge", "lag"),
+    Spec("pymq_bridge_resent_total", "counter",
+         "Publishes sent again after a failure or no ack in time (out).", "bridge", "resent"),
+    Spec("pymq_bridge_errors_total", "counter", "Failed publishes, fetches and acks.",
+         "bridge", "errors"),
+    Spec("pymq_bridge_echo_skipped_total", "counter",
+         "Messages that came in from NATS and were not sent back out (out).",
+         "bridge", "echo_skipped"),
+    Spec("pymq_bridge_own_dropped_total", "counter",
+         "Messages of this node coming back from NATS, dropped (in).", "bridge", "own_dropped"),
+    Spec("pymq_bridge_duplicates_total", "counter",
+         "Messages delivered again by NATS and dropped as already seen (in).",
+         "bridge", "duplicates"),
 )
+
+
+def node_figures(bridge: Mapping[str, Any]) -> dict[str, Any]:
+    """The node-scope figures of a bridge's entry in stats["bridges"]."""
+    nats = bridge.get("nats") or {}
+    return {"alive": bridge.get("alive"), "connected": nats.get("connected"),
+            "reconnects": nats.get("reconnects")}
 
 
 def _version() -> str:
@@ -190,6 +227,7 @@ def samples(stats: Mapping[str, Any], healthy: bool | None = None
     table order; a family without samples is left out. An info family's value
     is its label value (the version)."""
     topics: Mapping[str, Any] = stats.get("topics") or {}
+    bridges: Mapping[str, Any] = stats.get("bridges") or {}
     broker = broker_figures(stats, healthy)
     for spec in METRICS:
         found: list[tuple[Labels, float | int | str]] = []
@@ -199,6 +237,20 @@ def samples(stats: Mapping[str, Any], healthy: bool | None = None
                 found.append(((), str(value)))
             elif number(value) is not None:
                 found.append(((), _checked(spec, value)))
+        elif spec.scope == "node":
+            for node in sorted(bridges):
+                value = node_figures(bridges[node]).get(spec.key)
+                if number(value) is not None:
+                    found.append(((("node", node),), _checked(spec, value)))
+        elif spec.scope == "bridge":
+            for node in sorted(bridges):
+                for direction in ("out", "in"):
+                    per_topic = bridges[node].get(direction) or {}
+                    for topic in sorted(per_topic):
+                        value = (per_topic[topic] or {}).get(spec.key)
+                        if number(value) is not None:
+                            found.append(((("node", node), ("direction", direction),
+                                           ("topic", topic)), _checked(spec, value)))
         elif spec.scope == "topic":
             for topic in sorted(topics):
                 value = topics[topic].get(spec.key)
