@@ -190,6 +190,7 @@ class Token:
         except OSError as e:
             raise _token_error(e, tmp) from None
         try:
+            os.fchmod(fd, 0o600)  # whatever the umask
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if os.write(fd, info.encode()) != len(info):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

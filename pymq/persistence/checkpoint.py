@@ -40,6 +40,7 @@ def write_checkpoint(root: str, topic: str, state: dict[str, Any], fsync: bool) 
     tmp = os.path.join(d, CHECKPOINT + ".new")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
+        os.fchmod(fd, 0o600)  # whatever the umask
         os.write(fd, json.dumps(state, separators=(",", ":")).encode())
         if fsync:
             os.fsync(fd)

@@ -32,8 +32,17 @@ def topic_dir(root: str, topic: str) -> str:
 
 
 def ensure_dir(path: str) -> None:
-    """A folder, owner-only, with its parents."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    """A folder, owner-only (0700, whatever the umask), with its parents: those
+    it makes are owner-only too (os.makedirs would make them 0777 less the
+    umask: world-writable under umask 0)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        ensure_dir(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
     os.chmod(path, 0o700)
 
 
@@ -125,6 +134,7 @@ class TopicLog:
             self.fd = None
         self.path = os.path.join(self.dir, f"{first_seq:020d}{SUFFIX}")
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        os.fchmod(self.fd, 0o600)  # whatever the umask
         self.size = os.fstat(self.fd).st_size
 
     def append(self, seqs, ends: list[int], n: int, data: memoryview) -> None:
