@@ -1,18 +1,81 @@
 """Who may do what (docs/security.md): file and folder modes whatever the
-umask."""
+umask; another user, who can open none of a broker's doors and whose files
+planted under a broker's names are never used; the control socket's peer
+check. "Another user" is a process the test starts as root and drops to an
+unused uid (workers.as_user); without root, those tests are skipped."""
 
+import grp
+import itertools
 import os
+import pathlib
+import pwd
+import shutil
 import stat
+import tempfile
 
 import pytest
 
-from helpers import wait_for
-from pymq import segments
+import pymq
+import workers
+from helpers import join_all, sweeps, wait_for
+from pymq import control, segments
+
+
+def unused_ids(n):
+    """n numbers that are neither a user's uid nor a group's gid here."""
+    ids = []
+    for i in itertools.count(40000):
+        try:
+            pwd.getpwuid(i)
+            continue
+        except KeyError:
+            pass
+        try:
+            grp.getgrgid(i)
+            continue
+        except KeyError:
+            pass
+        ids.append(i)
+        if len(ids) == n:
+            return ids
+
+
+@pytest.fixture
+def other_uid():
+    if os.geteuid() != 0:
+        pytest.skip("running a process as another user needs root (setuid)")
+    return unused_ids(1)[0]
+
+
+def run_as(ctx, uid, job, *args):
+    """job(*args) (a function of workers.py) run by user uid (gid the same);
+    its result."""
+    q = ctx.Queue()
+    p = ctx.Process(target=workers.as_user, args=(uid, uid, q, job, *args))
+    p.start()
+    result = q.get(timeout=60)
+    join_all([p])
+    assert result[0] == "ok", result
+    return result[1]
+
+
+@pytest.fixture
+def open_dir():
+    """A folder every user may enter (pytest's tmp_path is root's alone), so
+    that what keeps another user out of a folder in it is pymq's own mode."""
+    d = tempfile.mkdtemp(prefix="pymq-security-")
+    os.chmod(d, 0o755)
+    yield pathlib.Path(d)
+    shutil.rmtree(d)
 
 
 def persisted(broker, topic):
     g = broker.stats()["topics"][topic]["groups"]["~persist"]
     return g["lag"] == 0 and g["pending"] == 0
+
+
+def shm_path(name, topic):
+    return os.path.join(segments.SHM_DIR, segments.topic_shm_name(name, topic).lstrip("/"))
 
 
 # -- modes ------------------------------------------------------------------------------
@@ -51,3 +114,107 @@ def test_files_and_folders_are_owner_only_whatever_the_umask(make_broker, name, 
     assert sorted(files) == ["made/by/pymq/t/00000000000000000001.jsonl",
                              "made/by/pymq/t/groups.json"]
     assert set(files.values()) == {0o600}
+
+
+# -- another user -----------------------------------------------------------------------
+
+def test_another_user_can_open_no_door_of_a_broker_but_sees_its_names(make_broker, name, ctx,
+                                                                     open_dir, other_uid):
+    """Segments, the token, the control socket and the log are closed to
+    another user; the names in /dev/shm (topics, token values) are not."""
+    pdir = open_dir / "mq"
+    broker = make_broker(persistence_enabled=True, persistence_dir=str(pdir),
+                         persistence_fsync_interval=0.05)
+    broker.subscribe("t")
+    broker.publish("t", b"secret")
+    wait_for(lambda: persisted(broker, "t"))
+    token = segments.token_files(name)[0]
+    log_file = str(pdir / "t" / "00000000000000000001.jsonl")
+    got = run_as(ctx, other_uid, workers.try_a_brokers_doors, name, "t", token, log_file)
+    assert got == {
+        "connect": "PermissionsError: No permission to access this segment",
+        "attach": "PermissionsError: No permission to access this segment",
+        "token": f"PermissionError: [Errno 13] Permission denied: '{token}'",
+        "control": f"BrokerUnavailable: broker '{name}': the supervisor did not answer 'ping': "
+                   "[Errno 13] Permission denied",
+        "log": f"PermissionError: [Errno 13] Permission denied: '{log_file}'",
+        "names": segments.namespace_entries(name),
+    }
+
+
+@pytest.mark.xfail(strict=True, reason="connect() as another user raises "
+                   "posix_ipc.PermissionsError, no pymq error (reported: Segment.attach "
+                   "would turn it into one)")
+def test_another_user_who_connects_gets_a_pymq_error_naming_the_broker(broker, name, ctx,
+                                                                       other_uid):
+    mro, message = run_as(ctx, other_uid, workers.connect_error, name)
+    assert "MQError" in mro and repr(name) in message
+
+
+def test_the_supervisor_serves_no_peer_of_another_user(broker, name, ctx, other_uid):
+    """Past the socket file's own mode (opened to all here), the supervisor
+    checks the peer's uid (SO_PEERCRED) and closes the connection unanswered:
+    the request is not carried out."""
+    broker.subscribe("t", group="g")
+    os.chmod(control.path(name), 0o666)
+    answer = run_as(ctx, other_uid, workers.control_exchange, control.path(name),
+                    {"op": "delete_group", "topic": "t", "group": "g"})
+    assert answer == b""
+    assert "g" in broker.stats()["topics"]["t"]["groups"]
+    assert control.request(name, "ping")["pid"] == broker.supervisor_pid
+
+
+def test_a_brokers_names_taken_by_another_user_are_not_used(make_broker, name, ctx, other_uid):
+    """/dev/shm is writable by all: another user can make a valid topic
+    segment (open to all) or a file named like a liveness token before the
+    broker's processes do. A segment of another user is SegmentMismatch, not
+    a ring to publish into; a token file of another user is not reaped. The
+    broker goes on with its other topics (root's close() removes them)."""
+    broker = make_broker()
+    sub = broker.subscribe("t")
+    cfg = broker.config
+    run_as(ctx, other_uid, workers.plant_topic, name, "planted", cfg.ring_capacity,
+           cfg.max_message_bytes)
+    token = run_as(ctx, other_uid, workers.plant_token, name, 0x1234)
+    assert os.stat(shm_path(name, "planted")).st_mode & 0o777 == 0o666
+    want = (f"/pymq.{name}.planted belongs to uid {other_uid}, not to the broker's user "
+            f"\\(uid 0\\): another user made it in /dev/shm, and pymq does not use it")
+    with pytest.raises(pymq.SegmentMismatch, match=want):
+        broker.publish("planted", b"secret")
+    with pytest.raises(pymq.SegmentMismatch, match=want):
+        broker.subscribe("planted")
+    with open(shm_path(name, "planted"), "rb") as f:
+        assert b"secret" not in f.read()
+    sweeps(broker)
+    assert broker.stats()["reaped_processes"] == 0 and os.path.exists(token)
+    broker.publish("t", b"x")
+    assert sub.get(timeout=5) == b"x"
+
+
+def test_a_user_uses_and_removes_only_its_own_files_of_a_broker(name, ctx, other_uid):
+    """As a user who is not root: its own segment attaches; one of another
+    user's (root's here, open to all) is SegmentMismatch; token files are its
+    own only; remove_namespace removes its own and leaves the others (it
+    could not remove them from sticky /dev/shm anyway), without raising."""
+    theirs = shm_path(name, "theirs")
+    their_token = segments.token_path(name, 0x5678)
+    for path in (theirs, their_token):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+        os.fchmod(fd, 0o666)
+        os.ftruncate(fd, 4096)
+        os.close(fd)
+    try:
+        got = run_as(ctx, other_uid, workers.own_files_among_others, name, "theirs")
+    finally:
+        left = segments.namespace_entries(name)
+        segments.remove_namespace(name)
+    mine = got.pop("my token")
+    assert got == {
+        "attach mine": "ok",
+        "attach theirs": f"SegmentMismatch: /pymq.{name}.theirs belongs to uid 0, not to the "
+                         f"broker's user (uid {other_uid}): another user made it in /dev/shm, "
+                         "and pymq does not use it",
+        "token files": [mine],
+        "removed": sorted([f"pymq.{name}.mine", mine]),
+    }
+    assert left == sorted(os.path.basename(p) for p in (theirs, their_token))
