@@ -307,7 +307,7 @@ def read_token_info(fd: int) -> dict:
     try:
         info = json.loads(raw.decode())
         return info if isinstance(info, dict) else {}
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):  # not UTF-8 or not JSON, or nested too deep
         return {}
 
 

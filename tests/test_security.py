@@ -1,15 +1,19 @@
 """Who may do what (docs/security.md): file and folder modes whatever the
 umask; another user, who can open none of a broker's doors and whose files
 planted under a broker's names are never used; the control socket's peer
-check. "Another user" is a process the test starts as root and drops to an
-unused uid (workers.as_user); without root, those tests are skipped."""
+check; hostile JSON from shared memory, disk or a peer refused with a
+documented error. "Another user" is a process the test starts as root and
+drops to an unused uid (workers.as_user); without root, those tests are
+skipped."""
 
 import grp
 import itertools
+import json
 import os
 import pathlib
 import pwd
 import shutil
+import socket
 import stat
 import tempfile
 
@@ -18,7 +22,8 @@ import pytest
 import pymq
 import workers
 from helpers import join_all, sweeps, wait_for
-from pymq import control, segments
+from pymq import _core, control, segments
+from pymq.persistence import LogReport, read_checkpoint, read_log
 
 
 def unused_ids(n):
@@ -218,3 +223,80 @@ def test_a_user_uses_and_removes_only_its_own_files_of_a_broker(name, ctx, other
         "removed": sorted([f"pymq.{name}.mine", mine]),
     }
     assert left == sorted(os.path.basename(p) for p in (theirs, their_token))
+
+
+# -- hostile JSON -------------------------------------------------------------------------
+
+DEEP = b"[" * 2048 + b"]" * 2048  # RecursionError for json.loads, not ValueError
+
+
+@pytest.mark.parametrize("config", [
+    DEEP, b"\xff\xfe not UTF-8", b"not JSON", b'"a string"', b'{"ring_bytes": true}',
+    b'{"ack_timeout": NaN}', b'{"publish_timeout": Infinity}', b'{"__class__": "os.system"}',
+    b'{"name": "../../etc"}', b'{"max_message_bytes": 1099511627776}',
+], ids=["deep", "not-utf8", "not-json", "a-string", "bool-for-int", "nan", "infinity",
+        "unknown-field", "bad-name", "too-large"])
+def test_a_namespace_whose_config_is_not_valid_is_a_segment_mismatch(name, config):
+    """The config a client reads from shared memory is validated: anything
+    but a valid BrokerConfig is SegmentMismatch."""
+    seg = segments.Segment.create(segments.ns_shm_name(name), _core.ns_size())
+    _core.Namespace.init(seg, os.getpid(), segments.start_stamp(), 1, config).release()
+    try:
+        with pytest.raises(pymq.SegmentMismatch, match=f"broker '{name}': bad config in shared "
+                           "memory"):
+            pymq.connect(name)
+    finally:
+        segments.remove_namespace(name)
+
+
+def test_a_token_file_that_is_not_a_json_object_says_nothing(tmp_path):
+    for raw in (DEEP, b"\xff", b"[1]", b'{"pid": "1"'):
+        path = tmp_path / "token"
+        path.write_bytes(raw)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert segments.read_token_info(fd) == {}
+        finally:
+            os.close(fd)
+
+
+@pytest.mark.parametrize("state", [
+    DEEP, b"[]", b'{"groups": [], "next_seq": true}',
+    b'{"groups": [], "next_seq": 18446744073709551616}',
+    b'{"groups": [{"name": "g", "ack": true, "position": true, "acked": []}], "next_seq": 1}',
+    b'{"groups": [{"name": "g", "ack": 1, "position": 1, "acked": []}], "next_seq": 1}',
+    b'{"groups": [{"name": "g", "ack": true, "position": 1, "acked": [-1]}], "next_seq": 1}',
+    b'{"groups": [{"name": "../g", "ack": true, "position": 1, "acked": []}], "next_seq": 1}',
+    b'{"groups": [{"name": "\\ud800", "ack": true, "position": 1, "acked": []}], "next_seq": 1}',
+], ids=["deep", "a-list", "bool-next-seq", "huge-next-seq", "bool-position", "int-for-bool",
+        "negative-acked", "bad-name", "surrogate-name"])
+def test_group_positions_on_disk_that_are_not_valid_are_a_persistence_error(tmp_path, state):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "groups.json").write_bytes(state)
+    with pytest.raises(pymq.PersistenceError, match="unreadable group positions"):
+        read_checkpoint(str(tmp_path), "t")
+
+
+def test_log_lines_that_are_not_valid_are_reported_and_skipped(tmp_path):
+    good = [b'{"seq": 1, "ts": 1.5, "payload": "YQ=="}', b'{"seq": 5, "ts": 2, "payload": ""}']
+    bad = [DEEP, b'{"seq": 2, "ts": NaN, "payload": ""}', b'{"seq": 3, "ts": 1e300, "payload": ""}',
+           b'{"seq": 9223372036854775808, "ts": 1, "payload": ""}',
+           b'{"seq": 4, "ts": 1, "payload": "\\u00e9"}', b'{"seq": true, "ts": 1, "payload": ""}']
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "00000000000000000001.jsonl").write_bytes(
+        b"\n".join([good[0], *bad, good[1]]) + b"\n")
+    report = LogReport()
+    assert list(read_log(str(tmp_path), "t", 1, report)) == [(1, 1_500_000_000, b"a"),
+                                                             (5, 2_000_000_000, b"")]
+    assert (report.records, report.corrupt) == (2, len(bad))
+    assert [p.split(":")[1] for p in report.problems] == ["2", "3", "4", "5", "6", "7"]
+
+
+def test_a_control_request_that_is_not_a_json_object_is_a_bad_request(broker, name):
+    for line in (DEEP, b"\xff", b"[]", b'{"op": 5}'):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(control.path(name))
+            s.sendall(line + b"\n")
+            answer = json.loads(s.makefile().readline())
+        assert answer["ok"] is False and answer["message"].startswith("bad request"), line
+    assert control.request(name, "ping")["pid"] == broker.supervisor_pid

@@ -104,7 +104,7 @@ class TopicLog:
             for line in reversed(tail[:cut].split(b"\n")):
                 try:
                     seq = json.loads(line)["seq"]
-                except (ValueError, KeyError, TypeError):
+                except (ValueError, KeyError, TypeError, RecursionError):
                     continue
                 if isinstance(seq, int) and not isinstance(seq, bool) and seq > 0:
                     return seq
@@ -308,11 +308,15 @@ def read_log(root: str, topic: str, from_seq: int = 1, report: LogReport | None 
             try:
                 rec = json.loads(line)
                 seq, ts = rec["seq"], rec["ts"]
-                if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1 or \
+                if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq < 2**63 or \
                         not isinstance(ts, (int, float)):
                     raise ValueError("bad seq or ts")
+                ts_ns = int(ts * 1e9)  # NaN: ValueError; inf or 1e300: OverflowError
+                if not -2**63 <= ts_ns < 2**63:  # what a record's int64 holds
+                    raise ValueError("ts out of range")
                 payload = binascii.a2b_base64(rec["payload"].encode("ascii"), strict_mode=True)
-            except (ValueError, KeyError, TypeError, UnicodeEncodeError, binascii.Error) as e:
+            except (ValueError, KeyError, TypeError, UnicodeEncodeError, OverflowError,
+                    RecursionError, binascii.Error) as e:
                 report.corrupt += 1
                 report.problems.append(f"{path}:{i}: corrupt line skipped ({e})")
                 continue
@@ -322,7 +326,7 @@ def read_log(root: str, topic: str, from_seq: int = 1, report: LogReport | None 
             report.last_seq = seq
             if seq >= from_seq:
                 report.records += 1
-                yield seq, int(ts * 1e9), payload
+                yield seq, ts_ns, payload
 
 
 def replay(root: str, topic: str, from_seq: int, until_seq: int):
