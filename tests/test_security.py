@@ -1,11 +1,12 @@
 """Who may do what (docs/security.md): file and folder modes whatever the
 umask; another user, who can open none of a broker's doors and whose files
 planted under a broker's names are never used; the control socket's peer
-check; hostile JSON from shared memory, disk or a peer refused with a
-documented error. "Another user" is a process the test starts as root and
-drops to an unused uid (workers.as_user); without root, those tests are
-skipped."""
+check and limits; nothing unpickled or evaluated; hostile JSON from shared
+memory, disk or a peer refused with a documented error. "Another user" is a
+process the test starts as root and drops to an unused uid (workers.as_user);
+without root, those tests are skipped."""
 
+import ast
 import grp
 import itertools
 import json
@@ -16,6 +17,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import time
 
 import pytest
 
@@ -223,6 +225,77 @@ def test_a_user_uses_and_removes_only_its_own_files_of_a_broker(name, ctx, other
         "removed": sorted([f"pymq.{name}.mine", mine]),
     }
     assert left == sorted(os.path.basename(p) for p in (theirs, their_token))
+
+
+# -- the control socket's limits ----------------------------------------------------------
+
+def test_a_control_request_over_its_size_limit_is_refused(broker, name):
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(control.path(name))
+        s.sendall(b"x" * (control.MAX_LINE + 1))  # no end of line within the limit
+        answer = json.loads(s.makefile().readline())
+    assert answer == {"ok": False, "error": "MQError",
+                      "message": f"bad request: a line over {control.MAX_LINE} bytes"}
+    assert control.request(name, "ping")["pid"] == broker.supervisor_pid
+
+
+def test_a_silent_control_peer_is_dropped_after_the_io_timeout(name, monkeypatch):
+    """Requests are served one at a time: a peer that sends nothing holds the
+    next one back, for IO_TIMEOUT at most, then gets an error and is closed."""
+    monkeypatch.setattr(control, "IO_TIMEOUT", 0.3)
+    server = control.ControlServer(name, lambda req: {"pid": 7})
+    try:
+        with socket.socket(socket.AF_UNIX) as silent:
+            silent.connect(server.path)
+            t0 = time.monotonic()
+            assert control.request(name, "ping", timeout=10) == {"ok": True, "pid": 7}
+            waited = time.monotonic() - t0
+            silent.settimeout(10)
+            assert json.loads(silent.makefile().readline()) == {
+                "ok": False, "error": "MQError", "message": "bad request: timed out"}
+    finally:
+        server.close()
+    assert waited > 0.2  # it waited for the silent one's timeout (started at its accept)
+
+
+# -- nothing evaluated ----------------------------------------------------------------------
+
+UNPICKLERS = {"pickle", "_pickle", "cPickle", "marshal", "shelve", "dill", "cloudpickle",
+              "jsonpickle", "yaml", "copyreg"}
+EVALUATORS = {"eval", "exec", "compile", "__import__", "execfile"}
+OS_RUNNERS = {"system", "popen", "execv", "execve", "execl", "execlp", "execvp", "execvpe",
+              "spawnv", "spawnve", "spawnl", "spawnlp", "spawnvp", "spawnvpe", "posix_spawn"}
+
+
+def test_no_module_unpickles_or_evaluates_anything():
+    """No module of pymq imports an unpickler, calls eval/exec/compile/
+    __import__, runs a shell, or hands os a command; multiprocessing (whose
+    pipes carry pickles) is only the demo's and the bench's (and cliutil's
+    helpers for their processes), between the processes of one run."""
+    root = pathlib.Path(pymq.__file__).parent
+    found, spawners = [], set()
+    for path in sorted(root.rglob("*.py")):
+        where = path.relative_to(root).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for m in modules:
+                if m.split(".")[0] in UNPICKLERS:
+                    found.append((where, "import " + m))
+                if m.split(".")[0] == "multiprocessing":
+                    spawners.add(where)
+            if not isinstance(node, ast.Call):
+                continue
+            f = node.func
+            if isinstance(f, ast.Name) and f.id in EVALUATORS:
+                found.append((where, f.id))
+            if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and \
+                    f.value.id == "os" and f.attr in OS_RUNNERS:
+                found.append((where, "os." + f.attr))
+            found += [(where, "shell=") for kw in node.keywords if kw.arg == "shell"]
+    assert found == []
+    assert sorted(spawners) == ["bench.py", "cliutil.py", "demo/__init__.py", "demo/collector.py",
+                                "demo/streamer.py"]
 
 
 # -- hostile JSON -------------------------------------------------------------------------
