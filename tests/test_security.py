@@ -1,13 +1,15 @@
 """Who may do what (docs/security.md): file and folder modes whatever the
 umask; another user, who can open none of a broker's doors and whose files
 planted under a broker's names are never used; the control socket's peer
-check and limits; nothing unpickled or evaluated; hostile JSON from shared
+check and limits; the admin token kept out of shared memory and answers;
+nothing unpickled or evaluated; hostile JSON from shared
 memory, disk or a peer refused with a documented error. "Another user" is a
 process the test starts as root and drops to an unused uid (workers.as_user);
 without root, those tests are skipped."""
 
 import ast
 import grp
+import http.client
 import itertools
 import json
 import os
@@ -24,7 +26,7 @@ import pytest
 import pymq
 import workers
 from helpers import join_all, sweeps, wait_for
-from pymq import _core, control, segments
+from pymq import _core, control, persistence, segments
 from pymq.persistence import LogReport, read_checkpoint, read_log
 
 
@@ -121,6 +123,16 @@ def test_files_and_folders_are_owner_only_whatever_the_umask(make_broker, name, 
     assert sorted(files) == ["made/by/pymq/t/00000000000000000001.jsonl",
                              "made/by/pymq/t/groups.json"]
     assert set(files.values()) == {0o600}
+
+
+def test_an_existing_persistence_dir_is_made_owner_only_and_its_parents_left_alone(tmp_path):
+    above = tmp_path / "shared"
+    (above / "mq").mkdir(parents=True)
+    os.chmod(above, 0o755)
+    os.chmod(above / "mq", 0o755)
+    persistence.ensure_dir(str(above / "mq"))
+    assert (stat.S_IMODE(above.stat().st_mode), stat.S_IMODE((above / "mq").stat().st_mode)) == \
+        (0o755, 0o700)
 
 
 # -- another user -----------------------------------------------------------------------
@@ -227,6 +239,24 @@ def test_a_user_uses_and_removes_only_its_own_files_of_a_broker(name, ctx, other
     assert left == sorted(os.path.basename(p) for p in (theirs, their_token))
 
 
+def test_root_may_look_at_another_users_broker_and_what_it_makes_there_is_roots(name, ctx,
+                                                                                  other_uid):
+    """For root, a broker's files are those of its namespace's owner: it reads
+    another user's broker. A topic root makes there is root's (0600), which
+    that user cannot open."""
+    try:
+        assert run_as(ctx, other_uid, workers.make_a_namespace_and_publish, name, "t") == 1
+        c = pymq.connect(name)
+        assert c.stats()["topics"]["t"]["published"] == 1
+        assert c.subscribe("t", start="earliest").get(timeout=5) == b"from its user"
+        c.publish("roots", b"x")
+        c.close()
+        assert run_as(ctx, other_uid, workers.attach_outcome, name, "roots") == \
+            "PermissionsError: No permission to access this segment"
+    finally:
+        segments.remove_namespace(name)
+
+
 # -- the control socket's limits ----------------------------------------------------------
 
 def test_a_control_request_over_its_size_limit_is_refused(broker, name):
@@ -256,6 +286,43 @@ def test_a_silent_control_peer_is_dropped_after_the_io_timeout(name, monkeypatch
     finally:
         server.close()
     assert waited > 0.2  # it waited for the silent one's timeout (started at its accept)
+
+
+def test_a_control_request_past_its_deadline_is_not_carried_out(broker, name):
+    """One that waited past its deadline (CLOCK_MONOTONIC, the machine's) is
+    dropped unanswered: nothing happens late, nor from a replayed request."""
+    broker.subscribe("t", group="g")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(control.path(name))
+        s.sendall(json.dumps({"op": "delete_group", "topic": "t", "group": "g",
+                              "deadline": time.monotonic() - 1}).encode() + b"\n")
+        assert s.makefile("rb").read() == b""
+    assert "g" in broker.stats()["topics"]["t"]["groups"]
+
+
+# -- the admin token ------------------------------------------------------------------------
+
+def test_the_admin_token_is_in_no_segment_and_no_answer(make_broker, name, monkeypatch):
+    """PYMQ_ADMIN_TOKEN lives in the environment of the Broker's process and
+    its supervisor: it is not part of the config in the namespace segment,
+    and no answer of the admin server carries it."""
+    token = "Tok3n-0f-th1s-test"
+    monkeypatch.setenv("PYMQ_ADMIN_TOKEN", token)
+    broker = make_broker(admin_port=0)
+    broker.publish("t", b"x")
+    for entry in segments.namespace_entries(name):
+        if ".ctl" not in entry:
+            with open(os.path.join(segments.SHM_DIR, entry), "rb") as f:
+                assert token.encode() not in f.read(), entry
+    auth = {"Authorization": f"Bearer {token}"}
+    for path in ("/", "/health", "/stats", "/stats/t", "/metrics", "/history"):
+        conn = http.client.HTTPConnection("127.0.0.1", broker.admin_port, timeout=10)
+        try:
+            conn.request("GET", path, headers=auth)
+            r = conn.getresponse()
+            assert r.status == 200 and token.encode() not in r.read() + bytes(r.headers), path
+        finally:
+            conn.close()
 
 
 # -- nothing evaluated ----------------------------------------------------------------------

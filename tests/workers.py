@@ -375,3 +375,22 @@ def own_files_among_others(name, theirs):
         result["removed"] = f"{type(e).__name__}: {e}"
     token.close()
     return result
+
+
+def make_a_namespace_and_publish(name, topic):
+    """As this user: a broker's namespace segment (no supervisor), then one
+    message published to topic, whose segment this user makes."""
+    from pymq import _core, segments
+    seg = segments.Segment.create(segments.ns_shm_name(name), _core.ns_size())
+    config = pymq.BrokerConfig(name=name, ring_bytes=65536).to_json().encode()
+    _core.Namespace.init(seg, os.getpid(), segments.start_stamp(), 1, config).release()
+    c = pymq.connect(name)
+    seq = c.publish(topic, b"from its user")
+    c.close()
+    return seq
+
+
+def attach_outcome(name, topic):
+    """What attaching the topic's segment gives this user."""
+    from pymq import segments
+    return outcome(lambda: segments.Segment.attach(segments.topic_shm_name(name, topic)).close())
