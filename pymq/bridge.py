@@ -153,6 +153,7 @@ class Bridge:
         tmp = path + ".new"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
+            os.fchmod(fd, 0o600)  # whatever the umask
             os.write(fd, json.dumps(self.figures(), separators=(",", ":")).encode())
         finally:
             os.close(fd)
@@ -515,8 +516,10 @@ def read_figures(name: str) -> dict[str, Any]:
             continue
         try:
             with open(os.path.join(segments.SHM_DIR, entry), "rb") as f:
+                if os.fstat(f.fileno()).st_uid != segments.owner_uid(name):
+                    continue  # not the broker's user's: not one of its bridges
                 fig = json.loads(f.read(1 << 20))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             continue
         if not isinstance(fig, dict) or not isinstance(fig.get("node"), str):
             continue

@@ -113,9 +113,11 @@ class BrokerConfig:
             raise ValueError(f"max_message_bytes ({self.max_message_bytes}) must be at most half "
                              f"the ring ({self.ring_capacity} bytes) less 32")
         for field, least in (("ack_timeout", 0.001), ("publish_timeout", 0)):
-            value = getattr(self, field)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < least:
-                raise ValueError(f"{field} must be a number >= {least}, not {value!r}")
+            value = getattr(self, field)  # finite: it becomes int64 nanoseconds
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or \
+                    not least <= value < 2**63 / 1e9:
+                raise ValueError(f"{field} must be a number >= {least} (seconds, finite), "
+                                 f"not {value!r}")
         if not isinstance(self.max_retries, int) or self.max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, not {self.max_retries!r}")
         if self.persistence_fsync not in ("never", "interval", "always"):
@@ -128,7 +130,7 @@ class BrokerConfig:
         for field in ("persistence_retention_seconds", "persistence_fsync_interval",
                       "persistence_close_timeout"):
             value = getattr(self, field)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"{field} must be a number > 0, not {value!r}")
         if self.group_idle_timeout is not None and (
                 not isinstance(self.group_idle_timeout, (int, float))
@@ -173,8 +175,12 @@ class BrokerConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "BrokerConfig":
-        """Parse and validate a config stored in shared memory (never trusted)."""
-        data = json.loads(text)
+        """Parse and validate a config stored in shared memory (never trusted):
+        ValueError for anything but a valid config."""
+        try:
+            data = json.loads(text)
+        except RecursionError:
+            raise ValueError("config nested too deeply") from None
         if not isinstance(data, dict):
             raise ValueError("config is not a JSON object")
         names = {f.name: f for f in dataclasses.fields(cls)}

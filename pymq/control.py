@@ -47,6 +47,14 @@ def path(name: str) -> str:
     return os.path.join(segments.SHM_DIR, f"pymq.{name}{SUFFIX}")
 
 
+def _loads(line: bytes) -> Any:
+    """One JSON value: ValueError for anything else (nested too deep too)."""
+    try:
+        return json.loads(line)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def _read_line(sock: socket.socket, deadline: float) -> bytes:
     buf = b""
     while b"\n" not in buf:
@@ -84,7 +92,7 @@ def request(name: str, op: str, timeout: float = DEFAULT_TIMEOUT, **args: Any) -
                 sock.settimeout(max(0.01, deadline - time.monotonic()))
                 sock.connect(path(name))
                 sock.sendall(line)
-                answer = json.loads(_read_line(sock, deadline))
+                answer = _loads(_read_line(sock, deadline))
             break
         except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError) as e:
             last = e.strerror or str(e)  # not listening (yet, or any more): try again
@@ -161,7 +169,7 @@ class ControlServer:
         if uid not in (os.getuid(), 0):
             return
         try:
-            req = json.loads(_read_line(conn, time.monotonic() + IO_TIMEOUT))
+            req = _loads(_read_line(conn, time.monotonic() + IO_TIMEOUT))
             if not isinstance(req, dict) or not isinstance(req.get("op"), str):
                 raise ValueError("not a request object")
         except (OSError, ValueError) as e:

@@ -5,6 +5,10 @@ A Segment is one POSIX shared-memory object mapped into this process: created
 unlink(): only the Broker that owns a namespace unlinks its segments
 (remove_namespace), and a failed attach never unlinks anything.
 
+Every file of a broker belongs to one user (owner_uid): /dev/shm is writable
+by everyone, so a file with a broker's name that another user made there is
+planted, and is never used (attach refuses it, the reaper ignores it).
+
 A liveness token says a process is alive in a way that survives pid reuse and
 pid namespaces: the process holds an exclusive flock on its own file
 /dev/shm/pymq.<name>..proc.<token>; the kernel drops the lock when the process
@@ -19,6 +23,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import mmap
 import os
 import secrets
@@ -27,7 +32,9 @@ import time
 import posix_ipc
 import psutil
 
-from .errors import StorageFull
+from .errors import SegmentMismatch, StorageFull
+
+log = logging.getLogger(__name__)
 
 SHM_DIR = "/dev/shm"
 # Populate the page tables at mmap time: no page fault on the hot path later.
@@ -46,6 +53,27 @@ def topic_shm_name(name: str, topic: str) -> str:
 
 def namespace_prefix(name: str) -> str:
     return f"pymq.{name}."
+
+
+def broker_of(entry: str) -> str | None:
+    """The broker name in a segment name or /dev/shm path ("/pymq.<name>.<topic>",
+    ".../pymq.<name>..proc.<token>"), or None if it is not one of pymq's."""
+    base = os.path.basename(entry)
+    return base.split(".")[1] if base.startswith("pymq.") and base.count(".") >= 2 else None
+
+
+def owner_uid(name: str | None) -> int:
+    """The user every file of broker `name` must belong to: this process's own
+    (segments, tokens and the control socket are owner-only), or, for root,
+    the owner of the broker's namespace segment (root may look at another
+    user's broker)."""
+    uid = os.geteuid()
+    if uid == 0 and name is not None:
+        try:
+            return os.stat(os.path.join(SHM_DIR, ns_shm_name(name).lstrip("/"))).st_uid
+        except FileNotFoundError:
+            pass
+    return uid
 
 
 class Segment:
@@ -78,10 +106,17 @@ class Segment:
 
     @classmethod
     def attach(cls, shm_name: str) -> "Segment":
-        """Map an existing object (posix_ipc.ExistentialError if there is none)."""
+        """Map an existing object (posix_ipc.ExistentialError if there is none;
+        SegmentMismatch if another user than the broker's made it)."""
         shm = posix_ipc.SharedMemory(shm_name)
         try:
-            size = os.fstat(shm.fd).st_size
+            st = os.fstat(shm.fd)
+            want = owner_uid(broker_of(shm_name))
+            if st.st_uid != want:
+                raise SegmentMismatch(f"{shm_name} belongs to uid {st.st_uid}, not to the broker's "
+                                      f"user (uid {want}): another user made it in {SHM_DIR}, "
+                                      "and pymq does not use it")
+            size = st.st_size
             if size == 0:
                 raise posix_ipc.ExistentialError(f"{shm_name} is empty (being created)")
             mm = mmap.mmap(shm.fd, size, flags=MAP_FLAGS)
@@ -132,7 +167,9 @@ def topic_names(name: str) -> list[str]:
 
 
 def remove_namespace(name: str) -> list[str]:
-    """Remove every segment and token file of broker `name`; return what was removed."""
+    """Remove every segment and token file of broker `name`; return what was
+    removed. A file another user made there cannot be removed (/dev/shm is
+    sticky): it is left, and logged."""
     removed = []
     for entry in namespace_entries(name):
         try:
@@ -140,7 +177,17 @@ def remove_namespace(name: str) -> list[str]:
             removed.append(entry)
         except FileNotFoundError:
             pass
+        except PermissionError:
+            log.warning("cannot remove %s: it belongs to another user (uid %s)",
+                        os.path.join(SHM_DIR, entry), _uid_of(os.path.join(SHM_DIR, entry)))
     return removed
+
+
+def _uid_of(path: str) -> int | str:
+    try:
+        return os.lstat(path).st_uid
+    except OSError:
+        return "?"
 
 
 # -- liveness ----------------------------------------------------------------
@@ -190,6 +237,7 @@ class Token:
         except OSError as e:
             raise _token_error(e, tmp) from None
         try:
+            os.fchmod(fd, 0o600)  # whatever the umask
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if os.write(fd, info.encode()) != len(info):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -236,7 +284,10 @@ def token_of(path: str) -> int | None:
 
 
 def token_files(name: str) -> list[str]:
-    return [os.path.join(SHM_DIR, e) for e in namespace_entries(name) if token_of(e) is not None]
+    """The token files of broker `name` (those of its user: see owner_uid)."""
+    uid = owner_uid(name)
+    return [path for path in (os.path.join(SHM_DIR, e) for e in namespace_entries(name)
+                              if token_of(e) is not None) if _uid_of(path) == uid]
 
 
 def _pid_says_dead(info: dict) -> bool:
@@ -256,7 +307,7 @@ def read_token_info(fd: int) -> dict:
     try:
         info = json.loads(raw.decode())
         return info if isinstance(info, dict) else {}
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):  # not UTF-8 or not JSON, or nested too deep
         return {}
 
 
@@ -284,11 +335,15 @@ class DeadToken:
 
 
 def probe_token(path: str) -> DeadToken | None:
-    """A DeadToken if the process behind the token file is gone, else None."""
+    """A DeadToken if the process behind the token file is gone, else None
+    (also for a file of another user: not a token of this broker's)."""
     value = token_of(path)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):  # gone, or another user's
+        return None
+    if os.fstat(fd).st_uid != owner_uid(broker_of(path)):
+        os.close(fd)
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

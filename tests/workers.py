@@ -1,7 +1,9 @@
 """Functions run in spawned processes by the tests (importable by the child)."""
 
+import json
 import os
 import signal
+import socket
 import struct
 import time
 import zlib
@@ -289,3 +291,133 @@ def drain_group(name, topic, group, count):
     got = 0
     while got < count:
         got += len(sub.get_many(count - got, timeout=30))
+
+
+# -- another user (tests/test_security.py) -----------------------------------------------
+# Started as root, these drop to another uid before doing anything: everything
+# they need is imported above, since that uid may not read the interpreter's
+# own files.
+
+def as_user(uid, gid, out_q, job, *args):
+    """Drop root for good (no supplementary groups, then gid, then uid), run
+    job(*args), and put ("ok", its result) or ("error", class, message) on out_q."""
+    try:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+        out_q.put(("ok", job(*args)))
+    except BaseException as e:  # reported to the test, which fails on it
+        out_q.put(("error", type(e).__name__, str(e)))
+
+
+def outcome(fn):
+    """"ok", or "Class: message" of what fn() raised."""
+    try:
+        fn()
+        return "ok"
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def try_a_brokers_doors(name, topic, token_file, log_file):
+    """What this user gets at each door of broker `name`, and which of its
+    names it can see in /dev/shm."""
+    from pymq import control, segments
+    return {"connect": outcome(lambda: pymq.connect(name)),
+            "attach": outcome(lambda: segments.Segment.attach(
+                segments.topic_shm_name(name, topic))),
+            "token": outcome(lambda: open(token_file, "rb").close()),
+            "control": outcome(lambda: control.request(name, "ping", timeout=1)),
+            "log": outcome(lambda: open(log_file, "rb").close()),
+            "names": sorted(e for e in os.listdir(segments.SHM_DIR)
+                            if e.startswith(segments.namespace_prefix(name)))}
+
+
+def connect_error(name):
+    """The class names (MRO) and message of what connect() raises here."""
+    try:
+        pymq.connect(name)
+    except Exception as e:
+        return [c.__name__ for c in type(e).__mro__], str(e)
+    return None
+
+
+def control_exchange(path, request):
+    """Send one request line to a control socket; return all that comes back
+    (b"" when the connection is closed without an answer)."""
+    answer = b""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(30)
+        s.connect(path)
+        try:
+            s.sendall(json.dumps(request).encode() + b"\n")
+            while chunk := s.recv(4096):
+                answer += chunk
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed on us before the request was read
+    return answer
+
+
+def plant_topic(name, topic, capacity, max_msg):
+    """Make a valid topic segment of broker `name`, readable and writable by
+    all, as a user who got to the name first would."""
+    from pymq import _core, segments
+    params = _core.ring_params(capacity, max_msg, os.getpid(), segments.start_stamp())
+    seg = segments.Segment.create(segments.topic_shm_name(name, topic), _core.ring_size(params),
+                                  mode=0o666)
+    _core.Ring.init(seg, params)
+    seg.close()
+
+
+def plant_token(name, value):
+    """Make a file with a liveness token's name in broker `name`'s namespace,
+    readable and writable by all, locked by nobody (a dead process's, it says)."""
+    from pymq import segments
+    path = segments.token_path(name, value)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    os.fchmod(fd, 0o666)
+    os.write(fd, json.dumps({"pid": 1, "start": 0.0, "pidns": ""}).encode())
+    os.close(fd)
+    return path
+
+
+def own_files_among_others(name, theirs):
+    """As a user who is not root: make a segment and a token of broker `name`,
+    then attach one's own and another user's (`theirs`, a topic), list the
+    token files, and remove the namespace."""
+    from pymq import segments
+    segments.Segment.create(segments.topic_shm_name(name, "mine"), 4096).close()
+    token = segments.Token(name)
+    result = {
+        "attach mine": outcome(lambda: segments.Segment.attach(
+            segments.topic_shm_name(name, "mine")).close()),
+        "attach theirs": outcome(lambda: segments.Segment.attach(
+            segments.topic_shm_name(name, theirs)).close()),
+        "token files": [os.path.basename(p) for p in segments.token_files(name)],
+        "my token": os.path.basename(token.path),
+    }
+    try:
+        result["removed"] = segments.remove_namespace(name)
+    except Exception as e:
+        result["removed"] = f"{type(e).__name__}: {e}"
+    token.close()
+    return result
+
+
+def make_a_namespace_and_publish(name, topic):
+    """As this user: a broker's namespace segment (no supervisor), then one
+    message published to topic, whose segment this user makes."""
+    from pymq import _core, segments
+    seg = segments.Segment.create(segments.ns_shm_name(name), _core.ns_size())
+    config = pymq.BrokerConfig(name=name, ring_bytes=65536).to_json().encode()
+    _core.Namespace.init(seg, os.getpid(), segments.start_stamp(), 1, config).release()
+    c = pymq.connect(name)
+    seq = c.publish(topic, b"from its user")
+    c.close()
+    return seq
+
+
+def attach_outcome(name, topic):
+    """What attaching the topic's segment gives this user."""
+    from pymq import segments
+    return outcome(lambda: segments.Segment.attach(segments.topic_shm_name(name, topic)).close())

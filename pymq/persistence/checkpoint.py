@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from .. import _core
+from ..config import GROUP_RE
 from ..errors import MQError, PersistenceError
 from .log import ensure_dir, topic_dir
 
@@ -40,6 +41,7 @@ def write_checkpoint(root: str, topic: str, state: dict[str, Any], fsync: bool) 
     tmp = os.path.join(d, CHECKPOINT + ".new")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
+        os.fchmod(fd, 0o600)  # whatever the umask
         os.write(fd, json.dumps(state, separators=(",", ":")).encode())
         if fsync:
             os.fsync(fd)
@@ -48,22 +50,33 @@ def write_checkpoint(root: str, topic: str, state: dict[str, Any], fsync: bool) 
     os.replace(tmp, os.path.join(d, CHECKPOINT))
 
 
+def _group_name(x: Any) -> bool:
+    """A group name (config.GROUP_RE), or one of pymq's own ('~' and one)."""
+    return isinstance(x, str) and len(x) <= 47 and bool(
+        GROUP_RE.fullmatch(x[1:] if x.startswith("~") else x))
+
+
+def _seq(x: Any) -> bool:
+    """A seq as a ring holds one: an int (not a bool) in 1 .. 2**63 - 1."""
+    return isinstance(x, int) and not isinstance(x, bool) and 1 <= x < 2**63
+
+
 def read_checkpoint(root: str, topic: str) -> dict[str, Any] | None:
-    """groups.json, validated; None if absent or unusable (reported)."""
+    """groups.json, validated; None if absent. PersistenceError if unusable:
+    anything but group names, kinds and seqs of the right types and ranges."""
     path = os.path.join(topic_dir(root, topic), CHECKPOINT)
     try:
         with open(path, "rb") as f:
             state = json.loads(f.read(4 << 20))
         groups = state["groups"]
         for g in groups:
-            if not (isinstance(g["name"], str) and isinstance(g["ack"], bool)
-                    and isinstance(g["position"], int) and g["position"] >= 1
-                    and isinstance(g["acked"], list) and all(isinstance(s, int) for s in g["acked"])):
+            if not (_group_name(g["name"]) and isinstance(g["ack"], bool) and _seq(g["position"])
+                    and isinstance(g["acked"], list) and all(_seq(s) for s in g["acked"])):
                 raise ValueError("bad group entry")
-        if not isinstance(state["next_seq"], int):
+        if not _seq(state["next_seq"]):
             raise ValueError("bad next_seq")
         return state
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise PersistenceError(f"{path}: unreadable group positions: {e}") from None

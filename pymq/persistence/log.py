@@ -32,8 +32,17 @@ def topic_dir(root: str, topic: str) -> str:
 
 
 def ensure_dir(path: str) -> None:
-    """A folder, owner-only, with its parents."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    """A folder, owner-only (0700, whatever the umask), with its parents: those
+    it makes are owner-only too (os.makedirs would make them 0777 less the
+    umask: world-writable under umask 0)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        ensure_dir(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
     os.chmod(path, 0o700)
 
 
@@ -73,7 +82,7 @@ def last_seq_on_disk(d: str, cut: bool = False) -> int:
         for line in reversed(tail[:whole].split(b"\n")):
             try:
                 seq = json.loads(line)["seq"]
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 continue
             if isinstance(seq, int) and not isinstance(seq, bool) and seq > 0:
                 return seq
@@ -136,6 +145,7 @@ class TopicLog:
             self.fd = None
         self.path = os.path.join(self.dir, f"{first_seq:020d}{SUFFIX}")
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        os.fchmod(self.fd, 0o600)  # whatever the umask
         self.size = os.fstat(self.fd).st_size
 
     def append(self, seqs, ends: list[int], n: int, data: memoryview) -> None:
@@ -312,11 +322,15 @@ def read_log(root: str, topic: str, from_seq: int = 1, report: LogReport | None 
             try:
                 rec = json.loads(line)
                 seq, ts = rec["seq"], rec["ts"]
-                if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1 or \
+                if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq < 2**63 or \
                         not isinstance(ts, (int, float)):
                     raise ValueError("bad seq or ts")
+                ts_ns = int(ts * 1e9)  # NaN: ValueError; inf or 1e300: OverflowError
+                if not -2**63 <= ts_ns < 2**63:  # what a record's int64 holds
+                    raise ValueError("ts out of range")
                 payload = binascii.a2b_base64(rec["payload"].encode("ascii"), strict_mode=True)
-            except (ValueError, KeyError, TypeError, UnicodeEncodeError, binascii.Error) as e:
+            except (ValueError, KeyError, TypeError, UnicodeEncodeError, OverflowError,
+                    RecursionError, binascii.Error) as e:
                 report.corrupt += 1
                 report.problems.append(f"{path}:{i}: corrupt line skipped ({e})")
                 continue
@@ -326,7 +340,7 @@ def read_log(root: str, topic: str, from_seq: int = 1, report: LogReport | None 
             report.last_seq = seq
             if seq >= from_seq:
                 report.records += 1
-                yield seq, int(ts * 1e9), payload
+                yield seq, ts_ns, payload
 
 
 def _first_seq(name: str) -> int | None:
