@@ -365,8 +365,10 @@ class Ring(_Mapped):
         return _fast.Reader(self.addr, joined.member, joined.member_gen, joined.group,
                             joined.group_gen, ack, max_batch, budget, self, self.topic)
 
-    def leave(self, member: int, gen: int) -> bool:
-        rc = lib.pmq_member_leave(self.h, member, gen)
+    def leave(self, member: int, gen: int, timeout_ns: int = -1) -> bool:
+        """Remove a member: True, or False if it was gone already; Timeout if
+        the topic's lock is held past timeout_ns (< 0: 10 s)."""
+        rc = lib.pmq_member_leave(self.h, member, gen, timeout_ns)
         return rc == 0 or (rc != lib.PMQ_GONE and check(rc, self._context) == 0)
 
     def read(self, member: int, gen: int, batch: Batch, max_count: int, timeout_ns: int) -> int:

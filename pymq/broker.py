@@ -268,7 +268,7 @@ def _pump_logs(pipe: IO[bytes]) -> None:
                 rec = logging.makeLogRecord({k: fields[k] for k in (
                     "name", "levelno", "levelname", "msg", "created", "process", "threadName",
                     "exc_text") if k in fields})
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 continue  # cut short (a line over PIPE_BUF), or not ours
             logger = logging.getLogger(rec.name)
             if logger.isEnabledFor(rec.levelno):

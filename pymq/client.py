@@ -22,9 +22,10 @@ import posix_ipc
 from . import _core, aio, control, segments
 from .config import BrokerConfig, check_broker_name, check_group, check_topic, default_name
 from .errors import (BrokerClosed, BrokerNotFound, Full, GroupKindMismatch, MessageTooLarge, MQError,
-                     SegmentMismatch, SubscriptionClosed)
+                     SegmentMismatch, SubscriptionClosed, Timeout)
 
 READ_BATCH = 1024          # most records one native read returns
+CLOSE_LEAVE_NS = 100_000_000  # close() waits this long for a topic's lock to leave its groups
 READ_BUFFER = 256 * 1024   # bytes of a subscription's read buffer (at least max_message_bytes)
 READY_TIMEOUT = 5.0        # seconds to wait for another process to finish creating a segment
 
@@ -122,8 +123,12 @@ class _Resources:
     def close(self) -> None:
         if os.getpid() != self.pid:  # a forked copy: the subscriptions are the parent's
             self.subs.clear()
+        stuck: set[int] = set()  # rings whose lock is held (a stopped process): not waited for
         for sub in list(self.subs):
-            sub._leave()
+            if id(sub._ring) in stuck:
+                sub._reader.close()  # left to the supervisor (its owner's token goes below)
+            elif not sub._leave(CLOSE_LEAVE_NS):
+                stuck.add(id(sub._ring))
         self.subs.clear()
         self.topics.clear()
         if self.token is not None:
@@ -152,6 +157,10 @@ class Client:
         except (posix_ipc.ExistentialError, _core.SegmentNotReady):
             self._finalizer()
             raise BrokerNotFound(f"no broker named {name!r} is running") from None
+        except posix_ipc.PermissionsError:
+            self._finalizer()
+            raise BrokerNotFound(f"broker {name!r} belongs to another user (permission denied): "
+                                 "run as its user (docs/security.md)") from None
         except BaseException:
             self._finalizer()
             raise
@@ -711,15 +720,21 @@ class Subscription(Generic[T]):
                 return
             yield item
 
-    def _leave(self) -> None:
+    def _leave(self, timeout_ns: int = -1) -> bool:
+        """Close the reader and leave the group: False if the topic's lock was
+        held past timeout_ns (< 0: 10 s; the member is left to the supervisor,
+        which reaps it once its process or client is gone)."""
         r = self._reader
         self._backlog = None
         if not r.closed:
             r.close()  # its reads raise SubscriptionClosed; its messages can still be acked
             try:
-                self._ring.leave(r.member, r.gen)
+                self._ring.leave(r.member, r.gen, timeout_ns)
+            except Timeout:
+                return False
             except MQError:
                 pass  # a corrupt or closed segment: nothing left to leave
+        return True
 
     def unsubscribe(self) -> None:
         """Leave the group (an anonymous group goes with it). Idempotent."""

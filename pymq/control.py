@@ -96,6 +96,10 @@ def request(name: str, op: str, timeout: float = DEFAULT_TIMEOUT, **args: Any) -
             break
         except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError) as e:
             last = e.strerror or str(e)  # not listening (yet, or any more): try again
+        except PermissionError:
+            raise errors.BrokerUnavailable(f"broker {name!r}: its control socket belongs to "
+                                           "another user (permission denied): run as the "
+                                           "broker's user") from None
         except (OSError, ValueError) as e:  # a timeout, a broken answer
             raise errors.BrokerUnavailable(f"broker {name!r}: the supervisor did not answer "
                                            f"{op!r}: {e}") from None

@@ -71,6 +71,7 @@ class Supervisor:
         self.restorers: dict = {}  # topic -> persistence.Restorer, while a backlog streams in
         self._checkpoints: dict = {}
         self._last_idle = 0.0
+        self._last_orphans = 0.0
         self.idle: list[dict] = []  # named groups idle past group_idle_timeout (last look)
         self.busy_since: dict[str, float] = {}  # topics whose ack groups' locks the sweep found held
 
@@ -148,6 +149,32 @@ class Supervisor:
                 continue
             hdr.reaped_processes += 1     # sees its subscriptions counted too
             dead.release()
+        if time.monotonic() - self._last_orphans >= IDLE_INTERVAL:
+            self._last_orphans = time.monotonic()
+            self.reap_orphans()
+
+    def reap_orphans(self) -> None:
+        """Remove members whose owner's token file is gone: a process that
+        closed its client while a topic's lock was held (a stopped process)
+        and could not wait to leave. A token file exists before its first
+        join and until its client closes, so a member without one is left
+        over."""
+        for topic in segments.topic_names(self.name):
+            ring = self.ring(topic)
+            if ring is None:
+                continue
+            owners = {owner for _, owner, _, _ in ring.member_owners() if owner}
+            for owner in owners:
+                if os.path.exists(segments.token_path(self.name, owner)):
+                    continue
+                try:
+                    n = ring.reap(owner)
+                except Timeout:
+                    continue  # its lock is held: next time
+                if n:
+                    self.ns.hdr.reaped_members += n
+                    log.info("topic %r: removed %d subscription(s) left by a closed client",
+                             topic, n)
 
     def redeliver(self) -> None:
         """Requeue timed-out deliveries of every ack group; dead-letter what is

@@ -171,3 +171,22 @@ def test_close_with_a_frozen_lock_holder_removes_everything(make_broker, name, c
     broker.close()  # the `name` fixture checks that nothing is left in /dev/shm
     os.kill(p.pid, signal.SIGKILL)
     p.join(30)
+
+
+def test_a_client_closed_while_a_topics_lock_is_held_leaves_it_to_the_supervisor(
+        make_broker, name, ctx, monkeypatch):
+    """close() does not wait 10 s per subscription for a frozen holder's lock:
+    it leaves the other topics' groups at once and the held topic's members
+    to the supervisor, which removes them once their client's token is gone."""
+    broker = make_broker()
+    client = pymq.connect(name)
+    for _ in range(3):
+        client.subscribe("t")
+    client.subscribe("u")
+    p = frozen_at(ctx, monkeypatch, "publish.locked", workers.publish_one, name, "t", b"x")
+    client.close()
+    stats = broker.stats()["topics"]
+    assert (stats["t"]["anonymous"]["members"], stats["u"]["anonymous"]["members"]) == (3, 0)
+    os.kill(p.pid, signal.SIGCONT)
+    join_all([p])
+    wait_for(lambda: broker.stats()["topics"]["t"]["anonymous"]["members"] == 0)

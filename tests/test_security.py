@@ -151,19 +151,17 @@ def test_another_user_can_open_no_door_of_a_broker_but_sees_its_names(make_broke
     log_file = str(pdir / "t" / "00000000000000000001.jsonl")
     got = run_as(ctx, other_uid, workers.try_a_brokers_doors, name, "t", token, log_file)
     assert got == {
-        "connect": "PermissionsError: No permission to access this segment",
-        "attach": "PermissionsError: No permission to access this segment",
+        "connect": f"BrokerNotFound: broker '{name}' belongs to another user (permission "
+                   "denied): run as its user (docs/security.md)",
+        "attach": "PermissionsError: No permission to access this segment",  # the layer below
         "token": f"PermissionError: [Errno 13] Permission denied: '{token}'",
-        "control": f"BrokerUnavailable: broker '{name}': the supervisor did not answer 'ping': "
-                   "[Errno 13] Permission denied",
+        "control": f"BrokerUnavailable: broker '{name}': its control socket belongs to another "
+                   "user (permission denied): run as the broker's user",
         "log": f"PermissionError: [Errno 13] Permission denied: '{log_file}'",
         "names": segments.namespace_entries(name),
     }
 
 
-@pytest.mark.xfail(strict=True, reason="connect() as another user raises "
-                   "posix_ipc.PermissionsError, no pymq error (reported: Segment.attach "
-                   "would turn it into one)")
 def test_another_user_who_connects_gets_a_pymq_error_naming_the_broker(broker, name, ctx,
                                                                        other_uid):
     mro, message = run_as(ctx, other_uid, workers.connect_error, name)

@@ -160,11 +160,11 @@ int pmq_member_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b
 
 /* ---- leaving and reaping ------------------------------------------------------------- */
 
-int pmq_member_leave(pmq_ring_t *r, uint32_t member, uint32_t gen)
+int pmq_member_leave(pmq_ring_t *r, uint32_t member, uint32_t gen, int64_t timeout_ns)
 {
     if (!r || member >= r->max_members)
         return PMQ_EINVAL;
-    int rc = ring_lock_admin(r), gi = -1;
+    int rc = ring_lock_for(r, timeout_ns < 0 ? PMQ_ADMIN_LOCK_NS : timeout_ns), gi = -1;
     if (rc < 0)
         return rc;
     PMQ_TEST_POINT("member.locked");

@@ -215,7 +215,7 @@ int pmq_member_join(pmq_ring_t *r, const char *name, uint32_t flags, int start,
 int pmq_member_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b,
                     uint32_t max_count, pmq_deadline_t *d, const pmq_sink_t *sink,
                     const pmq_hooks_t *hooks);
-int pmq_member_leave(pmq_ring_t *r, uint32_t member, uint32_t gen);
+int pmq_member_leave(pmq_ring_t *r, uint32_t member, uint32_t gen, int64_t timeout_ns);
 int pmq_member_reap(pmq_ring_t *r, uint64_t owner);
 int pmq_member_info(pmq_ring_t *r, uint32_t i, uint64_t *owner, uint32_t *group, int32_t *pid);
 

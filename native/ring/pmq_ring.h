@@ -542,8 +542,10 @@ int pmq_member_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b
 
 /* Remove a member (idempotent: PMQ_GONE if already gone). An anonymous group
  * goes with its last member; a named group stays (durable). What an ack
- * member had in flight is redelivered to the group's other members at once. */
-int pmq_member_leave(pmq_ring_t *r, uint32_t member, uint32_t gen);
+ * member had in flight is redelivered to the group's other members at once.
+ * Waits for the segment's lock at most timeout_ns (< 0: PMQ_ADMIN_LOCK_NS),
+ * then -ETIMEDOUT. */
+int pmq_member_leave(pmq_ring_t *r, uint32_t member, uint32_t gen, int64_t timeout_ns);
 
 /* Remove every member owned by `owner` (a dead process). Returns how many;
  * -ETIMEDOUT if the segment's lock is held (by a stopped process, say) for
