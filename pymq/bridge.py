@@ -249,13 +249,16 @@ class Bridge:
             window.append((m, fut, time.monotonic()))
 
         async def settle(block: bool) -> None:
-            """Settle the window's head: acks in order of sending; a failure
-            (and what follows it) goes back to be sent again."""
+            """Settle the window's head, what is done of it (block: waiting
+            for its first, so that one more may be sent): acks in order of
+            sending; a failure, or no ack in time (and what follows it), goes
+            back to be sent again."""
             while window:
                 m, fut, sent = window[0]
                 if not fut.done():
                     if not block and time.monotonic() - sent < ack_timeout:
                         break
+                    block = False  # one wait: then what is done, no more
                     try:
                         await asyncio.wait_for(asyncio.shield(fut), max(
                             0.0, ack_timeout - (time.monotonic() - sent)))
@@ -291,7 +294,8 @@ class Bridge:
             while True:
                 await settle(block=False)
                 if again:  # failures first, in order, with their ids: duplicates are dropped
-                    await settle(block=True)
+                    while window:
+                        await settle(block=True)
                     retry = sorted(again, key=lambda m: m.seq)
                     again.clear()
                     fig["resent"] += len(retry)
@@ -301,13 +305,10 @@ class Bridge:
                     continue
                 if self.stopping.is_set():
                     break
-                room = self.args.window - len(window)
-                if room <= 0:
-                    await settle(block=True)
-                    continue
+                # nats-py's publish_async waits while --window publishes are unacked:
+                # that is the backpressure; settling here only acks what is done
                 try:
-                    msgs = await sub.aget_many(min(self.args.batch, room),
-                                               timeout=0.05 if window else 0.2)
+                    msgs = await sub.aget_many(self.args.batch, timeout=0.05 if window else 0.2)
                 except Timeout:
                     continue
                 for m in msgs:
