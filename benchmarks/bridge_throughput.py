@@ -15,7 +15,9 @@ For 64 B and 4 KiB payloads, interleaved, --repeat times:
   enough to hold them all: the bridge reads as fast as it can), then
   `pymq bridge --out` starts and forwards them into a stream of its own.
 Each is timed from its start until the stream holds N messages (stream info,
-polled every 5 ms by this process): msg/s = N / that time. The bridge's time
+polled every 5 ms by this process): msg/s = N / that time. Then the latency:
+one message at a time from a broker through its bridge, NATS and another
+bridge into a second broker (p50, p90, p99, max). The bridge's time
 includes its start (about 0.3 s of it: the process starting and connecting),
 reported apart and subtracted in the "steady" column, measured from its first
 forwarded message instead.
@@ -142,6 +144,47 @@ def run_bridge(url: str, size: int, n: int, k: int) -> tuple[float, float, float
         broker.close()
 
 
+def latency(url: str, count: int = 2000) -> dict:
+    """One message at a time from broker A through its bridge, NATS and B's
+    bridge into broker B: the time from A's publish to B's receive (one
+    machine: one clock), p50, p90, p99, max."""
+    names = [f"blat{os.getpid()}{x}" for x in "ab"]
+    brokers = [pymq.Broker(pymq.BrokerConfig(name=n, ring_bytes=1 << 20)) for n in names]
+    procs = []
+    try:
+        sub = brokers[1].subscribe("lat")
+        for n, node, way in ((names[0], "a", "--out"), (names[1], "b", "--in")):
+            procs.append(subprocess.Popen([sys.executable, "-m", "pymq", "bridge", "--name", n,
+                                           "--nats", url, way, "lat", "--prefix", "lat",
+                                           "--stream", "LAT", "--node", node],
+                                          stderr=subprocess.DEVNULL))
+        for b, node in zip(brokers, "ab"):
+            deadline = time.monotonic() + 30
+            while not (b.stats()["bridges"].get(node) or {}).get("nats", {}).get("connected"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"bridge {node} did not start")
+                time.sleep(0.01)
+        brokers[0].publish("lat", b"warm-up")
+        sub.get(timeout=30)
+        out = []
+        for i in range(count):
+            t0 = time.perf_counter_ns()
+            brokers[0].publish("lat", b"%d" % i)
+            got = sub.get(timeout=30)
+            out.append((time.perf_counter_ns() - t0) / 1e3)
+            assert got == b"%d" % i
+        out.sort()
+        pick = lambda q: out[min(len(out) - 1, int(q * len(out)))]  # noqa: E731
+        return {"messages": count, "p50_us": pick(0.5), "p90_us": pick(0.9),
+                "p99_us": pick(0.99), "max_us": out[-1]}
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(60)
+        for b in brokers:
+            b.close()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--messages", type=int, default=None,
@@ -190,6 +233,10 @@ def main(argv=None) -> int:
                   f"bridge {r['bridge_msg_per_s']:,.0f} msg/s ({r['ratio']:.2f}x), steady "
                   f"{r['bridge_steady_msg_per_s']:,.0f} msg/s ({r['ratio_steady']:.2f}x); "
                   f"bridge start {r['bridge_start_s']:.2f} s", flush=True)
+        lat = latency(url)
+        print(f"latency, A publish -> B receive through two bridges and NATS, one at a time "
+              f"({lat['messages']:,}): p50 {lat['p50_us']:,.0f} us, p90 {lat['p90_us']:,.0f} us, "
+              f"p99 {lat['p99_us']:,.0f} us, max {lat['max_us']:,.0f} us", flush=True)
     finally:
         server.terminate()
         server.wait(30)
@@ -197,7 +244,7 @@ def main(argv=None) -> int:
     if args.json:
         import json
         with open(args.json, "w") as f:
-            json.dump({"results": results, "machine": os.uname().machine,
+            json.dump({"results": results, "latency": lat, "machine": os.uname().machine,
                        "cpus": os.cpu_count()}, f, indent=2)
     return 0
 

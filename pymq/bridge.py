@@ -197,7 +197,7 @@ class Bridge:
                                 max_reconnect_attempts=-1, reconnect_time_wait=0.25,
                                 allow_reconnect=True, disconnected_cb=disconnected,
                                 reconnected_cb=reconnected, error_cb=error_cb,
-                                connect_timeout=5)
+                                connect_timeout=5, user_credentials=self.args.creds)
         self.connected = True
         return nc
 
@@ -212,7 +212,8 @@ class Bridge:
             pass
         cfg = StreamConfig(name=self.stream, subjects=[f"{self.prefix}.>"],
                            max_age=self.args.stream_max_age or None,
-                           duplicate_window=self.args.duplicate_window)
+                           duplicate_window=self.args.duplicate_window,
+                           num_replicas=self.args.stream_replicas)
         try:
             await js.add_stream(cfg)
         except Exception:  # noqa: BLE001 - made by another node meanwhile: fine if it is there
@@ -440,6 +441,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from .cliutil import positive_float, positive_int
     p.add_argument("--nats", action="append", required=True, metavar="URL",
                    help="a NATS server (nats://host:4222); repeat for a cluster")
+    p.add_argument("--creds", default=None, metavar="FILE",
+                   help="NATS credentials file (a user's JWT and seed); a user and password "
+                        "may also be given in the URL, and tls:// URLs are verified against "
+                        "the system's CAs")
     p.add_argument("--out", dest="outs", action="append", default=[], type=_topic,
                    metavar="TOPIC", help="forward local TOPIC to <prefix>.TOPIC (repeatable)")
     p.add_argument("--in", dest="ins", action="append", default=[], type=_topic,
@@ -466,6 +471,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream-max-age", type=positive_float, default=24 * 3600.0,
                    metavar="SECONDS", help="a stream made by the bridge keeps messages this "
                                            "long (default: a day)")
+    p.add_argument("--stream-replicas", type=positive_int, default=1, metavar="N",
+                   help="a stream made by the bridge is kept on N servers of a cluster "
+                        "(default: 1; 3 for a JetStream cluster)")
     p.add_argument("--wait", type=positive_float, default=60.0, metavar="SECONDS",
                    help="wait this long for the broker to start (a sidecar may start first; "
                         "default: 60)")
