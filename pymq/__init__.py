@@ -7,6 +7,7 @@ handler (or run `pymq serve`, which does) to see what it says.
 
 import logging
 
+from .batch import AckBatch, Batch
 from .broker import Broker
 from .client import AckSubscription, Client, Message, Subscription, connect
 from .config import BrokerConfig, default_broker_config
@@ -20,7 +21,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __version__ = "0.2.0"
 
 __all__ = [
-    "AckSubscription", "Broker", "BrokerClosed", "BrokerConfig", "BrokerExists", "BrokerNotFound",
+    "AckBatch", "AckSubscription", "Batch", "Broker", "BrokerClosed", "BrokerConfig", "BrokerExists", "BrokerNotFound",
     "BrokerUnavailable", "Client", "Full", "GroupKindMismatch", "GroupNotFound", "InvalidName",
     "InvalidTopic", "LimitExceeded", "Message", "MessageTooLarge", "MQError", "NativeError",
     "PersistenceError", "SegmentMismatch", "StorageFull", "Subscription", "SubscriptionClosed",

@@ -348,6 +348,12 @@ class Ring(_Mapped):
         got: int | None = _fast.publish(self.addr, self.topic, payloads, timeout_ns)
         return got
 
+    def publish_buffer(self, data: Any, record_size: int, offsets: Any, timeout_ns: int) -> int:
+        """Every record of one buffer as one message (see Client.publish_batch)."""
+        seq: int = _fast.publish_buffer(self.addr, self.topic, data, record_size, offsets,
+                                        timeout_ns)
+        return seq
+
     # -- members ----------------------------------------------------------------
 
     def join(self, group: str, flags: int, start: int, start_seq: int, owner: int,

@@ -14,12 +14,14 @@ import os
 import threading
 import time
 import weakref
+from array import array
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar, Union
 
 import posix_ipc
 
 from . import _core, aio, control, segments
+from .batch import AckBatch, Batch, HistoryBatch
 from .config import BrokerConfig, check_broker_name, check_group, check_topic, default_name
 from .errors import (BrokerClosed, BrokerNotFound, Full, GroupKindMismatch, MessageTooLarge, MQError,
                      SegmentMismatch, SubscriptionClosed, Timeout)
@@ -324,6 +326,43 @@ class Client:
             self._forget(topic, ring)
             return self.publish_many(topic, payloads, timeout)
         return last
+
+    def publish_batch(self, topic: str, data: Any, *, record_size: int | None = None,
+                      offsets: Any = None, timeout: float | None = None) -> int:
+        """Publish every record of one buffer as one message each, in one
+        native call, all or none; returns the last seq. data: anything with
+        the buffer protocol, C-contiguous (bytes, bytearray, memoryview, a
+        numpy array); record_size: every record's size (the data a whole
+        number of them), or offsets: n + 1 unsigned 64-bit integers
+        (array('Q'), a numpy uint64 array, or a sequence of ints), record i
+        being data[offsets[i]:offsets[i + 1]]. Waits like publish().
+
+        Raises ValueError (nothing published) for bad sizes or offsets or no
+        record, TypeError for data without the buffer protocol, BufferError
+        for data that is not C-contiguous, MessageTooLarge for a record over
+        max_message_bytes or a batch larger than the ring, and as publish()."""
+        if record_size is not None:
+            if not isinstance(record_size, int) or isinstance(record_size, bool) or \
+                    record_size < 1:
+                raise ValueError(f"record_size must be an int >= 1, not {record_size!r}")
+            size = record_size
+        else:
+            size = 0
+            if offsets is not None and not _is_buffer(offsets):
+                offsets = array("Q", offsets)  # a sequence of ints (OverflowError: negative)
+        with memoryview(data) as view:  # TypeError without the buffer protocol
+            if not view.c_contiguous:  # (numpy's own error here would be a ValueError)
+                raise BufferError("data must be C-contiguous")
+        timeout_ns = self._publish_timeout_ns if timeout is None else _timeout_ns(timeout)
+        ring = self._topics.get(topic)
+        if ring is None:  # the first publish to it: a batch that must fail creates no topic
+            ring = self._ring_for(topic, [b"\0" * _largest_record(data, size, offsets)])
+        try:
+            return ring.publish_buffer(data, size, offsets, timeout_ns)
+        except _core.TopicDeleted:
+            self._forget(topic, ring)
+            return self.publish_batch(topic, data, record_size=record_size, offsets=offsets,
+                                      timeout=timeout)
 
     async def apublish(self, topic: str, payload: Payload, timeout: float | None = None) -> int:
         """publish() for a coroutine: the wait for ring space (up to timeout,
@@ -704,6 +743,38 @@ class Subscription(Generic[T]):
     def __aiter__(self) -> AsyncIterator[T]:
         return self.aiter()
 
+    def get_batch(self, max_count: int, timeout: float | None = None) -> Batch:
+        """1..max_count messages as one pymq.Batch, in one native call, with no
+        Python object per message (an ack subscription: a batch with ack() and
+        nack()); waits like get() and raises as get_many()."""
+        n = self._many(max_count)
+        if self._backlog is not None:  # what start= replays, or iteration read ahead
+            old = self._taken(n)
+            if old:
+                return self._as_batch(old)
+        got = self._reader.get_batch(n, -1 if timeout is None else _timeout_ns(timeout))
+        data, offsets, seqs, times, slots, attempts, size = got
+        if slots is None or attempts is None:
+            return Batch(self.topic, data, offsets, seqs, times, size)
+        return AckBatch(self.topic, data, offsets, seqs, times, size, slots, attempts,
+                        self._reader)
+
+    def _as_batch(self, items: list[Any]) -> Batch:
+        """Items a get would have given (bytes read ahead; Messages replayed
+        from disk, history) as a Batch (an ack subscription's: HistoryBatch)."""
+        messages = [p for p in items if isinstance(p, Message)]
+        payloads = [p.payload if isinstance(p, Message) else bytes(p) for p in items]
+        offs = array("Q", [0])
+        for p in payloads:
+            offs.append(offs[-1] + len(p))
+        sizes = {len(p) for p in payloads}
+        seqs = array("Q", [m.seq or 0 for m in messages] if messages else [0] * len(items))
+        times = array("d", [m.publish_time or 0.0 for m in messages] if messages
+                      else [0.0] * len(items))
+        kind = HistoryBatch if messages else Batch
+        return kind(self.topic, b"".join(payloads), offs.tobytes(), seqs.tobytes(),
+                    times.tobytes(), sizes.pop() if len(sizes) == 1 else None)
+
     def _read_ahead(self) -> bool:
         """Whether iteration may read ahead: only a group of its own, whose
         messages nobody else would get."""
@@ -750,6 +821,43 @@ class Subscription(Generic[T]):
 
     def __exit__(self, *exc: object) -> None:
         self.unsubscribe()
+
+
+def _largest_record(data: Any, record_size: int, offsets: Any) -> int:
+    """The largest record of a publish_batch, its arguments checked as the
+    native call checks them (ValueError, TypeError, BufferError): for the
+    first publish to a topic, which must create nothing if it fails."""
+    with memoryview(data) as view:
+        if not view.c_contiguous:
+            raise BufferError("data must be C-contiguous")
+        length = view.nbytes
+    if record_size:
+        if offsets is not None:
+            raise ValueError("give record_size or offsets, not both")
+        if length % record_size:
+            raise ValueError(f"the data ({length} bytes) is not a whole number of records of "
+                             f"{record_size} bytes")
+        if not length:
+            raise ValueError("no records in the data")
+        return record_size
+    if offsets is None:
+        raise ValueError("give record_size (> 0) or offsets")
+    with memoryview(offsets) as o:
+        if o.itemsize != 8 or o.format not in ("Q", "L", "K") or o.nbytes < 16:
+            raise ValueError("offsets must be n + 1 unsigned 64-bit integers (array('Q'), "
+                             "numpy uint64), n >= 1")
+        offs = o.cast("B").cast("Q").tolist()
+    if any(b < a for a, b in zip(offs, offs[1:])) or offs[-1] > length:
+        raise ValueError(f"offsets must be non-decreasing and within the data ({length} bytes)")
+    return max(b - a for a, b in zip(offs, offs[1:]))
+
+
+def _is_buffer(obj: Any) -> bool:
+    try:
+        memoryview(obj).release()
+        return True
+    except TypeError:
+        return False
 
 
 class AckSubscription(Subscription[Message]):

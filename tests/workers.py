@@ -421,3 +421,13 @@ def attach_outcome(name, topic):
     """What attaching the topic's segment gives this user."""
     from pymq import segments
     return outcome(lambda: segments.Segment.attach(segments.topic_shm_name(name, topic)).close())
+
+
+def bulk_publisher(name, topic, pub, count, size, per_batch):
+    """Publish count payloads (make_payload, all of one size) with publish_batch,
+    per_batch records a call."""
+    c = pymq.connect(name)
+    for base in range(0, count, per_batch):
+        n = min(per_batch, count - base)
+        c.publish_batch(topic, b"".join(make_payload(pub, base + k, size) for k in range(n)),
+                        record_size=size, timeout=30)

@@ -5,6 +5,8 @@
  */
 #include "pmq_py.h"
 
+#include <string.h>
+
 const pmq_api_t *py_api;
 PyTypeObject *py_message_type;
 static PyObject *py_error; /* pymq._core.error_from_c */
@@ -195,7 +197,117 @@ done:
     return result;
 }
 
+/* publish_buffer(ring, topic, data, record_size, offsets, timeout_ns) -> the
+ * last seq; raises. Every record of one C-contiguous buffer is one message,
+ * published in one native call, all or none: with record_size > 0 the
+ * buffer's length is a multiple of it; else offsets (a C-contiguous buffer of
+ * n + 1 unsigned 64-bit integers, non-decreasing, the last within the data)
+ * delimits them: record i is data[offsets[i]:offsets[i + 1]]. ValueError, with
+ * nothing published, for anything else. The records are copied straight from
+ * the buffer into the ring, the GIL held (a publish lets it go only to wait). */
+static PyObject *fast_publish_buffer(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    (void)self;
+    pmq_ring_t *r;
+    int64_t timeout;
+    if (n != 6)
+        return PyErr_Format(PyExc_TypeError,
+                            "publish_buffer(ring, topic, data, record_size, offsets, timeout_ns)");
+    if (!py_bound())
+        return NULL;
+    r = PyLong_AsVoidPtr(args[0]);
+    if (!r)
+        return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_ValueError, "NULL ring");
+    timeout = PyLong_AsLongLong(args[5]);
+    if (timeout == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t record_size = PyLong_AsSsize_t(args[3]);
+    if (record_size == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer data, offs = {0};
+    if (PyObject_GetBuffer(args[2], &data, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    const char **parts = NULL;
+    uint32_t *lens = NULL;
+    uint64_t count = 0;
+    const char *base = data.buf;
+    if (record_size > 0) {
+        if (args[4] != Py_None) {
+            PyErr_SetString(PyExc_ValueError, "give record_size or offsets, not both");
+            goto done;
+        }
+        if (data.len % record_size) {
+            PyErr_Format(PyExc_ValueError, "the data (%zd bytes) is not a whole number of "
+                         "records of %zd bytes", data.len, record_size);
+            goto done;
+        }
+        count = (uint64_t)(data.len / record_size);
+    } else {
+        if (args[4] == Py_None) {
+            PyErr_SetString(PyExc_ValueError, "give record_size (> 0) or offsets");
+            goto done;
+        }
+        if (PyObject_GetBuffer(args[4], &offs, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+            goto done;
+        if (offs.itemsize != 8 || !offs.format || !strchr("QLK", offs.format[0]) ||
+            offs.format[1] || offs.len < 16) {
+            PyErr_SetString(PyExc_ValueError, "offsets must be n + 1 unsigned 64-bit integers "
+                            "(array('Q'), numpy uint64), n >= 1");
+            goto done;
+        }
+        count = (uint64_t)(offs.len / 8) - 1;
+        const uint64_t *o = offs.buf;
+        for (uint64_t i = 0; i < count; i++) {
+            if (o[i + 1] < o[i] || o[i + 1] > (uint64_t)data.len) {
+                PyErr_Format(PyExc_ValueError, "offsets must be non-decreasing and within "
+                             "the data (%zd bytes): offsets[%llu] = %llu, offsets[%llu] = %llu",
+                             data.len, (unsigned long long)i, (unsigned long long)o[i],
+                             (unsigned long long)(i + 1), (unsigned long long)o[i + 1]);
+                goto done;
+            }
+        }
+    }
+    if (count == 0) {
+        PyErr_SetString(PyExc_ValueError, "no records in the data");
+        goto done;
+    }
+    if (count > UINT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "too many records at once (%llu)",
+                     (unsigned long long)count);
+        goto done;
+    }
+    parts = PyMem_Malloc((size_t)count * sizeof *parts);
+    lens = PyMem_Malloc((size_t)count * sizeof *lens);
+    if (!parts || !lens) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (uint64_t i = 0; i < count; i++) {
+        uint64_t at = record_size > 0 ? i * (uint64_t)record_size : ((const uint64_t *)offs.buf)[i];
+        uint64_t len = record_size > 0 ? (uint64_t)record_size
+                                       : ((const uint64_t *)offs.buf)[i + 1] - at;
+        if (len > UINT32_MAX) {
+            result = py_raise(PMQ_ETOOBIG, args[1], timeout, (int64_t)len, (int64_t)len, r);
+            goto done;
+        }
+        parts[i] = base + at;
+        lens[i] = (uint32_t)len;
+    }
+    result = publish_parts(r, args[1], parts, lens, (uint32_t)count, timeout);
+done:
+    PyMem_Free((void *)parts);
+    PyMem_Free(lens);
+    if (offs.obj)
+        PyBuffer_Release(&offs);
+    PyBuffer_Release(&data);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"publish_buffer", (PyCFunction)(void (*)(void))fast_publish_buffer, METH_FASTCALL,
+     "publish_buffer(ring, topic, data, record_size, offsets, timeout_ns) -> the last seq: "
+     "every record of one buffer, one message each, all or none"},
     {"bind", (PyCFunction)(void (*)(void))fast_bind, METH_FASTCALL,
      "bind(api, message_type, error_from_c): the table of pymq._native's functions (checked), "
      "the class of received messages, and the function that makes exceptions of codes"},

@@ -10,12 +10,16 @@
  */
 #include "pmq_py.h"
 
+#include <string.h>
+
 /* ---- the sink: payloads into bytes ---------------------------------------------------- */
 
 typedef struct sink_ctx {
     py_gil_t gil;        /* the hooks' */
     const pmq_ring_t *ring;
     int one;             /* one record wanted: got is that bytes object, not a list */
+    int bulk;            /* a batch: got is (data, offsets, seqs, times[, slots, attempts]) */
+    int ack;             /* of an ack group (bulk: with slots and attempts) */
     PyObject *got;       /* what the last copy made */
 } sink_ctx_t;
 
@@ -30,10 +34,67 @@ static PyObject *payload_of(const sink_ctx_t *c, const pmq_batch_t *b, const uin
     return PyBytes_FromStringAndSize((const char *)data + b->offs[i], (Py_ssize_t)b->lens[i]);
 }
 
+/* The bytes of an array of n items of size bytes each. */
+static PyObject *array_bytes(const void *src, uint32_t n, size_t size)
+{
+    return PyBytes_FromStringAndSize(src, (Py_ssize_t)((size_t)n * size));
+}
+
+/* A batch: every payload back to back in one bytes object (one copy out of
+ * the ring each), their offsets (n + 1), seqs, publish times (epoch seconds,
+ * float64) and, of an ack group, pending slots and delivery attempts: a few
+ * objects for the whole batch, none per message. */
+static int sink_bulk(sink_ctx_t *c, const pmq_batch_t *b, const uint8_t *data)
+{
+    uint64_t cap = c->ring->capacity, total = 0;
+    for (uint32_t i = 0; i < b->n; i++) { /* checked by the ring; again here */
+        if (b->offs[i] > cap || b->lens[i] > cap - b->offs[i]) {
+            PyErr_SetString(PyExc_ValueError, "a record lies outside the data area");
+            return PY_ERR;
+        }
+        total += b->lens[i];
+    }
+    PyObject *payloads = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    PyObject *offsets = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(((size_t)b->n + 1) * 8));
+    PyObject *times = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)((size_t)b->n * 8));
+    PyObject *seqs = array_bytes(b->seqs, b->n, sizeof *b->seqs);
+    PyObject *slots = c->ack ? array_bytes(b->slots, b->n, sizeof *b->slots) : Py_NewRef(Py_None);
+    PyObject *attempts = c->ack ? array_bytes(b->attempts, b->n, sizeof *b->attempts)
+                                : Py_NewRef(Py_None);
+    if (payloads && offsets && times && seqs && slots && attempts) {
+        char *out = PyBytes_AS_STRING(payloads);
+        uint64_t *o = (uint64_t *)(void *)PyBytes_AS_STRING(offsets), at = 0;
+        double *t = (double *)(void *)PyBytes_AS_STRING(times);
+        for (uint32_t i = 0; i < b->n; i++) {
+            memcpy(out + at, data + b->offs[i], b->lens[i]);
+            o[i] = at;
+            at += b->lens[i];
+            t[i] = (double)b->ts[i] / 1e9;
+        }
+        o[b->n] = at;
+        int same = 1;
+        for (uint32_t i = 1; i < b->n && same; i++)
+            same = b->lens[i] == b->lens[0];
+        PyObject *size = same && b->n ? PyLong_FromUnsignedLong(b->lens[0]) : Py_NewRef(Py_None);
+        if (size)
+            c->got = PyTuple_Pack(7, payloads, offsets, seqs, times, slots, attempts, size);
+        Py_XDECREF(size);
+    }
+    Py_XDECREF(payloads);
+    Py_XDECREF(offsets);
+    Py_XDECREF(times);
+    Py_XDECREF(seqs);
+    Py_XDECREF(slots);
+    Py_XDECREF(attempts);
+    return c->got ? 0 : PY_ERR;
+}
+
 static int sink_copy(void *ctx, const pmq_batch_t *b, const uint8_t *data)
 {
     sink_ctx_t *c = ctx;
     Py_CLEAR(c->got);
+    if (c->bulk)
+        return sink_bulk(c, b, data);
     if (c->one) {
         c->got = payload_of(c, b, data, 0);
         return c->got ? 0 : PY_ERR;
@@ -60,7 +121,7 @@ static void sink_drop(void *ctx) { Py_CLEAR(((sink_ctx_t *)ctx)->got); }
 /* One read: rc > 0 with *got the payload (max 1) or their list; else the
  * ring's code (PMQ_EMPTY, PMQ_BUSY, ...) with nothing made, or PY_ERR with a
  * Python error set (a signal's handler raised, a copy failed, a misuse). */
-static int read_rc(ReaderObject *rd, uint32_t max, int64_t timeout, PyObject **got)
+static int read_rc(ReaderObject *rd, uint32_t max, int64_t timeout, int bulk, PyObject **got)
 {
     *got = NULL;
     if (!py_bound())
@@ -72,7 +133,7 @@ static int read_rc(ReaderObject *rd, uint32_t max, int64_t timeout, PyObject **g
     }
     if (rd->closed)
         return PMQ_GONE;
-    sink_ctx_t c = {.ring = rd->ring, .one = max == 1};
+    sink_ctx_t c = {.ring = rd->ring, .one = max == 1 && !bulk, .bulk = bulk, .ack = rd->ack};
     pmq_sink_t sink = {sink_copy, sink_drop, &c};
     pmq_hooks_t hooks = {py_block, py_unblock, &c.gil};
     pmq_deadline_t d = PMQ_DEADLINE(timeout);
@@ -97,7 +158,7 @@ static int read_rc(ReaderObject *rd, uint32_t max, int64_t timeout, PyObject **g
 static PyObject *read_into(ReaderObject *rd, uint32_t max, int64_t timeout)
 {
     PyObject *got;
-    int rc = read_rc(rd, max, timeout, &got);
+    int rc = read_rc(rd, max, timeout, 0, &got);
     if (rc > 0)
         return got;
     if (rc == PY_ERR)
@@ -173,7 +234,7 @@ static PyObject *reader_get(ReaderObject *rd, PyObject *const *args, Py_ssize_t 
 static PyObject *poll_once(ReaderObject *rd, uint32_t max, int *empty)
 {
     PyObject *got;
-    int rc = read_rc(rd, max, 0, &got);
+    int rc = read_rc(rd, max, 0, 0, &got);
     *empty = rc == PMQ_EMPTY;
     if (rc > 0) {
         if (max == 1) { /* read_rc made one object: a list is wanted */
@@ -217,6 +278,73 @@ static PyObject *reader_poll(ReaderObject *rd, PyObject *arg)
     if (!empty)
         return got;
     return Py_BuildValue("(KI)", (unsigned long long)(uintptr_t)word, (unsigned int)value);
+}
+
+/* get_batch(max, timeout_ns) -> (data, offsets, seqs, times, slots, attempts,
+ * record_size): 1..max records in one read, as bytes objects (slots and
+ * attempts None for a plain group; record_size the common payload size, or
+ * None); waits and raises as get(). */
+static PyObject *reader_get_batch(ReaderObject *rd, PyObject *const *args, Py_ssize_t n)
+{
+    int64_t timeout;
+    unsigned long max;
+    if (n != 2)
+        return PyErr_Format(PyExc_TypeError, "get_batch(max, timeout_ns)");
+    max = PyLong_AsUnsignedLong(args[0]);
+    if ((max == (unsigned long)-1 && PyErr_Occurred()) || args_timeout(args[1], &timeout) < 0)
+        return NULL;
+    if (max == 0 || max > rd->b.max)
+        return PyErr_Format(PyExc_ValueError, "max must be 1..%u", rd->b.max);
+    PyObject *got;
+    int rc = read_rc(rd, (uint32_t)max, timeout, 1, &got);
+    if (rc > 0)
+        return got;
+    if (rc == PY_ERR)
+        return NULL;
+    return py_raise(rc == PMQ_BUSY ? PMQ_EMPTY : rc, rd->topic, timeout, 0, 0, rd->ring);
+}
+
+/* settle_batch(slots, seqs, attempts or None) -> how many took effect: ack
+ * (attempts None) or nack a batch's deliveries, named by its arrays (bytes of
+ * uint32, uint64, uint32), in one native call. It never waits. */
+static PyObject *reader_settle_batch(ReaderObject *rd, PyObject *const *args, Py_ssize_t n)
+{
+    if (n != 3)
+        return PyErr_Format(PyExc_TypeError, "settle_batch(slots, seqs, attempts)");
+    if (!py_bound())
+        return NULL;
+    if (!rd->ack)
+        return PyErr_Format(PyExc_TypeError, "not an ack subscription");
+    Py_buffer slots, seqs, attempts = {0};
+    if (PyObject_GetBuffer(args[0], &slots, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &seqs, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&slots);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    int nack = args[2] != Py_None;
+    if (nack && PyObject_GetBuffer(args[2], &attempts, PyBUF_SIMPLE) < 0)
+        goto done;
+    Py_ssize_t count = slots.len / 4;
+    if (slots.len % 4 || seqs.len != count * 8 || (nack && attempts.len != count * 4) ||
+        (uint64_t)count > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "slots, seqs and attempts of one batch");
+        goto done;
+    }
+    py_gil_t gil;
+    pmq_hooks_t hooks = {py_block, py_unblock, &gil};
+    int rc = nack ? py_api->nack(rd->ring, rd->group, rd->group_gen, slots.buf, seqs.buf,
+                                 attempts.buf, (uint32_t)count, &hooks)
+                  : py_api->ack(rd->ring, rd->group, rd->group_gen, slots.buf, seqs.buf,
+                                (uint32_t)count, NULL);
+    result = rc < 0 ? py_raise(rc, rd->topic, -1, 0, 0, rd->ring) : PyLong_FromLong(rc);
+done:
+    if (attempts.obj)
+        PyBuffer_Release(&attempts);
+    PyBuffer_Release(&seqs);
+    PyBuffer_Release(&slots);
+    return result;
 }
 
 /* ---- acks and nacks of many ------------------------------------------------------------ */
@@ -385,6 +513,10 @@ static PyMethodDef reader_methods[] = {
      "subscription's"},
     {"nack", (PyCFunction)reader_nack, METH_O,
      "nack(messages) -> how many were requeued, or None if one is not this subscription's"},
+    {"get_batch", (PyCFunction)(void (*)(void))reader_get_batch, METH_FASTCALL,
+     "get_batch(max, timeout_ns) -> (data, offsets, seqs, times, slots, attempts, size)"},
+    {"settle_batch", (PyCFunction)(void (*)(void))reader_settle_batch, METH_FASTCALL,
+     "settle_batch(slots, seqs, attempts or None) -> acked (or, with attempts, nacked)"},
     {"poll", (PyCFunction)reader_poll, METH_O,
      "poll(max) -> 1..max payloads, or (word, value) to sleep on, or None (a lock is busy)"},
     {"close", (PyCFunction)reader_close, METH_NOARGS, "no more reads (the subscription left)"},
