@@ -105,17 +105,18 @@ class AckBatch(Batch):
         return n
 
 
-class HistoryBatch(Batch):
+class HistoryBatch(AckBatch):
     """Messages replayed from disk (a group made with start= before what the
     ring holds) handed out by an ack subscription's get_batch: history, so
     ack() and nack() do nothing (as Message.ack() of such a message)."""
 
-    __slots__ = ("delivery_attempts",)
+    __slots__ = ()
 
     def __init__(self, topic: str, data: bytes, offsets: bytes, seqs: bytes, times: bytes,
                  record_size: int | None):
-        super().__init__(topic, data, offsets, seqs, times, record_size)
-        self.delivery_attempts = memoryview(bytes(4 * len(self.seqs))).cast("I")
+        n = len(seqs) // 8
+        super().__init__(topic, data, offsets, seqs, times, record_size, bytes(4 * n),
+                         (1).to_bytes(4, "little") * n, None)  # first deliveries
 
     def ack(self, indices: Sequence[int] | None = None) -> int:
         """Nothing to ack: returns 0."""

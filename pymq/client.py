@@ -888,6 +888,14 @@ class AckSubscription(Subscription[Message]):
                 m.ack()  # a user's message: its own ack, if it has one
         return sum((r.nack if nack else r.ack)(part) or 0 for r, part in by_reader.items())
 
+    def get_batch(self, max_count: int, timeout: float | None = None) -> AckBatch:
+        """Subscription.get_batch: an AckBatch, whose ack() and nack() settle
+        its messages (all, or some indices) in one native call. Raises as
+        get_many()."""
+        batch = super().get_batch(max_count, timeout)
+        assert isinstance(batch, AckBatch)
+        return batch
+
     def ack_many(self, msgs: Iterable[Message]) -> int:
         """Ack many messages in one native call (per subscription they came
         from); returns how many were still waiting for their ack. It never

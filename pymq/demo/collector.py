@@ -1,8 +1,10 @@
 """The demo's collector process: one member of a collector group.
 
-Owns: reading with acks (subscribe_with_ack, get_many), nacking a share of
-first deliveries (--nack-rate) so that redelivery is exercised, acking in
-batches (ack_many, --ack-batch), and the member's own account: per streamer
+Owns: reading with acks in bulk (subscribe_with_ack, get_batch: a batch is one
+bytes object and arrays, no Message per message), nacking a share of first
+deliveries (--nack-rate, AckBatch.nack of their indices) so that redelivery is
+exercised, acking in batches (AckBatch.ack of the processed indices, once
+--ack-batch are processed), and the member's own account: per streamer
 the count, crc32 sum and a bitmap of the seqs processed (duplicates and gaps
 show in it), invalid payloads, first deliveries out of order, latency. The
 closing summary adds the members' accounts up.
@@ -72,13 +74,15 @@ def collector(group: str, member: int, name: str, nack_rate: float, ack_batch: i
     count = acked = redelivered = nacked = dups = 0
     crc = nbytes = invalid = disorder = 0
     lat_max = lat_sum = 0.0
-    todo: list[pymq.Message] = []  # processed, waiting for their ack
+    todo: list[tuple[pymq.AckBatch, list[int]]] = []  # processed, waiting for their ack
+    pending = 0  # messages in todo
 
     def flush(sub: pymq.AckSubscription) -> None:
-        nonlocal acked, todo
+        nonlocal acked, todo, pending
         if todo:
-            batch, todo = todo, []
-            acked += sub.ack_many(batch)  # counts the acks that took effect
+            batches, todo, pending = todo, [], 0
+            for b, indices in batches:  # one native call a batch
+                acked += b.ack(indices)  # counts the acks that took effect
 
     try:
         with contextlib.ExitStack() as stack:
@@ -89,24 +93,26 @@ def collector(group: str, member: int, name: str, nack_rate: float, ack_batch: i
             try:
                 while True:
                     try:
-                        batch = sub.get_many(read_size, timeout=STOP_POLL)
+                        batch = sub.get_batch(read_size, timeout=STOP_POLL)
                     except pymq.Timeout:
                         flush(sub)  # never sit on unacked messages while idle
                         if stop.is_set() or os.getppid() != parent:
                             break
                         continue
                     now = time.time()
-                    nacks: list[pymq.Message] = []
-                    for m in batch:
-                        attempt = m.delivery_attempt
+                    nacks: list[int] = []
+                    done: list[int] = []
+                    attempts = batch.delivery_attempts
+                    for i, view in enumerate(batch):  # memoryviews of batch.data
+                        attempt = attempts[i]
                         if attempt == 1 and nack_rate and rng.random() < nack_rate:
-                            nacks.append(m)  # not processed: it comes back
+                            nacks.append(i)  # not processed: it comes back
                             continue
-                        payload = m.payload
+                        payload = view.tobytes()  # for json
                         count += 1
                         if attempt > 1:
                             redelivered += 1
-                        todo.append(m)
+                        done.append(i)
                         c = zlib.crc32(payload)
                         crc += c
                         nbytes += len(payload)
@@ -138,8 +144,11 @@ def collector(group: str, member: int, name: str, nack_rate: float, ack_batch: i
                         if lat > lat_max:
                             lat_max = lat
                     if nacks:
-                        nacked += sub.nack_many(nacks)
-                    if len(todo) >= ack_batch:  # ack_batch 0: after every read
+                        nacked += batch.nack(nacks)
+                    if done:
+                        todo.append((batch, done))
+                        pending += len(done)
+                    if pending >= ack_batch:  # ack_batch 0: after every read
                         flush(sub)
                     if abort.is_set():
                         break
