@@ -26,7 +26,11 @@ build: $(NATIVE)
 demo: build
 	$(PY) -m pymq.demo
 
-test: test-types test-wheel test-sanitize test-unit
+# The two runs of the suite (plain, and under the sanitizers) at once, one per core:
+# most of a run is waiting on the processes it starts, and together they take about
+# as long as the slower one alone.
+test: test-types test-wheel
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-sanitize test-unit
 
 # The public modules pass mypy --strict (files and settings: [tool.mypy] in pyproject.toml).
 test-types: build
