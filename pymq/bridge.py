@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import json
 import logging
 import os
@@ -81,39 +82,71 @@ def default_node() -> str:
 
 
 class Echo:
-    """The local seqs, per topic, that --in put into the ring: --out passes
-    them over. Kept as ranges (a batch in is one publish_many: consecutive
-    seqs), in memory and appended to a file in /dev/shm (it lives as long as
-    the broker's shared memory, whose seqs it names)."""
+    """The local seqs, per topic, that --in put into the ring and --out must
+    pass over (only topics bridged both ways need it). Kept as ranges in seq
+    order (a batch in is one publish_many: consecutive seqs), in memory and in
+    a file in /dev/shm (it lives as long as the broker's shared memory, whose
+    seqs it names), which is appended to and rewritten once mostly stale."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, topics: set[str]):
+        self.path, self.topics = path, topics
         self.ranges: dict[str, list[tuple[int, int]]] = {}
         try:
             with open(path, encoding="ascii") as f:
                 for line in f:
                     parts = line.split()
-                    if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-                        self.ranges.setdefault(parts[0], []).append((int(parts[1]),
-                                                                      int(parts[2])))
+                    if len(parts) == 3 and parts[0] in topics and parts[1].isdigit() and \
+                            parts[2].isdigit() and int(parts[1]) <= int(parts[2]):
+                        self._keep(parts[0], int(parts[1]), int(parts[2]))
         except (FileNotFoundError, UnicodeDecodeError):
             pass
         self.file = open(path, "a", encoding="ascii")
-        os.chmod(path, 0o600)
+        os.fchmod(self.file.fileno(), 0o600)  # whatever the umask
+        self.lines = sum(map(len, self.ranges.values()))
+
+    def _keep(self, topic: str, first: int, last: int) -> None:
+        r = self.ranges.setdefault(topic, [])
+        if r and first <= r[-1][1]:
+            return  # not after the last: read back from an old line
+        if r and r[-1][1] + 1 == first:
+            r[-1] = (r[-1][0], last)
+        else:
+            r.append((first, last))
 
     def add(self, topic: str, first: int, last: int) -> None:
-        self.ranges.setdefault(topic, []).append((first, last))
+        if topic not in self.topics:
+            return  # not sent out: nothing to pass over
+        self._keep(topic, first, last)
         self.file.write(f"{topic} {first} {last}\n")
         self.file.flush()  # a process killed now keeps it: the page cache has it
+        self.lines += 1
 
     def has(self, topic: str, seq: int) -> bool:
-        return any(a <= seq <= b for a, b in reversed(self.ranges.get(topic, ())))
+        r = self.ranges.get(topic)
+        if not r:
+            return False
+        i = bisect.bisect_right(r, (seq, 1 << 64)) - 1
+        return i >= 0 and r[i][1] >= seq
 
     def forget_below(self, topic: str, seq: int) -> None:
-        """Ranges wholly below seq (--out has passed them) go."""
-        kept = [r for r in self.ranges.get(topic, ()) if r[1] >= seq]
-        if len(kept) != len(self.ranges.get(topic, ())):
-            self.ranges[topic] = kept
+        """Ranges wholly below seq (--out has passed them) go; the file is
+        rewritten once it holds four times what is kept."""
+        r = self.ranges.get(topic, [])
+        k = 0
+        while k < len(r) and r[k][1] < seq:
+            k += 1
+        del r[:k]
+        kept = sum(map(len, self.ranges.values()))
+        if self.lines > 4 * kept + 1024:
+            tmp = self.path + ".new"
+            with open(tmp, "w", encoding="ascii") as f:
+                os.fchmod(f.fileno(), 0o600)
+                for t, rs in self.ranges.items():
+                    f.writelines(f"{t} {a} {b}\n" for a, b in rs)
+            os.replace(tmp, self.path)
+            self.file.close()
+            self.file = open(self.path, "a", encoding="ascii")
+            self.lines = kept
 
     def close(self) -> None:
         self.file.close()
@@ -318,8 +351,9 @@ class Bridge:
                         acked.append(m)
                     else:
                         await send(m)
-                if len(self.echo.ranges.get(topic, ())) > 1024 and msgs:
-                    self.echo.forget_below(topic, msgs[0].seq or 0)
+                if msgs:  # below what is in hand, nothing comes again in this run
+                    low = min([msgs[0].seq or 0] + [w[0].seq or 0 for w in list(window)[:1]])
+                    self.echo.forget_below(topic, low)
             while window:  # stopping: what is in flight is settled, not dropped
                 await settle(block=True)
                 if again:
@@ -405,7 +439,8 @@ class Bridge:
             loop.add_signal_handler(sig, self.stopping.set)
         self.client = connect(self.args.name, wait=self.args.wait)
         self.client._owner_token()  # its liveness token: stats() says whether it lives
-        self.echo = Echo(echo_path(self.args.name, self.node))
+        self.echo = Echo(echo_path(self.args.name, self.node),
+                         set(self.args.outs) & set(self.args.ins))
         nc = await self.connect()
         figures = asyncio.ensure_future(self.keep_figures())
         try:

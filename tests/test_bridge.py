@@ -249,3 +249,27 @@ def test_bridge_needs_something_to_do_and_a_valid_node(two_nodes, nats_server):
     r = subprocess.run(base + ["--out", "t", "--node", "no.dots"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and "invalid node name" in r.stderr
+
+
+def test_the_echo_ranges_pass_over_what_came_in_and_stay_small(tmp_path):
+    """What --in put into the ring is noted as seq ranges (a batch is
+    consecutive), found by bisection, forgotten once --out passed it, and the
+    file that keeps them for a restart is rewritten once mostly stale."""
+    from pymq.bridge import Echo
+    path = str(tmp_path / "echo")
+    echo = Echo(path, {"t"})
+    echo.add("u", 1, 5)  # not bridged both ways: not kept
+    for k in range(3000):
+        echo.add("t", 10 * k + 1, 10 * k + 4)
+    echo.add("t", 30001, 30003)  # after a gap: a range of its own
+    echo.add("t", 30004, 30009)  # consecutive: one range
+    assert echo.has("t", 11) and echo.has("t", 14) and not echo.has("t", 15)
+    assert echo.has("t", 30005) and not echo.has("u", 3) and not echo.has("t", 0)
+    assert echo.ranges["t"][-1] == (30001, 30009)
+    echo.forget_below("t", 29995)
+    assert echo.ranges["t"] == [(30001, 30009)] and os.path.getsize(path) < 100
+    echo.close()
+    again = Echo(path, {"t"})  # a restarted bridge reads what is left
+    assert again.ranges == {"t": [(30001, 30009)]}
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    again.close()
