@@ -16,9 +16,17 @@ Scenarios:
      p50, p99 and p99.9 over the measured round trips, after warm-up round trips.
   C  4 producer processes -> 1 consumer, 64 B, single and batched: aggregate msg/s.
   D  at-least-once, pymq only: 1 producer -> 1 member of an ack group
-     (subscribe_with_ack): get + msg.ack(), and get_many(64) + ack_many, against
-     the same runs with a plain member (subscribe(topic, group)), the producer
-     calling as in the row (publish / publish_many).
+     (subscribe_with_ack): get + msg.ack(), get_many(64) + ack_many, and
+     get_batch + batch.ack(), against the same runs with a plain member
+     (subscribe(topic, group)), the producer calling as in the row (publish /
+     publish_many / publish_batch).
+  bulk rows (issue 15), pymq only, in A (64 B, 4 KiB), C (4 producers) and D:
+     each producer calls Client.publish_batch(topic, rows, record_size=size)
+     with the payloads as the rows of one numpy array (min(1024, 256 KiB /
+     size) of them a call; the index column written by one ufunc a call), the
+     consumer Subscription.get_batch(the same count) -> pymq.Batch, with no
+     Python object per message. Their targets compare them with each peer's
+     best mode of the same case (single or batched, whichever is faster).
   E  persistence, pymq only: 1 producer -> 1 consumer (a group of its own), 64 B
      and 4 KiB, batched, with persistence on (fsync "interval", 1 s, into a new
      temp folder) against the same runs with it off. With it on, the run ends
@@ -48,7 +56,15 @@ content, and checks that nothing more is there after the count. Content: under
 with that of what was sent; from 1 KiB, each payload compared with what it must
 be (length, and the filler after the index: a memcmp), since zlib's crc32 here
 costs more per 4 KiB payload than pymq's transport and would hide the
-transports' differences behind the check (see harness.EXACT_FROM). In ping-pong the pinger
+transports' differences behind the check (see harness.EXACT_FROM). A bulk
+consumer checks every batch: its seqs equal to the next ones expected (one
+memoryview comparison in C), every record of the size, the index of the first
+and last record of each run of one producer's records (publish_batch puts a
+call's records back to back), and the content, under 1 KiB by a crc32 of each
+run's bytes into its producer's stream crc (ISA-L's crc32 from the isal
+package when it is installed, the same values as zlib's, about 3x faster over
+a batch's 64 KiB; zlib's otherwise), from 1 KiB by one memcmp of the run
+against the records expected, built as the producer builds them. In ping-pong the pinger
 compares every echo with what it sent, byte for byte, and the ponger checks the
 order and crc32. pymq runs are checked against the broker's figures too.
 
@@ -109,6 +125,15 @@ SHIFT = 40                          # payload index = producer << SHIFT | i
 MASK = (1 << SHIFT) - 1
 WARM = 1 << 63                      # index of a warm-up message: WARM | producer
 BATCH = 64
+# Bulk rows (issue 15), pymq only: the producer publishes records of one buffer
+# with Client.publish_batch(record_size=size), BULK_BYTES of them a call (at most
+# BULK_MAX records), and the consumer reads pymq.Batch objects with
+# Subscription.get_batch(BULK_MAX) (a subscription reads at most 1024 records and
+# 256 KiB a call: pymq.client.READ_BATCH, READ_BUFFER). In a case tuple, the
+# batch field BULK marks them.
+BULK = 0
+BULK_MAX = 1024
+BULK_BYTES = 256 * 1024
 PRODUCERS_C = 4
 GROUP = "workers"                   # scenario D's group
 START_TIMEOUT = tp.START_TIMEOUT
@@ -125,10 +150,15 @@ STREAM_CASES = [
     ("A 4 KiB batched", "A", 4 * KIB, 1, BATCH, False, peers.ALL, 500_000, 12_800),
     ("C 64 B single x4", "C", 64, PRODUCERS_C, 1, False, peers.ALL, 800_000, 20_000),
     ("C 64 B batched x4", "C", 64, PRODUCERS_C, BATCH, False, peers.ALL, 3_000_000, 64_000),
+    ("A 64 B bulk", "A", 64, 1, BULK, False, ["pymq"], 30_000_000, 256_000),
+    ("A 4 KiB bulk", "A", 4 * KIB, 1, BULK, False, ["pymq"], 2_000_000, 25_600),
+    ("C 64 B bulk x4", "C", 64, PRODUCERS_C, BULK, False, ["pymq"], 30_000_000, 256_000),
     ("D plain single", "D", 64, 1, 1, False, ["pymq"], 800_000, 20_000),
     ("D ack single", "D", 64, 1, 1, True, ["pymq"], 800_000, 20_000),
     ("D plain batched", "D", 64, 1, BATCH, False, ["pymq"], 3_000_000, 64_000),
     ("D ack batched", "D", 64, 1, BATCH, True, ["pymq"], 3_000_000, 64_000),
+    ("D plain bulk", "D", 64, 1, BULK, False, ["pymq"], 20_000_000, 256_000),
+    ("D ack bulk", "D", 64, 1, BULK, True, ["pymq"], 20_000_000, 256_000),
     ("E off 64 B batched", "E", 64, 1, BATCH, False, ["pymq"], 3_000_000, 64_000),
     ("E on 64 B batched", "E", 64, 1, BATCH, False, ["pymq"], 3_000_000, 64_000),
     ("E off 4 KiB batched", "E", 4 * KIB, 1, BATCH, False, ["pymq"], 500_000, 12_800),
@@ -157,6 +187,15 @@ def persisted(case_key: str) -> bool:
     return case_key.startswith("E on")
 
 
+def bulk_records(size: int) -> int:
+    """Records per publish_batch call of a bulk row."""
+    return max(1, min(BULK_MAX, BULK_BYTES // size))
+
+
+def mode_of(batch: int) -> str:
+    return "single" if batch == 1 else "bulk" if batch == BULK else "batched"
+
+
 def targets_spec():
     """(label, kind, case(s), mode, threshold): what the issue asks of pymq."""
     return [
@@ -173,6 +212,16 @@ def targets_spec():
         ("D ack batched >= 50% of plain batched", "ack", ("D ack batched", "D plain batched"), ">=", 0.5),
         ("E 64 B on >= 50% of off", "persist", ("E on 64 B batched", "E off 64 B batched"), ">=", 0.5),
         ("E 4 KiB on >= 50% of off", "persist", ("E on 4 KiB batched", "E off 4 KiB batched"), ">=", 0.5),
+        # issue 15: bulk messaging (get_batch, publish_batch) and fan-in
+        ("A 64 B bulk >= 10x best peer's best 64 B mode", "tput",
+         ["A 64 B bulk", "A 64 B single", "A 64 B batched"], ">=", 10.0),
+        ("A 4 KiB bulk >= 3x best peer's best 4 KiB mode", "tput",
+         ["A 4 KiB bulk", "A 4 KiB single", "A 4 KiB batched"], ">=", 3.0),
+        ("C single x4 >= 1.5x best peer", "tput", ["C 64 B single x4"], ">=", 1.5),
+        ("C bulk x4 >= 10x best peer's best mode", "tput",
+         ["C 64 B bulk x4", "C 64 B single x4", "C 64 B batched x4"], ">=", 10.0),
+        ("D ack single >= 75% of plain single", "ack", ("D ack single", "D plain single"), ">=", 0.75),
+        ("D ack bulk >= 75% of plain bulk", "ack", ("D ack bulk", "D plain bulk"), ">=", 0.75),
     ]
 
 
@@ -189,8 +238,43 @@ def payload_of(k: int, i: int, fill: bytes) -> bytes:
 
 
 def expected_crc(size: int, k: int, count: int) -> int:
+    """crc32 of producer k's stream of count payloads (as H.payloads_crc, in
+    chunks of records built with numpy when it is there: tens of millions of
+    payloads for the bulk rows)."""
     base = k << SHIFT  # base | i == base + i: i < 2 ** SHIFT
-    return H.payloads_crc(size, range(base, base + count))
+    try:
+        import numpy as np
+    except ImportError:
+        return H.payloads_crc(size, range(base, base + count))
+    if size % 8 or size < 8:
+        return H.payloads_crc(size, range(base, base + count))
+    chunk = max(1, (1 << 20) // size)
+    rows = bulk_rows(np, size, chunk)
+    ramp, crc = np.arange(chunk, dtype=np.uint64), 0
+    for b in range(0, count, chunk):
+        n = min(chunk, count - b)
+        np.add(ramp[:n], base | b, out=rows[:n, 0])
+        crc = zlib.crc32(rows[:n], crc)
+    return crc
+
+
+def bulk_rows(np, size: int, n: int):
+    """n payloads of size bytes as rows of a (n, size / 8) uint64 array: the
+    filler in place, column 0 (the index) to be set."""
+    rows = np.empty((n, size // 8), dtype="<u8")
+    rows[:] = np.frombuffer(INDEX.pack(0) + H.filler(size), dtype="<u8")
+    return rows
+
+
+def bulk_crc32():
+    """The crc32 a bulk consumer runs over each batch's data: ISA-L's (isal,
+    PCLMUL folding: the same values as zlib's, about 3x faster on the large
+    buffers of a batch), else zlib's; and its name."""
+    try:
+        from isal import isal_zlib
+        return isal_zlib.crc32, "isal"
+    except ImportError:
+        return zlib.crc32, "zlib"
 
 
 # -- the child processes: streams (A, C, D) -------------------------------------------
@@ -203,6 +287,8 @@ def producer(impl, handle, k, size, batch, count, ready, go, done, conn) -> None
         try:
             fill, pack, base, topic = H.filler(size), INDEX.pack, k << SHIFT, s.topic
             warm = pack(WARM | k) + fill
+            if batch == BULK:
+                return _bulk_producer(s, k, size, count, warm, ready, go, done, conn)
             if batch == 1:
                 s.send(topic, warm) if topic is not None else s.send(warm)
             else:
@@ -237,6 +323,101 @@ def producer(impl, handle, k, size, batch, count, ready, go, done, conn) -> None
         finally:
             s.close()
         conn.send(out)
+
+
+def _bulk_producer(s, k, size, count, warm, ready, go, done, conn) -> None:
+    """Producer k of a bulk row (pymq): publish_batch of bulk_records(size)
+    records a call, from one numpy array whose rows are the payloads (their
+    filler set once, the index column written per call by one ufunc)."""
+    import numpy as np
+    publish_batch, topic = s.client.publish_batch, s.topic
+    per = bulk_records(size)
+    rows, ramp, base = bulk_rows(np, size, per), np.arange(per, dtype=np.uint64), k << SHIFT
+    col = rows[:, 0]
+    publish_batch(topic, warm, record_size=size)
+    ready.set()
+    if not go.wait(START_TIMEOUT):
+        raise RuntimeError("no go signal")
+    flt, cs, cpu, t0 = minflt(), H.ctx_switches(), H.cpu_ns(), now_ns()
+    for b in range(0, count, per):
+        n = min(per, count - b)
+        np.add(ramp[:n], base | b, out=col[:n])
+        publish_batch(topic, rows[:n], record_size=size)
+    t1 = now_ns()
+    if not done.wait(budget_s(count * PRODUCERS_C, size)):
+        raise RuntimeError("the consumer never finished")
+    out = H.measured(cpu, cs, t0, t1)
+    out["minflt"] = minflt() - flt
+    conn.send(out)
+
+
+def _bulk_loop(get_batch, ack, count, producers, size, nxt, crcs, first_seq):
+    """Bulk receives (pymq's get_batch) until count messages; returns
+    (received, disorder, first_bad, acked, bad). Every batch is checked: its
+    seqs contiguous with the previous batch's; every record size bytes; each
+    producer's records in its order (the index of the first and the last
+    record of every run of one producer's records, which publish_batch put
+    back to back); content: under H.EXACT_FROM bytes a crc32 of the batch's
+    data per producer run (into crcs, compared by the parent with that of what
+    was sent: it covers every byte of every payload, the indices included),
+    from it the data compared with what it must be (one memcmp of the batch
+    against the records expected, built as the producer builds them). An ack
+    subscription's batch is then acked in one call (batch.ack())."""
+    import numpy as np
+    unpack, crc32 = INDEX.unpack_from, bulk_crc32()[0]
+    per_call, exact = bulk_records(size), size >= H.EXACT_FROM
+    per = count // producers
+    if exact:  # the records expected, as the producer builds them; compared by one memcmp
+        want_bytes = bytearray(per_call * size)
+        want = np.frombuffer(want_bytes, dtype="<u8").reshape(per_call, size // 8)
+        want[:] = bulk_rows(np, size, 1)
+        want_col, ramp = want[:, 0], np.arange(per_call, dtype=np.uint64)
+    # the seqs expected, a window of them at a time (a memoryview of format Q, as
+    # batch.seqs: compared item by item in C, about 1 ns a seq)
+    window, at = min(1 << 16, count + per_call), 0
+    expect = memoryview(np.arange(first_seq, first_seq + window, dtype=np.uint64)).cast("B").cast("Q")
+    got, disorder, first_bad, acked, bad = 0, 0, None, 0, 0
+    while got < count:
+        b = get_batch(per_call)
+        n, data = len(b), b.data
+        if at + n > window:  # the next window, from the next seq expected
+            seq0 = expect[at] if at < window else expect[window - 1] + 1
+            expect = memoryview(np.arange(seq0, seq0 + window, dtype=np.uint64)).cast("B").cast("Q")
+            at = 0
+        if b.seqs != expect[at:at + n]:
+            disorder += 1
+            first_bad = ("seqs", expect[at], b.seqs[0]) if first_bad is None else first_bad
+        at += n
+        if b.record_size != size or len(data) != n * size:
+            bad += n
+        else:
+            j = 0
+            while j < n:  # one run of one producer's records at a time
+                v = unpack(data, j * size)[0]
+                k, i = v >> SHIFT, v & MASK
+                if k >= producers:
+                    disorder += 1
+                    first_bad = ("producer", v) if first_bad is None else first_bad
+                    j += 1
+                    continue
+                run = max(1, min(n - j, per_call - i % per_call, per - i))
+                if i != nxt[k] or unpack(data, (j + run - 1) * size)[0] != v + run - 1:
+                    disorder += 1
+                    first_bad = (k, nxt[k], i) if first_bad is None else first_bad
+                    run = 1
+                part = data[j * size:(j + run) * size]
+                if exact:
+                    np.add(ramp[:run], v, out=want_col[:run])
+                    if not want_bytes.startswith(part):  # memcmp of the run's bytes
+                        bad += run
+                else:
+                    crcs[k] = crc32(part, crcs[k])
+                nxt[k] = i + run
+                j += run
+        if ack:
+            acked += b.ack()
+        got += n
+    return got, disorder, first_bad, acked, bad
 
 
 def _single_loop(recv, tup, ack, count, producers, size, nxt, crcs):
@@ -328,8 +509,19 @@ def consumer(impl, handle, size, producers, batch, count, ack, group,
         r = peers.open_receiver(impl, handle, batch, group=group, ack=ack)
         try:
             ready.set()
-            warmed = 0
+            warmed, first_seq = 0, None
             while warmed < producers:
+                if batch == BULK:
+                    b = r.sub.get_batch(bulk_records(size))
+                    for m in b:
+                        if unpack_index(m) & ~WARM >= producers or not unpack_index(m) & WARM:
+                            raise RuntimeError(f"expected a warm-up message, got index "
+                                               f"{unpack_index(m):#x}")
+                    if ack:
+                        b.ack()
+                    warmed += len(b)
+                    first_seq = b.seqs[len(b) - 1] + 1
+                    continue
                 if batch == 1:
                     x = r.recv()
                     msgs = [x[0] if r.recv_tuple else x]
@@ -352,6 +544,9 @@ def consumer(impl, handle, size, producers, batch, count, ack, group,
                 disorder, first_bad, bad = _single_loop(r.recv, r.recv_tuple, ack, count, producers,
                                                         size, nxt, crcs)
                 got = count
+            elif batch == BULK:
+                got, disorder, first_bad, acked, bad = _bulk_loop(
+                    r.sub.get_batch, ack, count, producers, size, nxt, crcs, first_seq)
             else:
                 got, disorder, first_bad, acked, bad = _batch_loop(
                     r.recv_many, r.sub.ack_many if ack else None, count, size, nxt, crcs)
@@ -531,8 +726,8 @@ def run_stream(ctx, case, impl: str, count: int, crc_cache: dict) -> dict:
             want = {"delivered": sent, "lag": 0}
             if ack:
                 want.update(acked=sent, pending=0, redelivered=0, nacked=0, timeouts=0, dead_lettered=0)
-                if batch > 1 and c["acked"] != count:
-                    problems.append(f"ack_many took effect for {c['acked']} of {count}")
+                if batch != 1 and c["acked"] != count:
+                    problems.append(f"ack_many or batch.ack() took effect for {c['acked']} of {count}")
             for name, value in want.items():
                 if g is None or g[name] != value:
                     problems.append(f"group {name} = {None if g is None else g[name]}, expected {value}")
@@ -779,7 +974,14 @@ def tput_ratio(runs: dict, cases: list[str], me: str = "pymq") -> dict | None:
 
 
 def case_mode(case: str) -> str:
-    return "batched" if "batched" in case else "single"
+    return "batched" if "batched" in case else "bulk" if "bulk" in case else "single"
+
+
+def mode_text(batch: int, size: int) -> str:
+    if batch == BULK:
+        return (f"bulk: publish_batch of {bulk_records(size)} records a call / "
+                f"get_batch({BULK_MAX})")
+    return f"batches of {batch}" if batch > 1 else "single calls"
 
 
 def lat_ratio(runs: dict, which: str, me: str = "pymq") -> dict | None:
@@ -846,7 +1048,7 @@ def print_tables(stream: list[dict], pingpong: list[dict], targets: list[dict], 
         rows = [s for s in stream if s["case"] == key]
         first = rows[0]
         w(f"{key}: {first['producers']} producer(s) -> 1 consumer, {first['payload_bytes']} B, "
-          f"{'batches of 64' if first['batch'] > 1 else 'single calls'}"
+          f"{mode_text(first['batch'], first['payload_bytes'])}"
           f"{', acked' if first['ack'] else ''}; {first['messages']:,} messages, "
           f"{first['runs']} run(s)")
         head = (f"  {'transport':<13}{'msg/s':>10}{'range':>19}{'MB/s':>8}"
@@ -879,6 +1081,11 @@ def print_tables(stream: list[dict], pingpong: list[dict], targets: list[dict], 
     w("baseline, no transport (one process): build a payload / the consumer's checks, us per message: "
       + ", ".join(f"{b['payload_bytes']} B build {b['build_us_per_msg']:.2f} verify {b['verify_us_per_msg']:.2f}"
                   for b in base))
+    if any("bulk_verify_us_per_msg" in b for b in base):
+        w("  bulk rows, us per message: " + ", ".join(
+            f"{b['payload_bytes']} B build {b['bulk_build_us_per_msg']:.3f} verify "
+            f"{b['bulk_verify_us_per_msg']:.3f}" for b in base if "bulk_verify_us_per_msg" in b)
+          + f" (crc32: {base[0].get('bulk_crc32', '?')})")
 
 
 def print_pingpong(pingpong, w) -> None:
@@ -990,57 +1197,77 @@ def chart(path: str, stream: list[dict], pingpong: list[dict], targets: list[dic
     for n, label in enumerate(FROM):  # --pymq-from transports
         colors[label] = ["#ff7f0e", "#9467bd", "#e377c2", "#8c564b"][n % 4]
     grey = "#8c8c8c"
-    panels = [("A 64 B single", "A  1→1, 64 B, single calls"),
-              ("A 64 B batched", "A  1→1, 64 B, batched"),
-              ("A 4 KiB single", "A  1→1, 4 KiB, single calls"),
-              ("A 4 KiB batched", "A  1→1, 4 KiB, batched"),
-              ("C 64 B single x4", "C  4→1, 64 B, single calls"),
-              ("C 64 B batched x4", "C  4→1, 64 B, batched")]
-    panels = [p for p in panels if any(s["case"] == p[0] for s in stream)]
+    # one row of panels per case (A 64 B, A 4 KiB, C), one column per mode
+    # (single, batched, bulk); a bulk panel sets pymq's bulk rows beside each
+    # peer's best mode of the same case
+    grid = [[("A 64 B single", "A  1→1, 64 B, single calls"),
+             ("A 64 B batched", "A  1→1, 64 B, batched"),
+             ("A 64 B bulk", "A  1→1, 64 B, bulk (get_batch, publish_batch)")],
+            [("A 4 KiB single", "A  1→1, 4 KiB, single calls"),
+             ("A 4 KiB batched", "A  1→1, 4 KiB, batched"),
+             ("A 4 KiB bulk", "A  1→1, 4 KiB, bulk")],
+            [("C 64 B single x4", "C  4→1, 64 B, single calls"),
+             ("C 64 B batched x4", "C  4→1, 64 B, batched"),
+             ("C 64 B bulk x4", "C  4→1, 64 B, bulk")]]
+    have = {s["case"] for s in stream}
+    grid = [[p if p[0] in have else None for p in line] for line in grid]
+    grid = [line for line in grid if any(line)]
+    left = max([max((j + 1 for j, p in enumerate(line) if p), default=0) for line in grid] + [1])
     dimpl = next((i for i in ["pymq", *FROM] if any(s["impl"] == i and s["scenario"] in ("D", "E")
                                                       for s in stream)), "pymq")
     dpanel = [s for s in stream if s["scenario"] in ("D", "E") and s["impl"] == dimpl]
     n_right = (1 if pingpong else 0) + (1 if dpanel else 0)
-    ncols = 2 + (1 if n_right else 0)
-    nrows = max((len(panels) + 1) // 2, n_right, 1)
+    ncols = left + (1 if n_right else 0)
+    nrows = max(len(grid), 2 * n_right if pingpong and dpanel else n_right, 1)
     fig = plt.figure(figsize=(5.2 * ncols, 2.6 * nrows + 1.2))
-    gs = fig.add_gridspec(nrows, ncols, hspace=0.75, wspace=0.45)
+    gs = fig.add_gridspec(nrows, ncols, hspace=0.8, wspace=0.5)
     verdict = {t["target"]: t for t in targets}
     order = ["pymq", *FROM, *peers.PEERS]
 
-    def tgt_for(case):
-        for t in targets:
-            if t.get("kind") == "tput" and t.get("case") == case:
-                return t
-        return None
+    def tgts_for(case):
+        return [t for t in targets if t.get("kind") == "tput" and t.get("case") == case and "ratio" in t]
 
-    for n, (case, title) in enumerate(panels):
-        ax = fig.add_subplot(gs[n // 2, n % 2])
-        rows = {s["impl"]: s for s in stream if s["case"] == case}
-        names = [i for i in order if i in rows or i == "posix_ipc"]
-        vals = [rows[i]["msg_per_s"] / 1e6 if i in rows else 0 for i in names]
-        ys = range(len(names))[::-1]
-        ax.barh(list(ys), vals, color=[colors.get(i, grey) for i in names], height=0.7)
-        top = max(vals) if vals else 1
-        for y, i, v in zip(ys, names, vals):
-            label = f"{v:.2f} M" if i in rows else "n/a"
-            ax.text(v + top * 0.02, y, label, va="center", fontsize=8,
-                    fontweight="bold" if pymq_like(i) else "normal")
-        ax.set_yticks(list(ys))
-        ax.set_yticklabels(names, fontsize=8)
-        ax.set_xlim(0, top * 1.32)
-        ax.tick_params(axis="x", labelsize=7)
-        ax.set_xlabel("million messages/s (median)", fontsize=8)
-        t = tgt_for(case)
-        sub = (f"\npymq = {t['ratio']:.2f}x best peer, {t['best_peer']}"
-               f"\n[{t['verdict']}: target {t['op']} {t['threshold']:g}x]") if t and "ratio" in t else ""
-        ax.set_title(title + sub, fontsize=9, loc="left")
-        for sp in ("top", "right"):
-            ax.spines[sp].set_visible(False)
+    for r_, line in enumerate(grid):
+        for c_, panel in enumerate(line):
+            if panel is None:
+                continue
+            case, title = panel
+            ax = fig.add_subplot(gs[r_, c_])
+            rows = {s["impl"]: s for s in stream if s["case"] == case}
+            names = [i for i in order if i in rows or (i == "posix_ipc" and "bulk" not in case)]
+            labels = list(names)
+            vals = [rows[i]["msg_per_s"] / 1e6 if i in rows else 0 for i in names]
+            if "bulk" in case:  # each peer's best mode of this case, beside pymq's bulk
+                for i in peers.PEERS:
+                    best = max((s for s in stream if s["impl"] == i and s["scenario"] == case[0]
+                                and s["payload_bytes"] == rows[next(iter(rows))]["payload_bytes"]
+                                and s["batch"] != BULK), key=lambda s: s["msg_per_s"], default=None)
+                    if best is not None:
+                        names.append(i)
+                        labels.append(f"{i} ({case_mode(best['case'])})")
+                        vals.append(best["msg_per_s"] / 1e6)
+            ys = range(len(names))[::-1]
+            ax.barh(list(ys), vals, color=[colors.get(i, grey) for i in names], height=0.7)
+            top = max(vals) if vals else 1
+            for y, i, v in zip(ys, names, vals):
+                label = f"{v:.2f} M" if v else "n/a"
+                ax.text(v + top * 0.02, y, label, va="center", fontsize=8,
+                        fontweight="bold" if pymq_like(i) else "normal")
+            ax.set_yticks(list(ys))
+            ax.set_yticklabels(labels, fontsize=8)
+            ax.set_xlim(0, top * 1.32)
+            ax.tick_params(axis="x", labelsize=7)
+            ax.set_xlabel("million messages/s (median)", fontsize=8)
+            sub = "".join(f"\npymq = {t['ratio']:.2f}x best peer, {t['best_peer']} "
+                          f"[{t['verdict']}: {t['op']} {t['threshold']:g}x]" for t in tgts_for(case))
+            ax.set_title(title + sub, fontsize=8.5, loc="left")
+            for sp in ("top", "right"):
+                ax.spines[sp].set_visible(False)
 
     row = 0
     if pingpong:
-        ax = fig.add_subplot(gs[0:2, 2]) if dpanel else fig.add_subplot(gs[:, 2])
+        half = max(1, nrows // 2)
+        ax = fig.add_subplot(gs[0:half, left]) if dpanel else fig.add_subplot(gs[:, left])
         rows = {s["impl"]: s for s in pingpong}
         names = [i for i in order if i in rows]
         ys = list(range(len(names)))[::-1]
@@ -1080,12 +1307,13 @@ def chart(path: str, stream: list[dict], pingpong: list[dict], targets: list[dic
                   fontsize=7, loc="upper right", frameon=False)
         for sp in ("top", "right"):
             ax.spines[sp].set_visible(False)
-        row = 2
+        row = half
     if dpanel:
-        ax = fig.add_subplot(gs[row:, 2]) if row else fig.add_subplot(gs[:, 2])
+        ax = fig.add_subplot(gs[row:, left]) if row else fig.add_subplot(gs[:, left])
         by = {s["case"]: s for s in dpanel}
         labels = [("D plain single", "plain get"), ("D ack single", "get + ack"),
                   ("D plain batched", "plain get_many(64)"), ("D ack batched", "get_many + ack_many"),
+                  ("D plain bulk", "plain get_batch"), ("D ack bulk", "get_batch + batch.ack()"),
                   ("E off 64 B batched", "64 B, persistence off"), ("E on 64 B batched", "64 B, persistence on"),
                   ("E off 4 KiB batched", "4 KiB, persistence off"),
                   ("E on 4 KiB batched", "4 KiB, persistence on")]
@@ -1106,12 +1334,15 @@ def chart(path: str, stream: list[dict], pingpong: list[dict], targets: list[dic
             t = verdict.get(key, {})
             return f"{label} {t['ratio']:.0%} [{t['verdict']}]" if "ratio" in t else None
         lines = [", ".join(p for p in parts if p) for parts in (
-            ("ack/plain:", part("single", "D ack single >= 50% of plain single"),
-             part("batched", "D ack batched >= 50% of plain batched")),
+            ("ack/plain:", part("single", "D ack single >= 75% of plain single")
+             or part("single", "D ack single >= 50% of plain single"),
+             part("batched", "D ack batched >= 50% of plain batched"),
+             part("bulk", "D ack bulk >= 75% of plain bulk")),
             ("persistence on/off:", part("64 B", "E 64 B on >= 50% of off"),
              part("4 KiB", "E 4 KiB on >= 50% of off")))]
         sub = "".join("\n" + ln.replace(":,", ":") for ln in lines if "%" in ln)
-        ax.set_title(f"D, E  {dimpl} against itself, 1→1 (target ≥ 50%)" + sub, fontsize=9, loc="left")
+        ax.set_title(f"D, E  {dimpl} against itself, 1→1 (targets: ack single and bulk ≥ 75%, "
+                     f"others ≥ 50%)" + sub, fontsize=8.5, loc="left")
         for sp in ("top", "right"):
             ax.spines[sp].set_visible(False)
 
@@ -1126,8 +1357,48 @@ def chart(path: str, stream: list[dict], pingpong: list[dict], targets: list[dic
 
 
 def baselines(count: int = 100_000) -> list[dict]:
-    """Build a payload / the consumer's single-call check, alone in this process."""
-    return H.baselines(count, (64, 4 * KIB))
+    """Build a payload / the consumer's single-call check, alone in this
+    process; and the same for the bulk rows (bulk_baseline)."""
+    out = H.baselines(count, (64, 4 * KIB))
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        return out
+    for b in out:
+        b.update(bulk_baseline(b["payload_bytes"], count))
+    return out
+
+
+def bulk_baseline(size: int, count: int) -> dict:
+    """What a bulk producer's build (the index column of a call's rows) and a
+    bulk consumer's check (_bulk_loop over two pymq.Batch objects made
+    beforehand, again and again: in cache, as a batch get_batch has just
+    made; no get_batch) cost alone, in this process, us per message."""
+    import numpy as np
+    from pymq.batch import Batch
+    per = bulk_records(size)
+    rows, ramp = bulk_rows(np, size, per), np.arange(per, dtype=np.uint64)
+    col = rows[:, 0]
+    t0 = time.process_time_ns()
+    for b in range(0, count, per):
+        np.add(ramp, b, out=col)
+    t1 = time.process_time_ns()
+    pool, offs, times = [], array("Q", range(0, (per + 1) * size, size)).tobytes(), bytes(8 * per)
+    for b in range(0, 2 * per, per):
+        np.add(ramp, b, out=col)
+        pool.append(Batch("t", rows.tobytes(), offs,
+                          np.arange(b + 1, b + 1 + per, dtype=np.uint64).tobytes(), times, size))
+    want, laps = expected_crc(size, 0, 2 * per), max(1, count // (2 * per))
+    t2 = time.process_time_ns()
+    for _ in range(laps):
+        it, nxt, crcs = iter(pool), [0], [0]
+        got, disorder, _, _, bad = _bulk_loop(lambda n: next(it), False, 2 * per, 1, size, nxt, crcs, 1)
+        if got != 2 * per or disorder or bad or (size < H.EXACT_FROM and crcs[0] != want):
+            raise AssertionError(f"bulk baseline: {got} {disorder} {bad}")
+    t3 = time.process_time_ns()
+    return {"bulk_build_us_per_msg": (t1 - t0) / count / 1e3,
+            "bulk_verify_us_per_msg": (t3 - t2) / (laps * 2 * per) / 1e3,
+            "bulk_crc32": bulk_crc32()[1]}
 
 
 def machine() -> dict:

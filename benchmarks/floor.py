@@ -1,6 +1,6 @@
 """The floor under one pymq message, and what waiting costs.
 
-    .venv/bin/python benchmarks/floor.py [--quick] [--part floor|wait|all] [--json PATH]
+    .venv/bin/python benchmarks/floor.py [--quick] [--part floor|bulk|wait|all] [--json PATH]
                                          [--no-callgrind] [--no-strace]
 
 Part "floor" (one process, 64 B payloads, timeit-style loops: each statement run
@@ -37,6 +37,19 @@ operation, the empty loop included; differences cancel it):
   syscall(SYS_futex, FUTEX_WAKE) on a word in a MAP_SHARED mapping with nobody
   waiting (what a publisher pays when it must wake a reader, minus the wake
   itself), against a ctypes call of libc abs() and os.getppid() / os.sched_yield().
+
+Part "floor" also measures the bulk path (issue 15; alone: --part bulk), ns per
+message, one process: the floor is a memcpy of a batch's payload bytes (1024
+records of 64 B, 64 of 4 KiB: compare.py's bulk rows), from one buffer to
+another, both in cache, through a cffi function of the run-time module
+(copy(dst, src, n): memcpy); beside it Subscription.get_batch(n) and, under
+it, the fast path's Reader.get_batch, and Client.publish_batch(record_size=)
+and, under it, pymq._fast.publish_buffer. Each round publishes 4 MiB of
+records (so that the reads find them in the last-level cache, as compare.py's
+8 MiB rings do) and reads them back (checked with the ring's counters); then one more batch is
+compared, data and seqs, with what was published. These loops are timed in
+this process's CPU time (time.process_time), not wall time: a long loop on a
+shared machine is preempted, and the preemption is not the bulk path's.
 
 Part "wait" (separate processes, spawn):
 
@@ -99,6 +112,9 @@ def fmt_ns(x: float) -> str:
 # -- part 1: the floor ---------------------------------------------------------
 
 
+BULK_FFI: list = []  # the no-op module's ffi, once built (the bulk floor's buffers)
+
+
 def build_noop():
     """A cffi module with no-op functions, compiled into a temp dir; None on failure."""
     try:
@@ -106,9 +122,13 @@ def build_noop():
         ffi = FFI()
         sig = ("int64_t noop6(void *r, const char *const *parts, const uint32_t *lens, "
                "uint32_t count, void *d, const void *hooks)")
-        ffi.cdef("int noop(void);" + sig + ";")
+        ffi.cdef("int noop(void);" + sig + ";"
+                 "void copy(void *dst, const void *src, size_t n);")
         ffi.set_source("_pymq_floor_noop",
+                       "#include <string.h>\n"
                        "static int noop(void) { return 0; }\n"
+                       "static void copy(void *dst, const void *src, size_t n)"
+                       " { memcpy(dst, src, n); }\n"
                        "static " + sig + "\n"
                        "{ (void)r; (void)parts; (void)lens; (void)count; (void)d; (void)hooks;"
                        " return 0; }\n")
@@ -117,6 +137,7 @@ def build_noop():
         spec = importlib.util.spec_from_file_location("_pymq_floor_noop", path)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
+        BULK_FFI.append(mod.ffi)  # for the bulk floor's buffers
         return mod.lib, tmp
     except Exception as exc:  # no compiler: the pmq_ring_layout_version figure remains
         print(f"  (no-op cffi module not built: {exc!r})", file=sys.stderr)
@@ -240,6 +261,99 @@ def run_floor(n: int, rounds: int, ring_bytes: int) -> dict:
         return {"n": n, "rounds": rounds, "ns_per_op": best, "labels": labels}
     finally:
         fl.close()
+
+
+# -- part 1b: the bulk path's floor -------------------------------------------------
+
+BULK_SIZES = (64, 4096)
+BULK_RECORDS = {64: 1024, 4096: 64}  # a call's records: as compare.py's bulk rows (256 KiB at most)
+BULK_ROUND_BYTES = 4 << 20  # ring bytes a round publishes and reads back: within the L3, as in
+                            # compare.py's 8 MiB ring, so the reads do not measure DRAM
+# The memcpy's buffers are 64-byte aligned and not 1-63 bytes apart modulo 4 KiB: glibc
+# 2.36 copies 4 KiB and more with `rep movsb` here (AMD EPYC, FSRM), which measured about
+# 15x slower (2.7 against 43 GB/s) with the destination 8-24 bytes past the source modulo
+# 4 KiB; memcpy8 is the copy with the destination 8 bytes off (not modulo 4 KiB: as fast).
+ALIGN_NOTE = ("memcpy between 64-byte aligned buffers; destination 8 bytes off in brackets")
+
+
+def run_bulk_floor(rounds: int, ring_bytes: int) -> dict:
+    """ns per message of the bulk path, one process: a memcpy of a batch's
+    payload bytes (n x size from one buffer to another, both in cache: the
+    floor), against Subscription.get_batch(n) and the fast path's
+    Reader.get_batch under it, and Client.publish_batch(record_size=size) and
+    _fast.publish_buffer under it. Each round publishes `calls` batches and
+    reads them back, checked with the ring's counters; the last batch read is
+    compared with what was published, and its seqs must be contiguous."""
+    lib, tmp = build_noop()  # its copy(): memcpy, a cffi call
+    if lib is None:
+        return {}
+    shutil.rmtree(tmp, ignore_errors=True)  # loaded: the files are no longer needed
+    ffi = BULK_FFI[-1]
+    from pymq import _fast
+    name = f"floorb{os.getpid()}"
+    broker = pymq.Broker(pymq.BrokerConfig(name=name, ring_bytes=ring_bytes))
+    try:
+        sub = broker.subscribe(TOPIC)
+        ring, reader = broker._ring(TOPIC), sub._reader
+        best: dict[str, float] = {}
+        for size in BULK_SIZES:
+            per = BULK_RECORDS[size]
+            calls = max(4, BULK_ROUND_BYTES // (per * (size + 24)))
+            fill = bytes((7 * k + 3) & 0xFF for k in range(size - 8))
+            rows = bytearray(b"".join(i.to_bytes(8, "little") + fill for i in range(per)))
+            # the memcpy's source and destination: 64-byte aligned (the best case; one
+            # more figure with the destination 8 bytes off, see ALIGN_NOTE)
+            arena = bytearray(rows) * 3 + bytes(256)
+            a = ffi.from_buffer(arena)
+            a0 = (-int(ffi.cast("uintptr_t", a))) % 64
+            src, dst, dst8 = a + a0, a + a0 + len(rows) + 64, a + a0 + len(rows) + 64 + 8
+            ns = {"pb": broker.publish_batch, "T": TOPIC, "rows": rows, "S": size, "N": per,
+                  "fpub": _fast.publish_buffer, "addr": ring.addr, "gb": sub.get_batch,
+                  "rgb": reader.get_batch, "cpy": lib.copy, "dst": dst, "src": src,
+                  "dst8": dst8, "arena": arena, "L": len(rows)}
+            pairs = [(f"publish_batch_{size}", "pb(T, rows, record_size=S)",
+                      f"get_batch_{size}", "gb(N, 1.0)"),
+                     (f"fast_publish_buffer_{size}", "fpub(addr, T, rows, S, None, 0)",
+                      f"fast_get_batch_{size}", "rgb(N, 0)")]
+            cpu = time.process_time  # this process's CPU time: a shared machine's preemptions
+            memcpy = timeit.Timer("cpy(dst, src, L)", globals=ns, timer=cpu)  # do not count
+            memcpy8 = timeit.Timer("cpy(dst8, src, L)", globals=ns, timer=cpu)
+            timers = [(pk, timeit.Timer(ps, globals=ns, timer=cpu), rk,
+                       timeit.Timer(rs, globals=ns, timer=cpu)) for pk, ps, rk, rs in pairs]
+            for pk, pt, rk, rt in timers:  # warm-up
+                pt.timeit(10)
+                rt.timeit(10)
+            memcpy.timeit(100)
+            for _ in range(rounds):
+                best[f"memcpy_{size}"] = min(best.get(f"memcpy_{size}", float("inf")),
+                                             memcpy.timeit(calls) / calls / per * 1e9)
+                best[f"memcpy8_{size}"] = min(best.get(f"memcpy8_{size}", float("inf")),
+                                              memcpy8.timeit(calls) / calls / per * 1e9)
+                for pk, pt, rk, rt in timers:
+                    p0 = ring.stats()["published"]
+                    dt = pt.timeit(calls)
+                    st = ring.stats()
+                    if st["published"] - p0 != calls * per:
+                        raise RuntimeError(f"{pk}: published {st['published'] - p0} of {calls * per}")
+                    best[pk] = min(best.get(pk, float("inf")), dt / calls / per * 1e9)
+                    dt = rt.timeit(calls)
+                    st = ring.stats()
+                    d = sum(g["delivered"] for g in st["groups_detail"])
+                    if d != st["published"]:
+                        raise RuntimeError(f"{rk}: delivered {d} of {st['published']}")
+                    best[rk] = min(best.get(rk, float("inf")), dt / calls / per * 1e9)
+            last = st["published"]
+            broker.publish_batch(TOPIC, rows, record_size=size)
+            b = sub.get_batch(per, 1.0)
+            if bytes(b.data) != bytes(rows) or b.seqs.tolist() != list(range(last + 1, last + 1 + per)):
+                raise RuntimeError(f"bulk {size} B: the batch read is not the batch published")
+        return {"rounds": rounds, "records": BULK_RECORDS, "round_bytes": BULK_ROUND_BYTES,
+                "ns_per_msg": best, "note": ALIGN_NOTE}
+    finally:
+        broker.close()
+        left = glob.glob(os.path.join(SHM_DIR, f"*{name}*"))
+        if left:
+            raise RuntimeError(f"segments left in {SHM_DIR}: {left}")
 
 
 def derive(b: dict) -> dict:
@@ -620,6 +734,25 @@ def report_floor(fl: dict, sc: dict, cg: dict | None) -> None:
             print(f"    {k:<32} {i[k] - i['empty']:>8,.0f}")
 
 
+def report_bulk(bk: dict) -> None:
+    if not bk:
+        print("\n== bulk floor: not measured (no compiler for the memcpy module)")
+        return
+    b = bk["ns_per_msg"]
+    print(f"\n== bulk floor: one process, min of {bk['rounds']} rounds of "
+          f"{bk['round_bytes'] >> 20} MiB of records (ns of CPU per message, loop included)")
+    for size in BULK_SIZES:
+        per, floor = bk["records"][size], b[f"memcpy_{size}"]
+        print(f"  {size} B, {per} records a call: memcpy of the payload bytes {fmt_ns(floor)} "
+              f"(destination 8 bytes off: {fmt_ns(b[f'memcpy8_{size}'])})")
+        for key, label in ((f"fast_get_batch_{size}", "Reader.get_batch (fast path)"),
+                           (f"get_batch_{size}", "Subscription.get_batch"),
+                           (f"fast_publish_buffer_{size}", "_fast.publish_buffer (fast path)"),
+                           (f"publish_batch_{size}", "Client.publish_batch")):
+            print(f"    {label:<36} {fmt_ns(b[key]):>8}  {b[key] / floor:6.1f}x the memcpy")
+    print(f"  ({bk['note']})")
+
+
 def report_wait(idle: dict, streams: list) -> None:
     print(f"\n== idle subscriber blocked in get(timeout=None), {idle['seconds']:.1f} s:")
     print(f"  CPU {idle['cpu_ns'] / 1e3:,.0f} us (schedstat; psutil {idle['psutil_cpu_s'] * 1e3:.0f} ms) "
@@ -647,7 +780,8 @@ def report_wait(idle: dict, streams: list) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small counts and short windows (~30 s)")
-    ap.add_argument("--part", choices=["floor", "wait", "all"], default="all")
+    ap.add_argument("--part", choices=["floor", "bulk", "wait", "all"], default="all",
+                    help="floor (with bulk), bulk (the bulk floor alone), wait, or all")
     ap.add_argument("--json")
     ap.add_argument("--no-callgrind", action="store_true")
     ap.add_argument("--no-strace", action="store_true")
@@ -664,8 +798,14 @@ def main() -> int:
         fl = run_floor(n, rounds, 64 << 20)
         sc = syscall_costs(n // 2, rounds)
         cg = None if args.no_callgrind else run_callgrind(2_000 if q else 20_000)
-        out.update(floor=fl, derived=derive(fl["ns_per_op"]), syscalls=sc, callgrind=cg)
+        bk = run_bulk_floor(3 if q else 15, 64 << 20)
+        out.update(floor=fl, derived=derive(fl["ns_per_op"]), syscalls=sc, callgrind=cg, bulk=bk)
         report_floor(fl, sc, cg)
+        report_bulk(bk)
+    if args.part == "bulk":
+        bk = run_bulk_floor(3 if q else 15, 64 << 20)
+        out.update(bulk=bk)
+        report_bulk(bk)
     if args.part in ("wait", "all"):
         ctx = mp.get_context("spawn")
         idle = run_idle(ctx, 3.0 if q else 10.0)

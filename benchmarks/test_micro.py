@@ -10,7 +10,10 @@ fits the 64 MiB ring, so publishers never wait for space either. After the
 measurement every test checks what the operation did (seqs, counts, payloads
 and their order). Payloads are 64 bytes; a pre-filled payload carries its index
 in its first 8 bytes. The "ack" group measures at-least-once reads: an
-AckSubscription, the only member of a named ack group, reads and acks.
+AckSubscription, the only member of a named ack group, reads and acks. The
+"bulk" group measures get_batch and publish_batch (issue 15), 1024 messages of
+64 B a call, from or into one buffer; pytest-benchmark reports the time of a
+call, and per message it is that / 1024 (extra_info messages_per_call).
 """
 
 from __future__ import annotations
@@ -261,3 +264,74 @@ def test_get_many_ack_many_64x64B(benchmark, broker):
     assert rest, "the ring ran dry during the measurement"
     assert [m.payload for m in rest] == [payload(i) for i in range(read, total)]
     check_acked(broker, total)
+
+
+# -- bulk: get_batch and publish_batch (issue 15) ------------------------------------
+
+BULK = 1024          # records per publish_batch / get_batch call (64 KiB of 64 B payloads)
+BULK_PLAN = (100, 4, 10)  # rounds, iterations, warm-up rounds: 1024 x 448 calls, 40 MB of ring
+
+
+def bulk_data(start: int) -> bytes:
+    """The payloads start .. start + BULK - 1, back to back (publish_batch's data)."""
+    return b"".join(payload(i) for i in range(start, start + BULK))
+
+
+@pytest.mark.benchmark(group="bulk")
+def test_publish_batch_1024x64B(benchmark, broker):
+    """Client.publish_batch(topic, data, record_size=64): 1024 messages of 64
+    bytes from one buffer per call (one native call), to a topic with one idle
+    subscriber. Per message: the time / 1024 (extra_info messages_per_call).
+
+    Checked: the seq returned (that of the call's last message) is the topic's
+    publish count, a multiple of 1024; the publisher never waited for space;
+    the subscriber then reads every message, byte for byte and in order, with
+    get_batch (its data is the published buffers, back to back)."""
+    sub = broker.subscribe(TOPIC)
+    data = bulk_data(0)
+    first = broker.publish_batch(TOPIC, data, record_size=SIZE)  # creates the segment
+    kwargs, calls = plan(benchmark, *BULK_PLAN)
+    benchmark.extra_info.update(messages_per_call=BULK, payload_bytes=SIZE)
+
+    last = benchmark.pedantic(broker.publish_batch, args=(TOPIC, data),
+                              kwargs={"record_size": SIZE}, **kwargs)
+
+    st = topic_stats(broker)
+    assert first == BULK
+    assert last == st["published"] >= BULK * (1 + calls) and last % BULK == 0
+    assert st["publish_waits"] == 0 and st["publish_refusals"] == 0
+    read = 0
+    while read < st["published"]:
+        b = sub.get_batch(BULK, timeout=0)
+        assert len(b) == BULK and b.record_size == SIZE and bytes(b.data) == data
+        assert b.seqs.tolist() == list(range(read + 1, read + 1 + BULK))
+        read += len(b)
+    assert read == st["published"]
+
+
+@pytest.mark.benchmark(group="bulk")
+def test_get_batch_1024x64B(benchmark, broker):
+    """Subscription.get_batch(1024): 1024 messages of 64 bytes per call as one
+    pymq.Batch (one native call, no Python object per message), from a
+    pre-filled ring (the read never waits). Per message: the time / 1024.
+
+    Checked: every call returned a full batch (the last one: 1024 records of 64
+    bytes, the payloads before the unread rest, byte for byte, with contiguous
+    seqs), and the rest follows in order, intact."""
+    sub = broker.subscribe(TOPIC)
+    kwargs, calls = plan(benchmark, *BULK_PLAN)
+    total = (calls + 1) * BULK  # a margin: the ring must never run dry
+    for start in range(0, total, BULK):
+        broker.publish_batch(TOPIC, bulk_data(start), record_size=SIZE)
+    benchmark.extra_info.update(messages_per_call=BULK, payload_bytes=SIZE)
+
+    last = benchmark.pedantic(sub.get_batch, args=(BULK,), kwargs={"timeout": TIMEOUT}, **kwargs)
+
+    rest = drain(sub)
+    read = total - len(rest)
+    assert rest, "the ring ran dry during the measurement"
+    assert read >= calls * BULK and read % BULK == 0
+    assert len(last) == BULK and last.record_size == SIZE
+    assert bytes(last.data) == bulk_data(read - BULK)
+    assert last.seqs.tolist() == list(range(read - BULK + 1, read + 1))
+    assert rest == [payload(i) for i in range(read, total)]
