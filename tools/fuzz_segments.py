@@ -645,6 +645,7 @@ class Case:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.step = -1
         self.slow_steps = 0
+        self.kept: list[dict[str, Any]] = []  # mutations not undone (yet)
         self.seconds = seconds  # a budget for the mutations (None: all of them)
         self.last: list[dict[str, Any]] = []
 
@@ -1032,12 +1033,17 @@ class Case:
                     self.count("case ended: slow")
                     self.mutator.undo(mut)
                     break
-            # a mutation that made its operation slow is undone: the next would be as slow
+            # An operation that was slow undoes this mutation and every one kept
+            # so far (one of them made it slow: a topic whose ready word is
+            # scribbled costs each stats() 5 s, say); the next would be as slow.
             if slow or mut["region"] == "locks" or self.rng.random() < UNDO:
-                self.mutator.undo(mut)
-                also = mut.get("also")
-                if also:
-                    self.mutator.undo({"seg": mut["seg"], "off": also["off"], "old": also["old"]})
+                self.undo(mut)
+            else:
+                self.kept.append(mut)
+            if slow:
+                self.count("slow: kept mutations undone")
+                while self.kept:
+                    self.undo(self.kept.pop())
             sup = self.broker._supervision.proc
             if sup is not None:
                 seen_sup[sup.pid] = sup
@@ -1046,6 +1052,12 @@ class Case:
         self.close(seen_sup)
         self.phases["close"] = time.monotonic() - t1
         return self.report(t0, done)
+
+    def undo(self, mut: dict[str, Any]) -> None:
+        self.mutator.undo(mut)
+        also = mut.get("also")
+        if also:
+            self.mutator.undo({"seg": mut["seg"], "off": also["off"], "old": also["old"]})
 
     def close(self, seen_sup: dict[int, Any] | None = None) -> None:
         """Close the broker (whatever the segments hold); nothing of it may be
