@@ -7,7 +7,7 @@ DEPS   := $(VENV)/.deps-installed
 NATIVE := pymq/.native-built
 SAN    := build/sanitize
 
-.PHONY: all build demo test test-unit test-types test-sanitize test-wheel bench bench-quick bench-throughput bench-micro clean chromium system-packages
+.PHONY: all build demo test test-unit test-types test-sanitize sanitize-build fuzz-segments fuzz-native fuzz-parsers test-wheel bench bench-quick bench-throughput bench-micro clean chromium system-packages
 
 all: build
 
@@ -41,17 +41,45 @@ REQUIRE := $(if $(filter 0,$(shell id -u)),PYMQ_REQUIRE_SYSTEM_PACKAGES=1,)
 test-unit: build system-packages
 	$(REQUIRE) $(PY) -m pytest -q tests benchmarks --benchmark-disable
 
-# The whole suite again against a build of the native core with
-# AddressSanitizer + UndefinedBehaviorSanitizer (a copy of pymq in $(SAN)).
-test-sanitize: $(DEPS) system-packages
+# A copy of pymq in $(SAN) whose native core is built with AddressSanitizer +
+# UndefinedBehaviorSanitizer, and the environment that runs Python against it.
+sanitize-build: $(DEPS)
 	rm -rf $(SAN) && mkdir -p $(SAN)
 	cp -r pymq $(SAN)/pymq && rm -f $(SAN)/pymq/*.so
 	PYMQ_SANITIZE=1 PYMQ_BUILD_DIR=$(SAN)/ext $(PY) build.py --into $(SAN)/pymq
-	cd $(SAN) && PYTHONPATH=$(CURDIR)/$(SAN) \
+
+SAN_ENV = PYTHONPATH=$(CURDIR)/$(SAN) \
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  PYTHONMALLOC=malloc PYMQ_EXPECT_SANITIZED=1 $(REQUIRE) $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider \
-	  $(CURDIR)/tests
+	  PYTHONMALLOC=malloc PYMQ_EXPECT_SANITIZED=1
+
+# The whole suite again against the sanitized build.
+test-sanitize: sanitize-build system-packages
+	cd $(SAN) && $(SAN_ENV) $(REQUIRE) $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider $(CURDIR)/tests
+
+# The mutation fuzzer of live segments (tools/fuzz_segments.py) against the
+# sanitized build: FUZZ_MUTATIONS mutations from FUZZ_SEED, figures and
+# findings in build/fuzz-segments.json (docs/reliability.md, "Fuzzing").
+FUZZ_MUTATIONS ?= 100000
+FUZZ_SEED ?= 1
+FUZZ_ARGS ?=
+fuzz-segments: sanitize-build
+	cd $(SAN) && $(SAN_ENV) nice -n 19 $(CURDIR)/$(PY) $(CURDIR)/tools/fuzz_segments.py \
+	  --mutations $(FUZZ_MUTATIONS) --seed $(FUZZ_SEED) --json $(CURDIR)/build/fuzz-segments.json \
+	  $(FUZZ_ARGS)
+
+# The coverage-guided fuzzers, FUZZ_SECONDS each: native/ with libFuzzer
+# (tools/fuzz_native.py; clang, installed with apt when running as root) and
+# the Python parsers with atheris (tools/fuzz_parsers.py). Both grow their
+# corpus in build/fuzz/corpus and leave what crashed them in build/fuzz/crashes.
+FUZZ_SECONDS ?= 600
+fuzz-native: system-packages
+	nice -n 19 $(PY) tools/fuzz_native.py --seconds $(FUZZ_SECONDS) --keep-corpus \
+	  --json build/fuzz-native.json
+
+fuzz-parsers: build
+	nice -n 19 $(PY) tools/fuzz_parsers.py --seconds $(FUZZ_SECONDS) --keep-corpus \
+	  --json build/fuzz-parsers.json
 
 # pip install . on a clean venv builds the native core (PEP 517) and works; the
 # installed command line too: its demo package is there, `pymq bench --quick`
@@ -72,16 +100,18 @@ test-wheel: $(DEPS)
 	cd build/wheel && ! venv/bin/pymq bench --compare 2> compare.err && grep -q "source checkout" compare.err
 
 # System packages the suite runs against for real: headless Chromium (the admin
-# dashboard, tests/test_admin.py) and nats-server (the bridge, tests/test_bridge.py),
+# dashboard, tests/test_admin.py), nats-server (the bridge, tests/test_bridge.py) and
+# clang with libFuzzer (the native fuzzers, tests/test_fuzz_native.py),
 # installed with apt when running as root; elsewhere those tests skip with the reason.
 # As root, `make test` then requires them (PYMQ_REQUIRE_SYSTEM_PACKAGES): a test that
 # would skip fails instead, so CI cannot pass by skipping.
-SYSTEM_PACKAGES := chromium nats-server
+SYSTEM_PACKAGES := chromium nats-server clang
 system-packages:
 	@if [ "$$(id -u)" = 0 ]; then \
 	  missing=""; \
 	  command -v chromium >/dev/null || missing="$$missing chromium"; \
 	  command -v nats-server >/dev/null || missing="$$missing nats-server"; \
+	  command -v clang >/dev/null || missing="$$missing clang"; \
 	  [ -z "$$missing" ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing); \
 	else \
 	  echo "note: not root; install $(SYSTEM_PACKAGES) yourself (apt-get install ...) or their tests skip"; \
