@@ -68,6 +68,7 @@ BUSY = lib.PMQ_BUSY
 START = {"latest": lib.PMQ_START_LATEST, "earliest": lib.PMQ_START_EARLIEST}
 START_SEQ = lib.PMQ_START_SEQ
 REC_HDR = lib.PMQ_REC_HDR
+MAX_RETRIES = lib.PMQ_MAX_RETRIES  # of an ack group: BrokerConfig.max_retries at most
 GROUP_ACK = lib.PMQ_GROUP_ACK
 CLOSED_BROKER = lib.PMQ_CLOSED_BROKER
 CLOSED_DELETED = lib.PMQ_CLOSED_DELETED

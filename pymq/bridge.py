@@ -45,6 +45,7 @@ from typing import Any
 
 from . import segments
 from .client import Client, connect
+from ._core import MAX_RETRIES
 from .config import check_broker_name, check_topic, default_name
 from .errors import BrokerClosed, Full, SubscriptionClosed, Timeout
 
@@ -52,7 +53,7 @@ log = logging.getLogger("pymq.bridge")
 
 GROUP = "~bridge"                 # the local ack group --out reads through
 GROUP_ACK_TIMEOUT_NS = 3600 * 10**9  # the bridge sends again itself: no local redelivery
-GROUP_RETRIES = 1000               # PMQ_MAX_RETRIES: never dead-letter what NATS did not take
+GROUP_RETRIES = MAX_RETRIES        # never dead-letter what NATS did not take
 MSG_ID = "Nats-Msg-Id"
 FIGURES_EVERY = 1.0               # seconds between writes of the figures file
 RECENT = 100_000                  # ids an --in remembers to drop exact duplicates

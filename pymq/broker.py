@@ -150,7 +150,7 @@ class _Supervision:
             ns = self.res.ns
             if self.stopping.is_set() or ns is None:
                 return
-            ns.hdr.supervisor_restarts += 1
+            ns.hdr.supervisor_restarts = (ns.hdr.supervisor_restarts + 1) & 0xFFFFFFFF  # a uint32
             log.warning("supervisor of %r (pid %d) exited with %s; restarting it", self.name,
                         proc.pid, proc.returncode)
             try:

@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+from ._core import MAX_RETRIES
 from .errors import InvalidName, InvalidTopic
 
 TOPIC_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,199}")
@@ -118,8 +119,10 @@ class BrokerConfig:
                     not least <= value < 2**63 / 1e9:
                 raise ValueError(f"{field} must be a number >= {least} (seconds, finite), "
                                  f"not {value!r}")
-        if not isinstance(self.max_retries, int) or self.max_retries < 0:
-            raise ValueError(f"max_retries must be an int >= 0, not {self.max_retries!r}")
+        if not isinstance(self.max_retries, int) or isinstance(self.max_retries, bool) or \
+                not 0 <= self.max_retries <= MAX_RETRIES:
+            raise ValueError(f"max_retries must be an int from 0 to {MAX_RETRIES}, "
+                             f"not {self.max_retries!r}")
         if self.persistence_fsync not in ("never", "interval", "always"):
             raise ValueError(f"persistence_fsync must be never, interval or always, "
                              f"not {self.persistence_fsync!r}")
@@ -130,12 +133,14 @@ class BrokerConfig:
         for field in ("persistence_retention_seconds", "persistence_fsync_interval",
                       "persistence_close_timeout"):
             value = getattr(self, field)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise ValueError(f"{field} must be a number > 0, not {value!r}")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or \
+                    not 0 < value < 2**63 / 1e9:
+                raise ValueError(f"{field} must be a number > 0 (seconds, finite), not {value!r}")
         if self.group_idle_timeout is not None and (
                 not isinstance(self.group_idle_timeout, (int, float))
-                or isinstance(self.group_idle_timeout, bool) or not self.group_idle_timeout > 0):
-            raise ValueError(f"group_idle_timeout must be a number > 0 or None, "
+                or isinstance(self.group_idle_timeout, bool)
+                or not 0 < self.group_idle_timeout < 2**63 / 1e9):
+            raise ValueError(f"group_idle_timeout must be a number > 0 (seconds, finite) or None, "
                              f"not {self.group_idle_timeout!r}")
         if self.group_idle_expire and self.group_idle_timeout is None:
             raise ValueError("group_idle_expire needs a group_idle_timeout")

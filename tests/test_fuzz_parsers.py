@@ -3,11 +3,11 @@ fuzzers of pymq's Python parsers (atheris, tools/fuzz_parsers.py: the
 persistence log and its recovery, groups.json and the restore of it, the
 admin server's request reading and routing, the command line, BrokerConfig,
 liveness token files) and the regression tests of what they found: each a
-minimal input inline, marked xfail(strict=True) while the bug stands.
+minimal input inline.
 
 The CI run is a fixed number of executions from a fixed seed per target;
-inputs that meet a bug recorded here are not failures of it (the fuzzer's
-KNOWN list names them), so that it still catches new ones.
+inputs that meet a bug still open are not failures of it (the fuzzer's KNOWN
+list names them: none now), so that it still catches new ones.
 docs/reliability.md ("Fuzzing") has the long run.
 """
 
@@ -65,8 +65,6 @@ def _log(tmp_path, *lines):
     return str(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="read_log converts ts outside its try: a ts of 1e999 "
-                   "(JSON for inf) raises OverflowError instead of being a corrupt line skipped")
 def test_read_log_skips_a_line_whose_ts_is_infinite(tmp_path):
     root = _log(tmp_path, LINE % (1, b"1e999"), LINE % (2, b"1.5"))
     report = LogReport()
@@ -74,8 +72,6 @@ def test_read_log_skips_a_line_whose_ts_is_infinite(tmp_path):
     assert report.corrupt == 1
 
 
-@pytest.mark.xfail(strict=True, reason="read_log: a ts of NaN raises ValueError ('cannot convert "
-                   "float NaN to integer') instead of being a corrupt line skipped")
 def test_read_log_skips_a_line_whose_ts_is_nan(tmp_path):
     root = _log(tmp_path, LINE % (1, b"NaN"), LINE % (2, b"1.5"))
     report = LogReport()
@@ -94,9 +90,6 @@ def _restart(name, root, **kw):
     return None
 
 
-@pytest.mark.xfail(strict=True, reason="a log line whose ts is past int64 nanoseconds (1e11 s) "
-                   "passes read_log, then restore_topic's array('q') raises OverflowError: "
-                   "Broker() fails on a corrupt line instead of skipping it")
 def test_a_restart_skips_a_log_line_whose_ts_is_past_int64_nanoseconds(name, tmp_path):
     root = _log(tmp_path, LINE % (1, b"100000000000"), LINE % (2, b"1.5"))
     (tmp_path / "t" / "groups.json").write_text(json.dumps(
@@ -105,9 +98,6 @@ def test_a_restart_skips_a_log_line_whose_ts_is_past_int64_nanoseconds(name, tmp
     assert _restart(name, root) is None
 
 
-@pytest.mark.xfail(strict=True, reason="read_checkpoint accepts any str as a group name; "
-                   "restore_topic then raises a bare ValueError('invalid argument') from "
-                   "pmq_durable_restore: Broker() fails with an error that is not an MQError")
 @pytest.mark.parametrize("group", ["g" * 60, "", "\ud800"])
 def test_a_restart_with_a_bad_group_name_in_groups_json_is_an_mq_error(name, tmp_path, group):
     root = _log(tmp_path, LINE % (1, b"1.5"))
@@ -118,8 +108,6 @@ def test_a_restart_with_a_bad_group_name_in_groups_json_is_an_mq_error(name, tmp
     assert e is None or isinstance(e, pymq.MQError), repr(e)
 
 
-@pytest.mark.xfail(strict=True, reason="read_checkpoint accepts any int as a position or acked "
-                   "seq; one past 64 bits makes restore_topic raise OverflowError (cffi, array)")
 @pytest.mark.parametrize("field", ["position", "acked"])
 def test_a_restart_with_a_seq_past_64_bits_in_groups_json_is_an_mq_error(name, tmp_path, field):
     root = _log(tmp_path, LINE % (1, b"1.5"))
@@ -134,9 +122,6 @@ def test_a_restart_with_a_seq_past_64_bits_in_groups_json_is_an_mq_error(name, t
 # ---- regressions: BrokerConfig ---------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BrokerConfig checks `value < least`, which inf and NaN "
-                   "pass: the config is accepted, and fails where it is used (OverflowError, "
-                   "ValueError in Client, subscribe_with_ack)")
 @pytest.mark.parametrize("field, value", [("publish_timeout", float("inf")),
                                           ("ack_timeout", float("nan")),
                                           ("ack_timeout", float("inf")),
@@ -146,30 +131,21 @@ def test_broker_config_refuses_non_finite_seconds(field, value):
         pymq.BrokerConfig(**{field: value})
 
 
-@pytest.mark.xfail(strict=True, reason="BrokerConfig accepts from_env's PYMQ_ACK_TIMEOUT=nan")
 def test_broker_config_from_env_refuses_nan():
     with pytest.raises(ValueError):
         pymq.BrokerConfig.from_env({"PYMQ_ACK_TIMEOUT": "nan"})
 
 
-@pytest.mark.xfail(strict=True, reason="BrokerConfig accepts an ack_timeout whose nanoseconds "
-                   "pass int64 (1e10 s): subscribe_with_ack then raises OverflowError (cffi)")
 def test_broker_config_refuses_an_ack_timeout_past_int64_nanoseconds():
     with pytest.raises(ValueError):
         pymq.BrokerConfig(ack_timeout=1e10)
 
 
-@pytest.mark.xfail(strict=True, reason="BrokerConfig accepts max_retries over the ring's "
-                   "PMQ_MAX_RETRIES (1000): subscribe_with_ack then fails with the ring's "
-                   "EINVAL, reported as GroupKindMismatch for a named group")
 def test_broker_config_refuses_max_retries_the_ring_refuses():
     with pytest.raises(ValueError):
         pymq.BrokerConfig(max_retries=5000)
 
 
-@pytest.mark.xfail(strict=True, reason="a Broker whose Client part fails (here: publish_timeout "
-                   "inf, OverflowError in _timeout_ns) leaves its namespace segment in /dev/shm: "
-                   "Broker.__init__ cleans up only what fails before super().__init__")
 def test_a_broker_that_fails_to_start_leaves_nothing_in_dev_shm(name):
     try:
         pymq.Broker(pymq.BrokerConfig(name=name, publish_timeout=float("inf")))

@@ -100,7 +100,7 @@ class Layout:
             uint32_t state, flags, gen, members; char name[48];
             uint64_t cursor, cursor_gen; uint8_t pad1[{cl - 16}];
             uint64_t delivered, delivered_bytes, created_ns, start_seq; int64_t idle_since_ns;
-            uint8_t pad2[{cl - 40}];
+            uint64_t from_seq; uint8_t pad2[{cl - 48}];
             fz_mutex_t lock; int32_t lock_pid; uint8_t pad3[{cl - (mutex + 4) % cl}];
             uint64_t floor, pend_head, pend_tail; int64_t ack_timeout_ns;
             uint32_t ptable, ready, dead, max_retries, drained, stale; uint8_t pad4[{cl - 56}];
@@ -125,7 +125,8 @@ class Layout:
             uint64_t intent_old_tail, intent_new_tail, intent_old_seq, intent_new_seq;
             uint8_t pad3[{cl - 40}];
             uint64_t tail; uint8_t pad4[{cl - 8}];
-            uint64_t head, gate, next_seq; uint32_t group_hint, ptables_used; uint8_t pad5[{cl - 32}];
+            uint64_t head, gate, next_seq; uint32_t group_hint, ptables_used; uint64_t restore_end;
+            uint8_t pad5[{cl - 40}];
             uint32_t data_seq, data_waiters; uint8_t pad6[{cl - 8}];
             uint32_t space_seq, space_waiters; uint64_t space_target; uint8_t pad7[{cl - 16}];
             uint64_t published_bytes, publish_waits, publish_full, expired, recoveries, wakeups,

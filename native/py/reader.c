@@ -469,7 +469,8 @@ static int reader_init(ReaderObject *rd, PyObject *args, PyObject *kw)
     rd->ack = ack;
     rd->b = (pmq_batch_t){.buf = NULL, .buflen = budget, .max = (uint32_t)max_batch, .offs = rd->offs,
                           .seqs = rd->seqs, .pos = rd->pos, .lens = rd->lens,
-                          .slots = rd->slots, .attempts = rd->attempts, .ts = rd->ts};
+                          .slots = rd->slots, .attempts = rd->attempts, .ts = rd->ts,
+                          .kind = ack ? PMQ_KIND_ACK : PMQ_KIND_PLAIN};
     rd->owner = Py_NewRef(owner);
     rd->topic = Py_NewRef(topic);
     return 0;

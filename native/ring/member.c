@@ -128,6 +128,10 @@ int pmq_member_read(pmq_ring_t *r, uint32_t member, uint32_t gen, pmq_batch_t *b
         if (!g)
             return rc;
         int ack = (LOAD_RLX(&g->flags) & PMQ_GROUP_ACK) != 0; /* once: it never changes */
+        if (b->kind && b->kind != (ack ? PMQ_KIND_ACK : PMQ_KIND_PLAIN)) {
+            ADD_RLX(&r->hdr->corrupt, 1);
+            return PMQ_ECORRUPT; /* the group's flags were scribbled since the join */
+        }
         seen_t was = {0};
         if (ack) {
             ack_snap_t snap;

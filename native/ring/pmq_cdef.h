@@ -87,8 +87,11 @@ typedef struct {
     uint64_t *offs, *seqs, *pos;
     uint32_t *lens, *slots, *attempts;
     int64_t *ts;
+    uint32_t kind;
     ...;
 } pmq_batch_t;
+#define PMQ_KIND_PLAIN ...
+#define PMQ_KIND_ACK ...
 
 typedef struct pmq_sink {
     int (*copy)(void *ctx, const pmq_batch_t *b, const uint8_t *data);

@@ -320,7 +320,13 @@ typedef struct pmq_batch {
     uint64_t *offs, *seqs, *pos;
     uint32_t *lens, *slots, *attempts;
     int64_t *ts;
+    uint32_t kind;         /* the kind of group the reader joined: PMQ_KIND_PLAIN or
+                              PMQ_KIND_ACK, or 0 (any); a group found of the other kind
+                              (its flags scribbled) is PMQ_ECORRUPT, not a wrong read */
 } pmq_batch_t;
+
+#define PMQ_KIND_PLAIN 1u
+#define PMQ_KIND_ACK   2u
 
 /* How a read hands its records over: copy(ctx, b, data) copies records
  * 0..b->n-1 out of the data area (payload i at data + b->offs[i], b->lens[i]

@@ -257,7 +257,7 @@ static void op_join(input_t *in, pmq_ring_t *r)
 static void op_leave(input_t *in, pmq_ring_t *r)
 {
     joined_t *m = &members[byte(in) % MEMBERS];
-    pmq_member_leave(r, m->j.member % MEMBERS, m->j.member_gen);
+    pmq_member_leave(r, m->j.member % MEMBERS, m->j.member_gen, 0);
     m->live = 0;
 }
 
@@ -299,7 +299,8 @@ static void op_restore(input_t *in, pmq_ring_t *r)
     uint64_t first = r->hdr->next_seq + byte(in) % 3;
     uint64_t seqs[2] = {first, first + 1 + byte(in) % 2};
     int64_t ts[2] = {1, 2};
-    pmq_ring_restore(r, parts, lens, seqs, ts, 1 + (byte(in) & 1));
+    pmq_deadline_t d = now_or_never();
+    pmq_ring_restore(r, parts, lens, seqs, ts, 1 + (byte(in) & 1), &d, NULL);
     uint64_t acked[2] = {seqs[0], seqs[1]};
     pmq_durable_restore(r, NAMES[1 + byte(in) % 3], byte(in) & 1 ? PMQ_GROUP_ACK : 0,
                         seqs[0], acked, byte(in) % 3, 1000000, 2);
