@@ -59,14 +59,6 @@ FIGURES_EVERY = 1.0               # seconds between writes of the figures file
 RECENT = 100_000                  # ids an --in remembers to drop exact duplicates
 
 
-def figures_path(name: str, node: str) -> str:
-    return os.path.join(segments.SHM_DIR, f"{segments.namespace_prefix(name)}.bridge-{node}.json")
-
-
-def echo_path(name: str, node: str) -> str:
-    return os.path.join(segments.SHM_DIR, f"{segments.namespace_prefix(name)}.bridge-{node}.echo")
-
-
 NODE_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -183,7 +175,7 @@ class Bridge:
                 "out": self.out, "in": self.into, "last_error": self.last_error}
 
     def write_figures(self) -> None:
-        path = figures_path(self.args.name, self.node)
+        path = segments.bridge_figures_path(self.args.name, self.node)
         tmp = path + ".new"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
@@ -440,7 +432,7 @@ class Bridge:
             loop.add_signal_handler(sig, self.stopping.set)
         self.client = connect(self.args.name, wait=self.args.wait)
         self.client._owner_token()  # its liveness token: stats() says whether it lives
-        self.echo = Echo(echo_path(self.args.name, self.node),
+        self.echo = Echo(segments.bridge_echo_path(self.args.name, self.node),
                          set(self.args.outs) & set(self.args.ins))
         nc = await self.connect()
         figures = asyncio.ensure_future(self.keep_figures())
@@ -550,29 +542,4 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(Bridge(args).run())
 
 
-def read_figures(name: str) -> dict[str, Any]:
-    """The figures of broker `name`'s bridges, by node, from their files in
-    /dev/shm (validated: JSON objects only; a bridge whose token is dead is
-    "alive": false)."""
-    prefix = segments.namespace_prefix(name) + ".bridge-"
-    out: dict[str, Any] = {}
-    for entry in segments.namespace_entries(name):
-        if not (entry.startswith(prefix) and entry.endswith(".json")):
-            continue
-        try:
-            with open(os.path.join(segments.SHM_DIR, entry), "rb") as f:
-                if os.fstat(f.fileno()).st_uid != segments.owner_uid(name):
-                    continue  # not the broker's user's: not one of its bridges
-                fig = json.loads(f.read(1 << 20))
-        except (OSError, ValueError, RecursionError):
-            continue
-        if not isinstance(fig, dict) or not isinstance(fig.get("node"), str):
-            continue
-        token = fig.get("token")
-        fig["alive"] = isinstance(token, int) and token > 0 and segments.token_alive(
-            segments.token_path(name, token))
-        out[fig["node"]] = fig
-    return out
-
-
-__all__ = ["Bridge", "add_arguments", "check_node", "echo_path", "figures_path", "run"]
+__all__ = ["Bridge", "add_arguments", "check_node", "run"]

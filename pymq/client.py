@@ -553,11 +553,10 @@ class Client:
                     topics[topic] = topic_stats(ring.stats(lock_timeout_ns=int(wait * 1e9)))
             except (MQError, ValueError):
                 continue  # being created, removed or deleted right now
-        from .bridge import read_figures
         return {
             "broker": self.name,
             "owner_pid": hdr.owner_pid,
-            "bridges": read_figures(self.name),
+            "bridges": segments.bridge_figures(self.name),
             "supervisor": {"pid": hdr.supervisor_pid, "restarts": hdr.supervisor_restarts,
                            "last_sweep": hdr.supervisor_beat_ns / 1e9},
             "reaped_processes": hdr.reaped_processes,

@@ -9,6 +9,9 @@ Every file of a broker belongs to one user (owner_uid): /dev/shm is writable
 by everyone, so a file with a broker's name that another user made there is
 planted, and is never used (attach refuses it, the reaper ignores it).
 
+The files of a broker's bridges are named here too (their figures, read by
+stats(), and their echo ranges).
+
 A liveness token says a process is alive in a way that survives pid reuse and
 pid namespaces: the process holds an exclusive flock on its own file
 /dev/shm/pymq.<name>..proc.<token>; the kernel drops the lock when the process
@@ -368,3 +371,40 @@ def token_alive(path: str) -> bool:
     if isinstance(dead, DeadToken):
         dead.close()  # leave the file: its reaper removes it
     return False
+
+
+# ---- the files of a broker's bridges (pymq bridge --node NODE) -----------------------
+
+def bridge_figures_path(name: str, node: str) -> str:
+    """Where bridge `node` writes its figures (JSON, rewritten every second)."""
+    return os.path.join(SHM_DIR, f"{namespace_prefix(name)}.bridge-{node}.json")
+
+
+def bridge_echo_path(name: str, node: str) -> str:
+    """Where bridge `node` keeps the seq ranges that came in from NATS."""
+    return os.path.join(SHM_DIR, f"{namespace_prefix(name)}.bridge-{node}.echo")
+
+
+def bridge_figures(name: str) -> dict[str, Any]:
+    """The figures of broker `name`'s bridges, by node, from their files in
+    /dev/shm (validated: JSON objects only; a bridge whose token is dead is
+    "alive": false)."""
+    prefix = namespace_prefix(name) + ".bridge-"
+    out: dict[str, Any] = {}
+    for entry in namespace_entries(name):
+        if not (entry.startswith(prefix) and entry.endswith(".json")):
+            continue
+        try:
+            with open(os.path.join(SHM_DIR, entry), "rb") as f:
+                if os.fstat(f.fileno()).st_uid != owner_uid(name):
+                    continue  # not the broker's user's: not one of its bridges
+                fig = json.loads(f.read(1 << 20))
+        except (OSError, ValueError, RecursionError):
+            continue
+        if not isinstance(fig, dict) or not isinstance(fig.get("node"), str):
+            continue
+        token = fig.get("token")
+        fig["alive"] = isinstance(token, int) and token > 0 and token_alive(
+            token_path(name, token))
+        out[fig["node"]] = fig
+    return out
