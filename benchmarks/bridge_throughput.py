@@ -9,7 +9,8 @@ Starts its own `nats-server -js` on a free loopback port with a store of its own
 
 For 64 B and 4 KiB payloads, interleaved, --repeat times:
 - nats-py alone: one process publishes N messages with JetStream's
-  publish_async, at most 4096 unacked (the bridge's default --window), into a
+  publish_async, at most 1024 unacked (the bridge's default --window, the
+  deliveries its ack group has in flight), into a
   stream of its own, and waits for every ack;
 - the bridge: N messages are published into a local topic first (a ring large
   enough to hold them all: the bridge reads as fast as it can), then
@@ -39,7 +40,7 @@ import time
 import pymq
 
 SIZES = [64, 4096]
-WINDOW = 4096
+WINDOW = pymq._core.PENDING_CAP  # the bridge's default --window (its ack group's limit)
 
 
 def free_port() -> int:

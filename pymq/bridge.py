@@ -45,7 +45,7 @@ from typing import Any
 
 from . import segments
 from .client import Client, connect
-from ._core import MAX_RETRIES
+from ._core import MAX_RETRIES, PENDING_CAP
 from .config import check_broker_name, check_topic, default_name
 from .errors import BrokerClosed, Full, SubscriptionClosed, Timeout
 
@@ -153,6 +153,8 @@ class Bridge:
         self.node = args.node
         self.prefix = args.prefix
         self.stream = args.stream or args.prefix.upper().replace(".", "_")
+        # a local message is in flight from its read to its ack: the group holds that many
+        self.window = min(args.window, PENDING_CAP)
         self.stopping = asyncio.Event()
         self.started = time.time()
         self.reconnects = self.disconnects = 0
@@ -332,10 +334,15 @@ class Bridge:
                     continue
                 if self.stopping.is_set():
                     break
-                # nats-py's publish_async waits while --window publishes are unacked:
-                # that is the backpressure; settling here only acks what is done
+                # What is in flight holds the ~bridge group's deliveries: with all of them
+                # out, a read would find nothing until the head's ack (and sleep meanwhile).
+                room = self.window - len(window) - len(again) - len(acked)
+                if room <= 0:
+                    await settle(block=True)
+                    continue
                 try:
-                    msgs = await sub.aget_many(self.args.batch, timeout=0.05 if window else 0.2)
+                    msgs = await sub.aget_many(min(self.args.batch, room),
+                                               timeout=0.05 if window else 0.2)
                 except Timeout:
                     continue
                 for m in msgs:
@@ -437,7 +444,7 @@ class Bridge:
         nc = await self.connect()
         figures = asyncio.ensure_future(self.keep_figures())
         try:
-            js = nc.jetstream(publish_async_max_pending=self.args.window)
+            js = nc.jetstream(publish_async_max_pending=self.window)
             await self.ensure_stream(js)
             log.info("bridge %s: broker %r <-> NATS %s (stream %s): out %s, in %s", self.node,
                      self.args.name, ",".join(self.args.nats), self.stream,
@@ -485,8 +492,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="this node's name (default: $PYMQ_NODE, else the host name)")
     p.add_argument("--batch", type=positive_int, default=256,
                    help="messages read or fetched at a time (default: 256)")
-    p.add_argument("--window", type=positive_int, default=4096,
-                   help="publishes to JetStream in flight at most (default: 4096)")
+    p.add_argument("--window", type=positive_int, default=PENDING_CAP,
+                   help=f"publishes to JetStream in flight at most, up to the {PENDING_CAP} "
+                        f"deliveries the ~bridge group has in flight (default: {PENDING_CAP})")
     p.add_argument("--publish-timeout", type=positive_float, default=5.0, metavar="SECONDS",
                    help="a publish not acked by JetStream in this time is sent again "
                         "(default: 5)")
