@@ -28,9 +28,10 @@ demo: build
 
 # The two runs of the suite (plain, and under the sanitizers) at once, one per core:
 # most of a run is waiting on the processes it starts, and together they take about
-# as long as the slower one alone.
-test: test-types test-wheel
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-sanitize test-unit
+# as long as the slower one alone; the types and the wheel follow the plain run on
+# its core while the sanitized one (the longer) goes on.
+test:
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-sanitize test-unit test-types test-wheel
 
 # The public modules pass mypy --strict (files and settings: [tool.mypy] in pyproject.toml).
 test-types: build

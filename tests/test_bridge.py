@@ -149,7 +149,9 @@ def test_both_ways_on_both_nodes_echo_nothing(two_nodes, bridges, ctx):
             subs[n].get(timeout=0.5)
 
 
-def test_a_bridge_killed_mid_stream_and_restarted_loses_nothing(two_nodes, bridges, ctx):
+def mid_stream(two_nodes, bridges, ctx):
+    """Node a bridged out to node b, a publisher of 10,000 on a, and what b
+    has received once it has 2,000: (a, b, b's subscription, publisher, got)."""
     a, b = two_nodes["a"], two_nodes["b"]
     got_b = b.subscribe("t")
     bridges.start(a, "a", outs=["t"])
@@ -159,6 +161,11 @@ def test_a_bridge_killed_mid_stream_and_restarted_loses_nothing(two_nodes, bridg
     got = []
     while len(got) < 2000:
         got += got_b.get_many(1024, timeout=60)
+    return a, b, got_b, p, got
+
+
+def test_a_bridge_killed_mid_stream_and_restarted_loses_nothing(two_nodes, bridges, ctx):
+    a, b, got_b, p, got = mid_stream(two_nodes, bridges, ctx)
     assert bridges.stop("a", signal.SIGKILL) == -9  # out, mid-stream
     bridges.start(a, "a", outs=["t"])
     while len(set(got)) < 5000:
@@ -173,15 +180,7 @@ def test_a_bridge_killed_mid_stream_and_restarted_loses_nothing(two_nodes, bridg
 
 
 def test_nats_restarted_mid_stream_loses_nothing(two_nodes, bridges, nats_server, ctx):
-    a, b = two_nodes["a"], two_nodes["b"]
-    got_b = b.subscribe("t")
-    bridges.start(a, "a", outs=["t"])
-    bridges.start(b, "b", ins=["t"])
-    p = ctx.Process(target=workers.publisher, args=(a.name, "t", 1, 10000, 200, 16))
-    p.start()
-    got = []
-    while len(got) < 2000:
-        got += got_b.get_many(1024, timeout=60)
+    a, b, got_b, p, got = mid_stream(two_nodes, bridges, ctx)
     nats_server.restart()  # SIGKILLed, then started again on its store
     got = collect(got_b, 10000, got)
     join_all([p])

@@ -63,7 +63,7 @@ import psutil  # noqa: E402
 
 import chaos_roles as roles  # noqa: E402
 import pymq  # noqa: E402
-from chaos_engine import F_SETPIPE_SZ, PIPE_BYTES, Stopper  # noqa: E402
+from chaos_engine import F_SETPIPE_SZ, PIPE_BYTES, Stopper, Worker  # noqa: E402
 from pymq import segments  # noqa: E402
 from pymq.persistence import LogReport, read_log  # noqa: E402
 from workers import parse_payload  # noqa: E402
@@ -113,25 +113,16 @@ class Counts:
         return sum(sum(a) for a in self.by_pub.values())
 
 
-class Proc:
+class Proc(Worker):
+    """A process of the soak: the chaos engine's Worker, with the soak's running
+    account in place of the engine's per-round records."""
+
     def __init__(self, kind, group, pub, batch_max, proc, conn):
-        self.kind, self.group, self.pub, self.batch_max = kind, group, pub, batch_max
-        self.proc, self.conn = proc, conn
-        self.joined = self.eof = self.left = self.done = self.killed = False
-        self.flushed = 0
+        super().__init__(kind, group, pub, batch_max, proc, conn, None)
         self.pending = None  # a publisher's call announced and not yet confirmed: (i, n)
         self.upto = 0        # a publisher's payloads 0..upto-1 are confirmed
         self.last = {}       # a member's last index per publisher (its order)
         self.last_seq = 0    # an ack member's last first-delivery seq
-
-    @property
-    def pid(self):
-        return self.proc.pid
-
-    def __repr__(self):
-        what = f"publisher {self.pub}" if self.kind == "publisher" else \
-            f"{self.kind} member of {self.group!r}"
-        return f"{what} (pid {self.pid})"
 
 
 class Soak:

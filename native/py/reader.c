@@ -203,28 +203,47 @@ static PyObject *reader_get1(ReaderObject *rd, PyObject *arg)
     return got && rd->ack ? as_messages(rd, got, 1) : got;
 }
 
+/* [obj], taking obj's reference (NULL, and obj released, if there is no memory). */
+static PyObject *in_a_list(PyObject *obj)
+{
+    PyObject *list = PyList_New(1);
+    if (!list) {
+        Py_DECREF(obj);
+        return NULL;
+    }
+    PyList_SET_ITEM(list, 0, obj);
+    return list;
+}
+
+/* The (max, timeout_ns) of get and get_batch: max 1..the reader's batch. */
+static int args_max_timeout(ReaderObject *rd, PyObject *const *args, Py_ssize_t n,
+                            const char *signature, uint32_t *max, int64_t *timeout)
+{
+    if (n != 2) {
+        PyErr_Format(PyExc_TypeError, "%s", signature);
+        return -1;
+    }
+    unsigned long m = PyLong_AsUnsignedLong(args[0]);
+    if ((m == (unsigned long)-1 && PyErr_Occurred()) || args_timeout(args[1], timeout) < 0)
+        return -1;
+    if (m == 0 || m > rd->b.max) {
+        PyErr_Format(PyExc_ValueError, "max must be 1..%u", rd->b.max);
+        return -1;
+    }
+    *max = (uint32_t)m;
+    return 0;
+}
+
 /* get(max, timeout_ns) -> [bytes, ...], or [Message, ...] for an ack subscription */
 static PyObject *reader_get(ReaderObject *rd, PyObject *const *args, Py_ssize_t n)
 {
     int64_t timeout;
-    unsigned long max;
-    if (n != 2)
-        return PyErr_Format(PyExc_TypeError, "get(max, timeout_ns)");
-    max = PyLong_AsUnsignedLong(args[0]);
-    if ((max == (unsigned long)-1 && PyErr_Occurred()) || args_timeout(args[1], &timeout) < 0)
+    uint32_t max;
+    if (args_max_timeout(rd, args, n, "get(max, timeout_ns)", &max, &timeout) < 0)
         return NULL;
-    if (max == 0 || max > rd->b.max)
-        return PyErr_Format(PyExc_ValueError, "max must be 1..%u", rd->b.max);
-    PyObject *got = read_into(rd, (uint32_t)max, timeout);
-    if (got && max == 1) { /* read_into made one object: get() wants a list */
-        PyObject *list = PyList_New(1);
-        if (!list) {
-            Py_DECREF(got);
-            return NULL;
-        }
-        PyList_SET_ITEM(list, 0, got);
-        got = list;
-    }
+    PyObject *got = read_into(rd, max, timeout);
+    if (got && max == 1) /* read_into made one object: get() wants a list */
+        got = in_a_list(got);
     return got && rd->ack ? as_messages(rd, got, 0) : got;
 }
 
@@ -237,15 +256,8 @@ static PyObject *poll_once(ReaderObject *rd, uint32_t max, int *empty)
     int rc = read_rc(rd, max, 0, 0, &got);
     *empty = rc == PMQ_EMPTY;
     if (rc > 0) {
-        if (max == 1) { /* read_rc made one object: a list is wanted */
-            PyObject *list = PyList_New(1);
-            if (!list) {
-                Py_DECREF(got);
-                return NULL;
-            }
-            PyList_SET_ITEM(list, 0, got);
-            got = list;
-        }
+        if (max == 1 && !(got = in_a_list(got))) /* read_rc made one object */
+            return NULL;
         return rd->ack ? as_messages(rd, got, 0) : got;
     }
     if (rc == PMQ_BUSY)
@@ -287,14 +299,9 @@ static PyObject *reader_poll(ReaderObject *rd, PyObject *arg)
 static PyObject *reader_get_batch(ReaderObject *rd, PyObject *const *args, Py_ssize_t n)
 {
     int64_t timeout;
-    unsigned long max;
-    if (n != 2)
-        return PyErr_Format(PyExc_TypeError, "get_batch(max, timeout_ns)");
-    max = PyLong_AsUnsignedLong(args[0]);
-    if ((max == (unsigned long)-1 && PyErr_Occurred()) || args_timeout(args[1], &timeout) < 0)
+    uint32_t max;
+    if (args_max_timeout(rd, args, n, "get_batch(max, timeout_ns)", &max, &timeout) < 0)
         return NULL;
-    if (max == 0 || max > rd->b.max)
-        return PyErr_Format(PyExc_ValueError, "max must be 1..%u", rd->b.max);
     PyObject *got;
     int rc = read_rc(rd, (uint32_t)max, timeout, 1, &got);
     if (rc > 0)
