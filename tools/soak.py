@@ -252,9 +252,9 @@ class Soak:
     # -- the run -------------------------------------------------------------------
 
     def start(self):
-        self.pub_stop = self.ctx.Event()
-        self.member_stop = self.ctx.Event()
-        self.go = self.ctx.Event()
+        self.pub_stop = roles.Flag(self.ctx)
+        self.member_stop = roles.Flag(self.ctx)
+        self.go = roles.Flag(self.ctx)
         self.flush_gen = self.ctx.RawValue("Q", 0)
         for g, n in MEMBERS.items():
             for _ in range(n):

@@ -280,9 +280,9 @@ class Chaos:
         that their start-up (an interpreter, pymq) overlaps the broker's; the
         publishers go once every group is there (from seq 1 on)."""
         s = self.s
-        self.pub_stop = self.ctx.Event()
-        self.member_stop = self.ctx.Event()
-        self.go = self.ctx.Event()
+        self.pub_stop = roles.Flag(self.ctx)
+        self.member_stop = roles.Flag(self.ctx)
+        self.go = roles.Flag(self.ctx)
         self.flush_gen = self.ctx.RawValue("Q", 0)
         for g in self.plain + self.acks:
             for _ in range(s.members):

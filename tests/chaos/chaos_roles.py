@@ -53,6 +53,35 @@ MAX_READ = 64  # largest read of a member: an A frame of 64 is 1,281 bytes, unde
 MIN_SIZE = HDR.size  # a payload holds at least its header (publisher, index, crc)
 
 
+class Flag:
+    """A flag shared by processes that a SIGKILL cannot wedge: one byte of
+    shared memory and no lock. (multiprocessing.Event takes a semaphore in
+    is_set(): a process killed holding it left every other one blocked in
+    is_set() for ever, which a chaos round of 100 kills met.)"""
+
+    def __init__(self, ctx):
+        self._v = ctx.RawValue("B", 0)
+
+    def set(self):
+        self._v.value = 1
+
+    def clear(self):
+        self._v.value = 0
+
+    def is_set(self):
+        return self._v.value == 1
+
+    def wait(self, timeout):
+        """True once set, False after timeout seconds (it is looked at every
+        5 ms: a start signal, not a hot path)."""
+        deadline = time.monotonic() + timeout
+        while not self.is_set():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+
 def _traceable():
     """A process's Python stacks go to stderr on SIGUSR1 (a failure's
     diagnosis: where a process that holds something waits)."""
