@@ -499,6 +499,10 @@ class Chaos:
         """Start a process that stops itself at point, then kill it there."""
         if point == "writer":
             return self._kill_writer()
+        # The point goes to the child through os.environ, which a supervisor the
+        # Broker restarts meanwhile (after a kill of it just before) would inherit
+        # too, and stop itself there holding the topic's lock for good.
+        self._wait(self._supervisor_up, "the supervisor to be up")
         if point.startswith("publish."):
             w = self._spawn("publisher", batch_max=self.rng.choice((1, self.s.publish_batch)),
                             point=point)
