@@ -87,6 +87,8 @@ def summary(fig, args, failure=None):
         f"checked in the log on disk         {c.get('log', 0):>14,}  (each seq once)",
         f"lost by design (plain, killed)     {fig['lost_by_design']:>14,}  "
         f"(= taken by a killed plain member, not reported)",
+        f"of which not in 'delivered'        {fig.get('uncounted_deliveries', 0):>14,}  "
+        f"(claimed by a member killed before it counted them)",
         f"reported twice (ack, killed)       {fig['redelivered_reports']:>14,}",
         f"lock recoveries (EOWNERDEAD)       {fig['lock_recoveries']:>14,}",
         f"supervisor restarts                {fig['supervisor_restarts']:>14,}",

@@ -245,6 +245,7 @@ class Chaos:
         self.stops = 0
         self.planned = 0     # kills of the plan made
         self.lost_by_design = 0
+        self.uncounted = 0   # plain deliveries claimed by a member killed before it counted them
         self.redelivered_reports = 0
         self.checked = collections.Counter()
         self.base_seq = 0    # the seqs of earlier rounds: 1..base_seq
@@ -793,11 +794,21 @@ class Chaos:
                     raise ChaosFailure(f"{w}: its reads are out of seq order")
             missing = sorted(seq_of[m] for m in P - got.keys())
             gs, prev = t["groups"][g], self.prev.get(g, collections.Counter())
-            taken = gs["delivered"] - prev["delivered"]
+            # What the group's members took is how far its position moved (the
+            # cursor: claimed with one CAS). Its `delivered` counter is added just
+            # after the claim, so a member killed between the two leaves its batch
+            # out of it: at most a read per killed member.
+            taken = gs["position"] - prev["position"] if g in self.prev else \
+                gs["position"] - 1 - self.base_seq
+            counted = gs["delivered"] - prev["delivered"]
             runs = seq_runs(missing)
             if taken - sum(got.values()) != len(missing):
                 raise ChaosFailure(f"plain group {g!r}: {len(missing)} message(s) missing, but "
                                    f"its members took {taken} and reported {sum(got.values())}")
+            if not 0 <= taken - counted <= killed[g] * s.read_batch:
+                raise ChaosFailure(f"plain group {g!r}: its position moved by {taken}, its "
+                                   f"delivered counter by {counted}, {killed[g]} member(s) killed")
+            self.uncounted += taken - counted
             if len(missing) > killed[g] * s.read_batch or len(runs) > killed[g]:
                 raise ChaosFailure(f"plain group {g!r}: {len(missing)} message(s) missing in "
                                    f"{len(runs)} run(s) (seqs {[tuple(r) for r in runs[:5]]}), "
@@ -924,6 +935,7 @@ class Chaos:
             "published": self.base_seq,
             "checked": dict(self.checked),
             "lost_by_design": self.lost_by_design,
+            "uncounted_deliveries": self.uncounted,
             "redelivered_reports": self.redelivered_reports,
             "lock_recoveries": getattr(self, "lock_recoveries", 0),
             "supervisor_restarts": self.expect_restarts,
