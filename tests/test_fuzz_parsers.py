@@ -119,6 +119,36 @@ def test_a_restart_with_a_seq_past_64_bits_in_groups_json_is_an_mq_error(name, t
     assert e is None or isinstance(e, pymq.MQError), repr(e)
 
 
+def test_a_restart_with_an_acked_seq_twice_in_groups_json_redelivers_the_rest(name, tmp_path):
+    """Found by the parser fuzzer: "acked": [4, 4] made the ring's restore
+    refuse the group (seqs not increasing) with a bare ValueError out of
+    Broker(). Each acked seq counts once."""
+    root = _log(tmp_path, *(LINE % (i, b"1.5") for i in range(1, 6)))
+    (tmp_path / "t" / "groups.json").write_text(json.dumps(
+        {"version": 1, "next_seq": 6, "groups": [
+            {"name": "g", "ack": True, "position": 2, "acked": [4, 4]}]}))
+    b = pymq.Broker(pymq.BrokerConfig(name=name, ring_bytes=65536, persistence_enabled=True,
+                                      persistence_dir=root))
+    try:
+        sub = b.subscribe_with_ack("t", group="g")
+        got = sub.get_many(10, timeout=5)
+        assert [m.seq for m in got] == [2, 3, 5]
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("groups", [
+    [{"name": "g", "ack": True, "position": 1, "acked": []}] * 2,
+    [{"name": "~persist", "ack": True, "position": 1, "acked": []}]])
+def test_a_restart_with_a_group_named_twice_or_pymqs_own_is_a_persistence_error(name, tmp_path,
+                                                                              groups):
+    root = _log(tmp_path, LINE % (1, b"1.5"))
+    (tmp_path / "t" / "groups.json").write_text(json.dumps(
+        {"version": 1, "next_seq": 2, "groups": groups}))
+    e = _restart(name, root)
+    assert isinstance(e, pymq.PersistenceError) and "groups.json" in str(e), repr(e)
+
+
 # ---- regressions: BrokerConfig ---------------------------------------------------------
 
 

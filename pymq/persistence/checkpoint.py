@@ -73,6 +73,10 @@ def read_checkpoint(root: str, topic: str) -> dict[str, Any] | None:
             if not (_group_name(g["name"]) and isinstance(g["ack"], bool) and _seq(g["position"])
                     and isinstance(g["acked"], list) and all(_seq(s) for s in g["acked"])):
                 raise ValueError("bad group entry")
+            if g["name"] == _core.PERSIST_GROUP:
+                raise ValueError(f"{g['name']!r} is made afresh at each restart")
+        if len({g["name"] for g in groups}) != len(groups):
+            raise ValueError("a group named twice")
         if not _seq(state["next_seq"]):
             raise ValueError("bad next_seq")
         return state

@@ -110,7 +110,7 @@ def restore_topic(name: str, topic: str, cfg: Any) -> dict[str, Any]:
         if streamed:
             ring.restoring(next_seq)
         for g in state["groups"]:
-            acked = sorted(s for s in g["acked"] if s > g["position"])
+            acked = sorted({s for s in g["acked"] if s > g["position"]})  # each once
             ring.group_restore(g["name"], _core.GROUP_ACK if g["ack"] else 0, g["position"],
                                acked if g["ack"] else [], int(cfg.ack_timeout * 1e9),
                                cfg.max_retries)
