@@ -358,12 +358,19 @@ class Soak:
             "stops": self.stops,
         }
         for role, pid in (("broker", self.server.pid), ("supervisor", st["supervisor"]["pid"])):
+            s[f"rss_{role}"] = s[f"fds_{role}"] = None
             try:
                 proc = psutil.Process(pid)
+                # A supervisor is sampled once it has swept since it started (its rings
+                # mapped, its files open): one still starting, or just restarted, is
+                # not a baseline (under ASan its start takes seconds).
+                if role == "supervisor" and \
+                        not (st["supervisor"]["last_sweep"] or 0) > proc.create_time():
+                    continue
                 s[f"rss_{role}"] = proc.memory_info().rss
                 s[f"fds_{role}"] = proc.num_fds()
             except (psutil.Error, ValueError):
-                s[f"rss_{role}"] = s[f"fds_{role}"] = None
+                pass
         s["shm"] = shm_bytes(self.name)
         self.samples.append(s)
         if not self.a.quiet:
