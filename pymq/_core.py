@@ -504,8 +504,8 @@ class Ring(_Mapped):
         out: dict[str, Any] = {name: getattr(s, name) for name in (
             "capacity", "head", "tail", "gate_min", "next_seq", "published", "published_bytes",
             "publish_waits", "publish_full", "expired", "recoveries", "wakeups", "corrupt",
-            "anon_delivered", "anon_delivered_bytes", "groups", "members", "closed", "max_msg",
-            "lock_pid", "restore_end")}
+            "anon_delivered", "anon_delivered_bytes", "reaped_members", "groups", "members", "closed",
+            "max_msg", "lock_pid", "restore_end")}
         out["locked"] = bool(s.locked)
         out["groups_detail"] = [{
             "index": g.index, "name": ffi.string(g.name).decode("utf-8", "replace"),

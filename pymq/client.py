@@ -560,9 +560,8 @@ class Client:
             "supervisor": {"pid": hdr.supervisor_pid, "restarts": hdr.supervisor_restarts,
                            "last_sweep": hdr.supervisor_beat_ns / 1e9},
             "reaped_processes": hdr.reaped_processes,
-            "reaped_subscriptions": hdr.reaped_members,
             **{k: sum(t[k] for t in topics.values())
-               for k in ("published", "delivered") + ACK_FIGURES},
+               for k in ("reaped_subscriptions", "published", "delivered") + ACK_FIGURES},
             "topics": topics,
         }
 
@@ -604,6 +603,9 @@ def topic_stats(s: dict[str, Any]) -> dict[str, Any]:
         "expired": s["expired"],
         "lock_recoveries": s["recoveries"],
         "corrupt": s["corrupt"],
+        # members of dead processes the supervisor removed (counted under the
+        # topic's lock as each goes, so a killed supervisor miscounts none)
+        "reaped_subscriptions": s["reaped_members"],
         # every anonymous subscription together, counting those gone: one
         # bounded set of figures however many come and go
         "anonymous": {"members": sum(g["members"] for g in anon),

@@ -139,15 +139,13 @@ class Supervisor:
                     removed += ring.reap(dead.value)
                 except Timeout:
                     left += 1
-            hdr = self.ns.hdr
-            hdr.reaped_members += removed  # first: a reader that sees the process counted
             if removed:
                 log.info("reaped %d subscription(s) of dead process %s", removed,
                          dead.info.get("pid"))
             if left:
                 dead.close()  # not yet: a topic's lock is held; next sweep
                 continue
-            hdr.reaped_processes += 1     # sees its subscriptions counted too
+            self.ns.hdr.reaped_processes += 1
             dead.release()
         if time.monotonic() - self._last_orphans >= IDLE_INTERVAL:
             self._last_orphans = time.monotonic()
@@ -172,7 +170,6 @@ class Supervisor:
                 except Timeout:
                     continue  # its lock is held: next time
                 if n:
-                    self.ns.hdr.reaped_members += n
                     log.info("topic %r: removed %d subscription(s) left by a closed client",
                              topic, n)
 

@@ -138,7 +138,7 @@ def test_dead_members_work_reaches_a_live_member_before_the_timeout(make_broker,
         got += live.get_many(64, timeout=30)
     assert sorted(m.seq for m in got) == taken and {m.delivery_attempt for m in got} == {2}
     assert live.ack_many(got) == 50
-    wait_for(lambda: broker.stats()["reaped_subscriptions"] == 1)  # counted just after the reap
+    wait_for(lambda: broker.stats()["reaped_subscriptions"] == 1)
 
 
 def test_unsubscribing_member_hands_its_unacked_work_to_the_group(make_broker):

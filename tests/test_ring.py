@@ -357,3 +357,23 @@ def test_lock_holder_killed_mid_publish_is_recovered(shm_ring, ctx, point, monke
         assert got == [(1, b"before"), (2, b"after")]
     assert seq == got[-1][0]
     assert ring.stats()["recoveries"] == 1
+
+
+def test_reaper_killed_mid_reap_counts_each_member_once(shm_ring, ctx, monkeypatch):
+    """The reaped count is kept under the topic's lock with the removal: a
+    reaper (the supervisor) killed between the two is repaired to count the
+    member it removed exactly once."""
+    ring, shm_name = shm_ring
+    ring.join("g", 0, LATEST, 0, owner=77)
+    ring.join("g", 0, LATEST, 0, owner=77)
+    monkeypatch.setenv("PYMQ_TEST_PAUSE", "member.reaping")
+    p = ctx.Process(target=__import__("ring_procs").reap_and_stop, args=(shm_name, 77))
+    p.start()
+    wait_for(lambda: psutil.Process(p.pid).status() == psutil.STATUS_STOPPED)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(30)
+    assert p.exitcode == -9
+    s = ring.stats()  # repairs: it stopped after removing the first, before counting it
+    assert (s["reaped_members"], s["members"], s["recoveries"]) == (1, 1, 1)
+    assert ring.reap(77) == 1
+    assert (ring.stats()["reaped_members"], ring.stats()["members"]) == (2, 0)

@@ -137,8 +137,8 @@ class Layout:
             uint64_t magic; uint32_t version, ready; uint64_t seg_len;
             int32_t owner_pid; uint32_t closed; uint64_t owner_start, owner_token;
             int32_t supervisor_pid; uint32_t supervisor_restarts; uint64_t supervisor_start;
-            int64_t supervisor_beat_ns, created_ns; uint64_t reaped_processes, reaped_members;
-            int32_t admin_port; uint32_t config_len; char config[{real.sizeof("pmq_ns_t") - 104}];
+            int64_t supervisor_beat_ns, created_ns; uint64_t reaped_processes;
+            int32_t admin_port; uint32_t config_len; char config[{real.sizeof("pmq_ns_t") - 96}];
         }} fz_ns_t;
         """
         ffi = cffi.FFI()

@@ -280,6 +280,7 @@ int pmq_group_stats(pmq_ring_t *r, pmq_ring_stats_t *o, pmq_group_stats_t *group
     o->corrupt = h->corrupt;
     o->anon_delivered = h->anon_delivered;
     o->anon_delivered_bytes = h->anon_delivered_bytes;
+    o->reaped_members = h->reaped_members;
     o->closed = h->closed;
     o->max_msg = r->max_msg;
     for (uint32_t i = 0; i < r->max_groups; i++) {

@@ -195,7 +195,13 @@ int pmq_member_reap(pmq_ring_t *r, uint64_t owner)
     for (uint32_t i = 0; i < r->max_members; i++) {
         pmq_member_t *m = &r->members[i];
         if (m->state == PMQ_SLOT_ACTIVE && m->owner == owner) {
+            pmq_ring_hdr_t *h = r->hdr; /* the note first: a death in between is repaired */
+            h->reap_before = h->reaped_members;
+            STORE_REL(&h->reap_slot, i + 1);
             int gi = group_remove_member(r, m);
+            PMQ_TEST_POINT("member.reaping");
+            STORE_REL(&h->reaped_members, h->reap_before + 1);
+            STORE_REL(&h->reap_slot, 0);
             if (gi >= 0 && gi < 64)
                 acks |= 1ULL << gi;
             n++;

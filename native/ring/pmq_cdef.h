@@ -125,6 +125,7 @@ typedef struct {
     uint64_t published, published_bytes, publish_waits, publish_full;
     uint64_t expired, recoveries, wakeups, corrupt;
     uint64_t anon_delivered, anon_delivered_bytes;
+    uint64_t reaped_members;
     uint32_t groups, members, closed, max_msg;
     int32_t lock_pid;
     uint32_t locked;
@@ -154,7 +155,6 @@ typedef struct {
     int64_t supervisor_beat_ns;
     int64_t created_ns;
     uint64_t reaped_processes;
-    uint64_t reaped_members;
     int32_t admin_port;
     uint32_t config_len;
     char config[...];

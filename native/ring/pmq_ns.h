@@ -22,7 +22,7 @@
 #include <stdint.h>
 
 #define PMQ_NS_MAGIC 0x3130534e514d5950ULL /* "PYMQNS01" little-endian */
-#define PMQ_NS_VERSION 3u
+#define PMQ_NS_VERSION 4u
 #define PMQ_NS_CONFIG_MAX 4096
 
 typedef struct pmq_ns {
@@ -39,15 +39,15 @@ typedef struct pmq_ns {
     uint64_t supervisor_start;
     int64_t supervisor_beat_ns; /* CLOCK_REALTIME of the last sweep */
     int64_t created_ns;
-    uint64_t reaped_processes;  /* dead processes whose subscriptions were removed */
-    uint64_t reaped_members;    /* subscriptions removed with them */
+    uint64_t reaped_processes;  /* dead processes whose subscriptions were removed (each
+                                   topic counts the subscriptions: pmq_member_reap) */
     int32_t admin_port;         /* port the admin server listens on, -1 none: stored by the
                                    supervisor, so that a restarted one serves it again */
     uint32_t config_len;        /* bytes of config used, <= PMQ_NS_CONFIG_MAX */
     char config[PMQ_NS_CONFIG_MAX];
 } pmq_ns_t;
 
-_Static_assert(sizeof(pmq_ns_t) == 104 + PMQ_NS_CONFIG_MAX, "namespace header size");
+_Static_assert(sizeof(pmq_ns_t) == 96 + PMQ_NS_CONFIG_MAX, "namespace header size");
 
 /* Bytes of a namespace segment. */
 uint64_t pmq_ns_size(void);

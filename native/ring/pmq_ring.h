@@ -52,7 +52,7 @@
 #include "pmq_sync.h"
 
 #define PMQ_RING_MAGIC     0x31474e52514d5950ULL /* "PYMQRNG1" little-endian */
-#define PMQ_LAYOUT_VERSION 5u
+#define PMQ_LAYOUT_VERSION 6u
 #define PMQ_READY          0x52454459u           /* stored last by the creator */
 #define PMQ_CACHE_LINE     64
 #define PMQ_HDR_SIZE       4096
@@ -213,9 +213,14 @@ typedef struct pmq_ring_hdr {
     pthread_mutex_t lock;
     int32_t lock_pid;         /* stored after locking, cleared before unlocking */
     uint8_t pad2[PMQ_CACHE_LINE - (sizeof(pthread_mutex_t) + 4) % PMQ_CACHE_LINE];
-    /* line 3: the commit intent */
+    /* line 3: the commit intent, and the reap note: the member slot + 1 that
+     * pmq_member_reap is removing (0: none) and reaped_members before it, so
+     * that the repair after its death counts that member exactly once */
     pmq_intent_t intent;
-    uint8_t pad3[PMQ_CACHE_LINE - sizeof(pmq_intent_t)];
+    uint32_t reap_slot;
+    uint32_t pad3a;
+    uint64_t reap_before;
+    uint8_t pad3[PMQ_CACHE_LINE - sizeof(pmq_intent_t) - 16];
 
     /* line 4: tail, written by publishers under the mutex, read by everyone */
     uint64_t tail;
@@ -255,7 +260,8 @@ typedef struct pmq_ring_hdr {
     uint64_t corrupt;         /* corruption detected */
     uint64_t anon_delivered;  /* deliveries to anonymous groups since freed (their figures */
     uint64_t anon_delivered_bytes; /* go here when they go, so the totals never fall) */
-    uint8_t pad8[2 * PMQ_CACHE_LINE - 72];
+    uint64_t reaped_members;  /* members of dead processes removed (pmq_member_reap) */
+    uint8_t pad8[2 * PMQ_CACHE_LINE - 80];
 } pmq_ring_hdr_t;
 
 _Static_assert(sizeof(pmq_group_t) == 6 * PMQ_CACHE_LINE, "group is 6 cache lines");
@@ -350,6 +356,7 @@ typedef struct pmq_ring_stats {
     uint64_t published, published_bytes, publish_waits, publish_full;
     uint64_t expired, recoveries, wakeups, corrupt;
     uint64_t anon_delivered, anon_delivered_bytes; /* of anonymous groups gone */
+    uint64_t reaped_members;
     uint32_t groups, members, closed, max_msg;
     int32_t lock_pid;      /* holder of the segment's lock when it could not be had */
     uint32_t locked;       /* 1: the figures are from a lock-free look (the lock was held) */
@@ -437,7 +444,7 @@ int pmq_ring_close(pmq_ring_t *r, uint32_t why);
  * written, tail not moved), "publish.committed" (tail moved, intent not
  * cleared). ack.c: "ack.locked", "ack.claimed" (entries recorded, cursor not
  * moved). member.c: "member.locked" (the segment's mutex held to join, leave
- * or reap). */
+ * or reap), "member.reaping" (a reaped member removed, not yet counted). */
 
 /* Layout version compiled in. */
 uint32_t pmq_ring_layout_version(void);

@@ -180,6 +180,15 @@ static int repair(void *ctx)
         h->next_seq = h->tail == in->new_tail ? in->new_seq : in->old_seq;
         in->active = 0;
     }
+    if (h->reap_slot) {
+        /* a reap died here: its member is counted once if it was removed
+         * (state stored first), and not if it is still there (the next reap) */
+        uint32_t i = h->reap_slot - 1;
+        if (i < r->max_members && r->members[i].state != PMQ_SLOT_ACTIVE &&
+            h->reaped_members == h->reap_before)
+            h->reaped_members++;
+        h->reap_slot = 0;
+    }
     ADD_RLX(&h->recoveries, 1);
     if (h->head > h->tail || h->tail - h->head > r->capacity || h->next_seq == 0)
         return PMQ_ECORRUPT;
