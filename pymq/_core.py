@@ -24,7 +24,7 @@ import weakref
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
-from typing import Any, TypeAlias
+from typing import Any, Callable, TypeAlias
 
 if not sys.platform.startswith("linux"):
     raise ImportError(f"pymq runs on Linux only, not {sys.platform}: it needs futexes, robust "
@@ -176,6 +176,9 @@ def bind_message(cls: type) -> None:
 
 MessageBase: TypeAlias = _fast.Message
 Reader: TypeAlias = _fast.Reader
+timeout_ns: Callable[[float | None], int] = _fast.timeout_ns
+"""A timeout in seconds as ns (None: -1, for ever); ValueError for a bad one.
+pymq's one conversion, in C: Reader.get1 takes seconds through it too."""
 
 
 def spans_within(lens: Sequence[int], limit: int,

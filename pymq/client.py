@@ -32,21 +32,6 @@ READ_BUFFER = 256 * 1024   # bytes of a subscription's read buffer (at least max
 READY_TIMEOUT = 5.0        # seconds to wait for another process to finish creating a segment
 
 
-_TIMEOUTS: dict[float | None, int] = {None: -1}  # timeouts seen (a few in a program) -> ns
-
-
-def _timeout_ns(timeout: float | None) -> int:
-    ns = _TIMEOUTS.get(timeout)
-    if ns is not None:
-        return ns
-    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout >= 0:
-        raise ValueError(f"timeout must be a number >= 0 or None, not {timeout!r}")
-    ns = int(timeout * 1e9)
-    if len(_TIMEOUTS) < 256:
-        _TIMEOUTS[timeout] = ns
-    return ns
-
-
 def _as_bytes(payload: object) -> bytes:
     """The payload as bytes (the ring copies from a bytes object's own buffer)."""
     if isinstance(payload, bytes):
@@ -173,7 +158,7 @@ class Client:
             self._finalizer()
             raise SegmentMismatch(f"broker {name!r}: bad config in shared memory: {e}") from None
         self._topics = self._res.topics  # the hot path's dict
-        self._publish_timeout_ns = _timeout_ns(self._config.publish_timeout)
+        self._publish_timeout_ns = _core.timeout_ns(self._config.publish_timeout)
 
     # -- lifetime -------------------------------------------------------------
 
@@ -290,7 +275,7 @@ class Client:
         the topic)."""
         if type(payload) is not bytes:
             payload = _as_bytes(payload)
-        timeout_ns = self._publish_timeout_ns if timeout is None else _timeout_ns(timeout)
+        timeout_ns = self._publish_timeout_ns if timeout is None else _core.timeout_ns(timeout)
         ring = self._topics.get(topic) or self._ring_for(topic, (payload,))
         try:
             seq: int = ring.put1(payload, timeout_ns)
@@ -310,7 +295,7 @@ class Client:
         assert isinstance(payloads, (list, tuple))
         if not payloads:
             raise ValueError("publish_many needs at least one payload")
-        timeout_ns = self._publish_timeout_ns if timeout is None else _timeout_ns(timeout)
+        timeout_ns = self._publish_timeout_ns if timeout is None else _core.timeout_ns(timeout)
         ring = self._topics.get(topic)
         if ring is None:
             checked = [p if type(p) is bytes else _as_bytes(p) for p in payloads]
@@ -353,7 +338,7 @@ class Client:
         with memoryview(data) as view:  # TypeError without the buffer protocol
             if not view.c_contiguous:  # (numpy's own error here would be a ValueError)
                 raise BufferError("data must be C-contiguous")
-        timeout_ns = self._publish_timeout_ns if timeout is None else _timeout_ns(timeout)
+        timeout_ns = self._publish_timeout_ns if timeout is None else _core.timeout_ns(timeout)
         ring = self._topics.get(topic)
         if ring is None:  # the first publish to it: a batch that must fail creates no topic
             ring = self._ring_for(topic, [b"\0" * _largest_record(data, size, offsets)])
@@ -370,7 +355,7 @@ class Client:
         loop. Returns the seq; raises as publish()."""
         if type(payload) is not bytes:
             payload = _as_bytes(payload)
-        timeout_ns = self._publish_timeout_ns if timeout is None else _timeout_ns(timeout)
+        timeout_ns = self._publish_timeout_ns if timeout is None else _core.timeout_ns(timeout)
         ring = self._topics.get(topic) or self._ring_for(topic, (payload,))
         try:
             return ring.put1(payload, 0)  # the usual case, made short: there is room
@@ -391,7 +376,7 @@ class Client:
         batch = [p if type(p) is bytes else _as_bytes(p) for p in payloads]
         if not batch:
             raise ValueError("publish_many needs at least one payload")
-        timeout_ns = self._publish_timeout_ns if timeout is None else _timeout_ns(timeout)
+        timeout_ns = self._publish_timeout_ns if timeout is None else _core.timeout_ns(timeout)
         ring = self._topics.get(topic) or self._ring_for(topic, batch)
         last: int = await aio.publish(ring, lambda: self.publish_many(topic, batch, 0),
                                       timeout_ns, sum(map(len, batch)))
@@ -474,9 +459,9 @@ class Client:
             since = 1 if mode == _core.START["earliest"] else seq
             if since < first_in_ring:
                 from .persistence import replay
-                sub._backlog = _Backlog(source=map(sub._from_disk,
+                sub._set_backlog(_Backlog(source=map(sub._from_disk,
                                                    replay(cfg.persistence_dir, topic, since,
-                                                          first_in_ring)))
+                                                          first_in_ring))))
         with self._lock:
             self._res.subs.add(sub)
         return sub
@@ -658,8 +643,19 @@ class Subscription(Generic[T]):
         self._client = client
         self._ring = ring
         self._reader = reader
+        self._set_backlog(None)
 
     _backlog: _Backlog | None = None
+
+    def _set_backlog(self, backlog: _Backlog | None) -> None:
+        """What get() hands out first. With none (the usual case), get is the
+        reader's C method itself, bound on the instance: a receive costs no
+        Python frame. With one, it is the method below, which takes from it."""
+        self._backlog = backlog
+        if backlog is None:
+            self.__dict__["get"] = self._reader.get1
+        else:
+            self.__dict__.pop("get", None)
 
     def _from_disk(self, rec: tuple[int, int, bytes]) -> Any:
         """A record (seq, ts_ns, payload) replayed from disk, as get() gives it."""
@@ -669,7 +665,7 @@ class Subscription(Generic[T]):
         """Up to n items of the backlog; [] (and no backlog) once it is empty."""
         got = self._backlog.take(n) if self._backlog is not None else []
         if not got:
-            self._backlog = None
+            self._set_backlog(None)
         return got
 
     def _many(self, max_count: int) -> int:
@@ -684,12 +680,13 @@ class Subscription(Generic[T]):
 
         Raises Timeout when nothing arrived in time, SubscriptionClosed
         (unsubscribed, reaped, its group or topic deleted), BrokerClosed,
-        ValueError for a bad timeout."""
+        ValueError for a bad timeout. (Without a backlog to hand out first,
+        this is the reader's own C method: see _set_backlog.)"""
         if self._backlog is not None:
             old = self._taken(1)
             if old:
                 return old[0]
-        got: T = self._reader.get1(-1 if timeout is None else _timeout_ns(timeout))
+        got: T = self._reader.get1(timeout)
         return got
 
     def get_many(self, max_count: int, timeout: float | None = None) -> list[T]:
@@ -700,7 +697,7 @@ class Subscription(Generic[T]):
             old = self._taken(n)
             if old:
                 return old
-        got: list[T] = self._reader.get(n, -1 if timeout is None else _timeout_ns(timeout))
+        got: list[T] = self._reader.get(n, -1 if timeout is None else _core.timeout_ns(timeout))
         return got
 
     async def aget(self, timeout: float | None = None) -> T:
@@ -723,7 +720,7 @@ class Subscription(Generic[T]):
             if old:
                 return old
         got: list[T] = await aio.receive(self._reader, n,
-                                         -1 if timeout is None else _timeout_ns(timeout),
+                                         -1 if timeout is None else _core.timeout_ns(timeout),
                                          self._ring)
         return got
 
@@ -735,7 +732,7 @@ class Subscription(Generic[T]):
         while True:
             try:
                 if ahead and self._backlog is None:
-                    self._backlog = _Backlog(await self.aget_many(READ_BATCH))
+                    self._set_backlog(_Backlog(await self.aget_many(READ_BATCH)))
                 item = await self.aget()
             except (SubscriptionClosed, BrokerClosed):
                 return
@@ -753,7 +750,7 @@ class Subscription(Generic[T]):
             old = self._taken(n)
             if old:
                 return self._as_batch(old)
-        got = self._reader.get_batch(n, -1 if timeout is None else _timeout_ns(timeout))
+        got = self._reader.get_batch(n, -1 if timeout is None else _core.timeout_ns(timeout))
         data, offsets, seqs, times, slots, attempts, size = got
         if slots is None or attempts is None:
             return Batch(self.topic, data, offsets, seqs, times, size)
@@ -786,7 +783,7 @@ class Subscription(Generic[T]):
         while True:
             try:
                 if ahead and self._backlog is None:
-                    self._backlog = _Backlog(self.get_many(READ_BATCH))
+                    self._set_backlog(_Backlog(self.get_many(READ_BATCH)))
                 item = self.get()
             except (SubscriptionClosed, BrokerClosed):
                 return
@@ -797,7 +794,7 @@ class Subscription(Generic[T]):
         held past timeout_ns (< 0: 10 s; the member is left to the supervisor,
         which reaps it once its process or client is gone)."""
         r = self._reader
-        self._backlog = None
+        self._set_backlog(None)
         if not r.closed:
             r.close()  # its reads raise SubscriptionClosed; its messages can still be acked
             try:

@@ -39,6 +39,27 @@ def test_get_times_out_with_timeout(broker):
         sub.get_many(10, timeout=0)
 
 
+def test_timeouts_are_converted_once_in_c(broker):
+    """Seconds become ns in one place, pymq._fast (get() is the reader's C
+    method itself): None is for ever, past 2**63 ns is for ever too, and
+    anything but a number >= 0 is a ValueError (bool included)."""
+    conv = pymq._core.timeout_ns
+    assert [conv(t) for t in (None, 0, 1.5, 2, 10**30, float("inf"))] == \
+        [-1, 0, 1_500_000_000, 2_000_000_000, 2**63 - 1, 2**63 - 1]
+    sub = broker.subscribe("t")
+    for bad in (-1, -0.5, float("nan"), True, "1", -(10**30)):
+        with pytest.raises(ValueError, match="timeout must be a number >= 0 or None"):
+            conv(bad)
+        with pytest.raises(ValueError, match="timeout must be a number >= 0 or None"):
+            sub.get(bad)
+    with pytest.raises(TypeError):
+        sub.get(1, 2)
+    with pytest.raises(TypeError):
+        sub.get(tmo=1)
+    broker.publish_many("t", [b"x", b"y"])
+    assert (sub.get(timeout=float("inf")), sub.get(None)) == (b"x", b"y")
+
+
 def test_subscribe_sees_only_later_messages_unless_earliest(broker):
     broker.publish("t", b"old")
     late = broker.subscribe("t")

@@ -304,7 +304,41 @@ done:
     return result;
 }
 
+int py_timeout_ns(PyObject *seconds, int64_t *ns)
+{
+    if (seconds == Py_None) {
+        *ns = -1;
+        return 0;
+    }
+    double t = -1;
+    if (PyFloat_Check(seconds))
+        t = PyFloat_AS_DOUBLE(seconds);
+    else if (PyLong_Check(seconds) && !PyBool_Check(seconds)) {
+        t = PyLong_AsDouble(seconds);
+        if (t == -1.0 && PyErr_Occurred()) { /* past a double: for ever, in effect */
+            PyErr_Clear();
+            t = Py_SIZE(seconds) < 0 ? -1 : HUGE_VAL;
+        }
+    }
+    if (!(t >= 0)) { /* negative, NaN, or not a number */
+        PyErr_Format(PyExc_ValueError, "timeout must be a number >= 0 or None, not %R", seconds);
+        return -1;
+    }
+    *ns = t * 1e9 >= 9.2e18 ? INT64_MAX : (int64_t)(t * 1e9);
+    return 0;
+}
+
+/* timeout_ns(seconds) -> ns (-1 for None) */
+static PyObject *fast_timeout_ns(PyObject *unused, PyObject *seconds)
+{
+    (void)unused;
+    int64_t ns;
+    return py_timeout_ns(seconds, &ns) < 0 ? NULL : PyLong_FromLongLong(ns);
+}
+
 static PyMethodDef methods[] = {
+    {"timeout_ns", (PyCFunction)fast_timeout_ns, METH_O,
+     "timeout_ns(seconds) -> ns: None -> -1; a number >= 0 (else ValueError)"},
     {"publish_buffer", (PyCFunction)(void (*)(void))fast_publish_buffer, METH_FASTCALL,
      "publish_buffer(ring, topic, data, record_size, offsets, timeout_ns) -> the last seq: "
      "every record of one buffer, one message each, all or none"},

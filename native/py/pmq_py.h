@@ -33,6 +33,11 @@ extern PyTypeObject PyReader_Type;    /* pymq._fast.Reader */
 /* 1 if bind() ran, else 0 with RuntimeError set. */
 int py_bound(void);
 
+/* A timeout in seconds (None: for ever, -1; an int or float >= 0, past
+ * 2**63 ns: INT64_MAX) as ns: pymq's one conversion. 0, or -1 with
+ * ValueError set. */
+int py_timeout_ns(PyObject *seconds, int64_t *ns);
+
 /* Set the exception for the ring's code rc (rc < 0) and return NULL. */
 PyObject *py_raise(int64_t rc, PyObject *topic, int64_t timeout_ns, int64_t size, int64_t largest,
                    const pmq_ring_t *r);

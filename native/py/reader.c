@@ -193,11 +193,19 @@ static int args_timeout(PyObject *o, int64_t *timeout)
     return *timeout == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
-/* get1(timeout_ns) -> bytes, or a Message for an ack subscription */
-static PyObject *reader_get1(ReaderObject *rd, PyObject *arg)
+/* get1(timeout=None) -> bytes, or a Message for an ack subscription; the
+ * timeout in seconds, so that Subscription.get can be this method itself. */
+static PyObject *reader_get1(ReaderObject *rd, PyObject *const *args, Py_ssize_t n,
+                             PyObject *kwnames)
 {
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (n + nkw > 1 ||
+        (nkw && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "timeout"))) {
+        PyErr_SetString(PyExc_TypeError, "get(timeout=None) takes one argument, timeout");
+        return NULL;
+    }
     int64_t timeout;
-    if (args_timeout(arg, &timeout) < 0)
+    if (py_timeout_ns(n + nkw ? args[0] : Py_None, &timeout) < 0)
         return NULL;
     PyObject *got = read_into(rd, 1, timeout);
     return got && rd->ack ? as_messages(rd, got, 1) : got;
@@ -512,8 +520,9 @@ static void reader_dealloc(ReaderObject *rd)
 }
 
 static PyMethodDef reader_methods[] = {
-    {"get1", (PyCFunction)reader_get1, METH_O,
-     "get1(timeout_ns) -> the next payload (a Message for an ack subscription)"},
+    {"get1", (PyCFunction)(void (*)(void))reader_get1, METH_FASTCALL | METH_KEYWORDS,
+     "get1(timeout=None) -> the next payload (a Message for an ack subscription); timeout in "
+     "seconds, None: for ever"},
     {"get", (PyCFunction)(void (*)(void))reader_get, METH_FASTCALL,
      "get(max, timeout_ns) -> 1..max payloads (Messages for an ack subscription)"},
     {"ack", (PyCFunction)reader_ack, METH_O,
