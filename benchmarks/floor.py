@@ -269,6 +269,9 @@ BULK_SIZES = (64, 4096)
 BULK_RECORDS = {64: 1024, 4096: 64}  # a call's records: as compare.py's bulk rows (256 KiB at most)
 BULK_ROUND_BYTES = 4 << 20  # ring bytes a round publishes and reads back: within the L3, as in
                             # compare.py's 8 MiB ring, so the reads do not measure DRAM
+BULK_RING_BYTES = 8 << 20   # the ring's size: compare.py's (the default). Rounds go round it, so
+                            # a larger one (64 MiB, before 2026-12-07) is written from DRAM: a
+                            # 4 KiB copy into it measured 327 ns against 129 into 8 MiB
 # The memcpy's buffers are 64-byte aligned and not 1-63 bytes apart modulo 4 KiB: glibc
 # 2.36 copies 4 KiB and more with `rep movsb` here (AMD EPYC, FSRM), which measured about
 # 15x slower (2.7 against 43 GB/s) with the destination 8-24 bytes past the source modulo
@@ -798,12 +801,12 @@ def main() -> int:
         fl = run_floor(n, rounds, 64 << 20)
         sc = syscall_costs(n // 2, rounds)
         cg = None if args.no_callgrind else run_callgrind(2_000 if q else 20_000)
-        bk = run_bulk_floor(3 if q else 15, 64 << 20)
+        bk = run_bulk_floor(3 if q else 15, BULK_RING_BYTES)
         out.update(floor=fl, derived=derive(fl["ns_per_op"]), syscalls=sc, callgrind=cg, bulk=bk)
         report_floor(fl, sc, cg)
         report_bulk(bk)
     if args.part == "bulk":
-        bk = run_bulk_floor(3 if q else 15, 64 << 20)
+        bk = run_bulk_floor(3 if q else 15, BULK_RING_BYTES)
         out.update(bulk=bk)
         report_bulk(bk)
     if args.part in ("wait", "all"):

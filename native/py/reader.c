@@ -31,7 +31,10 @@ static PyObject *payload_of(const sink_ctx_t *c, const pmq_batch_t *b, const uin
         PyErr_SetString(PyExc_ValueError, "a record lies outside the data area");
         return NULL;
     }
-    return PyBytes_FromStringAndSize((const char *)data + b->offs[i], (Py_ssize_t)b->lens[i]);
+    PyObject *o = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)b->lens[i]);
+    if (o)
+        pmq_payload_copy(PyBytes_AS_STRING(o), data + b->offs[i], b->lens[i]);
+    return o;
 }
 
 /* The bytes of an array of n items of size bytes each. */
@@ -66,7 +69,7 @@ static int sink_bulk(sink_ctx_t *c, const pmq_batch_t *b, const uint8_t *data)
         uint64_t *o = (uint64_t *)(void *)PyBytes_AS_STRING(offsets), at = 0;
         double *t = (double *)(void *)PyBytes_AS_STRING(times);
         for (uint32_t i = 0; i < b->n; i++) {
-            memcpy(out + at, data + b->offs[i], b->lens[i]);
+            pmq_payload_copy(out + at, data + b->offs[i], b->lens[i]);
             o[i] = at;
             at += b->lens[i];
             t[i] = (double)b->ts[i] / 1e9;

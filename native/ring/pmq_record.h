@@ -27,6 +27,21 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Copy a payload into or out of a data area. glibc copies 2 KiB and more
+ * with `rep movsb`, which on this machine's CPU (AMD EPYC, FSRM) measured
+ * 12-15 % slower for 4 KiB payloads at a ring's alignments (24 bytes past an
+ * 8-aligned record) than a loop of 64-byte blocks, which compiles to vector
+ * moves; under 2 KiB glibc's own vector copy is used. */
+static inline void pmq_payload_copy(void *restrict dst, const void *restrict src, size_t n)
+{
+    uint8_t *d = dst;
+    const uint8_t *s = src;
+    if (n >= 2048)
+        for (; n >= 64; n -= 64, d += 64, s += 64)
+            memcpy(d, s, 64);
+    memcpy(d, s, n);
+}
+
 #define PMQ_REC_DATA 1u
 #define PMQ_REC_PAD  2u
 

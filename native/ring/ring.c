@@ -378,7 +378,7 @@ static uint64_t write_records(pmq_ring_t *r, uint64_t pos, const char *const *pa
                          .ts_ns = tss ? tss[i] : ts};
         memcpy(r->data + off, &rec, sizeof rec);
         if (lens[i])
-            memcpy(r->data + off + PMQ_REC_HDR, parts[i], lens[i]);
+            pmq_payload_copy(r->data + off + PMQ_REC_HDR, parts[i], lens[i]);
         pos += size;
     }
     return pos;
@@ -639,7 +639,7 @@ int ring_batch_copy(const pmq_ring_t *r, pmq_batch_t *b)
     for (uint32_t i = 0; i < b->n; i++) {
         if (b->offs[i] > r->capacity || b->lens[i] > r->capacity - b->offs[i])
             return PMQ_ECORRUPT;
-        memcpy(b->buf + at, r->data + b->offs[i], b->lens[i]);
+        pmq_payload_copy(b->buf + at, r->data + b->offs[i], b->lens[i]);
         b->offs[i] = at;
         at += (b->lens[i] + 7ull) & ~7ull;
     }
