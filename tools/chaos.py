@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import time
 
@@ -98,8 +99,15 @@ def summary(fig, args, failure=None):
     return "\n".join(lines)
 
 
+def interrupted(signum, frame):
+    """SIGTERM ends the run as Ctrl-C does: the engine stops every process it
+    started and closes its broker (nothing is left in /dev/shm)."""
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, interrupted)
     settings = Settings(
         kills=args.kills, seed=args.seed, kills_per_round=args.kills_per_round, gap=args.gap,
         stop_share=args.stops, point_share=args.point_share,

@@ -621,8 +621,15 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def interrupted(signum, frame):
+    """SIGTERM (a timeout, a CI runner) ends the run as Ctrl-C does: the
+    `pymq serve` and every process it started are stopped, nothing is left."""
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, interrupted)
     soak = Soak(args)
     out = {"command": " ".join([os.path.basename(sys.executable)] + sys.argv),
            "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": platform.machine(),
@@ -642,8 +649,7 @@ def main(argv=None):
         soak.fail(str(e))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        soak.cleanup()
-        return 130
+        return 130  # cleaned up below
     finally:
         soak.cleanup()
     fig = soak.figures(flat)
