@@ -289,7 +289,7 @@ int ack_take(pmq_ring_t *r, pmq_member_t *m, uint32_t mi, uint32_t mgen, pmq_gro
         rc = ring_hand_over(r, b, sink); /* under the lock: the records cannot move */
     if (rc == 0) { /* commit */
         pmq_deadline_t acked_by = PMQ_DEADLINE(g->ack_timeout_ns);
-        int64_t deadline = b->n ? pmq_deadline_start(&acked_by, -1) : 0;
+        int64_t deadline = b->n ? pmq_deadline_start(&acked_by, pmq_sync_now_late()) : 0;
         pmq_pending_word_t mine = {.f = {.member = (uint16_t)mi, .member_gen = (uint16_t)mgen,
                                          .state = PMQ_PEND_INFLIGHT}};
         for (uint32_t i = 0; i < again; i++) {

@@ -59,6 +59,10 @@ static inline void pmq_sync_relax(void)
 
 /* CLOCK_MONOTONIC nanoseconds (one clock for every process of the machine). */
 int64_t pmq_sync_now(void);
+/* A CLOCK_MONOTONIC time no earlier than now, at a coarse clock's cost (the
+ * coarse clock plus its resolution): for deadlines that must not come early
+ * and may come a tick late (an ack's). */
+int64_t pmq_sync_now_late(void);
 /* CLOCK_REALTIME nanoseconds since the epoch. */
 int64_t pmq_sync_now_real(void);
 

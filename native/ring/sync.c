@@ -38,6 +38,22 @@ static int64_t now_of(clockid_t clock)
 int64_t pmq_sync_now(void) { return now_of(CLOCK_MONOTONIC); }
 int64_t pmq_sync_now_real(void) { return now_of(CLOCK_REALTIME); }
 
+int64_t pmq_sync_now_late(void)
+{
+    static int64_t tick_once; /* CLOCK_MONOTONIC_COARSE's resolution (4 ms here), or -1 */
+    int64_t tick = __atomic_load_n(&tick_once, __ATOMIC_RELAXED);
+    if (!tick) {
+        struct timespec res;
+        tick = clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0 && res.tv_sec == 0 &&
+                       res.tv_nsec > 0 && res.tv_nsec <= 100000000
+                   ? res.tv_nsec
+                   : -1;
+        __atomic_store_n(&tick_once, tick, __ATOMIC_RELAXED);
+    }
+    /* 6.5 ns against 30 for CLOCK_MONOTONIC on this machine */
+    return tick > 0 ? now_of(CLOCK_MONOTONIC_COARSE) + tick : pmq_sync_now();
+}
+
 /* ---- test points -------------------------------------------------------------- */
 
 int pmq_test_armed;
