@@ -168,13 +168,10 @@ def check(rc: int, context: str = "", **detail: Any) -> int:
     raise error(rc, context, **detail)
 
 
-def bind_message(cls: type) -> None:
-    """Make cls (pymq.Message, a subclass of pymq._fast.Message) the class of
-    received messages, and hand pymq._fast the table of _native's functions."""
-    _fast.bind(int(ffi.cast("uintptr_t", lib.pmq_api())), cls, error_from_c)
+# pymq._fast gets the table of _native's functions (checked) and the errors' maker, once
+_fast.bind(int(ffi.cast("uintptr_t", lib.pmq_api())), error_from_c)
 
-
-MessageBase: TypeAlias = _fast.Message
+Message: TypeAlias = _fast.Message
 Reader: TypeAlias = _fast.Reader
 timeout_ns: Callable[[float | None], int] = _fast.timeout_ns
 """A timeout in seconds as ns (None: -1, for ever); ValueError for a bad one.

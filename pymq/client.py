@@ -47,48 +47,7 @@ def _as_bytes(payload: object) -> bytes:
                         f"not {type(payload).__name__}") from None
 
 
-class Message(_core.MessageBase):
-    """A message: payload plus, when received, where it came from.
-
-    Message(payload, ack=None, *, topic=None, seq=None, delivery_attempt=1,
-    publish_time=None) mirrors the seed's Message{Payload, Ack}. Its fields
-    (payload, topic, seq, delivery_attempt, publish_time) are read-only. ack()
-    and nack() are C, one call into the ring each (pymq._fast.Message); ack()
-    is a no-op on a message that needs no acknowledgement, calls the ack it
-    was given, if any, and never waits. A message received from
-    subscribe_with_ack() is acked, nacked and viewed through its subscription's
-    segment, without a word to the supervisor.
-    """
-
-    __slots__ = ()
-
-    def view(self) -> memoryview:
-        """A read-only memoryview of the payload in shared memory (zero-copy).
-        It is valid while this delivery is pending: until it is acked or nacked
-        (then the view is released), and not after its ack timeout passed and
-        another member got and acked it, nor after the subscription closed.
-        Raises ValueError once it was acked or the subscription closed."""
-        reader = self._reader
-        if reader is None:
-            return memoryview(self.payload).toreadonly()
-        if self._settled:
-            raise ValueError("the message was acked: its view is no longer valid")
-        if reader.closed:
-            raise ValueError("the subscription is closed: the message may be redelivered elsewhere")
-        mv: memoryview = reader.owner.view(self._pos, len(self.payload))
-        views = self._views
-        if views is None:
-            self._views = views = []
-        views.append(mv)
-        return mv
-
-    def __repr__(self) -> str:
-        return (f"Message(topic={self.topic!r}, seq={self.seq}, "
-                f"delivery_attempt={self.delivery_attempt}, "
-                f"payload={self.payload[:32]!r}{'...' if len(self.payload) > 32 else ''})")
-
-
-_core.bind_message(Message)  # received messages are made (in C) of this class
+Message = _core.Message  # all C (native/py/message.c): fields, ack, nack, view, repr
 
 
 Payload = Union[bytes, bytearray, memoryview, Message]  # or anything with the buffer protocol

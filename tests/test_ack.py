@@ -303,8 +303,11 @@ def test_message_is_a_c_type_whose_ack_is_one_call_and_whose_fields_are_read_onl
     sub = broker.subscribe_with_ack("t", group="g")
     broker.publish_many("t", [b"a", b"b"])
     a, b = sub.get(timeout=5), sub.get(timeout=5)
-    assert isinstance(a, _core.MessageBase) and "ack" not in pymq.Message.__dict__
+    assert type(a) is pymq.Message is _core.Message  # all C: no Python subclass
     assert type(pymq.Message.ack).__name__ == "method_descriptor"
+    assert repr(a) == "Message(topic='t', seq=1, delivery_attempt=1, payload=b'a')"
+    long = pymq.Message(bytes(40), topic=None)
+    assert repr(long) == f"Message(topic=None, seq=None, delivery_attempt=1, payload={bytes(32)!r}...)"
     for field in ("payload", "topic", "seq", "delivery_attempt", "publish_time"):
         with pytest.raises(AttributeError):
             setattr(a, field, None)

@@ -1,6 +1,6 @@
 /*
  * module.c - pymq._fast: bind() (the table of pymq._native's functions and
- * the Python pieces the fast path needs), the GIL hooks, errors, and the
+ * the function that makes exceptions), the GIL hooks, errors, and the
  * publish calls. The types are in message.c and reader.c.
  */
 #include "pmq_py.h"
@@ -8,7 +8,6 @@
 #include <string.h>
 
 const pmq_api_t *py_api;
-PyTypeObject *py_message_type;
 static PyObject *py_error; /* pymq._core.error_from_c */
 
 int py_bound(void)
@@ -38,16 +37,14 @@ PyObject *py_raise(int64_t rc, PyObject *topic, int64_t timeout_ns, int64_t size
     return NULL;
 }
 
-/* bind(api, message_type, error_from_c): the address of pymq._native's
- * pmq_api_t (checked: version, size, layout, build), the class received
- * messages are made of (a subclass of pymq._fast.Message), and the function
- * that turns the ring's codes into exceptions. One-shot; binding the same
- * again is a no-op. */
+/* bind(api, error_from_c): the address of pymq._native's pmq_api_t
+ * (checked: version, size, layout, build), and the function that turns the
+ * ring's codes into exceptions. One-shot; binding the same again is a no-op. */
 static PyObject *fast_bind(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
     (void)self;
-    if (n != 3) {
-        PyErr_SetString(PyExc_TypeError, "bind(api, message_type, error_from_c)");
+    if (n != 2) {
+        PyErr_SetString(PyExc_TypeError, "bind(api, error_from_c)");
         return NULL;
     }
     const pmq_api_t *api = PyLong_AsVoidPtr(args[0]);
@@ -62,14 +59,12 @@ static PyObject *fast_bind(PyObject *self, PyObject *const *args, Py_ssize_t n)
                             "(api %u, layout %u): a stale build; run `make clean` and build again",
                             PMQ_BUILD_ID, PMQ_API_VERSION, PMQ_LAYOUT_VERSION, api->version,
                             api->version == PMQ_API_VERSION ? api->layout : 0);
-    if (!PyType_Check(args[1]) ||
-        !PyType_IsSubtype((PyTypeObject *)args[1], &PyMessage_Type) || !PyCallable_Check(args[2]))
-        return PyErr_Format(PyExc_TypeError, "bind(api, a subclass of pymq._fast.Message, callable)");
-    if (py_api && (py_api != api || py_message_type != (PyTypeObject *)args[1]))
+    if (!PyCallable_Check(args[1]))
+        return PyErr_Format(PyExc_TypeError, "bind(api, error_from_c): error_from_c is callable");
+    if (py_api && (py_api != api || py_error != args[1]))
         return PyErr_Format(PyExc_RuntimeError, "pymq._fast is bound already");
     if (!py_api) {
-        py_message_type = (PyTypeObject *)Py_NewRef(args[1]);
-        py_error = Py_NewRef(args[2]);
+        py_error = Py_NewRef(args[1]);
         py_api = api;
     }
     Py_RETURN_NONE;
@@ -343,8 +338,8 @@ static PyMethodDef methods[] = {
      "publish_buffer(ring, topic, data, record_size, offsets, timeout_ns) -> the last seq: "
      "every record of one buffer, one message each, all or none"},
     {"bind", (PyCFunction)(void (*)(void))fast_bind, METH_FASTCALL,
-     "bind(api, message_type, error_from_c): the table of pymq._native's functions (checked), "
-     "the class of received messages, and the function that makes exceptions of codes"},
+     "bind(api, error_from_c): the table of pymq._native's functions (checked), and the "
+     "function that makes exceptions of codes"},
     {"publish1", (PyCFunction)(void (*)(void))fast_publish1, METH_FASTCALL,
      "publish1(ring, topic, payload, timeout_ns) -> seq"},
     {"publish", (PyCFunction)(void (*)(void))fast_publish, METH_FASTCALL,

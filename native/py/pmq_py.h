@@ -26,8 +26,7 @@
 #define PY_ERR (-1900)
 
 extern const pmq_api_t *py_api;       /* bound by bind(); NULL before */
-extern PyTypeObject *py_message_type; /* pymq.Message: the subclass reads make */
-extern PyTypeObject PyMessage_Type;   /* pymq._fast.Message, its base */
+extern PyTypeObject PyMessage_Type;   /* pymq._fast.Message: pymq.Message */
 extern PyTypeObject PyReader_Type;    /* pymq._fast.Reader */
 
 /* 1 if bind() ran, else 0 with RuntimeError set. */
