@@ -374,7 +374,7 @@ def derive(b: dict) -> dict:
         "publish_client_wrapper": b["client_publish"] - b["fast_publish"],  # it calls put1 itself
         "publish_python_total": b["client_publish"] - b["native_publish"],
         "read_core_wrapper": b["ring_read"] - b["native_read"],  # _core's Python over the cffi read
-        "read_client_wrapper": b["sub_get"] - b["fast_read"],  # it calls get1 itself
+        "read_client_wrapper": b["sub_get"] - b["fast_read"],  # it is get1 itself (8a79afe)
         "read_python_total": b["sub_get"] - b["native_read"],
         "fast_publish_vs_cffi": b["fast_publish"] - b["native_publish"],  # C-API call + GIL vs cffi
         "fast_read_vs_cffi_and_bytes": b["fast_read"] - b["native_read"] - b["bytes_cbuf"] + b["empty"],

@@ -175,7 +175,7 @@ Message: TypeAlias = _fast.Message
 Reader: TypeAlias = _fast.Reader
 timeout_ns: Callable[[float | None], int] = _fast.timeout_ns
 """A timeout in seconds as ns (None: -1, for ever); ValueError for a bad one.
-pymq's one conversion, in C: Reader.get1 takes seconds through it too."""
+pymq's one conversion, in C: the Reader's reads take seconds through it too."""
 
 
 def spans_within(lens: Sequence[int], limit: int,

@@ -656,7 +656,7 @@ class Subscription(Generic[T]):
             old = self._taken(n)
             if old:
                 return old
-        got: list[T] = self._reader.get(n, -1 if timeout is None else _core.timeout_ns(timeout))
+        got: list[T] = self._reader.get(n, timeout)
         return got
 
     async def aget(self, timeout: float | None = None) -> T:
@@ -679,7 +679,7 @@ class Subscription(Generic[T]):
             if old:
                 return old
         got: list[T] = await aio.receive(self._reader, n,
-                                         -1 if timeout is None else _core.timeout_ns(timeout),
+                                         _core.timeout_ns(timeout),
                                          self._ring)
         return got
 
@@ -709,7 +709,7 @@ class Subscription(Generic[T]):
             old = self._taken(n)
             if old:
                 return self._as_batch(old)
-        got = self._reader.get_batch(n, -1 if timeout is None else _core.timeout_ns(timeout))
+        got = self._reader.get_batch(n, timeout)
         data, offsets, seqs, times, slots, attempts, size = got
         if slots is None or attempts is None:
             return Batch(self.topic, data, offsets, seqs, times, size)

@@ -50,14 +50,17 @@ def test_timeouts_are_converted_once_in_c(broker):
     for bad in (-1, -0.5, float("nan"), True, "1", -(10**30)):
         with pytest.raises(ValueError, match="timeout must be a number >= 0 or None"):
             conv(bad)
-        with pytest.raises(ValueError, match="timeout must be a number >= 0 or None"):
-            sub.get(bad)
+        for read in (sub.get, lambda t: sub.get_many(2, t), lambda t: sub.get_batch(2, t)):
+            with pytest.raises(ValueError, match="timeout must be a number >= 0 or None"):
+                read(bad)
     with pytest.raises(TypeError):
         sub.get(1, 2)
     with pytest.raises(TypeError):
         sub.get(tmo=1)
-    broker.publish_many("t", [b"x", b"y"])
+    broker.publish_many("t", [b"x", b"y", b"z", b"w"])
     assert (sub.get(timeout=float("inf")), sub.get(None)) == (b"x", b"y")
+    assert sub.get_many(1, float("inf")) == [b"z"]
+    assert bytes(sub.get_batch(1, 10**30).data) == b"w"
 
 
 def test_subscribe_sees_only_later_messages_unless_earliest(broker):

@@ -190,14 +190,9 @@ static PyObject *as_messages(ReaderObject *rd, PyObject *got, int one)
     return got;
 }
 
-static int args_timeout(PyObject *o, int64_t *timeout)
-{
-    *timeout = PyLong_AsLongLong(o);
-    return *timeout == -1 && PyErr_Occurred() ? -1 : 0;
-}
-
 /* get1(timeout=None) -> bytes, or a Message for an ack subscription; the
- * timeout in seconds, so that Subscription.get can be this method itself. */
+ * timeout in seconds, as every read of the Reader takes it, and keywords
+ * too, so that Subscription.get can be this method itself. */
 static PyObject *reader_get1(ReaderObject *rd, PyObject *const *args, Py_ssize_t n,
                              PyObject *kwnames)
 {
@@ -226,7 +221,8 @@ static PyObject *in_a_list(PyObject *obj)
     return list;
 }
 
-/* The (max, timeout_ns) of get and get_batch: max 1..the reader's batch. */
+/* The (max, timeout) of get and get_batch: max 1..the reader's batch, the
+ * timeout in seconds (None: for ever). */
 static int args_max_timeout(ReaderObject *rd, PyObject *const *args, Py_ssize_t n,
                             const char *signature, uint32_t *max, int64_t *timeout)
 {
@@ -235,7 +231,7 @@ static int args_max_timeout(ReaderObject *rd, PyObject *const *args, Py_ssize_t 
         return -1;
     }
     unsigned long m = PyLong_AsUnsignedLong(args[0]);
-    if ((m == (unsigned long)-1 && PyErr_Occurred()) || args_timeout(args[1], timeout) < 0)
+    if ((m == (unsigned long)-1 && PyErr_Occurred()) || py_timeout_ns(args[1], timeout) < 0)
         return -1;
     if (m == 0 || m > rd->b.max) {
         PyErr_Format(PyExc_ValueError, "max must be 1..%u", rd->b.max);
@@ -245,12 +241,12 @@ static int args_max_timeout(ReaderObject *rd, PyObject *const *args, Py_ssize_t 
     return 0;
 }
 
-/* get(max, timeout_ns) -> [bytes, ...], or [Message, ...] for an ack subscription */
+/* get(max, timeout) -> [bytes, ...], or [Message, ...] for an ack subscription */
 static PyObject *reader_get(ReaderObject *rd, PyObject *const *args, Py_ssize_t n)
 {
     int64_t timeout;
     uint32_t max;
-    if (args_max_timeout(rd, args, n, "get(max, timeout_ns)", &max, &timeout) < 0)
+    if (args_max_timeout(rd, args, n, "get(max, timeout)", &max, &timeout) < 0)
         return NULL;
     PyObject *got = read_into(rd, max, timeout);
     if (got && max == 1) /* read_into made one object: get() wants a list */
@@ -303,7 +299,7 @@ static PyObject *reader_poll(ReaderObject *rd, PyObject *arg)
     return Py_BuildValue("(KI)", (unsigned long long)(uintptr_t)word, (unsigned int)value);
 }
 
-/* get_batch(max, timeout_ns) -> (data, offsets, seqs, times, slots, attempts,
+/* get_batch(max, timeout) -> (data, offsets, seqs, times, slots, attempts,
  * record_size): 1..max records in one read, as bytes objects (slots and
  * attempts None for a plain group; record_size the common payload size, or
  * None); waits and raises as get(). */
@@ -311,7 +307,7 @@ static PyObject *reader_get_batch(ReaderObject *rd, PyObject *const *args, Py_ss
 {
     int64_t timeout;
     uint32_t max;
-    if (args_max_timeout(rd, args, n, "get_batch(max, timeout_ns)", &max, &timeout) < 0)
+    if (args_max_timeout(rd, args, n, "get_batch(max, timeout)", &max, &timeout) < 0)
         return NULL;
     PyObject *got;
     int rc = read_rc(rd, (uint32_t)max, timeout, 1, &got);
@@ -527,14 +523,16 @@ static PyMethodDef reader_methods[] = {
      "get1(timeout=None) -> the next payload (a Message for an ack subscription); timeout in "
      "seconds, None: for ever"},
     {"get", (PyCFunction)(void (*)(void))reader_get, METH_FASTCALL,
-     "get(max, timeout_ns) -> 1..max payloads (Messages for an ack subscription)"},
+     "get(max, timeout) -> 1..max payloads (Messages for an ack subscription); timeout in "
+     "seconds, None: for ever"},
     {"ack", (PyCFunction)reader_ack, METH_O,
      "ack(messages) -> how many were still pending, or None if one is not this "
      "subscription's"},
     {"nack", (PyCFunction)reader_nack, METH_O,
      "nack(messages) -> how many were requeued, or None if one is not this subscription's"},
     {"get_batch", (PyCFunction)(void (*)(void))reader_get_batch, METH_FASTCALL,
-     "get_batch(max, timeout_ns) -> (data, offsets, seqs, times, slots, attempts, size)"},
+     "get_batch(max, timeout) -> (data, offsets, seqs, times, slots, attempts, size); "
+     "timeout in seconds, None: for ever"},
     {"settle_batch", (PyCFunction)(void (*)(void))reader_settle_batch, METH_FASTCALL,
      "settle_batch(slots, seqs, attempts or None) -> acked (or, with attempts, nacked)"},
     {"poll", (PyCFunction)reader_poll, METH_O,
