@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import sys
 import time
 
@@ -25,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "chaos")]
 
 import chaos_engine  # noqa: E402
+import chaos_roles  # noqa: E402
 from chaos_engine import Settings  # noqa: E402
 
 
@@ -99,15 +99,9 @@ def summary(fig, args, failure=None):
     return "\n".join(lines)
 
 
-def interrupted(signum, frame):
-    """SIGTERM ends the run as Ctrl-C does: the engine stops every process it
-    started and closes its broker (nothing is left in /dev/shm)."""
-    raise KeyboardInterrupt
-
-
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    signal.signal(signal.SIGTERM, interrupted)
+    chaos_roles.sigterm_as_interrupt()  # the engine then stops all it started, closes its broker
     settings = Settings(
         kills=args.kills, seed=args.seed, kills_per_round=args.kills_per_round, gap=args.gap,
         stop_share=args.stops, point_share=args.point_share,

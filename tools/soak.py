@@ -621,15 +621,9 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def interrupted(signum, frame):
-    """SIGTERM (a timeout, a CI runner) ends the run as Ctrl-C does: the
-    `pymq serve` and every process it started are stopped, nothing is left."""
-    raise KeyboardInterrupt
-
-
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    signal.signal(signal.SIGTERM, interrupted)
+    roles.sigterm_as_interrupt()  # cleanup() then stops `pymq serve` and every process
     soak = Soak(args)
     out = {"command": " ".join([os.path.basename(sys.executable)] + sys.argv),
            "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": platform.machine(),

@@ -82,6 +82,15 @@ class Flag:
         return True
 
 
+def sigterm_as_interrupt():
+    """From now on SIGTERM (a timeout, a CI runner) ends this process as
+    Ctrl-C does: a KeyboardInterrupt, so that a long run (tools/chaos.py,
+    tools/soak.py) stops what it started on its way out."""
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupted)
+
+
 def _traceable():
     """A process's Python stacks go to stderr on SIGUSR1 (a failure's
     diagnosis: where a process that holds something waits)."""
