@@ -123,14 +123,14 @@ class Layout:
             fz_mutex_t lock; int32_t lock_pid; uint8_t pad2[{cl - (mutex + 4) % cl}];
             uint32_t intent_active, intent_pad;
             uint64_t intent_old_tail, intent_new_tail, intent_old_seq, intent_new_seq;
-            uint8_t pad3[{cl - 40}];
+            uint64_t next_seq, published_bytes, head;
             uint64_t tail; uint8_t pad4[{cl - 8}];
-            uint64_t head, gate, next_seq; uint32_t group_hint, ptables_used; uint64_t restore_end;
-            uint8_t pad5[{cl - 40}];
+            uint64_t gate, restore_end; uint32_t group_hint, ptables_used, reap_slot, pad5a;
+            uint64_t reap_before; uint8_t pad5[{cl - 40}];
             uint32_t data_seq, data_waiters; uint8_t pad6[{cl - 8}];
             uint32_t space_seq, space_waiters; uint64_t space_target; uint8_t pad7[{cl - 16}];
-            uint64_t published_bytes, publish_waits, publish_full, expired, recoveries, wakeups,
-                     corrupt, anon_delivered, anon_delivered_bytes;
+            uint64_t publish_waits, publish_full, expired, recoveries, wakeups,
+                     corrupt, anon_delivered, anon_delivered_bytes, reaped_members;
             uint8_t pad8[{2 * cl - 72}];
         }} fz_ring_hdr_t;
         typedef struct {{

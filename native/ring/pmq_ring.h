@@ -52,7 +52,7 @@
 #include "pmq_sync.h"
 
 #define PMQ_RING_MAGIC     0x31474e52514d5950ULL /* "PYMQRNG1" little-endian */
-#define PMQ_LAYOUT_VERSION 6u
+#define PMQ_LAYOUT_VERSION 7u
 #define PMQ_READY          0x52454459u           /* stored last by the creator */
 #define PMQ_CACHE_LINE     64
 #define PMQ_HDR_SIZE       4096
@@ -209,31 +209,37 @@ typedef struct pmq_ring_hdr {
     uint32_t pad1a;
     uint8_t pad1[2 * PMQ_CACHE_LINE - 112];
 
-    /* line 2: the mutex (40 bytes on glibc x86_64) and who holds it */
+    /* lines 2-4: what a publish writes, on three lines, so that a publish
+     * after one on another CPU moves three lines, not five (a line moves
+     * between this machine's CPUs in about 200 ns; contended fan-in paid for
+     * each, docs/benchmarks.md). line 2: the mutex (40 bytes on glibc
+     * x86_64) and who holds it */
     pthread_mutex_t lock;
     int32_t lock_pid;         /* stored after locking, cleared before unlocking */
     uint8_t pad2[PMQ_CACHE_LINE - (sizeof(pthread_mutex_t) + 4) % PMQ_CACHE_LINE];
-    /* line 3: the commit intent, and the reap note: the member slot + 1 that
-     * pmq_member_reap is removing (0: none) and reaped_members before it, so
-     * that the repair after its death counts that member exactly once */
+    /* line 3: the commit intent and what a commit moves besides tail */
     pmq_intent_t intent;
-    uint32_t reap_slot;
-    uint32_t pad3a;
-    uint64_t reap_before;
-    uint8_t pad3[PMQ_CACHE_LINE - sizeof(pmq_intent_t) - 16];
+    uint64_t next_seq;        /* seq of the next record */
+    uint64_t published_bytes; /* payload bytes committed */
+    uint64_t head;            /* oldest retained record (moved by a publish once the ring
+                                 has wrapped) */
 
     /* line 4: tail, written by publishers under the mutex, read by everyone */
     uint64_t tail;
     uint8_t pad4[PMQ_CACHE_LINE - 8];
 
-    /* line 5: publisher-private state (under the mutex) */
-    uint64_t head;            /* oldest retained record */
+    /* line 5: under the mutex, read by every locker and rarely written */
     uint64_t gate;            /* lower bound of every group's cursor (floor) */
-    uint64_t next_seq;        /* seq of the next record */
-    uint32_t group_hint;      /* where the search for a free group slot starts */
-    uint32_t ptables_used;    /* bit i: pending table i belongs to an ack group */
     uint64_t restore_end;     /* restoring a backlog from disk: publishes wait until it is
                                  in, and next_seq becomes this; 0 otherwise */
+    uint32_t group_hint;      /* where the search for a free group slot starts */
+    uint32_t ptables_used;    /* bit i: pending table i belongs to an ack group */
+    /* the reap note: the member slot + 1 that pmq_member_reap is removing
+     * (0: none) and reaped_members before it, so that the repair after its
+     * death counts that member exactly once */
+    uint32_t reap_slot;
+    uint32_t pad5a;
+    uint64_t reap_before;
     uint8_t pad5[PMQ_CACHE_LINE - 40];
 
     /* line 6: readers' wake word: bumped by a publisher that saw data_waiters */
@@ -251,7 +257,6 @@ typedef struct pmq_ring_hdr {
     uint8_t pad7[PMQ_CACHE_LINE - 16];
 
     /* lines 8-9: counters */
-    uint64_t published_bytes; /* payload bytes committed */
     uint64_t publish_waits;   /* publishes that had to wait for space */
     uint64_t publish_full;    /* publishes refused with PMQ_FULL */
     uint64_t expired;         /* records reclaimed from history (no group needed them) */
@@ -261,7 +266,7 @@ typedef struct pmq_ring_hdr {
     uint64_t anon_delivered;  /* deliveries to anonymous groups since freed (their figures */
     uint64_t anon_delivered_bytes; /* go here when they go, so the totals never fall) */
     uint64_t reaped_members;  /* members of dead processes removed (pmq_member_reap) */
-    uint8_t pad8[2 * PMQ_CACHE_LINE - 80];
+    uint8_t pad8[2 * PMQ_CACHE_LINE - 72];
 } pmq_ring_hdr_t;
 
 _Static_assert(sizeof(pmq_group_t) == 6 * PMQ_CACHE_LINE, "group is 6 cache lines");
@@ -277,6 +282,7 @@ _Static_assert(PMQ_MAX_MEMBERS <= 0xFFFF, "a pending entry names its member in 1
 _Static_assert(sizeof(pmq_member_t) == PMQ_CACHE_LINE, "member is one cache line");
 _Static_assert(offsetof(pmq_ring_hdr_t, lock) == 2 * PMQ_CACHE_LINE, "lock at line 2");
 _Static_assert(offsetof(pmq_ring_hdr_t, intent) == 3 * PMQ_CACHE_LINE, "intent at line 3");
+_Static_assert(offsetof(pmq_ring_hdr_t, head) + 8 == 4 * PMQ_CACHE_LINE, "a commit's fields on line 3");
 _Static_assert(offsetof(pmq_ring_hdr_t, tail) == 4 * PMQ_CACHE_LINE, "tail on its own line");
 _Static_assert(offsetof(pmq_ring_hdr_t, data_seq) % PMQ_CACHE_LINE == 0, "data_seq on its own line");
 _Static_assert(offsetof(pmq_ring_hdr_t, space_seq) % PMQ_CACHE_LINE == 0, "space_seq on its own line");
