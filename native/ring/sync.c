@@ -186,6 +186,19 @@ static int kind_ok(pthread_mutex_t *m)
 #endif
 }
 
+/* The tid of the mutex's owner, read with a load: 0 when it is free or its
+ * owner died (glibc's lock word is the owner's tid and the futex bits). 0
+ * elsewhere, so a spin tries the lock every time. */
+static int lock_owner(pthread_mutex_t *m)
+{
+#ifdef __GLIBC__
+    return __atomic_load_n(&m->__data.__lock, __ATOMIC_RELAXED) & FUTEX_TID_MASK;
+#else
+    (void)m;
+    return 0;
+#endif
+}
+
 void pmq_sync_unlock(pthread_mutex_t *m)
 {
     if (kind_ok(m)) /* else corrupt: it was reported, and unlocking it could abort */
@@ -232,7 +245,11 @@ int pmq_sync_lock(pthread_mutex_t *m, pmq_deadline_t *d, int64_t min_ns,
         return PMQ_ECORRUPT;
     int rc = EBUSY;
     for (int i = 0; i < PMQ_LOCK_SPINS && rc == EBUSY; i++) {
-        rc = pthread_mutex_trylock(m);
+        /* test, then test-and-set: a trylock takes the lock's line for
+         * writing even when it fails, so spinning with it would pull the line
+         * away from the holder, who needs it to unlock; a load shares it */
+        if (lock_owner(m) == 0)
+            rc = pthread_mutex_trylock(m);
         if (rc == EBUSY)
             pmq_sync_relax();
     }
