@@ -68,6 +68,12 @@ against the records expected, built as the producer builds them. In ping-pong th
 compares every echo with what it sent, byte for byte, and the ponger checks the
 order and crc32. pymq runs are checked against the broker's figures too.
 
+Before every run, harness.cross_cpu_ns measures how long a cache line takes to
+move from CPU 0 to CPU 1 (benchmarks/c2c.c), printed beside the run and kept in
+its JSON: on the 2-vCPU VM of docs/benchmarks.md it reads about 50 ns or about
+230 ns, for minutes at a time, as the host places the vCPUs, and fan-in (C)
+follows it.
+
 Runs are interleaved within each scenario: repeat 1 of every (case, transport),
 then repeat 2, ..., the transports' order rotated each repeat, so that ratios
 compare runs minutes apart at most on a noisy machine. The tables give medians
@@ -1508,6 +1514,7 @@ def main(argv=None) -> int:
     t_start = time.monotonic()
     for n, (scen, case, impl, rep, count) in enumerate(plan, 1):
         t0 = time.monotonic()
+        c2c = H.cross_cpu_ns()  # the host's state for this run (harness.cross_cpu_ns)
         if impl in FROM:
             r = run_elsewhere(impl, scen, case, count, crc_cache)
             key = case[0] if case else PINGPONG[0]
@@ -1527,13 +1534,13 @@ def main(argv=None) -> int:
             key = case[0]
             what = (f"{r['msg_per_s']:>11,.0f} msg/s {r['MB_per_s']:>8.1f} MB/s  "
                     f"CPU us/msg pub {r['pub_cpu_us_per_msg']:.2f} sub {r['sub_cpu_us_per_msg']:.2f}")
-        r["repeat"] = rep
+        r["repeat"], r["cross_cpu_ns"] = rep, c2c
         runs.setdefault((key, impl), []).append(r)
         el = time.monotonic() - t_start
         loads.append(os.getloadavg()[0])
         print(f"# [{n:>3}/{len(plan)}] {key:<18} {impl:<12} run {rep + 1}/{repeat}: {what}  ok "
-              f"({time.monotonic() - t0:.1f} s, {el:.0f} s so far, load {os.getloadavg()[0]:.1f})",
-              file=sys.stderr, flush=True)
+              f"({time.monotonic() - t0:.1f} s, {el:.0f} s so far, load {os.getloadavg()[0]:.1f}, "
+              f"line CPU0->1 {c2c or 0:.0f} ns)", file=sys.stderr, flush=True)
     load_after = os.getloadavg()
     base = baselines(20_000 if args.quick else 100_000)
     meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **machine(), "repeat": repeat,
@@ -1583,6 +1590,10 @@ def report(args, runs: dict, meta: dict, base: list[dict], missing: dict) -> int
     print(f"({meta['date']}, {meta['wall_s']:.0f} s; load average {lb[0]:.1f} before, "
           f"{meta['loadavg_1min_during'][0]:.1f}-{meta['loadavg_1min_during'][1]:.1f} during, "
           f"{la[0]:.1f} after)")
+    c2c = sorted(r["cross_cpu_ns"] for v in runs.values() for r in v if r.get("cross_cpu_ns"))
+    if c2c:
+        print(f"(a cache line from CPU 0 to CPU 1, before each run: {c2c[0]:.0f}-{c2c[-1]:.0f} ns, "
+              f"median {statistics.median(c2c):.0f}; a run's own is in --json)")
     if args.chart and (stream or pingpong):
         chart(args.chart, stream, pingpong, targets, meta)
         print(f"chart: {args.chart}")

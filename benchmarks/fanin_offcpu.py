@@ -20,7 +20,9 @@ often a lock, a wait for data or for space went to the kernel); the count
 covers the run from about 0.3 s after the children started, so it includes
 the end of their set-up and their final wait.
 
-Also printed per run: the ring's figures (publish calls that waited for
+Also printed per run: how long a cache line took to move from CPU 0 to CPU 1
+just before it (harness.cross_cpu_ns: about 50 or about 230 ns on the VM of
+docs/benchmarks.md, as the host places its vCPUs; fan-in follows it), the ring's figures (publish calls that waited for
 space, wakeups of a sleeping reader), msg/s and CPU per message. Transports:
 pymq and pyzmq by default (--transport, repeatable), runs interleaved.
 """
@@ -117,6 +119,7 @@ def one_run(ctx, impl: str, count: int, trace: bool) -> dict:
                                                     stderr=subprocess.DEVNULL), tmp))
             time.sleep(SAMPLE_S)
 
+    c2c = H.cross_cpu_ns()
     H.start_child, H.receive = start_child_, receive_
     th = threading.Thread(target=sampler, daemon=True)
     th.start()
@@ -150,7 +153,7 @@ def one_run(ctx, impl: str, count: int, trace: bool) -> dict:
         procs[name] = {"span_s": span, "on_cpu_s": on, "runqueue_s": queued,
                        "asleep_s": max(0.0, span - on - queued), "voluntary": vb - va,
                        "involuntary": ib - ia, "syscalls": calls.get(name, {})}
-    return {"impl": impl, "run": r, "procs": procs, "load": os.getloadavg()[0]}
+    return {"impl": impl, "run": r, "procs": procs, "load": os.getloadavg()[0], "cross_cpu_ns": c2c}
 
 
 def report(runs: list[dict]) -> None:
@@ -161,7 +164,8 @@ def report(runs: list[dict]) -> None:
               f" sub {statistics.median(r['run']['sub_cpu_us_per_msg'] for r in mine):.2f}"
               + (f"; publish waits {[r['run'].get('publish_waits') for r in mine]}"
                  if mine[0]["run"].get("publish_waits") is not None else "")
-              + f"; load {[round(r['load'], 1) for r in mine]}")
+              + f"; load {[round(r['load'], 1) for r in mine]}"
+              + f"; line CPU0->1 ns {[round(r['cross_cpu_ns'] or 0) for r in mine]}")
         print(f"  {'process':<16}{'span s':>8}{'on CPU':>8}{'run queue':>10}{'asleep':>8}"
               f"{'vol sw':>8}{'invol sw':>9}  futex calls   (medians over runs; shares of the span)")
         for name in mine[0]["procs"]:
@@ -189,7 +193,8 @@ def main() -> int:
         for impl in impls[rep % len(impls):] + impls[:rep % len(impls)]:
             r = one_run(ctx, impl, args.messages, args.trace)
             runs.append(r)
-            print(f"# {impl} run {rep + 1}: {r['run']['msg_per_s']:,.0f} msg/s, load {r['load']:.1f}",
+            print(f"# {impl} run {rep + 1}: {r['run']['msg_per_s']:,.0f} msg/s, load {r['load']:.1f}, "
+                  f"line CPU0->1 {r['cross_cpu_ns'] or 0:.0f} ns",
                   file=sys.stderr, flush=True)
     report(runs)
     if args.json:

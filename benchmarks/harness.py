@@ -14,6 +14,7 @@ children too). What is here:
 - processes: child() wraps a spawned child's body (an exception goes to the
   parent as {"error": traceback}); start_child, wait_event (a readiness Event),
   receive (a child's result), finish and reap (join, then kill what remains);
+- the host: cross_cpu_ns(), a cache line's trip between two CPUs now (c2c.c);
 - /dev/shm: leftovers(name), the segments of a broker that remain;
 - results: median / rate_summary over repeats, baselines (building and checking
   payloads alone, in this process), run_info and write_json for --json.
@@ -29,6 +30,7 @@ import random
 import resource
 import statistics
 import struct
+import subprocess
 import sys
 import time
 import traceback
@@ -174,6 +176,32 @@ def finish(procs, timeout: float) -> None:
     for proc in procs:
         proc.join(timeout)
     reap(procs)
+
+
+# -- the host ---------------------------------------------------------------------------
+
+
+_C2C = os.path.join(os.path.dirname(os.path.abspath(__file__)), "c2c.c")
+
+
+def cross_cpu_ns() -> float | None:
+    """How long a cache line takes to move from CPU 0 to CPU 1 now, in ns
+    (benchmarks/c2c.c, built with cc into build/ beside this checkout on the
+    first call): on a VM it changes with where the host puts the vCPUs, and
+    rates that move lines between CPUs follow it. None without two CPUs or a
+    C compiler."""
+    if (os.cpu_count() or 1) < 2:
+        return None
+    exe = os.path.join(os.path.dirname(os.path.dirname(_C2C)), "build", "c2c")
+    try:
+        if not os.path.exists(exe) or os.path.getmtime(exe) < os.path.getmtime(_C2C):
+            os.makedirs(os.path.dirname(exe), exist_ok=True)
+            subprocess.run([os.environ.get("CC", "cc"), "-O2", "-pthread", _C2C, "-o", exe],
+                           check=True, capture_output=True, timeout=60)
+        return float(subprocess.run([exe], check=True, capture_output=True, text=True,
+                                    timeout=30).stdout)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
 
 
 # -- /dev/shm -----------------------------------------------------------------------------
