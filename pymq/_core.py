@@ -24,7 +24,7 @@ import weakref
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
-from typing import Any, Callable, TypeAlias
+from typing import Any, Callable, TypeAlias, TypeVar, cast
 
 if not sys.platform.startswith("linux"):
     raise ImportError(f"pymq runs on Linux only, not {sys.platform}: it needs futexes, robust "
@@ -173,6 +173,15 @@ _fast.bind(int(ffi.cast("uintptr_t", lib.pmq_api())), error_from_c)
 
 Message: TypeAlias = _fast.Message
 Reader: TypeAlias = _fast.Reader
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def publisher(publish: _F) -> _F:
+    """Client.publish: the function, with its usual case done in C
+    (pymq._fast.Publisher, native/py/publisher.c), typed as the function."""
+    return cast(_F, _fast.Publisher(publish))
+
+
 timeout_ns: Callable[[float | None], int] = _fast.timeout_ns
 """A timeout in seconds as ns (None: -1, for ever); ValueError for a bad one.
 pymq's one conversion, in C: the Reader's reads take seconds through it too."""

@@ -118,6 +118,8 @@ class Client:
             raise SegmentMismatch(f"broker {name!r}: bad config in shared memory: {e}") from None
         self._topics = self._res.topics  # the hot path's dict
         self._publish_timeout_ns = _core.timeout_ns(self._config.publish_timeout)
+        # what publish's C path reads (pymq._fast.Publisher, below)
+        self._publish_state = (self._topics, self._publish_timeout_ns)
 
     # -- lifetime -------------------------------------------------------------
 
@@ -242,6 +244,12 @@ class Client:
         except _core.TopicDeleted:  # deleted under us: publish to the topic anew
             self._forget(topic, ring)
             return self.publish(topic, payload, timeout)
+
+    # The usual case (a str topic mapped here, a bytes payload, the default
+    # timeout) with no Python frame: pymq._fast.Publisher publishes it from C
+    # and hands every other call to the function above, which it wraps as a
+    # method (its name, doc and signature are that function's).
+    publish = _core.publisher(publish)
 
     def publish_many(self, topic: str, payloads: Iterable[Payload],
                      timeout: float | None = None) -> int:

@@ -1,5 +1,6 @@
 """The client API (pymq/client.py) as DESIGN.md fixes it."""
 
+import inspect
 import re
 import threading
 import time
@@ -19,6 +20,40 @@ def test_publish_returns_seq_and_subscriber_gets_payload(broker):
     assert broker.publish("gpu-telemetry", memoryview(b"xcx")[1:2]) == 3
     assert broker.publish("gpu-telemetry", pymq.Message(b"m")) == 4
     assert [sub.get(timeout=5) for _ in range(4)] == [b"GPU utilization: 85%", b"b", b"c", b"m"]
+
+
+def test_publish_in_c_and_in_python_is_one_method(make_broker, name):
+    """Client.publish's usual case (a mapped topic, bytes, the default timeout)
+    runs in C (pymq._fast.Publisher); every other call goes to the Python
+    function it wraps: the same seqs, order and errors either way."""
+    broker = make_broker()
+    sub = broker.subscribe("t")
+    client = pymq.connect(name)
+    calls = [lambda: client.publish("t", b"c1"),                 # maps the topic (Python)
+             lambda: client.publish("t", b"c2"),                 # C
+             lambda: client.publish("t", b"c3", None),           # C
+             lambda: client.publish("t", b"p4", timeout=1),      # a keyword: Python
+             lambda: client.publish("t", b"p5", 1),              # a timeout: Python
+             lambda: client.publish("t", bytearray(b"p6")),      # not bytes: Python
+             lambda: pymq.connect(name).publish("t", b"c7")]     # a client used once
+    assert [call() for call in calls] == list(range(1, 8))
+    assert [sub.get(timeout=5) for _ in calls] == [b"c1", b"c2", b"c3", b"p4", b"p5", b"p6", b"c7"]
+    assert pymq.Client.publish.__name__ == "publish" and "Publish one message" in client.publish.__doc__
+    assert list(inspect.signature(client.publish).parameters) == ["topic", "payload", "timeout"]
+    with pytest.raises(pymq.MessageTooLarge):
+        client.publish("t", b"x" * (broker.config.max_message_bytes + 1))
+    with pytest.raises(pymq.InvalidTopic):
+        client.publish("no/such topic", b"x")
+    with pytest.raises(TypeError):
+        client.publish("t", 42)
+    with pytest.raises(TypeError):
+        client.publish("t")
+    with pytest.raises(AttributeError):
+        pymq.Client.publish(object(), "t", b"x")  # not a client
+    client.close()
+    with pytest.raises(pymq.BrokerClosed):
+        client.publish("t", b"after")
+    assert broker.stats()["topics"]["t"]["published"] == 7
 
 
 def test_publish_many_is_one_batch_and_returns_the_last_seq(broker):

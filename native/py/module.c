@@ -1,7 +1,7 @@
 /*
  * module.c - pymq._fast: bind() (the table of pymq._native's functions and
  * the function that makes exceptions), the GIL hooks, errors, and the
- * publish calls. The types are in message.c and reader.c.
+ * publish calls. The types are in message.c, reader.c and publisher.c.
  */
 #include "pmq_py.h"
 
@@ -83,10 +83,8 @@ static int args_ring(PyObject *const *args, pmq_ring_t **r, int64_t *timeout)
     return *timeout == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
-/* Publish count parts; signals are seen to while it waits (a handler that
- * raises ends it), and it then goes on with what is left of its deadline. */
-static PyObject *publish_parts(pmq_ring_t *r, PyObject *topic, const char *const *parts,
-                               const uint32_t *lens, uint32_t count, int64_t timeout)
+int64_t py_publish(pmq_ring_t *r, const char *const *parts, const uint32_t *lens, uint32_t count,
+                   int64_t timeout)
 {
     pmq_deadline_t d = PMQ_DEADLINE(timeout);
     py_gil_t gil;
@@ -94,7 +92,13 @@ static PyObject *publish_parts(pmq_ring_t *r, PyObject *topic, const char *const
     int64_t rc;
     while ((rc = py_api->publish(r, parts, lens, count, &d, &hooks)) == PMQ_EINTR)
         if (PyErr_CheckSignals() < 0)
-            return NULL;
+            return PY_ERR;
+    return rc;
+}
+
+PyObject *py_published(int64_t rc, pmq_ring_t *r, PyObject *topic, const uint32_t *lens,
+                       uint32_t count, int64_t timeout)
+{
     if (rc > 0)
         return PyLong_FromLongLong(rc + (int64_t)count - 1); /* the last seq */
     uint64_t size = 0, largest = 0;
@@ -103,6 +107,13 @@ static PyObject *publish_parts(pmq_ring_t *r, PyObject *topic, const char *const
         largest = lens[i] > largest ? lens[i] : largest;
     }
     return py_raise(rc, topic, timeout, (int64_t)size, (int64_t)largest, r);
+}
+
+static PyObject *publish_parts(pmq_ring_t *r, PyObject *topic, const char *const *parts,
+                               const uint32_t *lens, uint32_t count, int64_t timeout)
+{
+    return py_published(py_publish(r, parts, lens, count, timeout), r, topic, lens, count,
+                        timeout);
 }
 
 /* publish1(ring, topic, payload: bytes, timeout_ns) -> seq; raises. */
@@ -356,13 +367,15 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__fast(void)
 {
-    if (PyType_Ready(&PyMessage_Type) < 0 || PyType_Ready(&PyReader_Type) < 0)
+    if (PyType_Ready(&PyMessage_Type) < 0 || PyType_Ready(&PyReader_Type) < 0 ||
+        py_publisher_init() < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;
     if (PyModule_AddObjectRef(m, "Message", (PyObject *)&PyMessage_Type) < 0 ||
         PyModule_AddObjectRef(m, "Reader", (PyObject *)&PyReader_Type) < 0 ||
+        PyModule_AddObjectRef(m, "Publisher", (PyObject *)&PyPublisher_Type) < 0 ||
         PyModule_AddStringConstant(m, "BUILD_ID", PMQ_BUILD_ID) < 0 ||
         PyModule_AddIntConstant(m, "API_VERSION", PMQ_API_VERSION) < 0) {
         Py_DECREF(m);

@@ -1,9 +1,9 @@
 /*
  * pmq_py.h - what the files of pymq._fast, the CPython fast path, share.
  *
- * pymq._fast is the per-message edge between Python and the ring: publish,
- * the Reader (a subscription's reads, acks and nacks) and the Message type
- * they make. It has no ring logic of its own: it calls pymq._native's
+ * pymq._fast is the per-message edge between Python and the ring: publish
+ * (and the Publisher, Client.publish's usual case), the Reader (a
+ * subscription's reads, acks and nacks) and the Message type they make. It has no ring logic of its own: it calls pymq._native's
  * functions through the versioned table pmq_api.h describes, handed over
  * once by bind(). Only pymq/_core.py imports it.
  *
@@ -28,6 +28,8 @@
 extern const pmq_api_t *py_api;       /* bound by bind(); NULL before */
 extern PyTypeObject PyMessage_Type;   /* pymq._fast.Message: pymq.Message */
 extern PyTypeObject PyReader_Type;    /* pymq._fast.Reader */
+extern PyTypeObject PyPublisher_Type; /* pymq._fast.Publisher: Client.publish's usual case */
+int py_publisher_init(void);          /* its type made ready: 0, or -1 with an error set */
 
 /* 1 if bind() ran, else 0 with RuntimeError set. */
 int py_bound(void);
@@ -40,6 +42,17 @@ int py_timeout_ns(PyObject *seconds, int64_t *ns);
 /* Set the exception for the ring's code rc (rc < 0) and return NULL. */
 PyObject *py_raise(int64_t rc, PyObject *topic, int64_t timeout_ns, int64_t size, int64_t largest,
                    const pmq_ring_t *r);
+
+/* Publish count parts with the GIL's hooks: the ring's code (the first seq,
+ * or a negative code), or PY_ERR with the exception of a signal's handler
+ * set. Signals are seen to while it waits, and it then goes on with what is
+ * left of its deadline. */
+int64_t py_publish(pmq_ring_t *r, const char *const *parts, const uint32_t *lens, uint32_t count,
+                   int64_t timeout);
+/* py_publish's code as the call's result: the last seq, or NULL with the
+ * exception set. */
+PyObject *py_published(int64_t rc, pmq_ring_t *r, PyObject *topic, const uint32_t *lens,
+                       uint32_t count, int64_t timeout);
 
 /* The hooks' context: the thread state while the GIL is let go. */
 typedef struct py_gil {
