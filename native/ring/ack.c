@@ -65,7 +65,8 @@ static int window_ok(const pmq_ring_t *r, const pmq_group_t *g)
     uint64_t head = LOAD_RLX(&r->hdr->head);
     return g->ptable < r->max_ack_groups && g->pend_head <= g->pend_tail &&
            g->pend_tail - g->pend_head <= r->pending_cap && head <= g->floor &&
-           g->floor <= g->cursor && g->cursor <= LOAD_ACQ(&r->hdr->tail);
+           g->floor <= g->cursor &&
+           (g->cursor < LOAD_ACQ(&r->seen_tail) || g->cursor <= LOAD_ACQ(&r->hdr->tail));
 }
 
 /* Count ready and dead entries again (after acks freed some without the lock,
@@ -240,7 +241,7 @@ int ack_take(pmq_ring_t *r, pmq_member_t *m, uint32_t mi, uint32_t mgen, pmq_gro
     PMQ_TEST_POINT("ack.locked");
     uint64_t old_floor = g->floor;
     advance_floor(r, g); /* what acks and nacks changed without the lock, first */
-    uint64_t tail = LOAD_ACQ(&r->hdr->tail), cur = g->cursor;
+    uint64_t cur = g->cursor, tail = ring_seen_tail(r, cur);
     ring_batch_reset(b);
     pmq_rec_t rec;
     /* Gather: deliveries waiting for another try first, then new records
@@ -314,7 +315,10 @@ int ack_take(pmq_ring_t *r, pmq_member_t *m, uint32_t mi, uint32_t mgen, pmq_gro
         STORE_REL(&g->cursor, cur);
     }
     advance_floor(r, g);
-    snap->tail = tail;
+    if (bad && tail != LOAD_ACQ(&r->hdr->tail))
+        ring_forget_tail(r); /* what was wrong may be below tail itself, or not: look there */
+    /* what a reader that got nothing waits to see change: tail itself */
+    snap->tail = b->n ? tail : LOAD_ACQ(&r->hdr->tail);
     snap->ready = g->ready;
     snap->pend_head = g->pend_head;
     if (rc == 0 && b->n) {

@@ -316,6 +316,8 @@ typedef struct pmq_ring {
     uint64_t mask;
     uint32_t max_groups, max_members, max_msg, pending_cap, max_ack_groups;
     int32_t pid;           /* this process, for lock_pid */
+    uint64_t seen_tail;    /* tail as this process's readers last loaded it (a lower
+                              bound: ring_seen_tail), or 0 */
 } pmq_ring_t;
 
 /* What a read fills: per record, where its payload is (offs: in the data

@@ -702,9 +702,9 @@ int ring_take(pmq_ring_t *r, pmq_group_t *g, uint32_t gen, pmq_batch_t *b, uint3
               const pmq_sink_t *sink, uint64_t *cur_out, uint64_t *tail_out)
 {
     pmq_ring_hdr_t *h = r->hdr;
-    uint64_t cur = LOAD_ACQ(&g->cursor), tail = LOAD_ACQ(&h->tail), next = cur;
+    uint64_t cur = LOAD_ACQ(&g->cursor), tail = ring_seen_tail(r, cur), next = cur;
     *cur_out = cur;
-    *tail_out = tail;
+    *tail_out = tail; /* when cur == tail, tail itself: ring_seen_tail loaded it */
     if (cur == tail)
         return 0;
     if (LOAD_ACQ(&g->cursor_gen) != gen)
@@ -715,9 +715,13 @@ int ring_take(pmq_ring_t *r, pmq_group_t *g, uint32_t gen, pmq_batch_t *b, uint3
     if (rc < 0) {
         /* Another member may have taken them and the publisher reused the
          * space, or our group was freed: only an unmoved cursor of our gen
-         * means corruption. */
+         * means corruption, and then only below tail itself. */
         if (LOAD_SC(&g->cursor) != cur || LOAD_SC(&g->cursor_gen) != gen)
             return PMQ_RETRY;
+        if (tail != LOAD_ACQ(&h->tail)) {
+            ring_forget_tail(r);
+            return PMQ_RETRY;
+        }
         if (rc == PMQ_ECORRUPT)
             ADD_RLX(&h->corrupt, 1);
         return rc;
