@@ -59,10 +59,14 @@ static int is_ack_group(const pmq_ring_t *r, const pmq_group_t *g, int draining_
 }
 
 /* The window's invariants, checked on every lock: head <= floor <= cursor <=
- * tail, and at most pending_cap claims in flight. */
+ * tail, and at most pending_cap claims in flight. head and tail as this
+ * process's readers last loaded them (ring_seen_tail: lower bounds; tail
+ * itself when the cursor is past that), so that the check loads no line a
+ * publisher writes; publishers check every floor against head itself
+ * (ring_gate). */
 static int window_ok(const pmq_ring_t *r, const pmq_group_t *g)
 {
-    uint64_t head = LOAD_RLX(&r->hdr->head);
+    uint64_t head = LOAD_ACQ(&r->seen_head);
     return g->ptable < r->max_ack_groups && g->pend_head <= g->pend_tail &&
            g->pend_tail - g->pend_head <= r->pending_cap && head <= g->floor &&
            g->floor <= g->cursor &&

@@ -318,6 +318,7 @@ typedef struct pmq_ring {
     int32_t pid;           /* this process, for lock_pid */
     uint64_t seen_tail;    /* tail as this process's readers last loaded it (a lower
                               bound: ring_seen_tail), or 0 */
+    uint64_t seen_head;    /* head, loaded with it (a lower bound too), or 0 */
 } pmq_ring_t;
 
 /* What a read fills: per record, where its payload is (offs: in the data

@@ -47,18 +47,25 @@ static inline uint64_t ring_record(const pmq_ring_t *r, uint64_t pos, uint64_t l
  * costs a trip between CPUs (up to 230 ns on this VM) on both sides, the
  * reader's load and the publisher's next store. A reader that finds
  * something wrong below a remembered tail forgets it (ring_forget_tail) and
- * looks again at tail itself. */
+ * looks again at tail itself. head, which a publish moves once the ring has
+ * wrapped, is remembered with it (seen_head: what an ack group's checks
+ * compare its floor with). */
 static inline uint64_t ring_seen_tail(pmq_ring_t *r, uint64_t cur)
 {
     uint64_t t = LOAD_ACQ(&r->seen_tail);
     if (cur < t)
         return t;
     t = LOAD_ACQ(&r->hdr->tail);
+    STORE_REL(&r->seen_head, LOAD_RLX(&r->hdr->head));
     STORE_REL(&r->seen_tail, t);
     return t;
 }
 
-static inline void ring_forget_tail(pmq_ring_t *r) { STORE_REL(&r->seen_tail, 0); }
+static inline void ring_forget_tail(pmq_ring_t *r)
+{
+    STORE_REL(&r->seen_tail, 0);
+    STORE_REL(&r->seen_head, 0);
+}
 
 /* ---- waking ------------------------------------------------------------------ */
 
