@@ -53,7 +53,7 @@ def cflags() -> list[str]:
     if platform.machine() in ("x86_64", "AMD64"):
         flags.append("-mcx16")  # the 16-byte compare-and-swap of cursors and pending entries
     if os.environ.get("PYMQ_SANITIZE"):
-        flags = [f for f in flags if f != "-O2"] + ["-O1", "-g"] + SANITIZE
+        flags = [f for f in flags if f != "-O2" and not f.startswith("-falign")] + ["-O1", "-g"] + SANITIZE
     return flags
 
 
