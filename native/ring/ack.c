@@ -319,8 +319,14 @@ int ack_take(pmq_ring_t *r, pmq_member_t *m, uint32_t mi, uint32_t mgen, pmq_gro
         STORE_REL(&g->cursor, cur);
     }
     advance_floor(r, g);
-    if (bad && tail != LOAD_ACQ(&r->hdr->tail))
-        ring_forget_tail(r); /* what was wrong may be below tail itself, or not: look there */
+    if (bad && tail != LOAD_ACQ(&r->hdr->tail)) {
+        /* what was wrong lay below a remembered tail, perhaps not below tail
+         * itself: forget it, and look again there (as ring_take does) */
+        ring_forget_tail(r);
+        bad = 0;
+        if (rc == PMQ_ECORRUPT)
+            rc = PMQ_RETRY;
+    }
     /* what a reader that got nothing waits to see change: tail itself */
     snap->tail = b->n ? tail : LOAD_ACQ(&r->hdr->tail);
     snap->ready = g->ready;
