@@ -7,7 +7,7 @@ DEPS   := $(VENV)/.deps-installed
 NATIVE := pymq/.native-built
 SAN    := build/sanitize
 
-.PHONY: all build demo test test-unit test-types test-sanitize test-sanitize-main test-sanitize-late sanitize-build fuzz-segments fuzz-native fuzz-parsers test-wheel bench bench-quick bench-throughput bench-micro clean chromium system-packages
+.PHONY: all build demo test test-unit test-types test-sanitize sanitize-build fuzz-segments fuzz-native fuzz-parsers test-wheel bench bench-quick bench-throughput bench-micro clean chromium system-packages
 
 all: build
 
@@ -27,13 +27,11 @@ demo: build
 	$(PY) -m pymq.demo
 
 # The two runs of the suite (plain, and under the sanitizers) at once, one per core:
-# most of a run is waiting on the processes it starts. The sanitized run is the longer
-# (429 s against 281 for the plain one, measured), so its last part (SAN_LATE, about
-# 100 s of it) runs apart, on the core the plain run frees, while the rest goes on; the
-# types and the wheel then take whichever core is free first.
+# most of a run is waiting on the processes it starts, and together they take about
+# as long as the slower one alone; the types and the wheel follow the plain run on
+# its core while the sanitized one (the longer) goes on.
 test:
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-sanitize-main test-unit \
-	  test-sanitize-late test-types test-wheel
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-sanitize test-unit test-types test-wheel
 
 # The public modules pass mypy --strict (files and settings: [tool.mypy] in pyproject.toml).
 test-types: build
@@ -56,18 +54,9 @@ SAN_ENV = PYTHONPATH=$(CURDIR)/$(SAN) \
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  PYTHONMALLOC=malloc PYMQ_EXPECT_SANITIZED=1
 
-# The whole suite again against the sanitized build, in two parts: SAN_LATE's files,
-# and every other (a new test file goes there).
-SAN_LATE := tests/test_cli.py tests/test_bench.py
-SAN_PYTEST = cd $(SAN) && $(SAN_ENV) $(REQUIRE) $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider
-
-test-sanitize: test-sanitize-main test-sanitize-late
-
-test-sanitize-main: sanitize-build system-packages
-	$(SAN_PYTEST) $(CURDIR)/tests $(addprefix --ignore=$(CURDIR)/,$(SAN_LATE))
-
-test-sanitize-late: sanitize-build system-packages
-	$(SAN_PYTEST) $(addprefix $(CURDIR)/,$(SAN_LATE))
+# The whole suite again against the sanitized build.
+test-sanitize: sanitize-build system-packages
+	cd $(SAN) && $(SAN_ENV) $(REQUIRE) $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider $(CURDIR)/tests
 
 # The mutation fuzzer of live segments (tools/fuzz_segments.py) against the
 # sanitized build: FUZZ_MUTATIONS mutations from FUZZ_SEED, figures and
