@@ -43,6 +43,7 @@ import argparse
 import array
 import collections
 import json
+import math
 import multiprocessing
 import multiprocessing.connection as mpc
 import os
@@ -279,25 +280,32 @@ class Soak:
         self.wait(lambda: all(p.joined for p in self.procs), "every process to start")
 
     def loop(self):
+        """The load: --duration seconds and a sample every --interval, the
+        last at the end. A harness held up past a sample's time (starved of
+        CPU, its VM paused) takes it late, the next one --interval after
+        that, and keeps the load on until it has taken them all: the samples
+        are as many, and as far apart, however busy the machine."""
         a = self.a
         self.load_started = time.monotonic()
         end = self.load_started + a.duration
+        samples = math.ceil(a.duration / a.interval) + 1  # the last at the end
         next_kill = time.monotonic() + self.rng.uniform(0.5, 1.5) * a.kill_every
         next_stop = time.monotonic() + self.rng.uniform(0.5, 1.5) * a.stop_every
         next_sample = time.monotonic()
-        while (now := time.monotonic()) < end:
+        while (now := time.monotonic()) < end or len(self.samples) < samples:
             if now >= next_sample:
                 self.sample()
-                next_sample += a.interval
+                late = now > next_sample + a.interval / 2
+                next_sample = (now if late else next_sample) + a.interval
             if a.kill_every and now >= next_kill:
                 self.kill_one()
                 next_kill = now + self.rng.uniform(0.5, 1.5) * a.kill_every
             if a.stop_every and now >= next_stop:
                 self.stop_one()
                 next_stop = now + self.rng.uniform(0.5, 1.5) * a.stop_every
-            self.pump(max(0.0, min(next_sample, next_kill if a.kill_every else end,
-                                   next_stop if a.stop_every else end, end) - time.monotonic()))
-        self.sample()
+            wake = min(next_sample, next_kill if a.kill_every else math.inf,
+                       next_stop if a.stop_every else math.inf, end if now < end else math.inf)
+            self.pump(max(0.0, wake - time.monotonic()))
 
     def running(self, kind=None):
         return [p for p in self.procs if p.joined and not p.killed and not p.eof and
@@ -601,7 +609,9 @@ def mib(n):
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="tools/soak.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
+    p.add_argument("--duration", type=float, default=60.0,
+                   help="seconds of load, more if the harness is held up past a sample's "
+                        "time (default 60)")
     p.add_argument("--interval", type=float, default=5.0,
                    help="seconds between live lines (and samples) (default 5)")
     p.add_argument("--json", metavar="OUT", help="write the figures and samples there")
