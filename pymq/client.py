@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar, Union
 
 import posix_ipc
 
-from . import _core, aio, control, segments
+from . import _core, control, segments
 from .batch import AckBatch, Batch, HistoryBatch
 from .config import BrokerConfig, check_broker_name, check_group, check_topic, default_name
 from .errors import (BrokerClosed, BrokerNotFound, Full, GroupKindMismatch, MessageTooLarge, MQError,
@@ -30,6 +30,13 @@ READ_BATCH = 1024          # most records one native read returns
 CLOSE_LEAVE_NS = 100_000_000  # close() waits this long for a topic's lock to leave its groups
 READ_BUFFER = 256 * 1024   # bytes of a subscription's read buffer (at least max_message_bytes)
 READY_TIMEOUT = 5.0        # seconds to wait for another process to finish creating a segment
+
+
+def _aio() -> Any:
+    """pymq/aio.py, imported by the first coroutine call: asyncio's import
+    (about a quarter of `import pymq`'s time) is paid by those who use it."""
+    from . import aio
+    return aio
 
 
 def _as_bytes(payload: object) -> bytes:
@@ -331,7 +338,7 @@ class Client:
                 raise
         except _core.TopicDeleted:
             self._forget(topic, ring)
-        seq: int = await aio.publish(self._topics.get(topic) or self._ring(topic),
+        seq: int = await _aio().publish(self._topics.get(topic) or self._ring(topic),
                                      lambda: self.publish(topic, payload, 0), timeout_ns,
                                      len(payload))
         return seq
@@ -345,7 +352,7 @@ class Client:
             raise ValueError("publish_many needs at least one payload")
         timeout_ns = self._publish_timeout_ns if timeout is None else _core.timeout_ns(timeout)
         ring = self._topics.get(topic) or self._ring_for(topic, batch)
-        last: int = await aio.publish(ring, lambda: self.publish_many(topic, batch, 0),
+        last: int = await _aio().publish(ring, lambda: self.publish_many(topic, batch, 0),
                                       timeout_ns, sum(map(len, batch)))
         return last
 
@@ -686,7 +693,7 @@ class Subscription(Generic[T]):
             old = self._taken(n)
             if old:
                 return old
-        got: list[T] = await aio.receive(self._reader, n,
+        got: list[T] = await _aio().receive(self._reader, n,
                                          _core.timeout_ns(timeout),
                                          self._ring)
         return got

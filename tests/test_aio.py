@@ -5,6 +5,8 @@ ends the wait with BrokerClosed; apublish awaits room without blocking the
 loop."""
 
 import asyncio
+import subprocess
+import sys
 
 import pytest
 
@@ -155,3 +157,26 @@ def test_apublish_awaits_room_without_blocking_the_loop(make_broker, name, ctx):
         await asyncio.get_running_loop().run_in_executor(None, join_all, [drain])
         return seq
     assert asyncio.run(main()) == n + 3
+
+
+def test_import_pymq_leaves_asyncio_to_those_who_await(name):
+    """asyncio is about a quarter of `import pymq`: a process that never
+    awaits (a supervisor, a command line, most publishers) does not import it;
+    the first coroutine call does."""
+    code = """if True:
+        import sys, pymq
+        assert 'asyncio' not in sys.modules and 'pymq.aio' not in sys.modules
+        b = pymq.Broker(pymq.BrokerConfig(name=sys.argv[1]))
+        import asyncio
+        assert asyncio.run(b.apublish('t', b'x')) == 1  # room: no wait, no pymq.aio
+        s = b.subscribe('t')
+        try:
+            asyncio.run(s.aget(timeout=0.01))
+            sys.exit('aget returned')
+        except pymq.Timeout:
+            assert 'pymq.aio' in sys.modules
+        b.close()
+    """
+    r = subprocess.run([sys.executable, "-c", code, name],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
