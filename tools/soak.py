@@ -34,7 +34,9 @@ everything drained and reported, then
 - RSS, /dev/shm bytes and open files are flat: the last sample after warm-up
   exceeds the first by no more than the margins (RSS_MARGIN, SHM_MARGIN,
   FD_MARGIN below).
-Exit 0 only when all of that holds; the figures as JSON with --json.
+Exit 0 only when all of that holds; the figures as JSON with --json (with
+the longest the harness itself was held up by one of its steps: a sampling,
+a kill, a stop or reading its processes' reports).
 
     nice -n 19 .venv/bin/python tools/soak.py --duration 3600 --json build/soak.json
 """
@@ -146,6 +148,7 @@ class Soak:
         self.killed_plain = 0
         self.stops = 0
         self.samples = []
+        self.held_up = {"s": 0.0, "in": None, "at_t": None}  # see timed()
         self.failures = []
         self.started = time.monotonic()
 
@@ -294,18 +297,29 @@ class Soak:
         next_sample = time.monotonic()
         while (now := time.monotonic()) < end or len(self.samples) < samples:
             if now >= next_sample:
-                self.sample()
+                self.timed("sample", self.sample)
                 late = now > next_sample + a.interval / 2
                 next_sample = (now if late else next_sample) + a.interval
             if a.kill_every and now >= next_kill:
-                self.kill_one()
+                self.timed("kill", self.kill_one)
                 next_kill = now + self.rng.uniform(0.5, 1.5) * a.kill_every
             if a.stop_every and now >= next_stop:
-                self.stop_one()
+                self.timed("stop", self.stop_one)
                 next_stop = now + self.rng.uniform(0.5, 1.5) * a.stop_every
             wake = min(next_sample, next_kill if a.kill_every else math.inf,
                        next_stop if a.stop_every else math.inf, end if now < end else math.inf)
-            self.pump(max(0.0, wake - time.monotonic()))
+            timeout = max(0.0, wake - time.monotonic())
+            self.timed("pump", self.pump, timeout, allowed=timeout)
+
+    def timed(self, step, fn, *args, allowed=0.0):
+        """fn(*args), keeping the longest the harness was held up by one step
+        (beyond the wait it asked for) in `held_up`: what made a sample late."""
+        t0 = time.monotonic()
+        fn(*args)
+        over = time.monotonic() - t0 - allowed
+        if over > self.held_up["s"]:
+            self.held_up = {"s": round(over, 3), "in": step,
+                            "at_t": round(t0 - self.load_started, 1)}
 
     def running(self, kind=None):
         return [p for p in self.procs if p.joined and not p.killed and not p.eof and
@@ -583,6 +597,7 @@ class Soak:
             "stops": self.stops,
             "flatness": flat,
             "samples": self.samples,
+            "harness_held_up": self.held_up,
             "failures": self.failures,
         }
 
@@ -670,8 +685,10 @@ def main(argv=None):
 
 
 def summary(fig):
+    held = fig["harness_held_up"]
     lines = [f"soak: {fig['duration_s']:.0f} s, {sum(fig['kills'].values())} kills "
-             f"{dict(fig['kills'])}, {fig['stops']} stops", ""]
+             f"{dict(fig['kills'])}, {fig['stops']} stops; the harness held up at most "
+             f"{held['s']:.2f} s (by its {held['in']} at {held['at_t']} s)", ""]
     lines.append(f"{'GROUP':<12}{'KIND':<6}{'DELIVERED':>14}{'REPORTED':>14}{'ACKED':>14}"
                  f"{'REDELIVERED':>13}{'LOST':>8}")
     for g, v in fig["groups"].items():
