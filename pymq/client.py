@@ -339,8 +339,8 @@ class Client:
         except _core.TopicDeleted:
             self._forget(topic, ring)
         seq: int = await _aio().publish(self._topics.get(topic) or self._ring(topic),
-                                     lambda: self.publish(topic, payload, 0), timeout_ns,
-                                     len(payload))
+                                        lambda: self.publish(topic, payload, 0), timeout_ns,
+                                        len(payload))
         return seq
 
     async def apublish_many(self, topic: str, payloads: Iterable[Payload],
@@ -353,7 +353,7 @@ class Client:
         timeout_ns = self._publish_timeout_ns if timeout is None else _core.timeout_ns(timeout)
         ring = self._topics.get(topic) or self._ring_for(topic, batch)
         last: int = await _aio().publish(ring, lambda: self.publish_many(topic, batch, 0),
-                                      timeout_ns, sum(map(len, batch)))
+                                         timeout_ns, sum(map(len, batch)))
         return last
 
     def _ring_for(self, topic: str, payloads: Iterable[bytes]) -> _core.Ring:
@@ -693,9 +693,8 @@ class Subscription(Generic[T]):
             old = self._taken(n)
             if old:
                 return old
-        got: list[T] = await _aio().receive(self._reader, n,
-                                         _core.timeout_ns(timeout),
-                                         self._ring)
+        got: list[T] = await _aio().receive(self._reader, n, _core.timeout_ns(timeout),
+                                            self._ring)
         return got
 
     async def aiter(self) -> AsyncIterator[T]:
