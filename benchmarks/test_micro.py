@@ -144,6 +144,30 @@ def test_get_64B(benchmark, broker):
 
 
 @pytest.mark.benchmark(group="get")
+def test_iterate_64B(benchmark, broker):
+    """next() of a loop over an anonymous subscription (`for p in sub`): one
+    64-byte message per call, from a pre-filled ring; the loop reads ahead
+    1,024 at a time and hands them out one by one.
+
+    Checked as test_get_64B: the last item is the next one in publish order,
+    and the rest (what the loop read ahead first, then the ring) follow it."""
+    sub = broker.subscribe(TOPIC)
+    kwargs, calls = plan(benchmark, *SINGLE)
+    total = calls + 2 * PREFILL_BATCH  # a margin: the loop reads ahead up to 1,024
+    prefill(broker, total)
+    benchmark.extra_info.update(messages_per_call=1, payload_bytes=SIZE)
+
+    last = benchmark.pedantic(iter(sub).__next__, **kwargs)
+
+    rest = drain(sub)
+    read = total - len(rest)
+    assert rest, "the ring ran dry during the measurement"
+    assert read >= calls
+    assert last == payload(read - 1)
+    assert rest == [payload(i) for i in range(read, total)]
+
+
+@pytest.mark.benchmark(group="get")
 def test_get_many_64x64B(benchmark, broker):
     """Subscription.get_many(64): a batch of 64 messages of 64 bytes per call
     (one native call), from a pre-filled ring (the read never waits).

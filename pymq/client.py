@@ -587,14 +587,21 @@ class _Backlog:
         self.items: collections.deque[Any] = collections.deque(items)
         self.source = source
 
-    def take(self, n: int) -> list[Any]:
-        """Up to n items; [] once it is empty."""
+    def fill(self, n: int) -> bool:
+        """At least n items, or all that is left, in items (from the source);
+        whether there are any."""
         items = self.items
         if len(items) < n and self.source is not None:
             more = list(itertools.islice(self.source, n - len(items)))
             if not more:
                 self.source = None
             items.extend(more)
+        return bool(items)
+
+    def take(self, n: int) -> list[Any]:
+        """Up to n items; [] once it is empty."""
+        self.fill(n)
+        items = self.items
         return [items.popleft() for _ in range(min(n, len(items)))]
 
 
@@ -703,9 +710,14 @@ class Subscription(Generic[T]):
         SubscriptionClosed and BrokerClosed, which end it."""
         ahead = self._read_ahead()
         while True:
+            if self._backlog is not None:
+                for item in self._backlog_items():
+                    yield item
+                continue
             try:
-                if ahead and self._backlog is None:
+                if ahead:
                     self._set_backlog(_Backlog(await self.aget_many(READ_BATCH)))
+                    continue
                 item = await self.aget()
             except (SubscriptionClosed, BrokerClosed):
                 return
@@ -751,12 +763,29 @@ class Subscription(Generic[T]):
         messages nobody else would get."""
         return self.group is None
 
+    def _backlog_items(self) -> Iterator[T]:
+        """Iteration's share of the backlog (replayed, or read ahead): its
+        items one by one, each taken before it is handed out, so a loop that
+        breaks loses nothing; no backlog once it is empty. No get() per item:
+        an anonymous subscription's loop costs about a get's, not six."""
+        backlog = self._backlog
+        assert backlog is not None
+        items = backlog.items
+        if not items and not backlog.fill(READ_BATCH):
+            self._set_backlog(None)
+        while items and self._backlog is backlog:
+            yield items.popleft()
+
     def __iter__(self) -> Iterator[T]:
         ahead = self._read_ahead()
         while True:
+            if self._backlog is not None:
+                yield from self._backlog_items()
+                continue
             try:
-                if ahead and self._backlog is None:
+                if ahead:
                     self._set_backlog(_Backlog(self.get_many(READ_BATCH)))
+                    continue
                 item = self.get()
             except (SubscriptionClosed, BrokerClosed):
                 return

@@ -190,6 +190,39 @@ def test_close_ends_iteration_and_publish_raises_broker_closed(make_broker, name
     c.close()
 
 
+def test_what_an_anonymous_loop_read_ahead_goes_to_the_next_call_of_each_kind(broker):
+    """An anonymous subscription's loop reads ahead (1,024 at a time) and hands
+    its items out one by one; whatever it read and did not hand out goes, in
+    order and once, to the next get, get_many, get_batch, async loop or loop,
+    across read-aheads."""
+    import asyncio
+    sub = broker.subscribe("t")
+    want = [b"m%d" % i for i in range(3000)]
+    broker.publish_many("t", want)
+
+    def take(it, n):  # n items and not one more (zip asks range first)
+        return [item for _, item in zip(range(n), it)]
+
+    async def atake(n):
+        got = []
+        async for item in sub:
+            got.append(item)
+            if len(got) == n:
+                break
+        return got
+
+    got = take(iter(sub), 10)
+    got.append(sub.get(timeout=5))
+    got += sub.get_many(5, timeout=5)
+    got += sub.get_batch(3, timeout=5).payloads()
+    got += asyncio.run(atake(7))
+    got += take(iter(sub), 2000)   # past the first read-ahead, into the next
+    got += take(iter(sub), 3000 - len(got))
+    assert got == want
+    with pytest.raises(pymq.Timeout):
+        sub.get(timeout=0.05)
+
+
 def test_unsubscribe_ends_iteration_and_get_raises(broker):
     sub = broker.subscribe("t")
     got = []
