@@ -433,9 +433,9 @@ class Client:
             since = 1 if mode == _core.START["earliest"] else seq
             if since < first_in_ring:
                 from .persistence import replay
-                sub._set_backlog(_Backlog(source=map(sub._from_disk,
-                                                   replay(cfg.persistence_dir, topic, since,
-                                                          first_in_ring))))
+                sub._set_backlog(_Backlog(source=replay(cfg.persistence_dir, topic, since,
+                                                        first_in_ring),
+                                          make=sub._from_disk))
         with self._lock:
             self._res.subs.add(sub)
         return sub
@@ -577,25 +577,62 @@ def topic_stats(s: dict[str, Any]) -> dict[str, Any]:
 
 class _Backlog:
     """What a subscription hands out before it reads the ring again: what its
-    start= replays from disk (source, read lazily), or what its own iteration
-    read ahead (items). Nothing in it is lost to the caller: the next get,
-    get_many or iteration takes it first."""
+    start= replays from disk (records (seq, ts_ns, payload) from source, read
+    lazily, made into items by make), or what its own iteration read ahead
+    (items, with the read's seqs and times). Nothing in it is lost to the
+    caller: the next get, get_many, get_batch or iteration takes it first.
+    Beside the items, their seqs and publish times, oldest first, in arrays
+    (meta); what get and iteration took is dropped from meta when it is next
+    looked at: they take items alone, at no cost each."""
 
-    __slots__ = ("items", "source")
+    __slots__ = ("items", "source", "make", "meta", "described")
 
-    def __init__(self, items: Iterable[Any] = (), source: Iterator[Any] | None = None):
+    def __init__(self, items: Iterable[Any] = (), seqs: bytes = b"", times: bytes = b"",
+                 source: Iterator[tuple[int, int, bytes]] | None = None,
+                 make: Callable[[tuple[int, int, bytes]], Any] | None = None):
         self.items: collections.deque[Any] = collections.deque(items)
-        self.source = source
+        self.source, self.make = source, make
+        self.meta: collections.deque[tuple[array[int], array[float]]] = collections.deque()
+        self.described = 0  # items meta describes: those in items, and before them some taken
+        s, t = array("Q"), array("d")
+        s.frombytes(seqs)
+        t.frombytes(times)
+        self._describe(s, t)
+
+    def _describe(self, seqs: array[int], times: array[float]) -> None:
+        if len(seqs):
+            self.meta.append((seqs, times))
+            self.described += len(seqs)
+
+    def _drop(self, n: int) -> tuple[array[int], array[float]]:
+        """The first n seqs and times of meta, taken off it."""
+        seqs, times = array("Q"), array("d")
+        meta = self.meta
+        while n:
+            s, t = meta[0]
+            k = min(n, len(s))
+            seqs.extend(s[:k])
+            times.extend(t[:k])
+            if k == len(s):
+                meta.popleft()
+            else:
+                meta[0] = (s[k:], t[k:])
+            self.described -= k
+            n -= k
+        return seqs, times
 
     def fill(self, n: int) -> bool:
         """At least n items, or all that is left, in items (from the source);
         whether there are any."""
         items = self.items
         if len(items) < n and self.source is not None:
-            more = list(itertools.islice(self.source, n - len(items)))
-            if not more:
+            recs = list(itertools.islice(self.source, n - len(items)))
+            if not recs:
                 self.source = None
-            items.extend(more)
+            assert self.make is not None
+            self._drop(self.described - len(items))  # what was taken since
+            items.extend(map(self.make, recs))
+            self._describe(array("Q", [r[0] for r in recs]), array("d", [r[1] / 1e9 for r in recs]))
         return bool(items)
 
     def take(self, n: int) -> list[Any]:
@@ -603,6 +640,14 @@ class _Backlog:
         self.fill(n)
         items = self.items
         return [items.popleft() for _ in range(min(n, len(items)))]
+
+    def take_described(self, n: int) -> tuple[list[Any], array[int], array[float]]:
+        """Up to n items, their seqs and their publish times."""
+        self.fill(n)
+        items = self.items
+        self._drop(self.described - len(items))
+        k = min(n, len(items))
+        return [items.popleft() for _ in range(k)], *self._drop(k)
 
 
 class Subscription(Generic[T]):
@@ -716,7 +761,8 @@ class Subscription(Generic[T]):
                 continue
             try:
                 if ahead:
-                    self._set_backlog(_Backlog(await self.aget_many(READ_BATCH)))
+                    got = await self.aget_many(READ_BATCH)
+                    self._set_backlog(_Backlog(got, *self._reader.last_read()))
                     continue
                 item = await self.aget()
             except (SubscriptionClosed, BrokerClosed):
@@ -732,9 +778,10 @@ class Subscription(Generic[T]):
         nack()); waits like get() and raises as get_many()."""
         n = self._many(max_count)
         if self._backlog is not None:  # what start= replays, or iteration read ahead
-            old = self._taken(n)
+            old, old_seqs, old_times = self._backlog.take_described(n)
             if old:
-                return self._as_batch(old)
+                return self._as_batch(old, old_seqs, old_times)
+            self._set_backlog(None)
         got = self._reader.get_batch(n, timeout)
         data, offsets, seqs, times, slots, attempts, size = got
         if slots is None or attempts is None:
@@ -742,19 +789,17 @@ class Subscription(Generic[T]):
         return AckBatch(self.topic, data, offsets, seqs, times, size, slots, attempts,
                         self._reader)
 
-    def _as_batch(self, items: list[Any]) -> Batch:
-        """Items a get would have given (bytes read ahead; Messages replayed
-        from disk, history) as a Batch (an ack subscription's: HistoryBatch)."""
-        messages = [p for p in items if isinstance(p, Message)]
+    def _as_batch(self, items: list[Any], seqs: array[int], times: array[float]) -> Batch:
+        """Items a get would have given (bytes read ahead or replayed from disk;
+        Messages replayed, history), with their seqs and publish times, as a
+        Batch (an ack subscription's: HistoryBatch)."""
+        history = any(isinstance(p, Message) for p in items)
         payloads = [p.payload if isinstance(p, Message) else bytes(p) for p in items]
         offs = array("Q", [0])
         for p in payloads:
             offs.append(offs[-1] + len(p))
         sizes = {len(p) for p in payloads}
-        seqs = array("Q", [m.seq or 0 for m in messages] if messages else [0] * len(items))
-        times = array("d", [m.publish_time or 0.0 for m in messages] if messages
-                      else [0.0] * len(items))
-        kind = HistoryBatch if messages else Batch
+        kind = HistoryBatch if history else Batch
         return kind(self.topic, b"".join(payloads), offs.tobytes(), seqs.tobytes(),
                     times.tobytes(), sizes.pop() if len(sizes) == 1 else None)
 
@@ -784,7 +829,8 @@ class Subscription(Generic[T]):
                 continue
             try:
                 if ahead:
-                    self._set_backlog(_Backlog(self.get_many(READ_BATCH)))
+                    got = self.get_many(READ_BATCH)
+                    self._set_backlog(_Backlog(got, *self._reader.last_read()))
                     continue
                 item = self.get()
             except (SubscriptionClosed, BrokerClosed):

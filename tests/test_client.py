@@ -193,8 +193,9 @@ def test_close_ends_iteration_and_publish_raises_broker_closed(make_broker, name
 def test_what_an_anonymous_loop_read_ahead_goes_to_the_next_call_of_each_kind(broker):
     """An anonymous subscription's loop reads ahead (1,024 at a time) and hands
     its items out one by one; whatever it read and did not hand out goes, in
-    order and once, to the next get, get_many, get_batch, async loop or loop,
-    across read-aheads."""
+    order and once, to the next get, get_many, get_batch (with the messages'
+    seqs and publish times), async loop or loop, across read-aheads, sync and
+    async."""
     import asyncio
     sub = broker.subscribe("t")
     want = [b"m%d" % i for i in range(3000)]
@@ -211,12 +212,22 @@ def test_what_an_anonymous_loop_read_ahead_goes_to_the_next_call_of_each_kind(br
                 break
         return got
 
+    def batch(n):  # its payloads; its seqs and publish times those of the messages
+        b = sub.get_batch(n, timeout=5)
+        assert b.seqs.tolist() == list(range(len(got) + 1, len(got) + n + 1))
+        assert all(t > 1e9 for t in b.publish_times)
+        return b.payloads()
+
     got = take(iter(sub), 10)
     got.append(sub.get(timeout=5))
     got += sub.get_many(5, timeout=5)
-    got += sub.get_batch(3, timeout=5).payloads()
+    got += batch(3)
     got += asyncio.run(atake(7))
-    got += take(iter(sub), 2000)   # past the first read-ahead, into the next
+    got += take(iter(sub), 1024 - len(got))  # the first read-ahead, to its end
+    got += asyncio.run(atake(7))             # an async one
+    got += batch(3)
+    got += take(iter(sub), 1000)             # to the next (sync) read-ahead
+    got += batch(5)
     got += take(iter(sub), 3000 - len(got))
     assert got == want
     with pytest.raises(pymq.Timeout):

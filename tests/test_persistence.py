@@ -351,6 +351,14 @@ def test_start_earliest_and_seq_replay_from_disk_what_the_ring_let_go(make_broke
     while len(got) < 1000:
         got += every.get_many(100, timeout=5)
     assert got == payloads  # from disk, then from the ring, in order, once each
+    bulk = broker.subscribe("t", start="earliest")  # the same in batches: with seqs and times
+    seqs, data = [], []
+    while len(seqs) < 1000:
+        batch = bulk.get_batch(128, timeout=5)
+        seqs += batch.seqs.tolist()
+        data += batch.payloads()
+        assert all(t > 1e9 for t in batch.publish_times)
+    assert seqs == list(range(1, 1001)) and data == payloads
     from_seq = broker.subscribe_with_ack("t", group="late", start=300)
     msgs = []
     while len(msgs) < 701:

@@ -318,6 +318,27 @@ static PyObject *reader_get_batch(ReaderObject *rd, PyObject *const *args, Py_ss
     return py_raise(rc == PMQ_BUSY ? PMQ_EMPTY : rc, rd->topic, timeout, 0, 0, rd->ring);
 }
 
+/* last_read() -> (seqs, times): the seqs (uint64) and publish times (float64,
+ * epoch seconds) of what the last read returned, in its order, as bytes: for
+ * what a loop reads ahead with get or poll and hands out later (pymq/client.py:
+ * a get_batch that takes it gives them). */
+static PyObject *reader_last_read(ReaderObject *rd, PyObject *unused)
+{
+    (void)unused;
+    uint32_t n = rd->b.n <= rd->b.max ? rd->b.n : 0;
+    PyObject *seqs = array_bytes(rd->b.seqs, n, sizeof *rd->b.seqs);
+    PyObject *times = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)((size_t)n * 8));
+    if (!seqs || !times) {
+        Py_XDECREF(seqs);
+        Py_XDECREF(times);
+        return NULL;
+    }
+    double *t = (double *)(void *)PyBytes_AS_STRING(times);
+    for (uint32_t i = 0; i < n; i++)
+        t[i] = (double)rd->b.ts[i] / 1e9;
+    return Py_BuildValue("(NN)", seqs, times);
+}
+
 /* settle_batch(slots, seqs, attempts or None) -> how many took effect: ack
  * (attempts None) or nack a batch's deliveries, named by its arrays (bytes of
  * uint32, uint64, uint32), in one native call. It never waits. */
@@ -535,6 +556,8 @@ static PyMethodDef reader_methods[] = {
      "timeout in seconds, None: for ever"},
     {"settle_batch", (PyCFunction)(void (*)(void))reader_settle_batch, METH_FASTCALL,
      "settle_batch(slots, seqs, attempts or None) -> acked (or, with attempts, nacked)"},
+    {"last_read", (PyCFunction)reader_last_read, METH_NOARGS,
+     "last_read() -> (seqs, times): of what the last read returned (bytes of uint64, float64)"},
     {"poll", (PyCFunction)reader_poll, METH_O,
      "poll(max) -> 1..max payloads, or (word, value) to sleep on, or None (a lock is busy)"},
     {"close", (PyCFunction)reader_close, METH_NOARGS, "no more reads (the subscription left)"},
