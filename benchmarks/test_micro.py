@@ -65,6 +65,18 @@ def drain(sub) -> list[bytes]:
             return out
 
 
+def check_reads(sub, last: bytes, total: int, calls: int) -> None:
+    """After single reads of the pre-filled payload(0) .. payload(total - 1):
+    the last one read is the next in publish order (its index is the number
+    read, less one), and the rest follow it, in order and intact."""
+    rest = drain(sub)
+    read = total - len(rest)
+    assert rest, "the ring ran dry during the measurement"
+    assert read >= calls
+    assert last == payload(read - 1)
+    assert rest == [payload(i) for i in range(read, total)]
+
+
 def topic_stats(client) -> dict:
     return client.stats()["topics"][TOPIC]
 
@@ -135,12 +147,7 @@ def test_get_64B(benchmark, broker):
 
     last = benchmark.pedantic(sub.get, kwargs={"timeout": TIMEOUT}, **kwargs)
 
-    rest = drain(sub)
-    read = total - len(rest)
-    assert rest, "the ring ran dry during the measurement"
-    assert read >= calls
-    assert last == payload(read - 1)
-    assert rest == [payload(i) for i in range(read, total)]
+    check_reads(sub, last, total, calls)
 
 
 @pytest.mark.benchmark(group="get")
@@ -159,12 +166,7 @@ def test_iterate_64B(benchmark, broker):
 
     last = benchmark.pedantic(iter(sub).__next__, **kwargs)
 
-    rest = drain(sub)
-    read = total - len(rest)
-    assert rest, "the ring ran dry during the measurement"
-    assert read >= calls
-    assert last == payload(read - 1)
-    assert rest == [payload(i) for i in range(read, total)]
+    check_reads(sub, last, total, calls)
 
 
 @pytest.mark.benchmark(group="get")
