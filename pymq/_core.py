@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import importlib.util
 import os
-import pathlib
 import sys
 import time
 import weakref
@@ -39,10 +37,16 @@ ffi, lib = _native.ffi, _native.lib
 
 def _build_of_sources() -> str | None:
     """In a source checkout, the build id of the sources beside the package
-    (build.py's hash); None for an installed package."""
-    root = pathlib.Path(__file__).resolve().parent.parent
-    if not (root / "build.py").is_file() or not (root / "native" / "ring").is_dir():
+    (build.py's hash); None for an installed package (or the sanitized
+    copy), which then imports neither pathlib nor importlib.util: a
+    supervisor's start waits for its imports."""
+    top = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    if not os.path.isfile(os.path.join(top, "build.py")) or \
+            not os.path.isdir(os.path.join(top, "native", "ring")):
         return None
+    import importlib.util
+    import pathlib
+    root = pathlib.Path(top)
     spec = importlib.util.spec_from_file_location("_pymq_build", root / "build.py")
     if spec is None or spec.loader is None:
         return None

@@ -29,7 +29,6 @@ import json
 import logging
 import mmap
 import os
-import secrets
 import time
 
 import posix_ipc
@@ -231,7 +230,7 @@ class Token:
     """This process's liveness token in namespace `name`: a locked file."""
 
     def __init__(self, name: str):
-        self.value = secrets.randbits(63) | 1
+        self.value = int.from_bytes(os.urandom(8), "little") >> 1 | 1  # 63 random bits
         self.path = token_path(name, self.value)
         tmp = self.path + ".new"
         info = json.dumps({"pid": os.getpid(), "start": process_start(), "pidns": _pidns()})
