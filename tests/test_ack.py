@@ -331,9 +331,10 @@ def test_message_is_a_c_type_whose_ack_is_one_call_and_whose_fields_are_read_onl
 
 def test_acks_and_nacks_take_no_lock_and_a_corrupt_window_is_reported_by_the_next_read(
         make_broker):
-    """An ack and a nack take no lock (a compare-and-swap of their entry):
-    they never wait, whatever the window holds; the next read, which takes
-    the group's lock, checks the window and reports corruption."""
+    """An ack and a nack never wait for a lock, whatever the window holds (an
+    ack that finds the lock free but the window corrupt changes its entry
+    without it, as when the lock is held); the next read, which takes the
+    group's lock, checks the window and reports corruption."""
     broker = make_broker(ack_timeout=3600)
     sub = broker.subscribe_with_ack("t", group="g")
     broker.publish_many("t", [b"a", b"b"])

@@ -13,6 +13,7 @@ import pytest
 
 import pymq
 import workers
+from pymq import _core
 from helpers import get_json, join_all, stopped, sweeps, wait_for
 
 
@@ -95,6 +96,46 @@ def test_a_member_frozen_holding_its_groups_lock_stalls_only_its_group(make_brok
     wait_for(lambda: healthy(port))
     g = broker.stats()["topics"]["t"]["groups"]["g"]
     assert (g["acked"], g["pending"], g["lag"]) == (3, 0, 0)
+
+
+def test_an_ack_takes_its_groups_lock_only_if_free_and_counts_each_delivery_once(make_broker, name,
+                                                                                ctx, monkeypatch):
+    """With the group's lock free an ack takes it and frees its entries (one
+    exchange each); with it held, here by a member stopped inside its read, an
+    ack changes them without it (a compare-and-swap each) and never waits.
+    Either way a delivery acked twice, by the member it was redelivered to and
+    by the one it was taken from, counts once."""
+    broker = make_broker(ack_timeout=3600)
+    a1 = broker.subscribe_with_ack("t", group="g")
+    a2 = broker.subscribe_with_ack("t", group="g")
+    broker.publish_many("t", [b"x", b"y", b"z"])
+    first = a1.get(timeout=5)
+    first.nack()
+    again = a2.get(timeout=5)
+    assert (first.payload, again.payload, again.delivery_attempt) == (b"x", b"x", 2)
+
+    def raw_ack(sub, m):  # the native ack itself (Message.ack() of a nacked one does nothing)
+        ffi, lib, r = _core.ffi, _core.lib, sub._reader
+        return lib.pmq_ack_ack(sub._ring.h, r.group, r.group_gen, ffi.new("uint32_t[]", [m._slot]),
+                               ffi.new("uint64_t[]", [m.seq]), 1, ffi.NULL)
+
+    assert raw_ack(a1, first) == 1  # the earlier attempt's ack: the work was done
+    assert a2.ack_many([again]) == 0  # the same delivery: counted once
+    batch = a1.get_batch(10, timeout=5)
+    assert batch.payloads() == [b"y", b"z"]
+
+    q = ctx.Queue()
+    p = frozen_at(ctx, monkeypatch, "ack.locked", workers.ack_get_once, name, "t", "g", q)
+    assert batch.ack() == 2  # the lock is held by a stopped process: it did not wait for it
+    assert batch.ack() == 0
+    assert raw_ack(a1, first) == 0
+    os.kill(p.pid, signal.SIGCONT)
+    broker.publish("t", b"w")  # what its read, resumed, takes and acks
+    assert q.get(timeout=30) == [b"w"]
+    join_all([p])
+    g = broker.stats()["topics"]["t"]["groups"]["g"]
+    assert {k: g[k] for k in ("delivered", "acked", "nacked", "redelivered", "pending", "lag")} == \
+        {"delivered": 5, "acked": 4, "nacked": 1, "redelivered": 1, "pending": 0, "lag": 0}
 
 
 def test_a_dead_member_is_reaped_without_waiting_for_a_frozen_lock_holder(make_broker, name, ctx,

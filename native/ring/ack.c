@@ -5,10 +5,13 @@
  * (redeliveries first, then new records while the window has room); the
  * supervisor takes it to sweep (timeouts, deliveries of members that are
  * gone, groups on their way out) and to dead-letter, never waiting long. An
- * ack or a nack needs no lock: it changes its entry by a 16-byte
- * compare-and-swap of the entry's seq and state (pmq_pending_t), and every
- * change of an entry in flight is made the same way, so they and a lock
- * holder never undo each other. Whoever holds the lock moves the floor past
+ * ack or a nack never waits for it. An ack takes it if it is free (the usual
+ * case: only its own member's reads take it), and then frees each entry by
+ * one exchange of its state word, since under the lock no entry is claimed or
+ * reused; else, and for a nack, an entry changes by a 16-byte compare-and-swap
+ * of its seq and state (pmq_pending_t). Every change of an entry in flight is
+ * atomic and checks what it changes, so ackers, nackers and a lock holder
+ * never undo each other. Whoever holds the lock moves the floor past
  * freed entries and recounts what is READY; an ack or nack that changed the
  * window without the lock marks the group stale, and tries the lock; a
  * holder that let go looks at the mark (a Dekker handshake: one of the two
@@ -343,7 +346,7 @@ int ack_take(pmq_ring_t *r, pmq_member_t *m, uint32_t mi, uint32_t mgen, pmq_gro
     return rc < 0 ? rc : (int)b->n;
 }
 
-/* ---- acks and nacks (no lock), dead letters (under the lock) ----------------------- */
+/* ---- acks and nacks (never waiting), dead letters (under the lock) ----------------- */
 
 /* Lock-free: ack group gi of generation gen, checked. */
 static pmq_group_t *named(pmq_ring_t *r, uint32_t gi, uint32_t gen)
@@ -407,6 +410,34 @@ static int change(pmq_ring_t *r, pmq_group_t *g, const uint32_t *slots, const ui
     return k;
 }
 
+/* Acks with the group's lock held: nothing claims, sweeps or reuses an entry
+ * meanwhile, so an entry's seq stays put and one exchange of its state word
+ * frees it (lock-free ackers and nackers still compare-and-swap seq and word
+ * together: whoever comes second sees the word changed). How many were not
+ * free yet; *counts set if one of them was READY or DEAD. */
+static int free_locked(pmq_ring_t *r, pmq_group_t *g, const uint32_t *slots, const uint64_t *seqs,
+                       uint32_t n, int *counts)
+{
+    pmq_pending_t *table = &r->pending[(uint64_t)g->ptable * r->pending_cap];
+    int k = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (slots[i] >= r->pending_cap)
+            continue;
+        pmq_pending_t *e = &table[slots[i]];
+        pmq_pending_word_t w = word_of(e), freed = w;
+        if (LOAD_RLX(&e->seq) != seqs[i] || w.f.state == PMQ_PEND_FREE)
+            continue; /* another record's entry by now, or acked already */
+        freed.f.state = PMQ_PEND_FREE;
+        pmq_pending_word_t was = {.bits = __atomic_exchange_n(&e->w.bits, freed.bits,
+                                                              __ATOMIC_ACQ_REL)};
+        if (was.f.state != PMQ_PEND_FREE) {
+            k++;
+            *counts |= was.f.state != PMQ_PEND_INFLIGHT;
+        }
+    }
+    return k;
+}
+
 int pmq_ack_ack(pmq_ring_t *r, uint32_t gi, uint32_t gen, const uint32_t *slots,
                 const uint64_t *seqs, uint32_t n, const pmq_hooks_t *hooks)
 {
@@ -416,6 +447,23 @@ int pmq_ack_ack(pmq_ring_t *r, uint32_t gi, uint32_t gen, const uint32_t *slots,
     pmq_group_t *g = named(r, gi, gen);
     if (!g)
         return 0; /* the group went: nothing left to ack */
+    if (group_trylock(r, g, 0) == 0) { /* the usual case: only the acker's own reads take it */
+        int k = 0, counts = 0;
+        uint64_t old_floor = g->floor, old_head = g->pend_head;
+        int was_full = g->pend_tail - g->pend_head == r->pending_cap;
+        if (g->gen == gen) {
+            k = free_locked(r, g, slots, seqs, n, &counts);
+            if (counts)
+                recount(r, g);
+            advance_floor(r, g);
+            if (k)
+                ADD_RLX(&g->acked, (uint64_t)k);
+        }
+        group_unlock(r, g);
+        after_change(r, g, old_floor, was_full && g->pend_head != old_head);
+        return k;
+    }
+    /* the lock is held (a member's claim, a sweep): no waiting for it */
     int mark = 0, k = change(r, g, slots, seqs, NULL, n, &mark);
     if (k)
         ADD_RLX(&g->acked, (uint64_t)k);

@@ -145,9 +145,10 @@ typedef struct pmq_group {
 } pmq_group_t;
 
 /* One delivery of an ack group, waiting for its ack. Its seq and the word
- * after it (state, attempts, member) are one 16-byte word: an ack frees the
- * entry by a compare-and-swap of both, without the group's lock, and every
- * change of a delivery in flight is made the same way. */
+ * after it (state, attempts, member) are one 16-byte word: without the group's
+ * lock an ack or nack changes the entry by a compare-and-swap of both; under
+ * it (where no entry is claimed or reused, so seq stays put) an ack exchanges
+ * the word alone. */
 typedef union pmq_pending_word {
     struct {
         uint16_t member;     /* member slot it was last delivered to ... */
@@ -484,14 +485,15 @@ int pmq_group_stats(pmq_ring_t *r, pmq_ring_stats_t *out, pmq_group_stats_t *gro
 /* Acknowledge n deliveries of group `group` (of generation group_gen), each
  * named by the slot and seq its read gave. An ack of a delivery already acked
  * (or by now another record's slot) is ignored: returns how many it acked.
- * It takes no lock (a compare-and-swap of each entry) and never waits. */
+ * It never waits: with the group's lock free it takes it and frees each
+ * entry by one exchange, else it changes each by a compare-and-swap. */
 int pmq_ack_ack(pmq_ring_t *r, uint32_t group, uint32_t group_gen, const uint32_t *slots,
                 const uint64_t *seqs, uint32_t n, const pmq_hooks_t *hooks);
 
 /* Ask for redelivery now (or dead-lettering, when out of retries). Each nack
  * names the delivery attempt it answers; a stale one (the delivery has moved
- * on to another attempt) is ignored. Like an ack it takes no lock and never
- * waits. Returns how many it requeued. */
+ * on to another attempt) is ignored. It takes no lock (a compare-and-swap of
+ * each entry) and never waits. Returns how many it requeued. */
 int pmq_ack_nack(pmq_ring_t *r, uint32_t group, uint32_t group_gen, const uint32_t *slots,
                  const uint64_t *seqs, const uint32_t *attempts, uint32_t n,
                  const pmq_hooks_t *hooks);
