@@ -330,8 +330,12 @@ int ack_take(pmq_ring_t *r, pmq_member_t *m, uint32_t mi, uint32_t mgen, pmq_gro
         if (rc == PMQ_ECORRUPT)
             rc = PMQ_RETRY;
     }
-    /* what a reader that got nothing waits to see change: tail itself */
-    snap->tail = b->n ? tail : LOAD_ACQ(&r->hdr->tail);
+    /* What a reader that got nothing waits to see change. Caught up with the
+     * tail it read: that tail (a record published since changes it; loading
+     * tail again here would take that record in and wait past it). Stopped
+     * short of it (the window full): tail itself, not a remembered one that
+     * tail has already passed, which would wake it again at once. */
+    snap->tail = b->n || cur >= tail ? tail : LOAD_ACQ(&r->hdr->tail);
     snap->ready = g->ready;
     snap->pend_head = g->pend_head;
     if (rc == 0 && b->n) {
