@@ -329,7 +329,7 @@ def test_message_is_a_c_type_whose_ack_is_one_call_and_whose_fields_are_read_onl
         pymq.Message(b"x", ack=5)
 
 
-def test_acks_and_nacks_take_no_lock_and_a_corrupt_window_is_reported_by_the_next_read(
+def test_acks_and_nacks_never_wait_and_a_corrupt_window_is_reported_by_the_next_read(
         make_broker):
     """An ack and a nack never wait for a lock, whatever the window holds (an
     ack that finds the lock free but the window corrupt changes its entry
