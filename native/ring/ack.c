@@ -361,6 +361,19 @@ static pmq_group_t *named(pmq_ring_t *r, uint32_t gi, uint32_t gen)
     return is_ack_group(r, g, 0) && LOAD_RLX(&g->gen) == gen ? g : NULL;
 }
 
+/* Lock held, after entries were freed: move the floor past them, let go, and
+ * wake readers (asked for, or the window was full and opened) and publishers
+ * the floor passed. */
+static void floor_then_unlock(pmq_ring_t *r, pmq_group_t *g, int readers)
+{
+    uint64_t old_floor = g->floor, old_head = g->pend_head;
+    int was_full = g->pend_tail - g->pend_head == r->pending_cap;
+    advance_floor(r, g);
+    readers |= was_full && g->pend_head != old_head;
+    group_unlock(r, g);
+    after_change(r, g, old_floor, readers);
+}
+
 /* After acks or nacks changed entries without the lock: mark the group stale
  * (its floor and counts are to be seen to), then see to it now if the lock
  * is free (else its holder does once it lets go), and wake whoever waits. */
@@ -368,12 +381,7 @@ static void changed_without_lock(pmq_ring_t *r, pmq_group_t *g, int readers)
 {
     STORE_SC(&g->stale, 1);
     if (group_trylock(r, g, 0) == 0) {
-        uint64_t old_floor = g->floor, old_head = g->pend_head;
-        int was_full = g->pend_tail - g->pend_head == r->pending_cap;
-        advance_floor(r, g);
-        readers |= was_full && g->pend_head != old_head;
-        group_unlock(r, g);
-        after_change(r, g, old_floor, readers);
+        floor_then_unlock(r, g, readers);
     } else if (readers) {
         ring_wake_if_waiting(&r->hdr->data_seq, &r->hdr->data_waiters);
     }
@@ -453,18 +461,14 @@ int pmq_ack_ack(pmq_ring_t *r, uint32_t gi, uint32_t gen, const uint32_t *slots,
         return 0; /* the group went: nothing left to ack */
     if (group_trylock(r, g, 0) == 0) { /* the usual case: only the acker's own reads take it */
         int k = 0, counts = 0;
-        uint64_t old_floor = g->floor, old_head = g->pend_head;
-        int was_full = g->pend_tail - g->pend_head == r->pending_cap;
         if (g->gen == gen) {
             k = free_locked(r, g, slots, seqs, n, &counts);
             if (counts)
                 recount(r, g);
-            advance_floor(r, g);
             if (k)
                 ADD_RLX(&g->acked, (uint64_t)k);
         }
-        group_unlock(r, g);
-        after_change(r, g, old_floor, was_full && g->pend_head != old_head);
+        floor_then_unlock(r, g, 0);
         return k;
     }
     /* the lock is held (a member's claim, a sweep): no waiting for it */
