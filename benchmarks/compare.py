@@ -369,7 +369,9 @@ def _bulk_loop(get_batch, ack, count, producers, size, nxt, crcs, first_seq):
     was sent: it covers every byte of every payload, the indices included),
     from it the data compared with what it must be (one memcmp of the batch
     against the records expected, built as the producer builds them). An ack
-    subscription's batch is then acked in one call (batch.ack())."""
+    subscription's batch is then acked in one call (batch.ack()). Also returns
+    where the loop's time went: ns in get_batch, in batch.ack() and in the rest
+    (the checks), a clock read on each side of each call (about 1024 messages)."""
     import numpy as np
     unpack, crc32 = INDEX.unpack_from, bulk_crc32()[0]
     per_call, exact = bulk_records(size), size >= H.EXACT_FROM
@@ -384,8 +386,11 @@ def _bulk_loop(get_batch, ack, count, producers, size, nxt, crcs, first_seq):
     window, at = min(1 << 16, count + per_call), 0
     expect = memoryview(np.arange(first_seq, first_seq + window, dtype=np.uint64)).cast("B").cast("Q")
     got, disorder, first_bad, acked, bad = 0, 0, None, 0, 0
+    clock, in_get, in_ack, start = time.perf_counter_ns, 0, 0, time.perf_counter_ns()
     while got < count:
+        t = clock()
         b = get_batch(per_call)
+        in_get += clock() - t
         n, data = len(b), b.data
         if at + n > window:  # the next window, from the next seq expected
             seq0 = expect[at] if at < window else expect[window - 1] + 1
@@ -422,9 +427,12 @@ def _bulk_loop(get_batch, ack, count, producers, size, nxt, crcs, first_seq):
                 nxt[k] = i + run
                 j += run
         if ack:
+            t = clock()
             acked += b.ack()
+            in_ack += clock() - t
         got += n
-    return got, disorder, first_bad, acked, bad
+    split = {"get": in_get, "ack": in_ack, "rest": clock() - start - in_get - in_ack}
+    return got, disorder, first_bad, acked, bad, split
 
 
 def _single_loop(recv, tup, ack, count, producers, size, nxt, crcs):
@@ -514,6 +522,8 @@ def consumer(impl, handle, size, producers, batch, count, ack, group,
     """Receive count messages from `producers` producers (after their warm-up ones)."""
     with H.child(conn):
         r = peers.open_receiver(impl, handle, batch, group=group, ack=ack)
+        if batch == BULK:  # the bulk loop's numpy, imported before the clock starts (~0.1 s)
+            import numpy  # noqa: F401
         try:
             ready.set()
             warmed, first_seq = 0, None
@@ -546,13 +556,13 @@ def consumer(impl, handle, size, producers, batch, count, ack, group,
             if not go.wait(START_TIMEOUT):
                 raise RuntimeError("no go signal")
             flt, cs, cpu, t0 = minflt(), H.ctx_switches(), H.cpu_ns(), now_ns()
-            acked = 0
+            acked, split = 0, None
             if batch == 1:
                 disorder, first_bad, bad = _single_loop(r.recv, r.recv_tuple, ack, count, producers,
                                                         size, nxt, crcs)
                 got = count
             elif batch == BULK:
-                got, disorder, first_bad, acked, bad = _bulk_loop(
+                got, disorder, first_bad, acked, bad, split = _bulk_loop(
                     r.sub.get_batch, ack, count, producers, size, nxt, crcs, first_seq)
             else:
                 got, disorder, first_bad, acked, bad = _batch_loop(
@@ -562,7 +572,7 @@ def consumer(impl, handle, size, producers, batch, count, ack, group,
             out = H.measured(cpu, cs, t0, t1)
             out.update(received=got, per_producer=nxt, crcs=crcs, bad=bad, disorder=disorder,
                        first_bad=repr(first_bad), acked=acked, minflt=minflt() - flt,
-                       extra=r.extra())
+                       extra=r.extra(), split=split)
         finally:
             r.close()
         conn.send(out)
@@ -765,6 +775,8 @@ def run_stream(ctx, case, impl: str, count: int, crc_cache: dict) -> dict:
             "sub_minflt_per_1k_msgs": c["minflt"] / count * 1e3,
             "writer_after_consumer_s": (max(0, caught_up_ns - c["end_ns"]) / 1e9
                                         if caught_up_ns else None),
+            **({f"sub_{k}_ns_per_msg": v / count for k, v in c["split"].items()}
+               if c.get("split") else {}),
             "verified": True, **extra}
 
 
@@ -991,6 +1003,17 @@ def mode_text(batch: int, size: int) -> str:
     return f"batches of {batch}" if batch > 1 else "single calls"
 
 
+def stream_text(r: dict) -> str:
+    """One stream run's line: its rate and CPU, and for a bulk consumer where
+    its loop's time went (ns a message in get_batch, in batch.ack(), in the rest)."""
+    out = (f"{r['msg_per_s']:>11,.0f} msg/s {r['MB_per_s']:>8.1f} MB/s  "
+           f"CPU us/msg pub {r['pub_cpu_us_per_msg']:.2f} sub {r['sub_cpu_us_per_msg']:.2f}")
+    if "sub_get_ns_per_msg" in r:
+        out += (f"  ns/msg get {r['sub_get_ns_per_msg']:.1f} ack {r['sub_ack_ns_per_msg']:.1f}"
+                f" rest {r['sub_rest_ns_per_msg']:.1f}")
+    return out
+
+
 def lat_ratio(runs: dict, which: str, me: str = "pymq") -> dict | None:
     """pymq's percentile / the lowest peer's."""
     return _compare(runs, PINGPONG[0], [PINGPONG[0]], f"{which}_us", False, me)
@@ -1006,8 +1029,13 @@ def ack_ratio(runs: dict, ack_case: str, plain_case: str, me: str = "pymq") -> d
     per_rep = [ra[k] / rp[k] for k in ra if k in rp]
     ca, cp = (_median_of(runs, ack_case, me, "sub_cpu_us_per_msg"),
               _median_of(runs, plain_case, me, "sub_cpu_us_per_msg"))
-    return {"ratio": a / p, "pymq": a, "best": p, "ratio_min": min(per_rep),
-            "ratio_max": max(per_rep), "repeats": len(per_rep), "sub_cpu_ratio": ca / cp}
+    out = {"ratio": a / p, "pymq": a, "best": p, "ratio_min": min(per_rep),
+           "ratio_max": max(per_rep), "repeats": len(per_rep), "sub_cpu_ratio": ca / cp}
+    for phase in ("get", "ack", "rest"):  # bulk consumers: where the loop's time went
+        k = f"sub_{phase}_ns_per_msg"
+        if all(k in r for c in (ack_case, plain_case) for r in runs.get((c, me), [{}])):
+            out[f"{phase}_ns"] = [_median_of(runs, ack_case, me, k), _median_of(runs, plain_case, me, k)]
+    return out
 
 
 def evaluate(runs: dict, me: str = "pymq") -> list[dict]:
@@ -1077,6 +1105,9 @@ def print_tables(stream: list[dict], pingpong: list[dict], targets: list[dict], 
             best = f"  best peer: {t['best_peer']}" if "best_peer" in t else ""
             extra = (f"  consumer CPU/msg {'on/off' if t['kind'] == 'persist' else 'ack/plain'} "
                      f"{t['sub_cpu_ratio']:.2f}" if "sub_cpu_ratio" in t else "")
+            if "get_ns" in t:
+                extra += "; ns/msg " + ", ".join(f"{p} {t[p + '_ns'][0]:.1f}/{t[p + '_ns'][1]:.1f}"
+                                                 for p in ("get", "ack", "rest"))
             w(f"  {t['verdict']:<5} {t['target']:<46} {t['ratio']:6.2f} "
               f"[{t['ratio_min']:.2f}-{t['ratio_max']:.2f}]{best}{extra}")
         else:
@@ -1399,7 +1430,7 @@ def bulk_baseline(size: int, count: int) -> dict:
     t2 = time.process_time_ns()
     for _ in range(laps):
         it, nxt, crcs = iter(pool), [0], [0]
-        got, disorder, _, _, bad = _bulk_loop(lambda n: next(it), False, 2 * per, 1, size, nxt, crcs, 1)
+        got, disorder, _, _, bad, _ = _bulk_loop(lambda n: next(it), False, 2 * per, 1, size, nxt, crcs, 1)
         if got != 2 * per or disorder or bad or (size < H.EXACT_FROM and crcs[0] != want):
             raise AssertionError(f"bulk baseline: {got} {disorder} {bad}")
     t3 = time.process_time_ns()
@@ -1522,8 +1553,7 @@ def main(argv=None) -> int:
                 what = (f"p50 {r['p50_us']:6.1f} us  p99 {r['p99_us']:7.1f} us  "
                         f"p99.9 {r['p999_us']:7.1f} us")
             else:
-                what = (f"{r['msg_per_s']:>11,.0f} msg/s {r['MB_per_s']:>8.1f} MB/s  "
-                        f"CPU us/msg pub {r['pub_cpu_us_per_msg']:.2f} sub {r['sub_cpu_us_per_msg']:.2f}")
+                what = stream_text(r)
         elif scen == "B":
             r = run_pingpong(ctx, impl, *count)
             what = (f"p50 {r['p50_us']:6.1f} us  p99 {r['p99_us']:7.1f} us  "
@@ -1532,8 +1562,7 @@ def main(argv=None) -> int:
         else:
             r = run_stream(ctx, case, impl, count, crc_cache)
             key = case[0]
-            what = (f"{r['msg_per_s']:>11,.0f} msg/s {r['MB_per_s']:>8.1f} MB/s  "
-                    f"CPU us/msg pub {r['pub_cpu_us_per_msg']:.2f} sub {r['sub_cpu_us_per_msg']:.2f}")
+            what = stream_text(r)
         r["repeat"], r["cross_cpu_ns"] = rep, c2c
         runs.setdefault((key, impl), []).append(r)
         el = time.monotonic() - t_start
