@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/compare.py [--quick] [--repeat R] [--scenario X]...
                                            [--json PATH] [--chart PATH]
-                                           [--pymq-from LABEL=PATH]...
+                                           [--pymq-from LABEL=PATH]... [--pin]
 
 Transports (benchmarks/peers.py says how each is used): pymq, multiprocessing.Queue,
 multiprocessing.Pipe, faster-fifo, pyzmq PUSH/PULL over ipc://, posix_ipc.MessageQueue.
@@ -177,6 +177,16 @@ SCENARIOS = ["A", "B", "C", "D", "E"]
 # pymq from other checkouts (--pymq-from LABEL=PATH): label -> checkout folder,
 # in the order given (the first is the reference of the before/after ratios)
 FROM: dict[str, str] = {}
+
+# --pin: each stream run's consumer on the last CPU, its producers on the others
+# (an experiment, to take the scheduler's placement out of a comparison; the
+# published runs are not pinned, as no peer is)
+PIN = False
+
+
+def pin(proc, consumer: bool) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(proc.pid, cpus[-1:] if consumer else cpus[:-1])
 
 
 def pymq_like(impl: str) -> bool:
@@ -689,12 +699,16 @@ def run_stream(ctx, case, impl: str, count: int, crc_cache: dict) -> dict:
         cons, cons_conn = H.start_child(ctx, procs, consumer, "cmp-consumer",
                                         (impl, ch.handle, size, producers, batch, count, ack, group,
                                          sub_ready, sub_warm, go, done))
+        if PIN:
+            pin(cons, True)
         H.wait_event(sub_ready, cons, "consumer", START_TIMEOUT)
         prods = []
         for k in range(producers):
             ready = ctx.Event()
             proc, conn = H.start_child(ctx, procs, producer, f"cmp-producer-{k}",
                                        (impl, ch.handle, k, size, batch, per, ready, go, done))
+            if PIN:
+                pin(proc, False)
             prods.append((proc, conn, ready))
         for k, (proc, _, ready) in enumerate(prods):
             H.wait_event(ready, proc, f"producer {k}", START_TIMEOUT)
@@ -811,7 +825,7 @@ def run_elsewhere(label: str, scen: str, case, count, crc_cache: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="pymq-cmp-from-") as tmp:
         out = os.path.join(tmp, "run.json")
         cmd = [sys.executable, os.path.abspath(__file__), "--run-one", json.dumps(spec),
-               "--run-one-out", out, "--run-one-pymq", path]
+               "--run-one-out", out, "--run-one-pymq", path] + (["--pin"] if PIN else [])
         # cwd: the Broker starts its supervisor as `python -m pymq.supervisor`,
         # which puts the working folder first on its sys.path
         p = subprocess.run(cmd, env=env, cwd=path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -1484,10 +1498,17 @@ def main(argv=None) -> int:
                     help="also run pymq as imported from the checkout at PATH (built in place), "
                          "as a transport named LABEL, beside this one's (repeatable; the first "
                          "is the reference of the side-by-side ratios)")
+    ap.add_argument("--pin", action="store_true",
+                    help="an experiment: pin each stream run's consumer to the last CPU and its "
+                         "producers to the others (the scheduler's placement out of the comparison)")
     ap.add_argument("--run-one", help=argparse.SUPPRESS)
     ap.add_argument("--run-one-out", help=argparse.SUPPRESS)
     ap.add_argument("--run-one-pymq", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    global PIN
+    PIN = args.pin
+    if PIN and len(os.sched_getaffinity(0)) < 2:
+        ap.error("--pin needs two CPUs")
     if args.run_one:
         return run_one(args.run_one, args.run_one_out, args.run_one_pymq)
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
@@ -1580,7 +1601,7 @@ def main(argv=None) -> int:
             "loadavg_1min_during": [min(loads, default=0), max(loads, default=0)],
             "wall_s": time.monotonic() - t_start, "mq_max_messages": peers.MQ_MAX_MESSAGES,
             "zmq_hwm": peers.ZMQ_HWM, "ring_bytes": peers.RING_BYTES, "batch": BATCH,
-            "pymq_from": from_info}
+            "pymq_from": from_info, "pinned": PIN}
     return report(args, runs, meta, base, missing)
 
 
@@ -1618,7 +1639,7 @@ def report(args, runs: dict, meta: dict, base: list[dict], missing: dict) -> int
     lb, la = meta["loadavg_before"], meta["loadavg_after"]
     print(f"({meta['date']}, {meta['wall_s']:.0f} s; load average {lb[0]:.1f} before, "
           f"{meta['loadavg_1min_during'][0]:.1f}-{meta['loadavg_1min_during'][1]:.1f} during, "
-          f"{la[0]:.1f} after)")
+          f"{la[0]:.1f} after{'; pinned: consumers on the last CPU, producers on the others' if meta.get('pinned') else ''})")
     c2c = sorted(r["cross_cpu_ns"] for v in runs.values() for r in v if r.get("cross_cpu_ns"))
     if c2c:
         print(f"(a cache line from CPU 0 to CPU 1, before each run: {c2c[0]:.0f}-{c2c[-1]:.0f} ns, "
