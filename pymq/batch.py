@@ -79,9 +79,10 @@ class AckBatch(Batch):
         if indices is None:
             return self._slots, self._seqs_raw, self._attempts_raw
         n = len(self.seqs)
-        picked = sorted({i % n for i in indices if -n <= i < n})
-        if len(picked) != len(set(indices)):
-            raise IndexError(f"batch indices out of range (0..{n - 1}): {list(indices)!r}")
+        bad = [i for i in indices if not -n <= i < n]
+        if bad:
+            raise IndexError(f"batch indices out of range (0..{n - 1}, or -{n}..-1): {bad!r}")
+        picked = sorted({i % n for i in indices})  # one message named twice is settled once
         slots = memoryview(self._slots).cast("I")
         return (b"".join(slots[i:i + 1].tobytes() for i in picked),
                 b"".join(self.seqs[i:i + 1].tobytes() for i in picked),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import operator
 import os
 import threading
 import time
@@ -244,7 +245,7 @@ class Client:
         if type(payload) is not bytes:
             payload = _as_bytes(payload)
         timeout_ns = self._publish_timeout_ns if timeout is None else _core.timeout_ns(timeout)
-        ring = self._topics.get(topic) or self._ring_for(topic, (payload,))
+        ring = self._topics.get(topic) or self._ring_for(topic, {len(payload): 1})
         try:
             seq: int = ring.put1(payload, timeout_ns)
             return seq
@@ -273,7 +274,7 @@ class Client:
         ring = self._topics.get(topic)
         if ring is None:
             checked = [p if type(p) is bytes else _as_bytes(p) for p in payloads]
-            ring = self._ring_for(topic, checked)
+            ring = self._ring_for(topic, map(len, checked))
             payloads = checked
         try:
             last = ring.publish_list(payloads, timeout_ns)  # bytes only: the ring copies from each
@@ -296,31 +297,35 @@ class Client:
         (array('Q'), a numpy uint64 array, or a sequence of ints), record i
         being data[offsets[i]:offsets[i + 1]]. Waits like publish().
 
-        Raises ValueError (nothing published) for bad sizes or offsets or no
-        record, TypeError for data without the buffer protocol, BufferError
+        Raises ValueError (nothing published) for bad sizes or offsets (not
+        dividing the data, decreasing, past its end, negative, not integers,
+        a strided array) or no record, TypeError for data without the buffer
+        protocol, BufferError
         for data that is not C-contiguous, MessageTooLarge for a record over
         max_message_bytes or a batch larger than the ring, and as publish()."""
         if record_size is not None:
-            if not isinstance(record_size, int) or isinstance(record_size, bool) or \
-                    record_size < 1:
+            try:
+                size = operator.index(record_size)  # an int, or numpy's (dtype.itemsize is one)
+            except TypeError:
+                size = 0
+            if size < 1 or isinstance(record_size, bool):
                 raise ValueError(f"record_size must be an int >= 1, not {record_size!r}")
-            size = record_size
         else:
             size = 0
-            if offsets is not None and not _is_buffer(offsets):
-                offsets = array("Q", offsets)  # a sequence of ints (OverflowError: negative)
+            if offsets is not None:
+                offsets = _offsets(offsets)
         with memoryview(data) as view:  # TypeError without the buffer protocol
             if not view.c_contiguous:  # (numpy's own error here would be a ValueError)
                 raise BufferError("data must be C-contiguous")
         timeout_ns = self._publish_timeout_ns if timeout is None else _core.timeout_ns(timeout)
         ring = self._topics.get(topic)
         if ring is None:  # the first publish to it: a batch that must fail creates no topic
-            ring = self._ring_for(topic, [b"\0" * _largest_record(data, size, offsets)])
+            ring = self._ring_for(topic, _record_lengths(data, size, offsets))
         try:
             return ring.publish_buffer(data, size, offsets, timeout_ns)
         except _core.TopicDeleted:
             self._forget(topic, ring)
-            return self.publish_batch(topic, data, record_size=record_size, offsets=offsets,
+            return self.publish_batch(topic, data, record_size=size or None, offsets=offsets,
                                       timeout=timeout)
 
     async def apublish(self, topic: str, payload: Payload, timeout: float | None = None) -> int:
@@ -330,7 +335,7 @@ class Client:
         if type(payload) is not bytes:
             payload = _as_bytes(payload)
         timeout_ns = self._publish_timeout_ns if timeout is None else _core.timeout_ns(timeout)
-        ring = self._topics.get(topic) or self._ring_for(topic, (payload,))
+        ring = self._topics.get(topic) or self._ring_for(topic, {len(payload): 1})
         try:
             return ring.put1(payload, 0)  # the usual case, made short: there is room
         except Full:
@@ -351,21 +356,29 @@ class Client:
         if not batch:
             raise ValueError("publish_many needs at least one payload")
         timeout_ns = self._publish_timeout_ns if timeout is None else _core.timeout_ns(timeout)
-        ring = self._topics.get(topic) or self._ring_for(topic, batch)
+        ring = self._topics.get(topic) or self._ring_for(topic, map(len, batch))
         last: int = await _aio().publish(ring, lambda: self.publish_many(topic, batch, 0),
                                          timeout_ns, sum(map(len, batch)))
         return last
 
-    def _ring_for(self, topic: str, payloads: Iterable[bytes]) -> _core.Ring:
-        """The topic's ring for a first publish to it, once the payloads (bytes)
-        are known to fit: a publish that must fail creates no topic."""
+    def _ring_for(self, topic: str, lengths: Iterable[int] | dict[int, int]) -> _core.Ring:
+        """The topic's ring for a first publish to it of payloads of these
+        lengths (or {length: how many}), once they are known to fit (each
+        under max_message_bytes, all in the ring: a new ring's records start
+        at its start, so they fit if their sizes do): a publish that must fail
+        creates no topic."""
         check_topic(topic)
         limit = self._config.max_message_bytes
         assert limit is not None
-        big = max(map(len, payloads))
+        counts = lengths if isinstance(lengths, dict) else collections.Counter(lengths)
+        big = max(counts)
+        footprint = sum(_core.record_size(n) * k for n, k in counts.items())
         if big > limit:
             raise MessageTooLarge(f"topic {topic!r}: a payload of {big:,} bytes is over "
                                   f"max_message_bytes ({limit:,})")
+        if footprint > self._config.ring_capacity:
+            raise MessageTooLarge(f"topic {topic!r}: a batch of {footprint:,} bytes in the ring "
+                                  f"does not fit the ring ({self._config.ring_capacity:,} bytes)")
         return self._ring(topic)
 
     # -- subscribing ------------------------------------------------------------
@@ -869,10 +882,28 @@ class Subscription(Generic[T]):
         self.unsubscribe()
 
 
-def _largest_record(data: Any, record_size: int, offsets: Any) -> int:
-    """The largest record of a publish_batch, its arguments checked as the
-    native call checks them (ValueError, TypeError, BufferError): for the
-    first publish to a topic, which must create nothing if it fails."""
+def _offsets(offsets: Any) -> Any:
+    """publish_batch's offsets as the native call takes them: a C-contiguous
+    buffer (checked here, so that a strided one is the same ValueError on
+    every publish), or a sequence of ints made an array('Q')."""
+    try:
+        with memoryview(offsets) as o:
+            contiguous = o.c_contiguous
+    except TypeError:  # not a buffer: a sequence of ints
+        try:
+            return array("Q", offsets)
+        except (OverflowError, TypeError) as e:  # a negative offset, or not an int
+            raise ValueError(f"offsets must be unsigned integers: {e}") from None
+    if not contiguous:
+        raise ValueError("offsets must be C-contiguous")
+    return offsets
+
+
+def _record_lengths(data: Any, record_size: int, offsets: Any) -> dict[int, int]:
+    """The records' lengths of a publish_batch ({length: how many}), its
+    arguments checked as the native call checks them (ValueError, TypeError,
+    BufferError): for the first publish to a topic, which must create
+    nothing if it fails."""
     with memoryview(data) as view:
         if not view.c_contiguous:
             raise BufferError("data must be C-contiguous")
@@ -885,7 +916,7 @@ def _largest_record(data: Any, record_size: int, offsets: Any) -> int:
                              f"{record_size} bytes")
         if not length:
             raise ValueError("no records in the data")
-        return record_size
+        return {record_size: length // record_size}
     if offsets is None:
         raise ValueError("give record_size (> 0) or offsets")
     with memoryview(offsets) as o:
@@ -895,15 +926,7 @@ def _largest_record(data: Any, record_size: int, offsets: Any) -> int:
         offs = o.cast("B").cast("Q").tolist()
     if any(b < a for a, b in zip(offs, offs[1:])) or offs[-1] > length:
         raise ValueError(f"offsets must be non-decreasing and within the data ({length} bytes)")
-    return max(b - a for a, b in zip(offs, offs[1:]))
-
-
-def _is_buffer(obj: Any) -> bool:
-    try:
-        memoryview(obj).release()
-        return True
-    except TypeError:
-        return False
+    return collections.Counter(b - a for a, b in zip(offs, offs[1:]))
 
 
 class AckSubscription(Subscription[Message]):

@@ -57,11 +57,17 @@ def test_publish_batch_takes_any_buffer_and_offsets(broker):
     (b"abcdef", {"offsets": [0]}, ValueError, "n >= 1"),
     (b"abcdef", {"record_size": 2, "offsets": [0, 2]}, ValueError, "not both"),
     (b"", {"record_size": 4}, ValueError, "no records"),
+    (b"abcdef", {"offsets": [0, -1, 6]}, ValueError, "unsigned"),
+    (b"abcdef", {"offsets": [0, 2.0, 6]}, ValueError, "unsigned"),
+    (b"abcdef", {"offsets": memoryview(array.array("Q", [0, 9, 2, 9, 6]))[::2]}, ValueError,
+     "offsets must be C-contiguous"),
+    (b"abcdef", {"record_size": True}, ValueError, "record_size"),
     (memoryview(b"abcdefgh")[::2], {"record_size": 2}, BufferError, "contiguous"),
     ("text", {"record_size": 2}, TypeError, "bytes-like"),
     (b"x" * 2000, {"record_size": 2000}, pymq.MessageTooLarge, "max_message_bytes"),
 ], ids=["no-size", "size", "decreasing", "past-the-end", "no-record", "both", "empty",
-        "strided", "str", "too-large"])
+        "negative-offset", "float-offset", "strided-offsets", "bool-size", "strided", "str",
+        "too-large"])
 def test_a_bad_batch_publishes_nothing_and_makes_no_topic(make_broker, data, kwargs, error,
                                                           match):
     broker = make_broker(max_message_bytes=1024)
@@ -74,10 +80,43 @@ def test_a_bad_batch_publishes_nothing_and_makes_no_topic(make_broker, data, kwa
     assert broker.stats()["topics"]["t"]["published"] == 1
 
 
-def test_a_batch_larger_than_the_ring_is_too_large(make_broker):
+def test_a_batch_larger_than_the_ring_is_too_large_and_makes_no_topic(make_broker):
     broker = make_broker(ring_bytes=4 * KiB, max_message_bytes=512)
     with pytest.raises(pymq.MessageTooLarge, match="does not fit the ring"):
         broker.publish_batch("t", bytes(64 * 100), record_size=64)
+    with pytest.raises(pymq.MessageTooLarge, match="does not fit the ring"):
+        broker.publish_batch("t", bytes(64 * 100), offsets=range(0, 64 * 101, 64))
+    with pytest.raises(pymq.MessageTooLarge, match="does not fit the ring"):
+        broker.publish_many("t", [bytes(64)] * 100)
+    assert broker.topics() == []  # a first publish that fails makes nothing
+    broker.publish("t", b"x")
+    with pytest.raises(pymq.MessageTooLarge, match="does not fit the ring"):
+        broker.publish_batch("t", bytes(64 * 100), record_size=64)
+    assert broker.stats()["topics"]["t"]["published"] == 1
+
+
+def test_record_size_may_be_any_integer_type(broker):
+    class Four:  # as numpy's integers: an int by __index__
+        def __index__(self):
+            return 4
+
+    sub = broker.subscribe("t")
+    assert broker.publish_batch("t", b"abcdefgh", record_size=Four()) == 2
+    assert sub.get_batch(10, timeout=5).payloads() == [b"abcd", b"efgh"]
+
+
+def test_an_ack_batch_settles_each_message_named_once(broker):
+    sub = broker.subscribe_with_ack("t", group="g")
+    broker.publish_batch("t", b"abcd", record_size=1)
+    batch = sub.get_batch(10, timeout=5)
+    for bad in ([4], [-5], [0, 4]):  # out of range: IndexError, and nothing settled
+        with pytest.raises(IndexError, match="out of range"):
+            batch.ack(bad)
+    assert batch.ack([-1, 3]) == 1  # the same message twice: acked once
+    assert batch.ack([3]) == 0
+    assert batch.ack() == 3
+    g = broker.stats()["topics"]["t"]["groups"]["g"]
+    assert (g["acked"], g["pending"]) == (4, 0)
 
 
 def test_mixed_single_and_bulk_publishers_through_a_small_ring(make_broker, name, ctx):
