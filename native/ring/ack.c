@@ -29,6 +29,7 @@
 #include <errno.h>
 
 
+/* The entry of claim number n, or of slot n (a slot, checked below pending_cap, is its own). */
 static pmq_pending_t *entry(const pmq_ring_t *r, const pmq_group_t *g, uint64_t n)
 {
     return group_entry(r, g, n);
@@ -301,7 +302,7 @@ int ack_take(pmq_ring_t *r, pmq_member_t *m, uint32_t mi, uint32_t mgen, pmq_gro
         pmq_pending_word_t mine = {.f = {.member = (uint16_t)mi, .member_gen = (uint16_t)mgen,
                                          .state = PMQ_PEND_INFLIGHT}};
         for (uint32_t i = 0; i < again; i++) {
-            pmq_pending_t *e = &r->pending[(uint64_t)g->ptable * r->pending_cap + b->slots[i]];
+            pmq_pending_t *e = entry(r, g, b->slots[i]);
             pmq_pending_word_t w = word_of(e);
             mine.f.attempts = w.f.attempts + 1;
             e->deadline_ns = deadline;
@@ -400,7 +401,7 @@ static int change(pmq_ring_t *r, pmq_group_t *g, const uint32_t *slots, const ui
     for (uint32_t i = 0; i < n; i++) {
         if (slots[i] >= r->pending_cap)
             continue;
-        pmq_pending_t *e = &r->pending[(uint64_t)g->ptable * r->pending_cap + slots[i]];
+        pmq_pending_t *e = entry(r, g, slots[i]);
         for (;;) {
             pmq_pending_word_t w = word_of(e), to = w;
             if (w.f.state == PMQ_PEND_FREE || LOAD_ACQ(&e->seq) != seqs[i])
@@ -430,12 +431,11 @@ static int change(pmq_ring_t *r, pmq_group_t *g, const uint32_t *slots, const ui
 static int free_locked(pmq_ring_t *r, pmq_group_t *g, const uint32_t *slots, const uint64_t *seqs,
                        uint32_t n, int *counts)
 {
-    pmq_pending_t *table = &r->pending[(uint64_t)g->ptable * r->pending_cap];
     int k = 0;
     for (uint32_t i = 0; i < n; i++) {
         if (slots[i] >= r->pending_cap)
             continue;
-        pmq_pending_t *e = &table[slots[i]];
+        pmq_pending_t *e = entry(r, g, slots[i]);
         pmq_pending_word_t w = word_of(e), freed = w;
         if (LOAD_RLX(&e->seq) != seqs[i] || w.f.state == PMQ_PEND_FREE)
             continue; /* another record's entry by now, or acked already */
@@ -511,7 +511,7 @@ int pmq_ack_dead_lettered(pmq_ring_t *r, uint32_t gi, uint32_t gen, const uint32
     for (uint32_t i = 0; i < n; i++) {
         if (slots[i] >= r->pending_cap)
             continue;
-        pmq_pending_t *e = &r->pending[(uint64_t)g->ptable * r->pending_cap + slots[i]];
+        pmq_pending_t *e = entry(r, g, slots[i]);
         pmq_pending_word_t w = word_of(e), freed = w;
         freed.f.state = PMQ_PEND_FREE;
         if (w.f.state == PMQ_PEND_DEAD && e->seq == seqs[i] && entry_cas(e, seqs[i], w, freed)) {
