@@ -274,7 +274,7 @@ class Client:
         ring = self._topics.get(topic)
         if ring is None:
             checked = [p if type(p) is bytes else _as_bytes(p) for p in payloads]
-            ring = self._ring_for(topic, map(len, checked))
+            ring = self._ring_for(topic, collections.Counter(map(len, checked)))
             payloads = checked
         try:
             last = ring.publish_list(payloads, timeout_ns)  # bytes only: the ring copies from each
@@ -300,9 +300,9 @@ class Client:
         Raises ValueError (nothing published) for bad sizes or offsets (not
         dividing the data, decreasing, past its end, negative, not integers,
         a strided array) or no record, TypeError for data without the buffer
-        protocol, BufferError
-        for data that is not C-contiguous, MessageTooLarge for a record over
-        max_message_bytes or a batch larger than the ring, and as publish()."""
+        protocol, BufferError for data that is not C-contiguous,
+        MessageTooLarge for a record over max_message_bytes or a batch larger
+        than the ring, and as publish()."""
         if record_size is not None:
             try:
                 size = operator.index(record_size)  # an int, or numpy's (dtype.itemsize is one)
@@ -317,10 +317,11 @@ class Client:
         with memoryview(data) as view:  # TypeError without the buffer protocol
             if not view.c_contiguous:  # (numpy's own error here would be a ValueError)
                 raise BufferError("data must be C-contiguous")
+            length = view.nbytes
         timeout_ns = self._publish_timeout_ns if timeout is None else _core.timeout_ns(timeout)
         ring = self._topics.get(topic)
         if ring is None:  # the first publish to it: a batch that must fail creates no topic
-            ring = self._ring_for(topic, _record_lengths(data, size, offsets))
+            ring = self._ring_for(topic, _record_lengths(length, size, offsets))
         try:
             return ring.publish_buffer(data, size, offsets, timeout_ns)
         except _core.TopicDeleted:
@@ -356,21 +357,21 @@ class Client:
         if not batch:
             raise ValueError("publish_many needs at least one payload")
         timeout_ns = self._publish_timeout_ns if timeout is None else _core.timeout_ns(timeout)
-        ring = self._topics.get(topic) or self._ring_for(topic, map(len, batch))
+        ring = self._topics.get(topic) or self._ring_for(topic,
+                                                         collections.Counter(map(len, batch)))
         last: int = await _aio().publish(ring, lambda: self.publish_many(topic, batch, 0),
                                          timeout_ns, sum(map(len, batch)))
         return last
 
-    def _ring_for(self, topic: str, lengths: Iterable[int] | dict[int, int]) -> _core.Ring:
+    def _ring_for(self, topic: str, counts: dict[int, int]) -> _core.Ring:
         """The topic's ring for a first publish to it of payloads of these
-        lengths (or {length: how many}), once they are known to fit (each
-        under max_message_bytes, all in the ring: a new ring's records start
-        at its start, so they fit if their sizes do): a publish that must fail
+        lengths ({length: how many}), once they are known to fit (each under
+        max_message_bytes, all in the ring: a new ring's records start at its
+        start, so they fit if their sizes do): a publish that must fail
         creates no topic."""
         check_topic(topic)
         limit = self._config.max_message_bytes
         assert limit is not None
-        counts = lengths if isinstance(lengths, dict) else collections.Counter(lengths)
         big = max(counts)
         footprint = sum(_core.record_size(n) * k for n, k in counts.items())
         if big > limit:
@@ -899,15 +900,11 @@ def _offsets(offsets: Any) -> Any:
     return offsets
 
 
-def _record_lengths(data: Any, record_size: int, offsets: Any) -> dict[int, int]:
-    """The records' lengths of a publish_batch ({length: how many}), its
-    arguments checked as the native call checks them (ValueError, TypeError,
-    BufferError): for the first publish to a topic, which must create
-    nothing if it fails."""
-    with memoryview(data) as view:
-        if not view.c_contiguous:
-            raise BufferError("data must be C-contiguous")
-        length = view.nbytes
+def _record_lengths(length: int, record_size: int, offsets: Any) -> dict[int, int]:
+    """The records' lengths ({length: how many}) of a publish_batch of
+    length bytes of data (C-contiguous: checked by the caller), its other
+    arguments checked as the native call checks them (ValueError): for the
+    first publish to a topic, which must create nothing if it fails."""
     if record_size:
         if offsets is not None:
             raise ValueError("give record_size or offsets, not both")
